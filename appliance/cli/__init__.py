@@ -1,0 +1,1 @@
+"""Headless front end: argument parsing, rendering, exit codes. Imports the core, never the reverse."""

@@ -1,0 +1,186 @@
+"""``appliance`` command line: parse, call the core, render, exit with an ``ExitCode``.
+
+stdlib argparse on purpose: ``appliance detect --json`` runs on every host
+and its start-up time is budgeted (bench/detect); typer or click would add
+30-70 ms to every invocation. Rich is imported only when rendering for a
+person. Diagnostics go to stderr; ``--json`` output goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from appliance import __version__
+from appliance.errors import ApplianceError
+from appliance.exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from appliance.facts import HostFacts
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, found {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance",
+        description="Install a sovereign, on-premise LLM service onto disconnected hosts.",
+        epilog="Exit codes: 0 ok, 2 usage or bad input, 3 does not fit, 4 verification failed, "
+        "5 deployment failed, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    detect = sub.add_parser("detect", help="report this host's GPUs, CPU, memory and disks")
+    detect.add_argument(
+        "--json", action="store_true", help="print the facts as JSON (docs/facts.md)"
+    )
+
+    profiles = sub.add_parser("profiles", help="list the hardware profiles")
+    profiles.add_argument("--json", action="store_true", help="print the profiles as JSON")
+    profiles.add_argument(
+        "--profiles-dir", type=Path, help="use the profiles in DIR instead of the built-in ones"
+    )
+
+    plan = sub.add_parser("plan", help="choose a profile, explain why, check the model fits")
+    plan.add_argument("--profile", default="auto", help="auto (default) or a profile name")
+    plan.add_argument(
+        "--facts", type=Path, help="saved facts (appliance detect --json) instead of this host"
+    )
+    plan.add_argument("--model", type=Path, help="Hugging Face model directory or GGUF file")
+    plan.add_argument(
+        "--context", type=_positive_int, help="context length instead of the profile's"
+    )
+    plan.add_argument(
+        "--force", action="store_true", help="accept a plan that does not fit (exit 0)"
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument(
+        "--profiles-dir", type=Path, help="use the profiles in DIR instead of the built-in ones"
+    )
+    return parser
+
+
+def _hosts(facts_path: Path | None) -> tuple[tuple[HostFacts, ...], str]:
+    if facts_path is not None:
+        from appliance.facts_io import load_facts
+
+        return load_facts(facts_path), str(facts_path)
+    from appliance.detect.host import detect_host
+
+    host = detect_host()
+    return (host,), f"detected on {host.hostname}"
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from appliance.detect.host import detect_host
+    from appliance.facts import dump_facts_json
+
+    facts = detect_host()
+    if args.json:
+        sys.stdout.write(dump_facts_json(facts))
+    else:
+        from appliance.cli.render import render_detect
+
+        render_detect(facts)
+    return ExitCode.OK
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from appliance.profiles import load_profiles
+
+    profiles = load_profiles(args.profiles_dir)
+    if args.json:
+        import json
+
+        data = [p.model_dump(mode="json") for p in profiles.values()]
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        from appliance.cli.render import render_profiles
+
+        render_profiles(profiles)
+    return ExitCode.OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from appliance.model_info import load_model_info
+    from appliance.plan import build_plan, plan_to_json
+    from appliance.profiles import load_profiles
+
+    profiles = load_profiles(args.profiles_dir)
+    if args.profile != "auto":
+        from appliance.profiles import get_profile
+
+        get_profile(profiles, args.profile)  # unknown name: fail before detection
+    model = load_model_info(args.model) if args.model is not None else None
+    hosts, source = _hosts(args.facts)
+    plan = build_plan(
+        profiles,
+        hosts,
+        facts_source=source,
+        requested=args.profile,
+        model=model,
+        context=args.context,
+    )
+    if args.json:
+        import json
+
+        sys.stdout.write(
+            json.dumps(plan_to_json(plan, forced=args.force), indent=2, sort_keys=True) + "\n"
+        )
+        if plan.selection.gpu_notice:
+            print(f"appliance: {plan.selection.gpu_notice}", file=sys.stderr)
+    else:
+        from appliance.cli.render import render_plan
+
+        render_plan(plan, forced=args.force)
+    if plan.fits:
+        return ExitCode.OK
+    if args.force:
+        print(
+            "appliance: the model does not fit; continuing because --force was given",
+            file=sys.stderr,
+        )
+        return ExitCode.OK
+    print(
+        "appliance: the model does not fit this profile on this hardware (see the fit report); "
+        "use a suggested alternative, or --force to accept the risk of running out of memory",
+        file=sys.stderr,
+    )
+    return ExitCode.DOES_NOT_FIT
+
+
+COMMANDS = {"detect": cmd_detect, "profiles": cmd_profiles, "plan": cmd_plan}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        print("\nThe interactive installer (TUI) is not built yet; use the commands above.")
+        return ExitCode.OK
+    try:
+        return int(COMMANDS[args.command](args))
+    except ApplianceError as exc:
+        print(f"appliance: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"appliance: {exc.hint}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("appliance: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # e.g. `appliance detect --json | head`: the reader left; not an error of ours.
+        sys.stderr.close()
+        return ExitCode.OK

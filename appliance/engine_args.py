@@ -1,0 +1,193 @@
+"""The exact model-server command lines a plan would run, per node.
+
+vLLM (``vllm serve``) for GPU profiles, the llama-cpp-python server for the CPU
+profile. Invariants: the server binds to loopback only (the gateway is the
+only listener users reach); every hub, telemetry and usage-report switch is
+turned off (the site is disconnected); no secret is ever put on a command line
+(API keys go in files readable by the service only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from appliance.fit import Layout
+from appliance.model_info import ModelInfo
+from appliance.profiles import LlamaCppEngine, Profile, VllmEngine
+
+RELEASE_ROOT = "/opt/appliance/current"
+BIND_ADDRESS = "127.0.0.1"
+RAY_PORT = 6379
+
+# serving-facts.md, "Air gap": nothing may reach for a hub or report usage.
+OFFLINE_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCommand:
+    host: str
+    role: Literal["single", "head", "worker"]
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    before: tuple[tuple[str, ...], ...] = ()  # commands that must run first (e.g. ray start)
+
+
+def model_target_path(model: ModelInfo) -> str:
+    return f"{RELEASE_ROOT}/models/{model.name}"
+
+
+def engine_commands(
+    profile: Profile,
+    layout: Layout,
+    model: ModelInfo,
+    hosts: tuple[str, ...],
+    *,
+    context: int,
+    quantization: str | None,
+) -> tuple[NodeCommand, ...]:
+    if isinstance(profile.engine, VllmEngine):
+        return _vllm(profile.engine, layout, model, hosts, context, quantization)
+    return tuple(_llamacpp(profile.engine, layout, model, host, context) for host in hosts)
+
+
+def _dtype(engine: VllmEngine, layout: Layout) -> str:
+    if engine.dtype != "auto":
+        return engine.dtype
+    return "bfloat16" if layout.compute_capability >= (8, 0) else "float16"  # bf16 needs sm80
+
+
+def _vllm(
+    engine: VllmEngine,
+    layout: Layout,
+    model: ModelInfo,
+    hosts: tuple[str, ...],
+    context: int,
+    quantization: str | None,
+) -> tuple[NodeCommand, ...]:
+    argv = [
+        "vllm",
+        "serve",
+        model_target_path(model),
+        "--served-model-name",
+        model.name,
+        "--host",
+        BIND_ADDRESS,
+        "--port",
+        str(engine.port),
+        "--tensor-parallel-size",
+        str(layout.tensor_parallel),
+        "--pipeline-parallel-size",
+        str(layout.pipeline_parallel),
+        "--gpu-memory-utilization",
+        f"{engine.gpu_memory_utilization:g}",
+        "--max-model-len",
+        str(context),
+        "--max-num-seqs",
+        str(engine.max_num_seqs),
+        "--dtype",
+        _dtype(engine, layout),
+        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
+    ]
+    if engine.kv_cache_dtype != "auto":
+        argv += ["--kv-cache-dtype", engine.kv_cache_dtype]
+    if quantization is not None:
+        argv += ["--quantization", quantization]
+    env = dict(OFFLINE_ENV)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML order; mixed GPU models need it
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in layout.gpu_indices)
+    if len(hosts) == 1:
+        return (NodeCommand(hosts[0], "single", tuple(argv), env),)
+    head = hosts[0]
+    backend = engine.distributed_executor_backend or "ray"
+    commands = []
+    for rank, host in enumerate(hosts):
+        node_env = env | {"VLLM_HOST_IP": host}
+        if backend == "ray":
+            if rank == 0:
+                commands.append(
+                    NodeCommand(
+                        host,
+                        "head",
+                        (*argv, "--distributed-executor-backend", "ray"),
+                        node_env,
+                        before=(
+                            (
+                                "ray",
+                                "start",
+                                "--head",
+                                f"--port={RAY_PORT}",
+                                f"--node-ip-address={host}",
+                            ),
+                        ),
+                    )
+                )
+            else:
+                commands.append(
+                    NodeCommand(
+                        host,
+                        "worker",
+                        (
+                            "ray",
+                            "start",
+                            "--block",
+                            f"--address={head}:{RAY_PORT}",
+                            f"--node-ip-address={host}",
+                        ),
+                        node_env,
+                    )
+                )
+        else:
+            mp = [
+                *argv,
+                "--distributed-executor-backend",
+                "mp",
+                "--nnodes",
+                str(len(hosts)),
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                head,
+            ]
+            if rank:
+                mp.append("--headless")
+            commands.append(
+                NodeCommand(host, "head" if rank == 0 else "worker", tuple(mp), node_env)
+            )
+    return tuple(commands)
+
+
+def _llamacpp(
+    engine: LlamaCppEngine, layout: Layout, model: ModelInfo, host: str, context: int
+) -> NodeCommand:
+    argv = [
+        f"{RELEASE_ROOT}/venv/bin/python",
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        model_target_path(model),
+        "--model_alias",
+        model.name,
+        "--n_ctx",
+        str(context),
+        "--n_threads",
+        str(layout.threads),
+        "--n_batch",
+        str(engine.batch_size),
+        "--host",
+        BIND_ADDRESS,
+        "--port",
+        str(engine.port),
+    ]
+    if engine.chat_format is not None:
+        argv += ["--chat_format", engine.chat_format]
+    elif not model.has_chat_template:
+        # Without a template in the GGUF the server falls back to llama-2 formatting.
+        argv += ["--chat_format", "chatml"]
+    return NodeCommand(host, "single", tuple(argv), dict(OFFLINE_ENV))

@@ -1,0 +1,63 @@
+"""The exact engine command lines: loopback only, offline, no secrets, right parallelism."""
+
+from __future__ import annotations
+
+from appliance.engine_args import OFFLINE_ENV
+from appliance.plan import build_plan
+from appliance.profiles import Profile
+
+from .conftest import facts, model
+
+
+def test_vllm_single_node(profiles: dict[str, Profile]) -> None:
+    plan = build_plan(profiles, facts("rtx4090"), facts_source="t", model=model("mistral-7b-instruct-v0.3"))
+    (cmd,) = plan.commands
+    assert cmd.role == "single" and cmd.host == "ws-rtx4090"
+    assert cmd.argv == (
+        "vllm", "serve", "/opt/appliance/current/models/mistral-7b-instruct-v0.3",
+        "--served-model-name", "mistral-7b-instruct-v0.3",
+        "--host", "127.0.0.1", "--port", "8000",
+        "--tensor-parallel-size", "1", "--pipeline-parallel-size", "1",
+        "--gpu-memory-utilization", "0.9", "--max-model-len", "16384", "--max-num-seqs", "32",
+        "--dtype", "bfloat16", "--enable-prefix-caching",
+    )  # fmt: skip
+    assert OFFLINE_ENV.items() <= cmd.env.items()
+    assert cmd.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and cmd.env["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_pre_quantised_checkpoint_passes_its_method(profiles: dict[str, Profile]) -> None:
+    plan = build_plan(profiles, facts("rtx4090"), facts_source="t", model=model("mistral-7b-v0.3-awq"))
+    argv = plan.commands[0].argv
+    assert argv[argv.index("--quantization") + 1] == "awq_marlin"
+
+
+def test_ray_cluster_over_two_nodes(profiles: dict[str, Profile]) -> None:
+    plan = build_plan(
+        profiles, facts("h100x8-2nodes"), facts_source="t", model=model("apertus-70b-instruct-2509")
+    )
+    head, worker = plan.commands
+    assert (head.role, worker.role) == ("head", "worker")
+    assert head.before == (("ray", "start", "--head", "--port=6379", f"--node-ip-address={head.host}"),)
+    assert head.argv[head.argv.index("--tensor-parallel-size") + 1] == "8"
+    assert head.argv[head.argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert head.argv[-2:] == ("--distributed-executor-backend", "ray")
+    assert worker.argv[:4] == ("ray", "start", "--block", f"--address={head.host}:6379")
+    assert worker.env["VLLM_HOST_IP"] == worker.host
+
+
+def test_llamacpp_uses_physical_cores_and_loopback(profiles: dict[str, Profile]) -> None:
+    (host,) = facts("cpu-avx512")
+    plan = build_plan(profiles, (host,), facts_source="t", model=model("mistral-7b-instruct-v0.3"))
+    (cmd,) = plan.commands
+    argv = cmd.argv
+    assert argv[:3] == ("/opt/appliance/current/venv/bin/python", "-m", "llama_cpp.server")
+    assert argv[argv.index("--n_threads") + 1] == str(host.cpu.physical_cores)
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--n_ctx") + 1] == "4096"
+
+
+def test_no_command_line_carries_a_key(profiles: dict[str, Profile]) -> None:
+    for host in ("rtx4090", "h100x8-2nodes", "cpu-avx2"):
+        plan = build_plan(profiles, facts(host), facts_source="t", model=model("mistral-7b-instruct-v0.3"))
+        for cmd in plan.commands:
+            assert not any("key" in part.lower() for part in cmd.argv), cmd.argv

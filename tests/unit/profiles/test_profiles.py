@@ -1,0 +1,105 @@
+"""Hardware profiles: the built-in ones load; every invalid fixture fails with its own message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ProfileError
+from appliance.exitcodes import ExitCode
+from appliance.profiles import (
+    LlamaCppEngine,
+    VllmEngine,
+    get_profile,
+    load_profile_file,
+    load_profiles,
+    profile_json_schema,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+BAD = ROOT / "tests/fixtures/profiles/bad"
+
+# One fixture per failure mode -> what the message must say.
+EXPECTED = {
+    "unknown-key": "engine.gpu_memory_utilisation: unknown key (did you mean 'gpu_memory_utilization'?)",
+    "unknown-top-level-key": "prefrence: unknown key (did you mean 'preference'?)",
+    "missing-field": "match: required key is missing",
+    "wrong-type": "match.gpu.min_count_per_node: Input should be a valid integer (found: \"eight\")",
+    "out-of-range": "engine.gpu_memory_utilization: Input should be less than or equal to 0.98 (found: 1.5)",
+    "name-mismatch": "profile name 'a100-single' does not match the file name 'name-mismatch'",
+    "quant-needs-newer-gpu": "needs compute capability 8.0 or newer, but match.gpu.min_compute_capability is 7.5",
+    "engine-kind-mismatch": "a CPU profile (match.accelerator: cpu) needs engine.kind: llamacpp",
+    "tp-exceeds-gpus": "engine.tensor_parallel_size is 8 but the profile matches nodes with only 1 GPU(s)",
+    "pipeline-nodes-single-node": "pipeline_parallel_size is 'nodes' but match.gpu.nodes.max is 1",
+    "multi-node-no-backend": "needs engine.distributed_executor_backend (mp or ray)",
+    "bad-regex": "name pattern 'A100(' is not a valid regex",
+    "bad-schema-version": "schema_version: Input should be 1 (found: 2)",
+    "unknown-engine-kind": "Input tag 'tgi' found using 'kind' does not match any of the expected tags",
+    "bad-compute-capability": "expected a compute capability written MAJOR.MINOR",
+    "unknown-quantization": "engine.quantization[1]: Input should be 'none', 'fp8'",
+    "gpu-section-missing": "accelerator 'gpu' needs a 'gpu' section",
+    "nodes-inverted": "nodes.max (2) is smaller than nodes.min (4)",
+    "bad-yaml": "not valid YAML at line 5, column 7",
+    "empty": "expected a YAML mapping with schema_version, name, match, engine; found an empty file",
+    "not-a-mapping": "found a list",
+}
+
+
+def test_builtin_profiles() -> None:
+    profiles = load_profiles()
+    assert list(profiles) == ["a100-single", "cpu-llamacpp", "h100-cluster", "rtx4090"]
+    assert isinstance(profiles["cpu-llamacpp"].engine, LlamaCppEngine)
+    for name in ("a100-single", "h100-cluster", "rtx4090"):
+        assert isinstance(profiles[name].engine, VllmEngine)
+    # Preference orders GPU profiles above the CPU fallback.
+    assert profiles["cpu-llamacpp"].preference < min(
+        p.preference for n, p in profiles.items() if n != "cpu-llamacpp"
+    )
+
+
+def test_every_bad_fixture_has_an_expectation() -> None:
+    assert sorted(p.stem for p in BAD.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_profile_is_rejected_with_a_specific_message(name: str) -> None:
+    path = BAD / f"{name}.yaml"
+    with pytest.raises(ProfileError) as caught:
+        load_profile_file(path)
+    assert EXPECTED[name] in str(caught.value)
+    assert str(path) in caught.value.message  # names the file
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+def test_unknown_profile_name_suggests_the_closest() -> None:
+    with pytest.raises(ProfileError) as caught:
+        get_profile(load_profiles(), "a100-singel")
+    assert "unknown profile 'a100-singel'" in caught.value.message
+    assert "Did you mean 'a100-single'?" in str(caught.value.hint)
+
+
+def test_profiles_dir_errors(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profiles(tmp_path / "nope")
+    with pytest.raises(ProfileError, match=r"no hardware profiles \(\*\.yaml\)"):
+        load_profiles(tmp_path)
+
+
+def test_a_bad_file_in_a_directory_stops_loading(tmp_path: Path) -> None:
+    (tmp_path / "a100-single.yaml").write_text((ROOT / "hardware_profiles/a100-single.yaml").read_text())
+    (tmp_path / "unknown-key.yaml").write_text((BAD / "unknown-key.yaml").read_text())
+    with pytest.raises(ProfileError, match="unknown-key.yaml"):
+        load_profiles(tmp_path)
+
+
+def test_schema_file_matches_the_models() -> None:
+    on_disk = json.loads((ROOT / "hardware_profiles/profile.schema.json").read_text())
+    assert on_disk == profile_json_schema(), "schema drifted: run `make schemas` and commit the result"
+
+
+def test_compute_capability_is_written_as_a_string() -> None:
+    dumped = load_profiles()["h100-cluster"].model_dump(mode="json")
+    assert dumped["match"]["gpu"]["min_compute_capability"] == "9.0"
+    assert load_profiles()["h100-cluster"].match.gpu is not None
