@@ -35,10 +35,10 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/detect
 
-# Regenerate the JSON Schemas that the drift tests compare against.
+# Regenerate what the drift tests compare against: JSON Schemas and the saved facts fixtures.
 schemas: setup
 	$(BIN)/python -m appliance.profiles > hardware_profiles/profile.schema.json
-	$(BIN)/python -c 'import json; from appliance.facts_io import facts_json_schema as s; print(json.dumps(s(), indent=2, sort_keys=True))' > docs/facts.schema.json
+	$(BIN)/python tests/fixtures/facts/regenerate.py   # saved facts fixtures + docs/facts.schema.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -20,6 +20,18 @@ RELEASE_ROOT = "/opt/appliance/current"
 BIND_ADDRESS = "127.0.0.1"
 RAY_PORT = 6379
 
+# llama-cpp-python chat formats for GGUF files that carry no chat template
+# (without one the server falls back to llama-2 formatting), by architecture.
+CHAT_FORMAT_BY_ARCH: dict[str, str] = {
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "llama": "llama-3",
+    "mistral": "mistral-instruct",
+    "qwen2": "qwen",
+    "qwen3": "chatml",
+}
+
 # serving-facts.md, "Air gap": nothing may reach for a hub or report usage.
 OFFLINE_ENV: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
@@ -41,6 +53,11 @@ class NodeCommand:
 
 def model_target_path(model: ModelInfo) -> str:
     return f"{RELEASE_ROOT}/models/{model.name}"
+
+
+def served_name(model: ModelInfo) -> str:
+    """The model id clients put in requests: the directory name, or the GGUF file's stem."""
+    return model.name.removesuffix(".gguf")
 
 
 def engine_commands(
@@ -76,7 +93,7 @@ def _vllm(
         "serve",
         model_target_path(model),
         "--served-model-name",
-        model.name,
+        served_name(model),
         "--host",
         BIND_ADDRESS,
         "--port",
@@ -173,7 +190,7 @@ def _llamacpp(
         "--model",
         model_target_path(model),
         "--model_alias",
-        model.name,
+        served_name(model),
         "--n_ctx",
         str(context),
         "--n_threads",
@@ -188,6 +205,5 @@ def _llamacpp(
     if engine.chat_format is not None:
         argv += ["--chat_format", engine.chat_format]
     elif not model.has_chat_template:
-        # Without a template in the GGUF the server falls back to llama-2 formatting.
-        argv += ["--chat_format", "chatml"]
+        argv += ["--chat_format", CHAT_FORMAT_BY_ARCH.get(model.model_type, "chatml")]
     return NodeCommand(host, "single", tuple(argv), dict(OFFLINE_ENV))

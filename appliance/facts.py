@@ -13,6 +13,7 @@ Units: bytes for sizes, never GiB floats. The schema is versioned by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -49,7 +50,9 @@ class GpuFacts:
     memory_free_bytes: int
     compute_capability: tuple[int, int]
     architecture: str  # "hopper", "ampere", "ada", ... or "unknown"
-    mig_mode: Literal["enabled", "disabled", "unsupported"]
+    mig_mode: Literal[
+        "enabled", "disabled", "unsupported", "unknown"
+    ]  # unknown: query failed, see warnings
     nvlink_active_links: int
 
 
@@ -131,7 +134,7 @@ class HostFacts:
 INSTALL_PATHS: tuple[str, ...] = ("/opt/appliance", "/var/lib/appliance", "/var/log/appliance")
 
 
-def dump_facts_json(facts: HostFacts | tuple[HostFacts, ...]) -> str:
+def dump_facts_json(facts: HostFacts | Sequence[HostFacts]) -> str:
     """The stable JSON form (``appliance detect --json``): sorted keys, 2-space indent."""
     import json
 

@@ -24,11 +24,13 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     """The real entry point in a fresh interpreter, as an operator's script would call it."""
     return subprocess.run(
         [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, cwd=ROOT,
-        timeout=60, stdin=subprocess.DEVNULL,
+        timeout=60, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
 
 
-def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+def assert_clean_failure(
+    result: subprocess.CompletedProcess[str], code: int, *fragments: str
+) -> None:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stdout == ""  # nothing half-printed on failure
@@ -39,9 +41,17 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, *f
 # --- golden JSON -----------------------------------------------------------------
 
 CASES = {
-    "a100-80gb_mixtral-8x22b": (f"{FACTS}/a100-80gb.json", f"{MODELS}/mixtral-8x22b-instruct-v0.1", 3),
+    "a100-80gb_mixtral-8x22b": (
+        f"{FACTS}/a100-80gb.json",
+        f"{MODELS}/mixtral-8x22b-instruct-v0.1",
+        3,
+    ),
     "h100x8_mixtral-8x22b": (f"{FACTS}/h100x8.json", f"{MODELS}/mixtral-8x22b-instruct-v0.1", 0),
-    "h100x8-2nodes_apertus-70b": (f"{FACTS}/h100x8-2nodes.json", f"{MODELS}/apertus-70b-instruct-2509", 0),
+    "h100x8-2nodes_apertus-70b": (
+        f"{FACTS}/h100x8-2nodes.json",
+        f"{MODELS}/apertus-70b-instruct-2509",
+        0,
+    ),
     "rtx4090_devstral": (f"{FACTS}/rtx4090.json", f"{MODELS}/devstral-small-2505", 3),
     "cpu-avx2_mistral-7b": (f"{FACTS}/cpu-avx2.json", f"{MODELS}/mistral-7b-instruct-v0.3", 3),
     "nvml-mismatch_no-model": (f"{FACTS}/nvml-mismatch.json", None, 0),
@@ -49,7 +59,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_plan_json_is_golden(case: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_json_is_golden(
+    case: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     facts, model, code = CASES[case]
     argv = ["plan", "--facts", facts, "--json"] + (["--model", model] if model else [])
@@ -58,7 +70,9 @@ def test_plan_json_is_golden(case: str, capsys: pytest.CaptureFixture[str], monk
     golden = GOLDEN / f"{case}.json"
     if os.environ.get("UPDATE_GOLDENS"):
         golden.write_text(out)
-    assert json.loads(out) == json.loads(golden.read_text()), f"run UPDATE_GOLDENS=1 pytest {__file__}"
+    assert json.loads(out) == json.loads(golden.read_text()), (
+        f"run UPDATE_GOLDENS=1 pytest {__file__}"
+    )
 
 
 def test_golden_files_have_cases() -> None:
@@ -89,7 +103,12 @@ def test_detect_json_round_trips_through_plan_facts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("host", "profile"),
-    [("h100x8", "h100-cluster"), ("a100-80gb", "a100-single"), ("rtx4090", "rtx4090"), ("cpu-avx512", "cpu-llamacpp")],
+    [
+        ("h100x8", "h100-cluster"),
+        ("a100-80gb", "a100-single"),
+        ("rtx4090", "rtx4090"),
+        ("cpu-avx512", "cpu-llamacpp"),
+    ],
 )
 def test_plan_auto_picks(host: str, profile: str) -> None:
     result = run("plan", "--profile", "auto", "--facts", f"{FACTS}/{host}.json")
@@ -100,7 +119,13 @@ def test_plan_auto_picks(host: str, profile: str) -> None:
 
 
 def test_mixtral_8x22b_on_a100_is_refused_with_what_would_fit() -> None:
-    result = run("plan", "--facts", f"{FACTS}/a100-80gb.json", "--model", f"{MODELS}/mixtral-8x22b-instruct-v0.1")
+    result = run(
+        "plan",
+        "--facts",
+        f"{FACTS}/a100-80gb.json",
+        "--model",
+        f"{MODELS}/mixtral-8x22b-instruct-v0.1",
+    )
     assert result.returncode == ExitCode.DOES_NOT_FIT
     assert "verdict: DOES NOT FIT" in result.stdout
     assert "profile h100-cluster: 1 node(s) x 8 GPU(s)" in result.stdout
@@ -108,9 +133,17 @@ def test_mixtral_8x22b_on_a100_is_refused_with_what_would_fit() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_force_accepts_a_misfit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_force_accepts_a_misfit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
-    argv = ["plan", "--facts", f"{FACTS}/a100-80gb.json", "--model", f"{MODELS}/mixtral-8x22b-instruct-v0.1"]
+    argv = [
+        "plan",
+        "--facts",
+        f"{FACTS}/a100-80gb.json",
+        "--model",
+        f"{MODELS}/mixtral-8x22b-instruct-v0.1",
+    ]
     assert main([*argv, "--force", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["verdict"] == "forced"
@@ -118,15 +151,30 @@ def test_force_accepts_a_misfit(capsys: pytest.CaptureFixture[str], monkeypatch:
 
 
 def test_requested_profile_misfit_exits_3() -> None:
-    result = run("plan", "--profile", "rtx4090", "--facts", f"{FACTS}/a100-80gb.json", "--model", f"{MODELS}/apertus-70b-instruct-2509")
+    result = run(
+        "plan",
+        "--profile",
+        "rtx4090",
+        "--facts",
+        f"{FACTS}/a100-80gb.json",
+        "--model",
+        f"{MODELS}/apertus-70b-instruct-2509",
+    )
     assert result.returncode == 3
-    assert "warning: profile rtx4090 was requested but does not match this hardware" in result.stdout
+    assert (
+        "warning: profile rtx4090 was requested but does not match this hardware" in result.stdout
+    )
 
 
 def test_profiles_json_lists_the_four() -> None:
     result = run("profiles", "--json")
     assert result.returncode == 0
-    assert [p["name"] for p in json.loads(result.stdout)] == ["a100-single", "cpu-llamacpp", "h100-cluster", "rtx4090"]
+    assert [p["name"] for p in json.loads(result.stdout)] == [
+        "a100-single",
+        "cpu-llamacpp",
+        "h100-cluster",
+        "rtx4090",
+    ]
 
 
 # --- bad input: a clear message, exit 2, no traceback, nothing on stdout -------------
@@ -151,9 +199,11 @@ def test_unknown_profile() -> None:
 
 
 def test_profile_file_with_a_typo(tmp_path: Path) -> None:
-    (tmp_path / "unknown-key.yaml").write_text((ROOT / "tests/fixtures/profiles/bad/unknown-key.yaml").read_text())
+    (tmp_path / "unknown-key.yaml").write_text(
+        (ROOT / "tests/fixtures/profiles/bad/unknown-key.yaml").read_text()
+    )
     result = run("plan", "--profiles-dir", str(tmp_path), "--facts", f"{FACTS}/a100-80gb.json")
-    assert_clean_failure(result, 2, "did you mean 'gpu_memory_utilization'?")
+    assert_clean_failure(result, 2, "did you mean `gpu_memory_utilization`?")
 
 
 def test_model_directory_without_config(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ from .conftest import facts, model
 
 
 def test_vllm_single_node(profiles: dict[str, Profile]) -> None:
-    plan = build_plan(profiles, facts("rtx4090"), facts_source="t", model=model("mistral-7b-instruct-v0.3"))
+    plan = build_plan(
+        profiles, facts("rtx4090"), facts_source="t", model=model("mistral-7b-instruct-v0.3")
+    )
     (cmd,) = plan.commands
     assert cmd.role == "single" and cmd.host == "ws-rtx4090"
     assert cmd.argv == (
@@ -26,7 +28,9 @@ def test_vllm_single_node(profiles: dict[str, Profile]) -> None:
 
 
 def test_pre_quantised_checkpoint_passes_its_method(profiles: dict[str, Profile]) -> None:
-    plan = build_plan(profiles, facts("rtx4090"), facts_source="t", model=model("mistral-7b-v0.3-awq"))
+    plan = build_plan(
+        profiles, facts("rtx4090"), facts_source="t", model=model("mistral-7b-v0.3-awq")
+    )
     argv = plan.commands[0].argv
     assert argv[argv.index("--quantization") + 1] == "awq_marlin"
 
@@ -37,7 +41,9 @@ def test_ray_cluster_over_two_nodes(profiles: dict[str, Profile]) -> None:
     )
     head, worker = plan.commands
     assert (head.role, worker.role) == ("head", "worker")
-    assert head.before == (("ray", "start", "--head", "--port=6379", f"--node-ip-address={head.host}"),)
+    assert head.before == (
+        ("ray", "start", "--head", "--port=6379", f"--node-ip-address={head.host}"),
+    )
     assert head.argv[head.argv.index("--tensor-parallel-size") + 1] == "8"
     assert head.argv[head.argv.index("--pipeline-parallel-size") + 1] == "2"
     assert head.argv[-2:] == ("--distributed-executor-backend", "ray")
@@ -58,6 +64,28 @@ def test_llamacpp_uses_physical_cores_and_loopback(profiles: dict[str, Profile])
 
 def test_no_command_line_carries_a_key(profiles: dict[str, Profile]) -> None:
     for host in ("rtx4090", "h100x8-2nodes", "cpu-avx2"):
-        plan = build_plan(profiles, facts(host), facts_source="t", model=model("mistral-7b-instruct-v0.3"))
+        plan = build_plan(
+            profiles, facts(host), facts_source="t", model=model("mistral-7b-instruct-v0.3")
+        )
         for cmd in plan.commands:
             assert not any("key" in part.lower() for part in cmd.argv), cmd.argv
+
+
+def test_gguf_is_served_under_its_stem_with_a_chat_format(profiles: dict[str, Profile]) -> None:
+    import dataclasses
+
+    gguf = dataclasses.replace(
+        model("mistral-7b-instruct-v0.3"), format="gguf", name="gemma-3-270m-q4_k_m.gguf",
+        model_type="gemma3", checkpoint_dtype="Q4_K_M", has_chat_template=False,
+    )  # fmt: skip
+    (cmd,) = build_plan(profiles, facts("cpu-avx2"), facts_source="t", model=gguf).commands
+    argv = cmd.argv
+    assert (
+        argv[argv.index("--model") + 1] == "/opt/appliance/current/models/gemma-3-270m-q4_k_m.gguf"
+    )
+    assert argv[argv.index("--model_alias") + 1] == "gemma-3-270m-q4_k_m"
+    # No template in the file: the architecture's format, not llama.cpp's llama-2 fallback.
+    assert argv[argv.index("--chat_format") + 1] == "gemma"
+    with_template = dataclasses.replace(gguf, has_chat_template=True)
+    (cmd,) = build_plan(profiles, facts("cpu-avx2"), facts_source="t", model=with_template).commands
+    assert "--chat_format" not in cmd.argv

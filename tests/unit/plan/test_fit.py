@@ -41,7 +41,9 @@ def test_mixtral_8x22b_does_not_fit_one_a100_80gb(profiles: dict[str, Profile]) 
 
 
 @pytest.mark.parametrize("name", [MISTRAL, MIXTRAL_8X7B, MIXTRAL_8X22B, DEVSTRAL, APERTUS])
-def test_8x_h100_runs_every_reference_model_in_bf16(profiles: dict[str, Profile], name: str) -> None:
+def test_8x_h100_runs_every_reference_model_in_bf16(
+    profiles: dict[str, Profile], name: str
+) -> None:
     fit = report(profiles, "h100-cluster", "h100x8", name)
     assert fit.fits, fit.problems
     assert fit.estimate is not None and fit.estimate.precision == "bf16"
@@ -113,8 +115,16 @@ def test_tensor_parallel_must_divide_heads(profiles: dict[str, Profile]) -> None
 
 def test_kv_heads_fewer_than_tp_are_replicated() -> None:
     est = estimate(
-        precision="bf16", weights=8 * GIB, kv_per_token=8000, model_max_context=None, context=1000,
-        weight_shards=8, kv_shards=4, overhead=0, budget=10 * GIB, devices=8,
+        precision="bf16",
+        weights=8 * GIB,
+        kv_per_token=8000,
+        model_max_context=None,
+        context=1000,
+        weight_shards=8,
+        kv_shards=4,
+        overhead=0,
+        budget=10 * GIB,
+        devices=8,
     )
     assert est.weights_per_device == GIB
     assert est.kv_per_device == 2000 * 1000  # divided by the 4 KV shards, not the 8 GPUs

@@ -28,7 +28,9 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize(("host", "expected"), sorted(EXPECTED.items()))
-def test_auto_picks_the_expected_profile(profiles: dict[str, Profile], host: str, expected: str) -> None:
+def test_auto_picks_the_expected_profile(
+    profiles: dict[str, Profile], host: str, expected: str
+) -> None:
     sel = select_profile(profiles, facts(host))
     assert sel.profile.name == expected
     assert sel.mode == "auto"
@@ -95,7 +97,9 @@ def test_mig_enabled_gpus_are_rejected(profiles: dict[str, Profile]) -> None:
     (host,) = facts("a100-80gb")
     gpus = tuple(dataclasses.replace(g, mig_mode="enabled") for g in host.gpu.gpus)
     mig = dataclasses.replace(host, gpu=dataclasses.replace(host.gpu, gpus=gpus))
-    a100 = next(c for c in select_profile(profiles, (mig,)).candidates if c.profile == "a100-single")
+    a100 = next(
+        c for c in select_profile(profiles, (mig,)).candidates if c.profile == "a100-single"
+    )
     assert not a100.matches and "MIG is enabled" in " ".join(a100.reasons)
 
 
@@ -108,7 +112,9 @@ def test_requested_profile_overrides_but_warns(profiles: dict[str, Profile]) -> 
 
 def test_requesting_cpu_on_a_gpu_host_says_gpus_are_unused(profiles: dict[str, Profile]) -> None:
     sel = select_profile(profiles, facts("rtx4090"), "cpu-llamacpp")
-    assert sel.gpu_notice == "GPUS PRESENT BUT NOT USED: the CPU profile cpu-llamacpp was requested."
+    assert (
+        sel.gpu_notice == "GPUS PRESENT BUT NOT USED: the CPU profile cpu-llamacpp was requested."
+    )
 
 
 def test_unknown_profile(profiles: dict[str, Profile]) -> None:
