@@ -15,6 +15,7 @@ hardware, and which other profile would fit it on its own minimum hardware.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -325,16 +326,7 @@ def fit_report(
     elsewhere = tuple(
         a for other in others if (a := reference_fit(model, other, context)) is not None
     )
-    return FitReport(
-        profile=report.profile,
-        model=report.model,
-        layout=report.layout,
-        quantization=report.quantization,
-        estimate=report.estimate,
-        problems=report.problems,
-        notes=report.notes,
-        alternatives=report.alternatives + elsewhere,
-    )
+    return dataclasses.replace(report, alternatives=report.alternatives + elsewhere)
 
 
 def _fit_vllm(

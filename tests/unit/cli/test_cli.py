@@ -228,3 +228,17 @@ def test_corrupt_gguf(tmp_path: Path) -> None:
 def test_bad_context_is_a_usage_error(value: str) -> None:
     result = run("plan", "--facts", f"{FACTS}/a100-80gb.json", "--context", value)
     assert_clean_failure(result, 2, "--context")
+
+
+def test_detect_json_stays_on_the_fast_path() -> None:
+    # Start-up time is budgeted (bench/detect): no renderer, no validator, no GGUF reader.
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from appliance.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main(['detect', '--json'])\n"
+        "print(json.dumps([m for m in ('rich', 'pydantic', 'gguf', 'numpy', 'yaml') if m in sys.modules]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert json.loads(result.stdout) == []
