@@ -58,3 +58,76 @@ class DeploymentError(ApplianceError):
     """A deployment step failed on a host."""
 
     exit_code = ExitCode.DEPLOYMENT_FAILED
+
+
+# --- bundle verification: one class per kind of failure (all exit 4) -------------
+
+
+class MetadataError(VerificationError):
+    """Bundle or trust metadata is malformed, oversized, or of the wrong type."""
+
+
+class UnsignedError(VerificationError):
+    """The metadata carries no signature at all."""
+
+
+class UnknownKeyError(VerificationError):
+    """Signatures exist, but none from a key the trusted root lists for the role."""
+
+
+class BadSignatureError(VerificationError):
+    """A signature from a trusted key does not match the signed bytes."""
+
+
+class ThresholdError(VerificationError):
+    """Fewer valid signatures from distinct trusted keys than the threshold."""
+
+
+class ExpiredError(VerificationError):
+    """The metadata's expiry date has passed by the local clock."""
+
+
+class RollbackError(VerificationError):
+    """The bundle is older than the last one this site accepted."""
+
+
+class SameVersionConflictError(VerificationError):
+    """Same version as the last accepted bundle, different content."""
+
+
+class VersionJumpError(VerificationError):
+    """The version leaps implausibly far ahead (would lock out later updates)."""
+
+
+class RootRotationError(VerificationError):
+    """A new trusted root in the bundle is not signed by the old and new thresholds."""
+
+
+class UnsafePathError(VerificationError):
+    """A path escapes the bundle, collides with another, or is not a plain file."""
+
+
+class FileSetError(VerificationError):
+    """Files missing from, or extra to, the signed manifest."""
+
+
+class SizeMismatchError(VerificationError):
+    """A file's size differs from the signed length."""
+
+
+class DigestMismatchError(VerificationError):
+    """A file's (or shard's, or media part's) SHA-256 differs from the signed digest."""
+
+
+class MediaPartError(VerificationError):
+    """A media part of a split bundle is missing, damaged, or not of this bundle."""
+
+
+class KeyFileError(InputError):
+    """A key file cannot be read, decrypted, or is not an Ed25519 key."""
+
+
+class BundleBuildError(ApplianceError):
+    """Building a bundle failed (a source, a download, a pinned digest)."""
+
+    exit_code = ExitCode.USAGE

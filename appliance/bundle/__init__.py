@@ -1,0 +1,1 @@
+"""Signed offline bundles: format, keys and trust, build, sign, verify, install, media."""

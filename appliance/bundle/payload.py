@@ -1,0 +1,125 @@
+"""The appliance payload: what a bundle is, signed inside ``targets.json``.
+
+Strict pydantic models (unknown keys rejected). Stored under the ``appliance``
+key of the targets metadata's signed part, so name, channel, model provenance,
+adapter lineage and the media part digests are all covered by the signatures
+(no mix and match between bundles). Licences are SPDX identifiers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+SpdxId = Annotated[
+    str,
+    Field(
+        pattern=r"^(LicenseRef-[A-Za-z0-9.\-]+|[A-Za-z0-9][A-Za-z0-9.+\-]*)$",
+        description="SPDX licence identifier, e.g. Apache-2.0, or LicenseRef-<name> for others",
+    ),
+]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetUse(_Strict):
+    name: str
+    records: Annotated[int, Field(ge=0)]
+    licence: SpdxId | None = None
+    url: str | None = None
+
+
+class TrainingContentSummary(_Strict):
+    """Fields of the EU AI Act public summary of training content (AI Office template, 2025)."""
+
+    provider: str
+    modalities: list[Literal["text", "image", "audio", "video", "other"]] = Field(min_length=1)
+    training_data_size: str = Field(description="Order of magnitude, e.g. '1-10 million tokens'")
+    publicly_available_datasets: list[str] = Field(default_factory=list)
+    private_datasets: list[str] = Field(default_factory=list, description="licensed or in-house")
+    web_crawled_data: str | None = Field(default=None, description="crawlers, period, main domains")
+    user_data: str | None = None
+    synthetic_data: str | None = None
+    other_sources: str | None = None
+    copyright_opt_out_measures: str = Field(
+        description="how text-and-data-mining opt-outs were respected"
+    )
+    illegal_content_measures: str = Field(description="how illegal content was removed")
+
+
+class AdapterProvenance(_Strict):
+    base_model: str
+    base_model_revision: str | None = None
+    rank: Annotated[int, Field(ge=1, le=1024)]
+    alpha: Annotated[float, Field(gt=0)]
+    target_modules: list[str] = Field(min_length=1)
+    licence: SpdxId
+    datasets: list[DatasetUse] = Field(min_length=1)
+    training_summary: TrainingContentSummary
+
+
+class ModelSource(_Strict):
+    kind: Literal["hf-hub", "hf-cache", "local-dir", "gguf"]
+    repo_id: str | None = None
+    revision: str | None = None  # as requested (branch, tag or commit)
+    resolved_commit: str | None = None  # the commit actually bundled
+    original_path: str | None = None  # where a local source was read from (informative)
+
+
+class ModelEntry(_Strict):
+    name: Name
+    path: str  # under files/, a directory (HF) or a .gguf file
+    format: Literal["hf", "gguf"]
+    source: ModelSource
+    licence: SpdxId | None = None
+    parameter_count: int | None = None
+    checkpoint_dtype: str | None = None
+
+
+class AdapterEntry(_Strict):
+    name: Name
+    path: str
+    provenance: AdapterProvenance
+
+
+class WheelSet(_Strict):
+    python: str  # e.g. "3.11"
+    platform: str  # e.g. "manylinux_2_17_x86_64"
+    requirements: list[str]
+    files: list[str]  # paths under files/
+    build_notes: dict[str, str] = Field(default_factory=dict)  # e.g. llama-cpp-python CMAKE_ARGS
+
+
+class ArtifactEntry(_Strict):
+    name: Name
+    path: str
+    url: str
+    sha256: Sha256Hex
+    licence: SpdxId | None = None
+
+
+class MediaLayout(_Strict):
+    part_size: Annotated[int, Field(ge=1024 * 1024)]
+    parts: list[tuple[int, int, int, Sha256Hex]] = Field(
+        description="(index, offset, length, sha256) of each part of the content stream"
+    )
+
+
+class Payload(_Strict):
+    format: Literal[1] = 1  # FORMAT_VERSION
+    name: Name
+    channel: Name = "stable"
+    created: str  # ISO 8601 UTC
+    created_by: str  # "appliance 0.1.0"
+    profiles: list[str] = Field(default_factory=list)
+    model: ModelEntry | None = None
+    adapters: list[AdapterEntry] = Field(default_factory=list)
+    wheels: WheelSet | None = None
+    artifacts: list[ArtifactEntry] = Field(default_factory=list)
+    media: MediaLayout

@@ -1,0 +1,58 @@
+"""Typed events yielded by long operations (hashing, building, verifying, deploying).
+
+Long operations are generators: they ``yield`` these events and ``return``
+their result; failures are raised as ``ApplianceError`` subclasses. Front ends
+only render events (CLI progress bars or ``--json`` lines; TUI widgets).
+``drain`` runs a generator for callers that only want the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TypeVar
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    operation: str  # "verify", "build", "copy", ...
+    total_bytes: int | None = None
+    total_items: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    operation: str
+    done_bytes: int
+    total_bytes: int | None
+    done_items: int = 0
+    total_items: int | None = None
+    item: str | None = None  # e.g. the file just finished
+
+
+@dataclass(frozen=True, slots=True)
+class Warned:
+    operation: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    operation: str
+    message: str
+
+
+Event = Started | Progress | Warned | Finished
+T = TypeVar("T")
+
+
+def drain(gen: Generator[Event, None, T], on_event: Callable[[Event], None] | None = None) -> T:
+    """Run an operation to completion, passing each event to ``on_event``; return its result."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        if on_event is not None:
+            on_event(event)
