@@ -105,7 +105,7 @@ class ArtifactEntry(_Strict):
 
 
 class MediaLayout(_Strict):
-    part_size: Annotated[int, Field(ge=1024 * 1024)]
+    part_size: Annotated[int, Field(ge=64 * 1024)]
     parts: list[tuple[int, int, int, Sha256Hex]] = Field(
         description="(index, offset, length, sha256) of each part of the content stream"
     )

@@ -9,7 +9,9 @@ person. Diagnostics go to stderr; ``--json`` output goes to stdout.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,8 +103,6 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
     profiles = load_profiles(args.profiles_dir)
     if args.json:
-        import json
-
         data = [p.model_dump(mode="json") for p in profiles.values()]
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     else:
@@ -133,8 +133,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         context=args.context,
     )
     if args.json:
-        import json
-
         sys.stdout.write(
             json.dumps(plan_to_json(plan, forced=args.force), indent=2, sort_keys=True) + "\n"
         )
@@ -160,7 +158,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return ExitCode.DOES_NOT_FIT
 
 
-COMMANDS = {"detect": cmd_detect, "profiles": cmd_profiles, "plan": cmd_plan}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "detect": cmd_detect,
+    "profiles": cmd_profiles,
+    "plan": cmd_plan,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,12 +172,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         print("\nThe interactive installer (TUI) is not built yet; use the commands above.")
         return ExitCode.OK
+    command = (
+        args.command
+        if getattr(args, "subcommand", None) is None
+        else f"{args.command}.{args.subcommand}"
+    )
     try:
-        return int(COMMANDS[args.command](args))
+        return int(COMMANDS[command](args))
     except ApplianceError as exc:
         print(f"appliance: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"appliance: {exc.hint}", file=sys.stderr)
+        if getattr(args, "json", False):
+            # Scripts reading --json get the failure on stdout too, with its kind.
+            error = {
+                "ok": False,
+                "error": type(exc).__name__,
+                "message": exc.message,
+                "exit_code": int(exc.exit_code),
+            }
+            sys.stdout.write(json.dumps(error, indent=2, sort_keys=True) + "\n")
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("appliance: interrupted", file=sys.stderr)

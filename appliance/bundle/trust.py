@@ -1,0 +1,257 @@
+"""The site's trusted root: who may sign bundles, and how many of them must.
+
+A trusted root is TUF root metadata (python-tuf Metadata API). Appliance uses
+two of its roles: ``root`` (who may change the root itself: rotation) and
+``targets`` (who may sign bundles); TUF also requires ``snapshot`` and
+``timestamp``, which get the same keys and are not used (bundles are offline:
+see bundles/FORMAT.md). Invariants enforced when a root is loaded:
+
+- strict JSON (duplicate keys refused), bounded size, ``_type`` root;
+- no public key listed twice under different keyids (one key must never
+  count twice towards a threshold);
+- 1 <= threshold <= number of keys of the role;
+- signed by its own root threshold.
+
+Rotation (TUF 5.3): root version N+1 is accepted only if signed by the
+threshold of root N and by its own threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from securesystemslib.signer import Signer, SSlibKey
+from tuf.api.metadata import Metadata, Root
+from tuf.api.serialization import DeserializationError
+from tuf.api.serialization.json import CanonicalJSONSerializer, JSONSerializer
+
+from appliance.bundle.format import MAX_ROOT_BYTES
+from appliance.errors import (
+    BadSignatureError,
+    InputError,
+    MetadataError,
+    RootRotationError,
+    ThresholdError,
+    UnknownKeyError,
+    UnsignedError,
+    VerificationError,
+)
+
+ROLES = ("root", "targets", "snapshot", "timestamp")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def new_root(
+    keys: Sequence[SSlibKey], threshold: int, expires: datetime, *, version: int = 1
+) -> Metadata[Root]:
+    unique = {key.keyval["public"]: key for key in keys}
+    if len(unique) != len(keys):
+        raise InputError("the same public key was given twice; every signer needs their own key")
+    if not 1 <= threshold <= len(keys):
+        raise InputError(
+            f"threshold {threshold} is impossible with {len(keys)} key(s): use 1 to {len(keys)}"
+        )
+    root = Root(version=version, expires=expires, consistent_snapshot=False)
+    for key in keys:
+        for role in ROLES:
+            root.add_key(key, role)
+    for role in ROLES:
+        root.roles[role].threshold = threshold
+    return Metadata(root)
+
+
+def rotate_root(
+    old: Metadata[Root], keys: Sequence[SSlibKey], threshold: int, expires: datetime
+) -> Metadata[Root]:
+    """Root version N+1 with new keys/threshold; it must then be signed by old AND new signers."""
+    return new_root(keys, threshold, expires, version=old.signed.version + 1)
+
+
+def sign_metadata(md: Metadata[Any], signer: Signer) -> None:
+    """Add (or replace) this signer's signature."""
+    md.sign(signer, append=True)
+
+
+def to_bytes(md: Metadata[Any]) -> bytes:
+    return md.to_bytes(JSONSerializer(compact=False)) + b"\n"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def strict_json(data: bytes, what: str) -> Any:
+    """Parse JSON, refusing duplicate keys and non-UTF-8 (a second value could hide behind the first)."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise MetadataError(
+                    f"{what}: duplicate JSON key {key!r}; refusing ambiguous metadata"
+                )
+            out[key] = value
+        return out
+
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{what}: not UTF-8 (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise MetadataError(
+            f"{what}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from exc
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """Read at most ``limit`` bytes; a larger file is refused before it is parsed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MetadataError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise MetadataError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise MetadataError(f"{what} {path} is larger than {limit} bytes; refusing to parse it")
+    return data
+
+
+def parse_root(data: bytes, what: str) -> Metadata[Root]:
+    strict_json(data, what)
+    try:
+        md = Metadata[Root].from_bytes(data)
+    except (DeserializationError, ValueError, KeyError, TypeError) as exc:
+        raise MetadataError(f"{what}: not valid root metadata: {exc}") from exc
+    if not isinstance(md.signed, Root):
+        raise MetadataError(f"{what}: expected root metadata, found {md.signed.type!r}")
+    _check_distinct_keys(md.signed, what)
+    for role in ("root", "targets"):
+        spec = md.signed.roles[role]
+        if not 1 <= spec.threshold <= len(spec.keyids):
+            raise MetadataError(
+                f"{what}: role {role} has threshold {spec.threshold} with {len(spec.keyids)} key(s)"
+            )
+    return md
+
+
+def _check_distinct_keys(root: Root, what: str) -> None:
+    seen: dict[str, str] = {}
+    for keyid, key in root.keys.items():
+        other = seen.setdefault(str(key.keyval.get("public")), keyid)
+        if other != keyid:
+            raise MetadataError(
+                f"{what}: the same public key is listed under two keyids ({other[:12]}..., {keyid[:12]}...); "
+                "one key could count twice towards a threshold"
+            )
+
+
+def check_signatures(root: Root, role: str, md: Metadata[Any], what: str) -> list[str]:
+    """Keyids of the valid signatures; raise the specific error when below the threshold."""
+    signatures = md.signatures
+    if not signatures:
+        raise UnsignedError(
+            f"{what} is not signed", hint="Sign it with `appliance bundle sign DIR --key KEY`."
+        )
+    spec = root.roles[role]
+    trusted = [k for k in signatures if k in spec.keyids]
+    if not trusted:
+        shown = ", ".join(k[:12] + "..." for k in signatures)
+        raise UnknownKeyError(
+            f"{what} is signed only by key(s) this site does not trust for {role}: {shown}",
+            hint="Check the trusted root (--trust) lists the signers' public keys.",
+        )
+    payload = CanonicalJSONSerializer().serialize(md.signed)
+    result = root.get_verification_result(role, payload, signatures)
+    valid = sorted(result.signed)
+    if result.verified:
+        return valid
+    bad = [k for k in trusted if k not in result.signed]
+    if bad:
+        raise BadSignatureError(
+            f"{what}: the signature by trusted key {bad[0][:12]}... does not match the signed content; "
+            "the metadata was changed after signing, or the signature belongs to other metadata"
+        )
+    raise ThresholdError(
+        f"{what} has {len(valid)} valid signature(s) from trusted keys; {spec.threshold} are required",
+        hint="Have more of the trusted signers run `appliance bundle sign`.",
+    )
+
+
+def load_trusted_root(path: Path, *, what: str | None = None) -> Metadata[Root]:
+    """A root the site trusts: strictly parsed and signed by its own root threshold."""
+    label = what or f"trusted root {path}"
+    md = parse_root(read_bounded(path, MAX_ROOT_BYTES, "trusted root"), label)
+    try:
+        check_signatures(md.signed, "root", md, label)
+    except VerificationError as exc:
+        raise type(exc)(
+            f"{exc.message} (a trusted root must be signed by its own root threshold)",
+            hint=exc.hint,
+        ) from exc
+    return md
+
+
+def apply_rotations(trusted: Metadata[Root], history_dir: Path) -> tuple[Metadata[Root], list[int]]:
+    """Walk ``history_dir/N.root.json`` for N = trusted+1, +2, ...; each must be signed by the
+    previous root's threshold and its own. Returns the newest root and the versions applied."""
+    applied: list[int] = []
+    current = trusted
+    while True:
+        version = current.signed.version + 1
+        path = history_dir / f"{version}.root.json"
+        if not path.exists():
+            break
+        label = f"root rotation {path.name}"
+        new = parse_root(read_bounded(path, MAX_ROOT_BYTES, "root rotation"), label)
+        if new.signed.version != version:
+            raise RootRotationError(
+                f"{label} declares version {new.signed.version}, expected {version}"
+            )
+        for signer_root, whose in (
+            (current.signed, f"the current root (version {current.signed.version})"),
+            (new.signed, "itself"),
+        ):
+            try:
+                check_signatures(signer_root, "root", new, label)
+            except VerificationError as exc:
+                raise RootRotationError(
+                    f"{label} is not signed by the threshold of {whose}: {exc.message}"
+                ) from exc
+        current = new
+        applied.append(version)
+    return current, applied
+
+
+def check_not_expired(expires: datetime, what: str, now: datetime | None = None) -> None:
+    from appliance.errors import ExpiredError
+
+    moment = now or _utc_now()
+    if expires <= moment:
+        raise ExpiredError(
+            f"{what} expired on {expires.isoformat()} (local clock: {moment.isoformat()})",
+            hint="Ask the release engineers for a fresh one; check this host's clock if that is wrong.",
+        )
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90d', '12w', '1y', '36h' -> timedelta."""
+    units = {"h": 1 / 24, "d": 1, "w": 7, "y": 365}
+    if len(text) >= 2 and text[-1] in units and text[:-1].isdigit() and int(text[:-1]) > 0:
+        return timedelta(days=int(text[:-1]) * units[text[-1]])
+    raise InputError(f"expected a duration such as 90d, 12w, 1y or 36h, found {text!r}")

@@ -1,0 +1,325 @@
+"""Bundle verification: ordered, all-or-nothing, and the only way to a ``VerifiedBundle``.
+
+Order (each step runs only if every earlier one passed; nothing is recorded
+before the last one passes):
+
+1. trusted root: the site's file (or the newer one kept in the state dir),
+   strictly parsed and signed by its own threshold;
+2. root rotations carried by the bundle (``metadata/root/N.root.json``), each
+   signed by the previous and its own threshold; the final root not expired;
+3. the manifest: bounded, strict, signed by the root's targets threshold
+   (unsigned, unknown key, bad signature and too few signatures are distinct
+   errors);
+4. expiry of the manifest by the local clock;
+5. payload and file records well formed (paths, shards, media layout);
+6. freshness against the state: rollback refused unless ``allow_downgrade``
+   (audited), same version with other content refused, implausible version
+   jumps refused unless ``allow_version_jump``;
+7. exact file set, no links or special files, sizes;
+8. SHA-256 of every shard, in parallel;
+9. only then: the state records the accepted version (and rotated root).
+
+``VerifiedBundle`` can only be built here (a private token guards its
+constructor), so code that deploys must have gone through ``verify_bundle``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from tuf.api.metadata import Metadata, Root
+
+from appliance.bundle import contents
+from appliance.bundle.format import (
+    FILES_DIR,
+    MAX_VERSION_JUMP,
+    METADATA_DIR,
+    ROOT_HISTORY_DIR,
+    TARGETS_FILE,
+    FileRecord,
+)
+from appliance.bundle.install import install_files
+from appliance.bundle.manifest import (
+    bundle_contents,
+    content_digest,
+    parse_targets,
+    read_targets_bytes,
+    targets_path,
+)
+from appliance.bundle.payload import Payload
+from appliance.bundle.state import Accepted, TrustState
+from appliance.bundle.trust import (
+    apply_rotations,
+    check_not_expired,
+    check_signatures,
+    load_trusted_root,
+    write_atomic,
+)
+from appliance.errors import (
+    FileSetError,
+    InputError,
+    RollbackError,
+    SameVersionConflictError,
+    VersionJumpError,
+)
+from appliance.events import Event, Finished, Started, Warned
+
+_TOKEN = object()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOptions:
+    allow_downgrade: bool = False
+    allow_version_jump: bool = False
+    now: datetime | None = None
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    directory: Path
+    name: str
+    channel: str
+    version: int
+    expires: datetime
+    content_digest: str
+    signers: tuple[str, ...]
+    root_version: int
+    payload: Payload
+    records: tuple[FileRecord, ...]
+    previous_version: int | None
+    _token: object = field(repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self._token is not _TOKEN:
+            raise TypeError(
+                "a VerifiedBundle is only made by appliance.bundle.verify.verify_bundle"
+            )
+
+    @property
+    def files_dir(self) -> Path:
+        return self.directory / FILES_DIR
+
+
+def _trusted_root(trust_path: Path, state: TrustState | None) -> Metadata[Root]:
+    site = load_trusted_root(trust_path)
+    kept = state.root() if state is not None else None
+    if kept is not None and kept.signed.version > site.signed.version:
+        # A rotation accepted earlier (verified against the chain then); it must
+        # still carry its own threshold, so a tampered state file is caught.
+        check_signatures(
+            kept.signed,
+            "root",
+            kept,
+            f"the trusted root kept in {state.directory if state else ''}",
+        )
+        return kept
+    return site
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """Everything established before the content is hashed (steps 1-7)."""
+
+    root_md: Metadata[Root]
+    rotated: bool
+    manifest_bytes: bytes  # exactly what was verified; an install writes these bytes
+    version: int
+    expires: datetime
+    payload: Payload
+    records: list[FileRecord]
+    digest: str
+    signers: list[str]
+    previous: Accepted | None
+    state: TrustState | None
+
+
+def _check_metadata(
+    bundle_dir: Path, trust_path: Path, state_dir: Path | None, options: VerifyOptions
+) -> Generator[Event, None, _Checked]:
+    if not (bundle_dir / FILES_DIR).is_dir() or (bundle_dir / FILES_DIR).is_symlink():
+        raise FileSetError(
+            f"{bundle_dir} has no files/ directory; is it a bundle (or a split set: use `bundle join`)?"
+        )
+    state = TrustState(state_dir) if state_dir is not None else None
+    # 1-2: the root of trust, rotated forward by what the bundle carries.
+    trusted = _trusted_root(trust_path, state)
+    root_md, rotated = apply_rotations(trusted, bundle_dir / ROOT_HISTORY_DIR)
+    root = root_md.signed
+    check_not_expired(root.expires, f"the trusted root (version {root.version})", options.now)
+    if rotated:
+        yield Warned(
+            "verify", f"trusted root rotated to version {root.version} (applied {rotated})"
+        )
+    # 3-5: the manifest.
+    raw = read_targets_bytes(bundle_dir)
+    md = parse_targets(raw, f"bundle manifest {targets_path(bundle_dir)}")
+    signers = check_signatures(root, "targets", md, "the bundle manifest")
+    check_not_expired(md.signed.expires, f"bundle version {md.signed.version}", options.now)
+    payload, records = bundle_contents(md)
+    digest = content_digest(md)
+    version = md.signed.version
+    # 6: freshness.
+    previous = state.accepted(payload.name, payload.channel) if state is not None else None
+    if previous is not None:
+        yield from _check_freshness(payload, version, digest, previous, options)
+    # 7: the exact file set and sizes.
+    contents.check_file_set(bundle_dir / FILES_DIR, records)
+    return _Checked(
+        root_md,
+        bool(rotated),
+        raw,
+        version,
+        md.signed.expires,
+        payload,
+        records,
+        digest,
+        signers,
+        previous,
+        state,
+    )
+
+
+def _check_freshness(
+    payload: Payload, version: int, digest: str, previous: Accepted, options: VerifyOptions
+) -> Generator[Event, None, None]:
+    where = f"{payload.name}/{payload.channel}"
+    if version < previous.version:
+        if not options.allow_downgrade:
+            raise RollbackError(
+                f"{where} version {version} is older than version {previous.version} accepted here on "
+                f"{previous.accepted_at}; refusing a rollback",
+                hint="If the downgrade is intended, re-run with --allow-downgrade (it is recorded in the audit log).",
+            )
+        yield Warned(
+            "verify", f"downgrade from {previous.version} to {version} allowed by --allow-downgrade"
+        )
+    elif version == previous.version and digest != previous.content_digest:
+        raise SameVersionConflictError(
+            f"{where} version {version} was accepted before with different content "
+            f"({previous.content_digest[:16]}... then, {digest[:16]}... now); a version number names one content",
+            hint="Ask the release engineers for a bundle with a new version number.",
+        )
+    elif version > previous.version + MAX_VERSION_JUMP and not options.allow_version_jump:
+        raise VersionJumpError(
+            f"{where} jumps from version {previous.version} to {version}; more than {MAX_VERSION_JUMP} ahead "
+            "would lock out later updates if it was a mistake",
+            hint="If intended, re-run with --allow-version-jump.",
+        )
+
+
+def _accept(checked: _Checked, directory: Path) -> VerifiedBundle:
+    """Step 9: remember the bundle, only after everything passed; then hand out the proof."""
+    payload, previous, state = checked.payload, checked.previous, checked.state
+    if state is not None:
+        with state.locked():
+            if previous is not None and checked.version < previous.version:
+                state.audit(
+                    {
+                        "event": "downgrade-accepted",
+                        "bundle": payload.name,
+                        "channel": payload.channel,
+                        "from": previous.version,
+                        "to": checked.version,
+                        "content_digest": checked.digest,
+                    }
+                )
+            state.record(
+                payload.name,
+                payload.channel,
+                checked.version,
+                checked.digest,
+                checked.root_md if checked.rotated else None,
+            )
+    return VerifiedBundle(
+        directory=directory,
+        name=payload.name,
+        channel=payload.channel,
+        version=checked.version,
+        expires=checked.expires,
+        content_digest=checked.digest,
+        signers=tuple(checked.signers),
+        root_version=checked.root_md.signed.version,
+        payload=payload,
+        records=tuple(checked.records),
+        previous_version=previous.version if previous is not None else None,
+        _token=_TOKEN,
+    )
+
+
+def _summary(checked: _Checked, what: str) -> str:
+    root = checked.root_md.signed
+    return (
+        f"{checked.payload.name} {checked.payload.channel} version {checked.version}: {len(checked.records)} files "
+        f"{what}, signed by {len(checked.signers)} of threshold {root.roles['targets'].threshold}"
+    )
+
+
+def verify_bundle(
+    bundle_dir: Path,
+    trust_path: Path,
+    state_dir: Path | None = None,
+    options: VerifyOptions = VerifyOptions(),
+) -> Generator[Event, None, VerifiedBundle]:
+    """Verify a bundle in place (steps 1-9)."""
+    yield Started("verify")
+    checked = yield from _check_metadata(bundle_dir, trust_path, state_dir, options)
+    yield from contents.verify_contents(
+        bundle_dir / FILES_DIR, checked.records, workers=options.workers
+    )
+    verified = _accept(checked, bundle_dir)
+    yield Finished("verify", _summary(checked, "verified"))
+    return verified
+
+
+def install_bundle(
+    bundle_dir: Path,
+    trust_path: Path,
+    dest: Path,
+    state_dir: Path | None = None,
+    options: VerifyOptions = VerifyOptions(),
+) -> Generator[Event, None, VerifiedBundle]:
+    """Verify-before-write: steps 1-7 on the medium, then copy into staging while hashing
+    (step 8 on the bytes actually written), rename into ``dest``, and only then step 9.
+    The result describes the installed, read-only copy at ``dest``."""
+    yield Started("install")
+    checked = yield from _check_metadata(bundle_dir, trust_path, state_dir, options)
+    if dest.exists() or dest.is_symlink():
+        raise InputError(
+            f"{dest} already exists; a release directory is written once and never changed"
+        )
+    # The whole release is staged next to dest and appears in one rename.
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.release-", dir=dest.parent))
+    try:
+        metadata = staging / METADATA_DIR
+        metadata.mkdir()
+        write_atomic(metadata / Path(TARGETS_FILE).name, checked.manifest_bytes, 0o444)
+        yield from install_files(
+            bundle_dir / FILES_DIR, checked.records, staging / FILES_DIR, workers=options.workers
+        )
+        metadata.chmod(0o555)
+        staging.chmod(0o555)
+        os.rename(staging, dest)
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    verified = _accept(checked, dest)
+    yield Finished("install", _summary(checked, f"installed into {dest}"))
+    return verified
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a staging tree even though it was made read-only."""
+    if not path.exists():
+        return
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+    path.chmod(0o700)
+    shutil.rmtree(path)

@@ -1,0 +1,444 @@
+"""``appliance keys|trust|bundle`` commands: parse, call the core, render events and results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Generator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from appliance.events import Event, Finished, Progress, Started, Warned, drain
+from appliance.exitcodes import ExitCode
+
+T = TypeVar("T")
+
+
+# --- shared options ------------------------------------------------------------------
+
+
+def _passphrase_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--passphrase-file", type=Path, help="read the key passphrase from the first line of FILE"
+    )
+    group.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="read the key passphrase from environment variable VAR",
+    )
+    group.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes | None:
+    from appliance.bundle.keys import read_passphrase
+
+    return read_passphrase(
+        file=args.passphrase_file, env=args.passphrase_env, ask=args.ask_passphrase, confirm=confirm
+    )
+
+
+def _expires(text: str) -> datetime:
+    from appliance.bundle.trust import parse_duration
+
+    return (datetime.now(UTC) + parse_duration(text)).replace(microsecond=0)
+
+
+def run_with_progress(gen: Generator[Event, None, T], *, quiet: bool) -> T:
+    """Drain an operation, showing progress on stderr for a person (not in --json mode)."""
+    if quiet or not sys.stderr.isatty():
+
+        def plain(event: Event) -> None:
+            if not quiet and isinstance(event, Warned | Finished):
+                print(f"appliance: {event.message}", file=sys.stderr)
+
+        return drain(gen, plain)
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+    from rich.progress import Progress as Bar
+
+    with Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def show(event: Event) -> None:
+            if isinstance(event, Started):
+                tasks[event.operation] = bar.add_task(event.operation, total=event.total_bytes)
+            elif isinstance(event, Progress) and event.operation in tasks:
+                bar.update(
+                    tasks[event.operation], completed=event.done_bytes, total=event.total_bytes
+                )
+            elif isinstance(event, Warned | Finished):
+                bar.console.print(f"appliance: {event.message}", highlight=False, markup=False)
+
+        return drain(gen, show)
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from appliance.bundle.keys import generate_key, load_signer
+    from appliance.bundle.trust import new_root, sign_metadata, to_bytes, write_atomic
+
+    passphrase = _passphrase(args, confirm=True)
+    pair = generate_key(args.out, args.name, passphrase)
+    root_path = args.out / "root.json"
+    made_root = False
+    if not root_path.exists():
+        # The simple path: one key is enough to sign and to verify with these files.
+        from appliance.bundle.keys import load_public_key
+
+        key, _ = load_public_key(pair.public_path)
+        root = new_root([key], 1, _expires(args.expires))
+        sign_metadata(root, load_signer(pair.private_path, passphrase))
+        write_atomic(root_path, to_bytes(root))
+        made_root = True
+    result = {
+        "keyid": pair.keyid,
+        "private_key": str(pair.private_path),
+        "public_key": str(pair.public_path),
+        "trusted_root": str(root_path) if made_root else None,
+    }
+    if args.json:
+        _emit_json(result)
+    else:
+        print(
+            f"private key  {pair.private_path} (mode 0600{', passphrase-protected' if passphrase else ''}; keep it offline)"
+        )
+        print(f"public key   {pair.public_path}  keyid {pair.keyid}")
+        if made_root:
+            print(
+                f"trusted root {root_path} (this key alone, threshold 1): copy it to the site, verify with --trust"
+            )
+        else:
+            print(
+                f"{root_path} exists and was left as it is; add this key with `appliance trust init|rotate`"
+            )
+    return ExitCode.OK
+
+
+# --- trust -----------------------------------------------------------------------------
+
+
+def _public_keys(paths: list[Path]) -> list[Any]:
+    from appliance.bundle.keys import load_public_key
+
+    return [load_public_key(p)[0] for p in paths]
+
+
+def cmd_trust_init(args: argparse.Namespace) -> int:
+    from appliance.bundle.trust import new_root, to_bytes, write_atomic
+
+    root = new_root(_public_keys(args.key), args.threshold, _expires(args.expires))
+    _refuse_existing(args.out)
+    write_atomic(args.out, to_bytes(root))
+    print(
+        f"wrote {args.out} (version 1, {len(args.key)} keys, threshold {args.threshold}, unsigned): "
+        f"now {args.threshold} of the key holders run `appliance trust sign {args.out} --key KEY`",
+        file=sys.stderr,
+    )
+    return ExitCode.OK
+
+
+def _refuse_existing(path: Path) -> None:
+    from appliance.errors import InputError
+
+    if path.exists():
+        raise InputError(f"{path} already exists; refusing to overwrite a trusted root")
+
+
+def cmd_trust_rotate(args: argparse.Namespace) -> int:
+    from appliance.bundle.trust import load_trusted_root, rotate_root, to_bytes, write_atomic
+
+    old = load_trusted_root(args.from_root)
+    new = rotate_root(old, _public_keys(args.key), args.threshold, _expires(args.expires))
+    _refuse_existing(args.out)
+    write_atomic(args.out, to_bytes(new))
+    print(
+        f"wrote {args.out} (version {new.signed.version}): it needs signatures from {old.signed.roles['root'].threshold} "
+        f"holder(s) of the current root keys AND {args.threshold} of the new keys (`appliance trust sign`); "
+        f"ship it in bundles as metadata/root/{new.signed.version}.root.json",
+        file=sys.stderr,
+    )
+    return ExitCode.OK
+
+
+def cmd_trust_sign(args: argparse.Namespace) -> int:
+    from appliance.bundle.format import MAX_ROOT_BYTES
+    from appliance.bundle.keys import load_signer
+    from appliance.bundle.trust import (
+        parse_root,
+        read_bounded,
+        sign_metadata,
+        to_bytes,
+        write_atomic,
+    )
+
+    root = parse_root(read_bounded(args.root, MAX_ROOT_BYTES, "root"), str(args.root))
+    signer = load_signer(args.key, _passphrase(args))
+    sign_metadata(root, signer)
+    write_atomic(args.root, to_bytes(root))
+    print(
+        f"signed {args.root} with key {signer.public_key.keyid} ({len(root.signatures)} signature(s) now)",
+        file=sys.stderr,
+    )
+    return ExitCode.OK
+
+
+def cmd_trust_show(args: argparse.Namespace) -> int:
+    from appliance.bundle.format import MAX_ROOT_BYTES
+    from appliance.bundle.trust import parse_root, read_bounded
+
+    root = parse_root(read_bounded(args.root, MAX_ROOT_BYTES, "root"), str(args.root)).signed
+    data = {
+        "version": root.version,
+        "expires": root.expires.isoformat(),
+        "roles": {
+            r: {"threshold": root.roles[r].threshold, "keyids": root.roles[r].keyids}
+            for r in ("root", "targets")
+        },
+    }
+    if args.json:
+        _emit_json(data)
+    else:
+        print(f"trusted root version {root.version}, expires {root.expires.isoformat()}")
+        for role in ("root", "targets"):
+            spec = root.roles[role]
+            print(
+                f"  {role}: {spec.threshold} of {len(spec.keyids)} keys: {', '.join(k[:16] for k in spec.keyids)}"
+            )
+    return ExitCode.OK
+
+
+# --- bundle ----------------------------------------------------------------------------
+
+
+def cmd_bundle_sign(args: argparse.Namespace) -> int:
+    from appliance.bundle import contents
+    from appliance.bundle.format import FILES_DIR
+    from appliance.bundle.keys import load_signer
+    from appliance.bundle.manifest import bundle_contents, read_targets, sign_bundle
+
+    signer = load_signer(args.key, _passphrase(args))
+    if not args.no_content_check:
+        # A signer approves bytes, not just metadata: check the files match first.
+        _, records = bundle_contents(read_targets(args.bundle))
+        contents.check_file_set(args.bundle / FILES_DIR, records)
+        run_with_progress(contents.verify_contents(args.bundle / FILES_DIR, records), quiet=False)
+    keyid = sign_bundle(args.bundle, signer)
+    print(f"signed {args.bundle} with key {keyid}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def inspect_data(bundle: Path) -> dict[str, Any]:
+    from appliance.bundle.manifest import bundle_contents, content_digest, read_targets
+
+    md = read_targets(bundle)
+    payload, records = bundle_contents(md)
+    return {
+        "name": payload.name,
+        "channel": payload.channel,
+        "version": md.signed.version,
+        "expires": md.signed.expires.isoformat(),
+        "created": payload.created,
+        "created_by": payload.created_by,
+        "content_digest": content_digest(md),
+        "signatures": sorted(md.signatures),
+        "profiles": payload.profiles,
+        "model": None if payload.model is None else payload.model.model_dump(mode="json"),
+        "adapters": [a.model_dump(mode="json") for a in payload.adapters],
+        "wheels": None if payload.wheels is None else payload.wheels.model_dump(mode="json"),
+        "artifacts": [a.model_dump(mode="json") for a in payload.artifacts],
+        "media": {"part_size": payload.media.part_size, "parts": len(payload.media.parts)},
+        "files": [{"path": r.path, "length": r.length, "sha256": r.sha256} for r in records],
+        "total_bytes": sum(r.length for r in records),
+        "verified": False,
+    }
+
+
+def cmd_bundle_inspect(args: argparse.Namespace) -> int:
+    data = inspect_data(args.bundle)
+    if args.json:
+        _emit_json(data)
+        return ExitCode.OK
+    print(
+        f"{data['name']} ({data['channel']}) version {data['version']}, expires {data['expires']}"
+    )
+    print(
+        f"  built {data['created']} by {data['created_by']}; content digest {data['content_digest']}"
+    )
+    print(
+        "  NOT VERIFIED: inspect reads the manifest only; run `appliance bundle verify` before trusting it"
+    )
+    print(
+        f"  signatures: {len(data['signatures'])} ({', '.join(k[:16] for k in data['signatures']) or 'none'})"
+    )
+    model = data["model"]
+    if model is not None:
+        src = model["source"]
+        origin = src.get("repo_id") or src.get("original_path") or ""
+        commit = f" @ {src['resolved_commit']}" if src.get("resolved_commit") else ""
+        print(
+            f"  model {model['name']} ({model['format']}, licence {model.get('licence') or 'not stated'}) from {src['kind']} {origin}{commit}"
+        )
+    for adapter in data["adapters"]:
+        prov = adapter["provenance"]
+        print(
+            f"  adapter {adapter['name']}: LoRA r={prov['rank']} alpha={prov['alpha']} on {prov['base_model']}, "
+            f"licence {prov['licence']}, datasets: "
+            + ", ".join(f"{d['name']} ({d['records']} records)" for d in prov["datasets"])
+        )
+        print(
+            f"    training content summary: provider {prov['training_summary']['provider']}, size {prov['training_summary']['training_data_size']}"
+        )
+    for artifact in data["artifacts"]:
+        print(
+            f"  artifact {artifact['name']} from {artifact['url']} sha256 {artifact['sha256'][:16]}... licence {artifact.get('licence') or 'not stated'}"
+        )
+    if data["wheels"]:
+        print(
+            f"  wheels for Python {data['wheels']['python']} {data['wheels']['platform']}: {len(data['wheels']['files'])} files"
+        )
+    print(
+        f"  {len(data['files'])} files, {data['total_bytes']} bytes, {data['media']['parts']} media part(s) of {data['media']['part_size']} bytes"
+    )
+    return ExitCode.OK
+
+
+def _verify_options(args: argparse.Namespace) -> Any:
+    from appliance.bundle.verify import VerifyOptions
+
+    return VerifyOptions(
+        allow_downgrade=args.allow_downgrade, allow_version_jump=args.allow_version_jump
+    )
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from appliance.bundle.verify import verify_bundle
+
+    verified = run_with_progress(
+        verify_bundle(args.bundle, args.trust, args.state, _verify_options(args)), quiet=args.json
+    )
+    result = {
+        "verified": True,
+        "name": verified.name,
+        "channel": verified.channel,
+        "version": verified.version,
+        "previous_version": verified.previous_version,
+        "expires": verified.expires.isoformat(),
+        "content_digest": verified.content_digest,
+        "signers": list(verified.signers),
+        "root_version": verified.root_version,
+        "files": len(verified.records),
+        "total_bytes": sum(r.length for r in verified.records),
+    }
+    if args.json:
+        _emit_json(result)
+    else:
+        print(
+            f"VERIFIED {verified.name} ({verified.channel}) version {verified.version}: {result['files']} files, "
+            f"{result['total_bytes']} bytes, {len(verified.signers)} trusted signature(s), expires {result['expires']}"
+        )
+    return ExitCode.OK
+
+
+# --- registration ----------------------------------------------------------------------
+
+
+def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add keys/trust/bundle parsers; return {dotted command: handler}."""
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    gen = keys.add_parser(
+        "generate", help="create an Ed25519 key pair (and a one-key trusted root)"
+    )
+    gen.add_argument(
+        "--out", type=Path, required=True, help="directory for NAME.key (0600) and NAME.pub.json"
+    )
+    gen.add_argument("--name", default="signer", help="key name (default: signer)")
+    gen.add_argument(
+        "--expires", default="1y", help="expiry of the one-key trusted root (default 1y)"
+    )
+    gen.add_argument("--json", action="store_true")
+    _passphrase_options(gen)
+    handlers["keys.generate"] = cmd_keys_generate
+
+    trust = sub.add_parser("trust", help="the trusted root: who may sign bundles").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    init = trust.add_parser(
+        "init", help="a new trusted root from public keys and a threshold (unsigned)"
+    )
+    init.add_argument(
+        "--key", type=Path, action="append", required=True, help="public key file (repeat)"
+    )
+    init.add_argument("--threshold", type=int, required=True)
+    init.add_argument("--expires", default="1y")
+    init.add_argument("--out", type=Path, required=True)
+    handlers["trust.init"] = cmd_trust_init
+    rotate = trust.add_parser(
+        "rotate", help="the next version of a trusted root, with new keys/threshold"
+    )
+    rotate.add_argument(
+        "--from", dest="from_root", type=Path, required=True, help="the current trusted root"
+    )
+    rotate.add_argument("--key", type=Path, action="append", required=True)
+    rotate.add_argument("--threshold", type=int, required=True)
+    rotate.add_argument("--expires", default="1y")
+    rotate.add_argument("--out", type=Path, required=True)
+    handlers["trust.rotate"] = cmd_trust_rotate
+    tsign = trust.add_parser("sign", help="add a signature to a trusted root")
+    tsign.add_argument("root", type=Path)
+    tsign.add_argument("--key", type=Path, required=True, help="private key file")
+    _passphrase_options(tsign)
+    handlers["trust.sign"] = cmd_trust_sign
+    show = trust.add_parser("show", help="show a trusted root")
+    show.add_argument("root", type=Path)
+    show.add_argument("--json", action="store_true")
+    handlers["trust.show"] = cmd_trust_show
+
+    bundle = sub.add_parser(
+        "bundle", help="build, sign, verify, inspect, split and join offline bundles"
+    )
+    bsub = bundle.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    sign = bsub.add_parser("sign", help="add your signature to a bundle (checks its files first)")
+    sign.add_argument("bundle", type=Path)
+    sign.add_argument("--key", type=Path, required=True, help="private key file")
+    sign.add_argument(
+        "--no-content-check", action="store_true", help="sign without re-hashing the files"
+    )
+    _passphrase_options(sign)
+    handlers["bundle.sign"] = cmd_bundle_sign
+    inspect = bsub.add_parser("inspect", help="show a bundle's manifest (not a verification)")
+    inspect.add_argument("bundle", type=Path)
+    inspect.add_argument("--json", action="store_true")
+    handlers["bundle.inspect"] = cmd_bundle_inspect
+    verify = bsub.add_parser("verify", help="verify a bundle against the site's trusted root")
+    verify.add_argument("bundle", type=Path)
+    verify.add_argument(
+        "--trust", type=Path, required=True, help="the site's trusted root (root.json)"
+    )
+    verify.add_argument(
+        "--state", type=Path, help="directory remembering accepted versions (rollback protection)"
+    )
+    verify.add_argument(
+        "--allow-downgrade", action="store_true", help="accept an older version (audited)"
+    )
+    verify.add_argument("--allow-version-jump", action="store_true", help=argparse.SUPPRESS)
+    verify.add_argument("--json", action="store_true")
+    handlers["bundle.verify"] = cmd_bundle_verify
+    return handlers

@@ -1,0 +1,101 @@
+"""verify_bundle end to end on bundles signed with real keys: the happy path and freshness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.bundle.format import FILES_DIR
+from appliance.bundle.verify import VerifiedBundle, VerifyOptions, verify_bundle
+from appliance.errors import (
+    RollbackError,
+    SameVersionConflictError,
+    ThresholdError,
+    VersionJumpError,
+)
+from appliance.events import Finished, drain
+
+from .conftest import BundleFactory, Trust
+
+
+def verify(bundle: Path, trust: Trust, state: Path | None = None, **options: bool) -> VerifiedBundle:
+    return drain(verify_bundle(bundle, trust.root_path, state, VerifyOptions(**options)))  # type: ignore[arg-type]
+
+
+def test_two_of_three_verifies(make_bundle: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+    events: list[object] = []
+    bundle = make_bundle()
+    result = drain(verify_bundle(bundle, trust.root_path, tmp_path / "state"), events.append)
+    assert (result.name, result.channel, result.version) == ("demo", "stable", 1)
+    assert len(result.signers) == 2 and result.previous_version is None
+    assert isinstance(events[-1], Finished) and "4 files verified" in events[-1].message
+    accepted = json.loads((tmp_path / "state" / "accepted.json").read_text())
+    assert accepted["demo/stable"]["version"] == 1
+
+
+def test_one_signature_is_not_enough(make_bundle: BundleFactory, trust: Trust) -> None:
+    with pytest.raises(ThresholdError, match="1 valid signature"):
+        verify(make_bundle(sign_with=1), trust)
+
+
+def test_verified_bundle_cannot_be_made_by_hand(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="only made by"):
+        VerifiedBundle(tmp_path, "x", "y", 1, None, "", (), 1, None, (), None)  # type: ignore[arg-type]
+
+
+def test_rollback_and_same_version_other_content(make_bundle: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    v1 = make_bundle(version=1)
+    v2 = make_bundle(version=2)
+    verify(v2, trust, state)
+    with pytest.raises(RollbackError, match="version 1 is older than version 2"):
+        verify(v1, trust, state)
+    # Reinstalling the same bundle is fine; the same version with other bytes is not.
+    assert verify(v2, trust, state).previous_version == 2
+    other = make_bundle(version=2, files={"models/x.gguf": b"GGUF other content"})
+    with pytest.raises(SameVersionConflictError, match="accepted before with different content"):
+        verify(other, trust, state)
+    # An explicit downgrade is allowed and audited.
+    assert verify(v1, trust, state, allow_downgrade=True).version == 1
+    audit = (state / "audit.jsonl").read_text().splitlines()
+    assert json.loads(audit[-1])["event"] == "downgrade-accepted"
+
+
+def test_absurd_version_jump(make_bundle: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+    verify(make_bundle(version=1), trust, tmp_path / "s")
+    with pytest.raises(VersionJumpError, match="jumps from version 1 to 5000"):
+        verify(make_bundle(version=5000), trust, tmp_path / "s")
+    assert verify(make_bundle(version=5000), trust, tmp_path / "s", allow_version_jump=True).version == 5000
+
+
+def test_failed_verification_records_nothing(make_bundle: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+    bundle = make_bundle(version=3)
+    target = bundle / FILES_DIR / "models/demo/config.json"
+    target.write_bytes(target.read_bytes().replace(b"llama", b"llamb"))
+    with pytest.raises(Exception):  # noqa: B017 - the kind is tested in the adversarial suite
+        verify(bundle, trust, tmp_path / "state")
+    assert not (tmp_path / "state" / "accepted.json").exists()
+
+
+def test_install_writes_a_read_only_release_in_one_step(make_bundle: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+    import stat
+
+    from appliance.bundle.verify import install_bundle
+
+    bundle = make_bundle(version=4)
+    releases = tmp_path / "releases"
+    releases.mkdir()
+    dest = releases / "4"
+    installed = drain(install_bundle(bundle, trust.root_path, dest, tmp_path / "state"))
+    assert installed.directory == dest and installed.files_dir == dest / FILES_DIR
+    assert sorted(p.name for p in releases.iterdir()) == ["4"]  # no staging left behind
+    assert (dest / "metadata/targets.json").read_bytes() == (bundle / "metadata/targets.json").read_bytes()
+    config = dest / FILES_DIR / "models/demo/config.json"
+    assert config.read_bytes() == (bundle / FILES_DIR / "models/demo/config.json").read_bytes()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o444
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o555
+    # Installing the same release again is refused: releases are written once.
+    with pytest.raises(Exception, match="already exists"):
+        drain(install_bundle(bundle, trust.root_path, dest, tmp_path / "state"))
