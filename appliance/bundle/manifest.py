@@ -36,7 +36,14 @@ from appliance.bundle.format import (
     expected_shard_count,
 )
 from appliance.bundle.payload import Payload
-from appliance.bundle.trust import read_bounded, sign_metadata, strict_json, to_bytes, write_atomic
+from appliance.bundle.trust import (
+    describe_cause,
+    read_bounded,
+    sign_metadata,
+    strict_json,
+    to_bytes,
+    write_atomic,
+)
 from appliance.errors import MetadataError, UnsafePathError
 from appliance.schema_errors import format_validation_error
 
@@ -96,7 +103,7 @@ def parse_targets(data: bytes, what: str) -> Metadata[Targets]:
     try:
         md = Metadata[Targets].from_bytes(data)
     except (DeserializationError, ValueError, KeyError, TypeError) as exc:
-        raise MetadataError(f"{what}: not valid targets metadata: {exc}") from exc
+        raise MetadataError(f"{what}: not valid targets metadata: {describe_cause(exc)}") from exc
     if not isinstance(md.signed, Targets):
         raise MetadataError(f"{what}: expected targets metadata, found {md.signed.type!r}")
     return md

@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 SpdxId = Annotated[
     str,
     Field(
@@ -90,7 +89,7 @@ class AdapterEntry(_Strict):
 
 class WheelSet(_Strict):
     python: str  # e.g. "3.11"
-    platform: str  # e.g. "manylinux_2_17_x86_64"
+    platforms: list[str] = Field(min_length=1)  # e.g. ["manylinux_2_17_x86_64"]
     requirements: list[str]
     files: list[str]  # paths under files/
     build_notes: dict[str, str] = Field(default_factory=dict)  # e.g. llama-cpp-python CMAKE_ARGS

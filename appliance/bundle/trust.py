@@ -132,12 +132,18 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
     return data
 
 
+def describe_cause(exc: BaseException) -> str:
+    """python-tuf wraps the real reason (e.g. a keyid signing twice) in a generic error."""
+    cause = exc.__cause__ or exc.__context__
+    return f"{exc}: {cause}" if cause is not None and str(cause) not in str(exc) else str(exc)
+
+
 def parse_root(data: bytes, what: str) -> Metadata[Root]:
     strict_json(data, what)
     try:
         md = Metadata[Root].from_bytes(data)
     except (DeserializationError, ValueError, KeyError, TypeError) as exc:
-        raise MetadataError(f"{what}: not valid root metadata: {exc}") from exc
+        raise MetadataError(f"{what}: not valid root metadata: {describe_cause(exc)}") from exc
     if not isinstance(md.signed, Root):
         raise MetadataError(f"{what}: expected root metadata, found {md.signed.type!r}")
     _check_distinct_keys(md.signed, what)

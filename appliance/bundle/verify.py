@@ -124,7 +124,7 @@ def _trusted_root(trust_path: Path, state: TrustState | None) -> Metadata[Root]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Checked:
+class Checked:
     """Everything established before the content is hashed (steps 1-7)."""
 
     root_md: Metadata[Root]
@@ -140,13 +140,14 @@ class _Checked:
     state: TrustState | None
 
 
-def _check_metadata(
-    bundle_dir: Path, trust_path: Path, state_dir: Path | None, options: VerifyOptions
-) -> Generator[Event, None, _Checked]:
-    if not (bundle_dir / FILES_DIR).is_dir() or (bundle_dir / FILES_DIR).is_symlink():
-        raise FileSetError(
-            f"{bundle_dir} has no files/ directory; is it a bundle (or a split set: use `bundle join`)?"
-        )
+def check_signed_manifest(
+    bundle_dir: Path,
+    trust_path: Path,
+    state_dir: Path | None,
+    options: VerifyOptions = VerifyOptions(),
+) -> Generator[Event, None, Checked]:
+    """Steps 1-6: trust, rotations, the signed manifest, expiry, freshness. No file is read
+    besides ``metadata/``, so a split set (metadata + parts) can be checked before joining."""
     state = TrustState(state_dir) if state_dir is not None else None
     # 1-2: the root of trust, rotated forward by what the bundle carries.
     trusted = _trusted_root(trust_path, state)
@@ -169,9 +170,7 @@ def _check_metadata(
     previous = state.accepted(payload.name, payload.channel) if state is not None else None
     if previous is not None:
         yield from _check_freshness(payload, version, digest, previous, options)
-    # 7: the exact file set and sizes.
-    contents.check_file_set(bundle_dir / FILES_DIR, records)
-    return _Checked(
+    return Checked(
         root_md,
         bool(rotated),
         raw,
@@ -184,6 +183,19 @@ def _check_metadata(
         previous,
         state,
     )
+
+
+def _check_metadata(
+    bundle_dir: Path, trust_path: Path, state_dir: Path | None, options: VerifyOptions
+) -> Generator[Event, None, Checked]:
+    """Steps 1-7: the signed manifest, then the exact file set and sizes."""
+    if not (bundle_dir / FILES_DIR).is_dir() or (bundle_dir / FILES_DIR).is_symlink():
+        raise FileSetError(
+            f"{bundle_dir} has no files/ directory; is it a bundle (or a split set: use `bundle join`)?"
+        )
+    checked = yield from check_signed_manifest(bundle_dir, trust_path, state_dir, options)
+    contents.check_file_set(bundle_dir / FILES_DIR, checked.records)
+    return checked
 
 
 def _check_freshness(
@@ -214,7 +226,7 @@ def _check_freshness(
         )
 
 
-def _accept(checked: _Checked, directory: Path) -> VerifiedBundle:
+def _accept(checked: Checked, directory: Path) -> VerifiedBundle:
     """Step 9: remember the bundle, only after everything passed; then hand out the proof."""
     payload, previous, state = checked.payload, checked.previous, checked.state
     if state is not None:
@@ -253,7 +265,7 @@ def _accept(checked: _Checked, directory: Path) -> VerifiedBundle:
     )
 
 
-def _summary(checked: _Checked, what: str) -> str:
+def _summary(checked: Checked, what: str) -> str:
     root = checked.root_md.signed
     return (
         f"{checked.payload.name} {checked.payload.channel} version {checked.version}: {len(checked.records)} files "

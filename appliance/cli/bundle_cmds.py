@@ -224,6 +224,43 @@ def cmd_trust_show(args: argparse.Namespace) -> int:
 # --- bundle ----------------------------------------------------------------------------
 
 
+def cmd_bundle_build(args: argparse.Namespace) -> int:
+    from appliance.bundle.build import build_bundle, recipe_from_args
+    from appliance.bundle.recipe import load_recipe
+    from appliance.errors import InputError
+
+    if args.recipe is not None:
+        if args.model is not None:
+            raise InputError("give either --recipe or --model, not both")
+        recipe = load_recipe(args.recipe)
+    else:
+        missing = [
+            flag
+            for flag, value in (
+                ("--model", args.model),
+                ("--name", args.name),
+                ("--version", args.version),
+            )
+            if value is None
+        ]
+        if missing:
+            raise InputError(
+                f"bundle build needs --recipe FILE, or {', '.join(missing)} (with --model)"
+            )
+        recipe = recipe_from_args(
+            args.model, args.name, args.version, args.channel, args.expires, args.part_size, args.profile or [],
+            licence=args.licence,
+        )  # fmt: skip
+    out = run_with_progress(build_bundle(recipe, args.out), quiet=args.json)
+    if args.json:
+        _emit_json(inspect_data(out))
+    else:
+        print(
+            f"built {out} (unsigned): next `appliance bundle sign {out} --key KEY` by each signer"
+        )
+    return ExitCode.OK
+
+
 def cmd_bundle_sign(args: argparse.Namespace) -> int:
     from appliance.bundle import contents
     from appliance.bundle.format import FILES_DIR
@@ -308,7 +345,7 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
         )
     if data["wheels"]:
         print(
-            f"  wheels for Python {data['wheels']['python']} {data['wheels']['platform']}: {len(data['wheels']['files'])} files"
+            f"  wheels for Python {data['wheels']['python']} {', '.join(data['wheels']['platforms'])}: {len(data['wheels']['files'])} files"
         )
     print(
         f"  {len(data['files'])} files, {data['total_bytes']} bytes, {data['media']['parts']} media part(s) of {data['media']['part_size']} bytes"
@@ -350,6 +387,97 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
             f"VERIFIED {verified.name} ({verified.channel}) version {verified.version}: {result['files']} files, "
             f"{result['total_bytes']} bytes, {len(verified.signers)} trusted signature(s), expires {result['expires']}"
         )
+    return ExitCode.OK
+
+
+def cmd_bundle_install(args: argparse.Namespace) -> int:
+    from appliance.bundle.verify import install_bundle
+
+    installed = run_with_progress(
+        install_bundle(args.bundle, args.trust, args.dest, args.state, _verify_options(args)),
+        quiet=args.json,
+    )
+    result = {
+        "installed": True,
+        "directory": str(installed.directory),
+        "name": installed.name,
+        "channel": installed.channel,
+        "version": installed.version,
+        "content_digest": installed.content_digest,
+        "signers": list(installed.signers),
+        "files": len(installed.records),
+    }
+    if args.json:
+        _emit_json(result)
+    else:
+        print(
+            f"INSTALLED {installed.name} version {installed.version} into {installed.directory} (read-only)"
+        )
+    return ExitCode.OK
+
+
+def cmd_bundle_split(args: argparse.Namespace) -> int:
+    from appliance.bundle.manifest import bundle_contents, read_targets
+    from appliance.bundle.media import split_bundle
+    from appliance.bundle.recipe import parse_size
+
+    md = read_targets(args.bundle)
+    payload, records = bundle_contents(md)
+    part_size = parse_size(args.part_size) if args.part_size else None
+    parts = run_with_progress(
+        split_bundle(
+            args.bundle,
+            records,
+            payload.media,
+            payload.name,
+            md.signed.version,
+            args.out,
+            part_size=part_size,
+        ),
+        quiet=False,
+    )
+    print(
+        f"wrote {len(parts)} part(s) of at most {payload.media.part_size} bytes and metadata/ to {args.out}; "
+        "copy metadata/ with every medium; on site: `appliance bundle join --trust ROOT --out DIR PARTS_DIR...`"
+    )
+    return ExitCode.OK
+
+
+def cmd_bundle_join(args: argparse.Namespace) -> int:
+    from appliance.bundle.format import METADATA_DIR
+    from appliance.bundle.media import join_parts
+    from appliance.bundle.verify import check_signed_manifest
+    from appliance.errors import MediaPartError
+
+    source = next((d for d in args.parts if (d / METADATA_DIR).is_dir()), None)
+    if source is None:
+        raise MediaPartError(
+            f"none of {', '.join(map(str, args.parts))} has a metadata/ directory",
+            hint="Copy metadata/ from any medium of the set next to its parts.",
+        )
+    # The layout comes from the signed manifest: check its signatures before trusting it.
+    checked = run_with_progress(
+        check_signed_manifest(source, args.trust, args.state), quiet=args.json
+    )
+    out = run_with_progress(
+        join_parts(
+            args.parts, checked.payload.media, checked.payload.name, checked.version, checked.records,
+            source / METADATA_DIR, args.out,
+        ),
+        quiet=args.json,
+    )  # fmt: skip
+    message = f"joined {checked.payload.name} version {checked.version} into {out}; next: `appliance bundle verify {out} --trust ...`"
+    if args.json:
+        _emit_json(
+            {
+                "joined": True,
+                "directory": str(out),
+                "name": checked.payload.name,
+                "version": checked.version,
+            }
+        )
+    else:
+        print(message)
     return ExitCode.OK
 
 
@@ -415,6 +543,27 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         "bundle", help="build, sign, verify, inspect, split and join offline bundles"
     )
     bsub = bundle.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    build = bsub.add_parser("build", help="build an unsigned bundle from a model (or a recipe)")
+    build.add_argument("--recipe", type=Path, help="recipe YAML (see bundles/)")
+    build.add_argument("--model", type=Path, help="Hugging Face model directory or .gguf file")
+    build.add_argument("--name", help="product name")
+    build.add_argument(
+        "--version", type=int, help="bundle version (a whole number that only goes up)"
+    )
+    build.add_argument("--channel", default="stable")
+    build.add_argument(
+        "--expires", default="90d", help="expiry: a duration (90d, 12w, 1y) or a date"
+    )
+    build.add_argument(
+        "--part-size", help="media part size, e.g. 700M (default: 4 GiB - 1 MiB, FAT32-safe)"
+    )
+    build.add_argument(
+        "--profile", action="append", help="hardware profile the bundle is for (repeat)"
+    )
+    build.add_argument("--licence", default="NOASSERTION", help="SPDX licence id of the model")
+    build.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    build.add_argument("--json", action="store_true")
+    handlers["bundle.build"] = cmd_bundle_build
     sign = bsub.add_parser("sign", help="add your signature to a bundle (checks its files first)")
     sign.add_argument("bundle", type=Path)
     sign.add_argument("--key", type=Path, required=True, help="private key file")
@@ -441,4 +590,50 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     verify.add_argument("--allow-version-jump", action="store_true", help=argparse.SUPPRESS)
     verify.add_argument("--json", action="store_true")
     handlers["bundle.verify"] = cmd_bundle_verify
+    install = bsub.add_parser(
+        "install", help="verify, then copy into a new read-only release directory"
+    )
+    install.add_argument("bundle", type=Path)
+    install.add_argument(
+        "--trust", type=Path, required=True, help="the site's trusted root (root.json)"
+    )
+    install.add_argument(
+        "--dest", type=Path, required=True, help="release directory to create (must not exist)"
+    )
+    install.add_argument(
+        "--state", type=Path, help="directory remembering accepted versions (rollback protection)"
+    )
+    install.add_argument(
+        "--allow-downgrade", action="store_true", help="accept an older version (audited)"
+    )
+    install.add_argument("--allow-version-jump", action="store_true", help=argparse.SUPPRESS)
+    install.add_argument("--json", action="store_true")
+    handlers["bundle.install"] = cmd_bundle_install
+    split = bsub.add_parser(
+        "split", help="cut a bundle into media parts (the part layout is signed at build)"
+    )
+    split.add_argument("bundle", type=Path)
+    split.add_argument(
+        "--out", type=Path, required=True, help="directory for the parts and a copy of metadata/"
+    )
+    split.add_argument(
+        "--part-size", help="must equal the signed part size (default: the signed one)"
+    )
+    handlers["bundle.split"] = cmd_bundle_split
+    join = bsub.add_parser(
+        "join", help="check every part, name the bad ones, rebuild the bundle (resumable)"
+    )
+    join.add_argument(
+        "parts", type=Path, nargs="+", help="directories holding parts (any order, several media)"
+    )
+    join.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    join.add_argument(
+        "--trust",
+        type=Path,
+        required=True,
+        help="the site's trusted root (checks the manifest first)",
+    )
+    join.add_argument("--state", type=Path, help="directory remembering accepted versions")
+    join.add_argument("--json", action="store_true")
+    handlers["bundle.join"] = cmd_bundle_join
     return handlers

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--profiles-dir", type=Path, help="use the profiles in DIR instead of the built-in ones"
     )
+    from appliance.cli.bundle_cmds import register
+
+    COMMANDS.update(register(sub))
     return parser
 
 

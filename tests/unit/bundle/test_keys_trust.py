@@ -160,7 +160,9 @@ def test_rotation_needs_old_and_new_thresholds(tmp_path: Path) -> None:
             newest, applied = apply_rotations(v1, history)
             assert applied == [2] and newest.signed.roles["targets"].threshold == 2
         else:
-            with pytest.raises(RootRotationError, match="2.root.json is not signed by the threshold"):
+            with pytest.raises(
+                RootRotationError, match=r"2\.root\.json is not signed by the threshold"
+            ):
                 apply_rotations(v1, history)
 
 

@@ -20,7 +20,9 @@ from appliance.events import Finished, drain
 from .conftest import BundleFactory, Trust
 
 
-def verify(bundle: Path, trust: Trust, state: Path | None = None, **options: bool) -> VerifiedBundle:
+def verify(
+    bundle: Path, trust: Trust, state: Path | None = None, **options: bool
+) -> VerifiedBundle:
     return drain(verify_bundle(bundle, trust.root_path, state, VerifyOptions(**options)))  # type: ignore[arg-type]
 
 
@@ -45,7 +47,9 @@ def test_verified_bundle_cannot_be_made_by_hand(tmp_path: Path) -> None:
         VerifiedBundle(tmp_path, "x", "y", 1, None, "", (), 1, None, (), None)  # type: ignore[arg-type]
 
 
-def test_rollback_and_same_version_other_content(make_bundle: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+def test_rollback_and_same_version_other_content(
+    make_bundle: BundleFactory, trust: Trust, tmp_path: Path
+) -> None:
     state = tmp_path / "state"
     v1 = make_bundle(version=1)
     v2 = make_bundle(version=2)
@@ -67,10 +71,15 @@ def test_absurd_version_jump(make_bundle: BundleFactory, trust: Trust, tmp_path:
     verify(make_bundle(version=1), trust, tmp_path / "s")
     with pytest.raises(VersionJumpError, match="jumps from version 1 to 5000"):
         verify(make_bundle(version=5000), trust, tmp_path / "s")
-    assert verify(make_bundle(version=5000), trust, tmp_path / "s", allow_version_jump=True).version == 5000
+    assert (
+        verify(make_bundle(version=5000), trust, tmp_path / "s", allow_version_jump=True).version
+        == 5000
+    )
 
 
-def test_failed_verification_records_nothing(make_bundle: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+def test_failed_verification_records_nothing(
+    make_bundle: BundleFactory, trust: Trust, tmp_path: Path
+) -> None:
     bundle = make_bundle(version=3)
     target = bundle / FILES_DIR / "models/demo/config.json"
     target.write_bytes(target.read_bytes().replace(b"llama", b"llamb"))
@@ -79,7 +88,9 @@ def test_failed_verification_records_nothing(make_bundle: BundleFactory, trust: 
     assert not (tmp_path / "state" / "accepted.json").exists()
 
 
-def test_install_writes_a_read_only_release_in_one_step(make_bundle: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+def test_install_writes_a_read_only_release_in_one_step(
+    make_bundle: BundleFactory, trust: Trust, tmp_path: Path
+) -> None:
     import stat
 
     from appliance.bundle.verify import install_bundle
@@ -91,7 +102,9 @@ def test_install_writes_a_read_only_release_in_one_step(make_bundle: BundleFacto
     installed = drain(install_bundle(bundle, trust.root_path, dest, tmp_path / "state"))
     assert installed.directory == dest and installed.files_dir == dest / FILES_DIR
     assert sorted(p.name for p in releases.iterdir()) == ["4"]  # no staging left behind
-    assert (dest / "metadata/targets.json").read_bytes() == (bundle / "metadata/targets.json").read_bytes()
+    assert (dest / "metadata/targets.json").read_bytes() == (
+        bundle / "metadata/targets.json"
+    ).read_bytes()
     config = dest / FILES_DIR / "models/demo/config.json"
     assert config.read_bytes() == (bundle / FILES_DIR / "models/demo/config.json").read_bytes()
     assert stat.S_IMODE(config.stat().st_mode) == 0o444

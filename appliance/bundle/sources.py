@@ -1,0 +1,652 @@
+"""Fetch what a recipe names and say what to copy into the bundle (connected side only).
+
+Each fetcher returns a ``Fetched``: the entry to record in the signed payload
+(``ModelEntry``, ``AdapterEntry``, ``WheelSet``, ``ArtifactEntry``), the files
+to copy as (source path, path under ``files/``), and notes for the operator
+(what was excluded and why). Nothing is copied here: the build copies and
+hashes every file once, in manifest order.
+
+Invariants:
+- Only regular files are bundled. Special files (FIFOs, devices, sockets) and
+  symlinks to directories are refused; a symlink to a file is followed when
+  reading only if its target stays inside the tree it belongs to (the model
+  directory, or the HF cache repository for ``snapshots/`` -> ``blobs/`` links).
+- Nothing is skipped silently: every exclusion is returned as a note.
+- Model revisions are recorded as the commit actually read, not the ref asked for.
+- Adapter provenance declared in a recipe must agree with the adapter's own
+  ``adapter_config.json`` (rank, alpha, target modules, base model).
+- Artifacts are refused unless their SHA-256 matches the recipe's pin; a refused
+  or interrupted download leaves no file behind.
+- No secret reaches a process argument: pip gets only recipe values (which
+  refuse URLs with credentials); tokens stay in the environment/netrc of the
+  tools that read them.
+
+Layout under ``files/``: ``models/<name>/...`` (HF directory) or
+``models/<file>.gguf``, ``adapters/<name>/...``, ``wheels/*.whl``,
+``artifacts/<name>/<filename>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+from appliance.bundle.payload import (
+    AdapterEntry,
+    ArtifactEntry,
+    ModelEntry,
+    ModelSource,
+    WheelSet,
+)
+from appliance.bundle.recipe import AdapterSpec, ArtifactSpec, ModelSpec, WheelsSpec
+from appliance.errors import BundleBuildError
+
+if TYPE_CHECKING:
+    import httpx  # imported when used: httpx 0.28 loads click and rich on import
+
+E = TypeVar("E")
+
+# Not model content: version-control and editor metadata, HF local_dir bookkeeping.
+EXCLUDED_NAMES = {
+    ".git": "version-control metadata",
+    ".hg": "version-control metadata",
+    ".svn": "version-control metadata",
+    "__pycache__": "Python bytecode cache",
+    ".DS_Store": "macOS folder metadata",
+}
+EXCLUDED_PATHS = {".cache/huggingface": "huggingface_hub download bookkeeping"}
+
+ARTIFACT_MAX_BYTES = 64 * 1024**3  # a server that never stops sending must not fill the disk
+DOWNLOAD_CHUNK = 1024 * 1024
+PIP_TIMEOUT_S = 4 * 3600  # vLLM and its CUDA wheels are several GB
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched(Generic[E]):
+    entry: E
+    files: list[tuple[Path, str]]  # (where to read, path under files/)
+    notes: list[str] = field(default_factory=list)
+
+
+# --- walking a local tree -----------------------------------------------------------
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device node"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def walk_tree(
+    root: Path,
+    dest_prefix: str,
+    *,
+    link_root: Path | None = None,
+    exclude: bool = True,
+) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Every regular file under ``root`` as (path, ``dest_prefix/relative``), sorted; plus notes.
+
+    Symlinks to files are followed when their target lies inside ``link_root``
+    (default: ``root``). With ``exclude``, ``EXCLUDED_NAMES``/``EXCLUDED_PATHS``
+    are left out and named in the notes.
+    """
+    try:
+        real_root = root.resolve(strict=True)
+    except OSError as exc:
+        raise BundleBuildError(f"{root}: cannot read: {exc.strerror or exc}") from exc
+    if not real_root.is_dir():
+        raise BundleBuildError(f"{root} is not a directory")
+    boundary = (link_root or root).resolve()
+    files: list[tuple[Path, str]] = []
+    notes: list[str] = []
+
+    def visit(directory: Path, rel: str) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            raise BundleBuildError(f"{directory}: cannot list: {exc.strerror or exc}") from exc
+        if not entries and rel:
+            notes.append(f"{root}: empty directory {rel}/ is not bundled (bundles hold files only)")
+        for entry in entries:
+            relpath = f"{rel}/{entry.name}" if rel else entry.name
+            reason = EXCLUDED_NAMES.get(entry.name) or EXCLUDED_PATHS.get(relpath)
+            if exclude and reason is not None:
+                notes.append(f"{root}: excluded {relpath} ({reason})")
+                continue
+            path = Path(entry.path)
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                raise BundleBuildError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+            if stat.S_ISLNK(mode):
+                _check_link(path, boundary)
+                files.append((path, f"{dest_prefix}/{relpath}"))
+            elif stat.S_ISDIR(mode):
+                visit(path, relpath)
+            elif stat.S_ISREG(mode):
+                files.append((path, f"{dest_prefix}/{relpath}"))
+            else:
+                raise BundleBuildError(
+                    f"{path} is {_kind(mode)}; a bundle holds regular files only",
+                    hint="Remove it from the source directory.",
+                )
+
+    visit(real_root, "")
+    if not files:
+        raise BundleBuildError(f"{root} holds no files")
+    return files, notes
+
+
+def _check_link(path: Path, boundary: Path) -> None:
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
+        raise BundleBuildError(
+            f"{path} is a broken symlink or a symlink loop",
+            hint="Copy the real file in place of the link (cp -L), or fetch the model again.",
+        ) from exc
+    if not target.is_relative_to(boundary):
+        raise BundleBuildError(
+            f"{path} is a symlink to {target}, outside {boundary}; links are followed only "
+            "inside the source",
+            hint="Copy the file into the source directory (cp -L) if it belongs in the bundle.",
+        )
+    mode = target.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise BundleBuildError(
+            f"{path} is a symlink to {target}, which is {_kind(mode)}; "
+            "only links to regular files are followed",
+            hint="Replace the link with the files it points to.",
+        )
+
+
+def safe_name(text: str) -> str:
+    """A payload ``Name`` made from a repo, directory or file name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:128]
+    if not name:
+        raise BundleBuildError(f"cannot make a bundle name from {text!r}; set model.name")
+    return name
+
+
+# --- models --------------------------------------------------------------------------
+
+
+def fetch_model(spec: ModelSpec, *, hf_cache_dir: Path | None = None) -> Fetched[ModelEntry]:
+    """Resolve the recipe's model source; ``hf_cache_dir`` overrides the HF cache for ``hub``."""
+    if spec.hub is not None:
+        snapshot, commit = hub_snapshot(
+            spec.hub.repo_id, spec.hub.revision, cache_dir=hf_cache_dir, offline=False
+        )
+        source = ModelSource(
+            kind="hf-hub",
+            repo_id=spec.hub.repo_id,
+            revision=spec.hub.revision,
+            resolved_commit=commit,
+        )
+        return _hf_snapshot_model(spec, spec.hub.repo_id, snapshot, source)
+    if spec.hf_cache is not None:
+        snapshot, commit = hub_snapshot(
+            spec.hf_cache.repo_id,
+            spec.hf_cache.revision,
+            cache_dir=spec.hf_cache.cache_dir,
+            offline=True,
+        )
+        source = ModelSource(
+            kind="hf-cache",
+            repo_id=spec.hf_cache.repo_id,
+            revision=spec.hf_cache.revision,
+            resolved_commit=commit,
+            original_path=str(snapshot),
+        )
+        return _hf_snapshot_model(spec, spec.hf_cache.repo_id, snapshot, source)
+    if spec.local_dir is not None:
+        name = spec.name or safe_name(spec.local_dir.name)
+        files, notes = walk_tree(spec.local_dir, f"models/{name}")
+        source = ModelSource(kind="local-dir", original_path=str(spec.local_dir))
+        entry = ModelEntry(
+            name=name, path=f"models/{name}", format="hf", source=source, licence=spec.licence
+        )
+        return Fetched(entry, files, notes)
+    if spec.gguf is not None:
+        return _gguf_model(spec, spec.gguf, ModelSource(kind="gguf", original_path=str(spec.gguf)))
+    assert spec.gguf_package is not None  # ModelSpec guarantees exactly one source
+    path, version = gguf_from_package(spec.gguf_package)
+    # The package is recorded as a package URL (purl) so the payload says where it came from.
+    source = ModelSource(
+        kind="gguf",
+        repo_id=f"pkg:pypi/{spec.gguf_package}",
+        revision=version,
+        original_path=str(path),
+    )
+    return _gguf_model(spec, path, source)
+
+
+def _hf_snapshot_model(
+    spec: ModelSpec, repo_id: str, snapshot: Path, source: ModelSource
+) -> Fetched[ModelEntry]:
+    name = spec.name or safe_name(repo_id.rsplit("/", 1)[-1])
+    # snapshots/<commit>/x -> ../../blobs/<hash>: links may reach the repo folder, no further.
+    files, notes = walk_tree(
+        snapshot, f"models/{name}", link_root=snapshot.parent.parent, exclude=False
+    )
+    entry = ModelEntry(
+        name=name, path=f"models/{name}", format="hf", source=source, licence=spec.licence
+    )
+    return Fetched(entry, files, notes)
+
+
+def _gguf_model(spec: ModelSpec, path: Path, source: ModelSource) -> Fetched[ModelEntry]:
+    try:
+        mode = path.stat().st_mode  # follows a link: a GGUF in a cache may be one
+    except OSError as exc:
+        raise BundleBuildError(f"model file {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise BundleBuildError(f"model file {path} is {_kind(mode)}, expected a .gguf file")
+    filename = path.name if path.suffix == ".gguf" else f"{path.stem}.gguf"
+    name = spec.name or safe_name(path.stem)
+    entry = ModelEntry(
+        name=name,
+        path=f"models/{filename}",
+        format="gguf",
+        source=source,
+        licence=spec.licence,
+    )
+    return Fetched(entry, [(path, f"models/{filename}")])
+
+
+class _NeverRaised(Exception):
+    pass
+
+
+def hub_snapshot(
+    repo_id: str, revision: str, *, cache_dir: Path | None, offline: bool
+) -> tuple[Path, str]:
+    """``snapshot_download`` at ``revision``; returns (snapshot directory, commit read).
+
+    ``offline`` reads the cache only (``local_files_only``), as ``hf_cache``
+    sources do; otherwise the Hub is asked and the cache is the fallback
+    huggingface_hub itself applies (``HF_HUB_OFFLINE=1``, no network). A token,
+    if needed, comes from ``HF_TOKEN`` or the huggingface_hub login, never from
+    the recipe.
+    """
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    # Older huggingface_hub releases lack IncompleteSnapshotError (they return partial snapshots).
+    incomplete: type[Exception] = getattr(hf_errors, "IncompleteSnapshotError", _NeverRaised)
+
+    where = f"{repo_id} at revision {revision}"
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=offline,
+        )
+    except incomplete as exc:  # before LocalEntryNotFoundError: a subclass of it
+        raise BundleBuildError(
+            f"the cached snapshot of {where} is incomplete: {exc}",
+            hint="Complete the download on a connected machine, then build again.",
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        cache = cache_dir or "the Hugging Face cache (HF_HUB_CACHE)"
+        raise BundleBuildError(
+            f"{where} is not in {cache}",
+            hint=(
+                "Download it on a connected machine first (huggingface-cli download "
+                f"{repo_id} --revision {revision}), or point hf_cache.cache_dir at the cache."
+            ),
+        ) from exc
+    except RevisionNotFoundError as exc:
+        raise BundleBuildError(f"revision {revision!r} does not exist in {repo_id}") from exc
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise BundleBuildError(
+            f"{repo_id} was not found or needs access rights ({type(exc).__name__})",
+            hint="Check the repo id; for gated models accept the licence and set HF_TOKEN.",
+        ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise BundleBuildError(f"cannot download {where}: {exc}") from exc
+    snapshot = Path(str(folder))
+    commit = snapshot.name
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise BundleBuildError(
+            f"huggingface_hub returned {snapshot} for {where}; expected a snapshots/<commit> "
+            "directory, so the commit read cannot be recorded"
+        )
+    if re.fullmatch(r"[0-9a-f]{40}", revision) and commit != revision:
+        raise BundleBuildError(f"asked for commit {revision} of {repo_id}, got {commit}")
+    return snapshot, commit
+
+
+def module_name_of(package: str) -> str:
+    """PyPI name -> import name by the usual convention (gemma3-270m-... -> gemma3_270m_...)."""
+    return re.sub(r"[-.]+", "_", package).lower()
+
+
+def gguf_from_package(package: str) -> tuple[Path, str]:
+    """Import ``package``'s module and call its ``assemble()``; returns (gguf path, version).
+
+    This runs the package's code: recipe authors choose packages they trust,
+    as they would any build dependency.
+    """
+    try:
+        version = importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError as exc:
+        raise BundleBuildError(
+            f"model package {package!r} is not installed",
+            hint=f"Install it into the environment that runs the build: pip install {package}",
+        ) from exc
+    name = module_name_of(package)
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise BundleBuildError(f"model package {package!r}: cannot import {name}: {exc}") from exc
+    assemble = getattr(module, "assemble", None)
+    if not callable(assemble):
+        raise BundleBuildError(
+            f"model package {package!r}: module {name} has no assemble() function"
+        )
+    try:
+        result = assemble()
+    except Exception as exc:  # third-party code: any failure is a failed source
+        raise BundleBuildError(
+            f"model package {package!r}: assemble() failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(result, str | os.PathLike):
+        raise BundleBuildError(
+            f"model package {package!r}: assemble() returned {type(result).__name__}, "
+            "expected the path of a .gguf file"
+        )
+    path = Path(result)
+    if path.suffix != ".gguf" or not path.is_file():
+        raise BundleBuildError(
+            f"model package {package!r}: assemble() returned {path}, which is not a .gguf file"
+        )
+    return path, version
+
+
+# --- adapters ------------------------------------------------------------------------
+
+
+def read_adapter_config(directory: Path) -> dict[str, Any]:
+    path = directory / "adapter_config.json"
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise BundleBuildError(
+            f"{directory} has no adapter_config.json; expected a PEFT adapter directory"
+        ) from exc
+    except OSError as exc:
+        raise BundleBuildError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleBuildError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise BundleBuildError(f"{path} must hold a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def provenance_conflicts(spec: AdapterSpec, config: dict[str, Any]) -> list[str]:
+    """Where the recipe's declared provenance contradicts adapter_config.json (empty: agrees)."""
+    prov = spec.provenance
+    peft_type = config.get("peft_type")
+    if peft_type is not None and str(peft_type).upper() != "LORA":
+        return [f"peft_type is {peft_type!r}; only LoRA adapters can be served"]
+    missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in config]
+    if missing:
+        return [f"adapter_config.json lacks {', '.join(missing)}; is this a LoRA adapter?"]
+    conflicts = []
+    if config["r"] != prov.rank:
+        conflicts.append(f"rank: recipe says {prov.rank}, adapter_config.json r = {config['r']!r}")
+    alpha = config["lora_alpha"]
+    if not isinstance(alpha, int | float) or float(alpha) != prov.alpha:
+        conflicts.append(
+            f"alpha: recipe says {prov.alpha:g}, adapter_config.json lora_alpha = {alpha!r}"
+        )
+    modules = config["target_modules"]
+    found = sorted(modules) if isinstance(modules, list) else [modules]
+    if found != sorted(prov.target_modules):
+        conflicts.append(
+            f"target_modules: recipe says {sorted(prov.target_modules)}, "
+            f"adapter_config.json has {modules!r}"
+        )
+    base = config.get("base_model_name_or_path")
+    if base is not None and base != prov.base_model:
+        conflicts.append(
+            f"base model: recipe says {prov.base_model!r}, "
+            f"adapter_config.json base_model_name_or_path = {base!r}"
+        )
+    revision = config.get("revision")
+    if revision and prov.base_model_revision and revision != prov.base_model_revision:
+        conflicts.append(
+            f"base model revision: recipe says {prov.base_model_revision!r}, "
+            f"adapter_config.json revision = {revision!r}"
+        )
+    return conflicts
+
+
+def fetch_adapter(spec: AdapterSpec) -> Fetched[AdapterEntry]:
+    config = read_adapter_config(spec.path)
+    conflicts = provenance_conflicts(spec, config)
+    if conflicts:
+        raise BundleBuildError(
+            f"adapter {spec.name!r} ({spec.path}): the recipe's provenance contradicts "
+            "adapter_config.json:\n" + "\n".join(f"  - {c}" for c in conflicts),
+            hint="Fix the recipe (or point it at the right adapter): the payload must tell the truth.",
+        )
+    files, notes = walk_tree(spec.path, f"adapters/{spec.name}")
+    if config.get("base_model_name_or_path") is None:
+        notes.append(
+            f"adapter {spec.name!r}: adapter_config.json names no base model; the declared "
+            f"{spec.provenance.base_model!r} could not be checked"
+        )
+    entry = AdapterEntry(name=spec.name, path=f"adapters/{spec.name}", provenance=spec.provenance)
+    return Fetched(entry, files, notes)
+
+
+# --- wheels --------------------------------------------------------------------------
+
+
+def pip_download_command(spec: WheelsSpec, dest: Path, *, python: str) -> list[str]:
+    """The pip command line; every value comes from the recipe (which refuses credentials)."""
+    cmd = [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "--python-version",
+        spec.python,
+        "--implementation",
+        "cp",
+        "--abi",
+        spec.abi,
+    ]
+    for platform in spec.platforms:
+        cmd += ["--platform", platform]
+    if spec.no_index:
+        cmd.append("--no-index")
+    for link in spec.find_links:
+        cmd += ["--find-links", link]
+    cmd += ["-d", str(dest), "--", *spec.requirements]
+    return cmd
+
+
+def fetch_wheels(
+    spec: WheelsSpec,
+    dest: Path,
+    *,
+    python: str = sys.executable,
+    timeout: float = PIP_TIMEOUT_S,
+) -> Fetched[WheelSet]:
+    """``pip download`` the requirements (and their dependencies) for the target into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=False)
+    cmd = pip_download_command(spec, dest, python=python)
+    env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    try:
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BundleBuildError(f"pip download did not finish within {timeout:.0f} s") from exc
+    except OSError as exc:
+        raise BundleBuildError(f"cannot run {python} -m pip: {exc.strerror or exc}") from exc
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-12:])
+        raise BundleBuildError(
+            f"pip download failed (exit {result.returncode}) for python {spec.python}, "
+            f"platforms {', '.join(spec.platforms)}:\n{tail}",
+            hint=(
+                "Only binary wheels are bundled (the target has no compiler or network). A "
+                "package without a wheel for this platform must be built separately (e.g. "
+                "llama-cpp-python with CMAKE_ARGS='-DGGML_NATIVE=OFF') and given via find_links."
+            ),
+        )
+    found = sorted(dest.iterdir())
+    odd = [p.name for p in found if p.suffix != ".whl" or not p.is_file() or p.is_symlink()]
+    if odd:
+        raise BundleBuildError(f"pip download left files that are not wheels: {', '.join(odd)}")
+    if not found:
+        raise BundleBuildError("pip download succeeded but produced no wheel")
+    entry = WheelSet(
+        python=spec.python,
+        platforms=list(spec.platforms),
+        requirements=list(spec.requirements),
+        files=[f"wheels/{p.name}" for p in found],
+        build_notes=dict(spec.build_notes),
+    )
+    return Fetched(entry, [(p, f"wheels/{p.name}") for p in found])
+
+
+# --- artifacts -----------------------------------------------------------------------
+
+
+def artifact_filename(spec: ArtifactSpec) -> str:
+    if spec.filename is not None:
+        return spec.filename
+    name = unquote(urlsplit(spec.url).path.rstrip("/").rsplit("/", 1)[-1])
+    if not name or "/" in name or name in (".", ".."):
+        raise BundleBuildError(f"artifact {spec.name!r}: the URL names no file; set `filename`")
+    return name
+
+
+def _chunks_from(url: str, client: httpx.Client | None) -> Generator[bytes, None, None]:
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise BundleBuildError(f"{url}: a file URL must be local (file:///path)")
+        path = Path(url2pathname(unquote(parts.path)))
+        try:
+            with path.open("rb") as reader:
+                while chunk := reader.read(DOWNLOAD_CHUNK):
+                    yield chunk
+        except OSError as exc:
+            raise BundleBuildError(f"cannot read {url}: {exc.strerror or exc}") from exc
+        return
+    if parts.scheme not in ("https", "http"):
+        raise BundleBuildError(f"{url}: only https://, http:// and file:// URLs can be fetched")
+    import httpx
+
+    owned = client is None
+    # trust_env: the connected side may sit behind a proxy configured in the environment.
+    session = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=300.0))
+    try:
+        with session.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise BundleBuildError(
+                    f"download of {url} failed: HTTP {response.status_code} "
+                    f"{response.reason_phrase}"
+                )
+            yield from response.iter_bytes(DOWNLOAD_CHUNK)
+    except httpx.HTTPError as exc:
+        raise BundleBuildError(f"download of {url} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if owned:
+            session.close()
+
+
+def download(
+    url: str,
+    dest: Path,
+    expected_sha256: str,
+    *,
+    client: httpx.Client | None = None,
+    max_bytes: int = ARTIFACT_MAX_BYTES,
+) -> int:
+    """Stream ``url`` into the new file ``dest``, hashing while writing; returns its length.
+
+    Refused (and ``dest`` deleted): a digest other than ``expected_sha256``, more
+    than ``max_bytes``, any read or HTTP error. Accepts https://, http:// and
+    file:// (the recipe admits only https and file: the pin is what makes
+    either safe, but plain http leaks what is fetched).
+    """
+    digest = hashlib.sha256()
+    length = 0
+    try:
+        with dest.open("xb") as writer, contextlib.closing(_chunks_from(url, client)) as chunks:
+            for chunk in chunks:
+                length += len(chunk)
+                if length > max_bytes:
+                    raise BundleBuildError(
+                        f"{url} sent more than {max_bytes} bytes; refusing to continue"
+                    )
+                digest.update(chunk)
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+        found = digest.hexdigest()
+        if found != expected_sha256:
+            raise BundleBuildError(
+                f"SHA-256 mismatch for {url}: expected {expected_sha256}, found {found} "
+                f"({length} bytes); the download was deleted",
+                hint="Check the pinned digest against the publisher's checksum file.",
+            )
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return length
+
+
+def fetch_artifact(
+    spec: ArtifactSpec, work_dir: Path, *, client: httpx.Client | None = None
+) -> Fetched[ArtifactEntry]:
+    filename = artifact_filename(spec)
+    target_dir = work_dir / spec.name
+    target_dir.mkdir(parents=True, exist_ok=False)
+    target = target_dir / filename
+    download(spec.url, target, spec.sha256, client=client)
+    relpath = f"artifacts/{spec.name}/{filename}"
+    entry = ArtifactEntry(
+        name=spec.name, path=relpath, url=spec.url, sha256=spec.sha256, licence=spec.licence
+    )
+    return Fetched(entry, [(target, relpath)])
