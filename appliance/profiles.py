@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -34,6 +33,7 @@ from pydantic import (
 
 from appliance.errors import ProfileError
 from appliance.schema_errors import format_validation_error
+from appliance.yaml_files import load_yaml
 
 PROFILE_SCHEMA_VERSION = 1
 
@@ -282,21 +282,7 @@ def builtin_profiles_dir() -> Path:
 
 
 def load_profile_file(path: Path) -> Profile:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ProfileError(f"{path}: not valid YAML{where}: {problem}") from exc
+    data = load_yaml(path, "profile", ProfileError)
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
         raise ProfileError(

@@ -34,14 +34,14 @@ from functools import partial
 from pathlib import Path
 
 from appliance.bundle.contents import (
+    Batch,
     OpenFile,
-    Piece,
     buffer_size,
     digest_error,
     hash_range,
-    iter_pieces,
     open_record,
     open_root,
+    plan_batches,
     refuse_growth,
     resolve_workers,
     run_bounded,
@@ -75,61 +75,66 @@ def _pwrite_all(fd: int, path: str, chunk: memoryview, position: int) -> None:
         raise _write_error(path, exc) from exc
 
 
-def _install_piece(piece: Piece, buffer_bytes: int) -> bool:
-    """Copy one piece, hashing what is written; finish the file after its last piece
-    (and return True for it)."""
-    staged = piece.file
-    record = staged.record
-    sink = partial(_pwrite_all, staged.dst_fd, record.path)
-    found = hash_range(
-        staged.src_fd, record.path, piece.offset, piece.length, thread_buffer(buffer_bytes), sink
-    )
-    mismatch = piece.mismatch(found)
-    if mismatch is not None:
-        raise digest_error([mismatch], stopped=False)
-    if piece.is_last:
-        refuse_growth(staged.src_fd, record)
-    if not staged.piece_done():
-        return False
-    try:
-        os.fsync(staged.dst_fd)
-        os.fchmod(staged.dst_fd, FILE_MODE)
-    except OSError as exc:
-        raise _write_error(record.path, exc) from exc
-    staged.close()
-    return True
+def _install_batch(batch: Batch, buffer_bytes: int) -> list[bool]:
+    """Copy each piece, hashing exactly the bytes written; finish (fsync, 0444, close)
+    a file after its last piece. Returns, per piece, whether it finished its file."""
+    buffer = thread_buffer(buffer_bytes)
+    results: list[bool] = []
+    for piece in batch:
+        staged = piece.file
+        staged.ensure_open()
+        record = staged.record
+        sink = partial(_pwrite_all, staged.dst_fd, record.path)
+        found = hash_range(staged.src_fd, record.path, piece.offset, piece.length, buffer, sink)
+        mismatch = piece.mismatch(found)
+        if mismatch is not None:
+            raise digest_error([mismatch], stopped=False)
+        if piece.is_last:
+            refuse_growth(staged.src_fd, record)
+        last = staged.piece_done()
+        if last:
+            try:
+                os.fsync(staged.dst_fd)
+                os.fchmod(staged.dst_fd, FILE_MODE)
+            except OSError as exc:
+                raise _write_error(record.path, exc) from exc
+            staged.close()
+        results.append(last)
+    return results
 
 
 class _Stager:
-    """Opens each source and creates its staged file (in the generator's thread)."""
+    """Creates the staging tree: directories in the generator's thread (in manifest
+    order), files in the worker that first copies into them."""
 
     def __init__(self, src_fd: int, staging: Path) -> None:
         self.src_fd = src_fd
         self.staging = staging
         self.dirs: set[str] = set()  # relative directories created under staging
 
-    def _make_parents(self, relpath: str) -> None:
-        parts = relpath.split("/")[:-1]
+    def make_file(self, index: int, record: FileRecord) -> OpenFile:
+        parts = record.path.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             rel = "/".join(parts[:i])
             if rel not in self.dirs:
                 # Paths passed check_relpath and the staging dir is private (0700):
-                # every component here was created by this function.
-                os.mkdir(self.staging / rel, 0o700)
+                # every component here was created by this loop.
+                try:
+                    os.mkdir(self.staging / rel, 0o700)
+                except OSError as exc:
+                    raise _write_error(rel, exc) from exc
                 self.dirs.add(rel)
+        return OpenFile(index, record, self.open)
 
-    def open(self, index: int, record: FileRecord) -> OpenFile:
+    def open(self, record: FileRecord) -> tuple[int, int]:
+        """The checked source and a new staged file (never an existing one)."""
         src = open_record(self.src_fd, record)
         try:
-            self._make_parents(record.path)
             dst = os.open(self.staging / record.path, _CREATE_FLAGS, 0o600)
         except OSError as exc:
             os.close(src)
             raise _write_error(record.path, exc) from exc
-        except BaseException:
-            os.close(src)
-            raise
-        return OpenFile(index, record, src, dst)
+        return src, dst
 
     def seal_dirs(self) -> None:
         """fsync and make read-only every directory, deepest first, then the root."""
@@ -222,18 +227,19 @@ def install_files(
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
         stager = _Stager(src_fd, staging)
-        pieces = iter_pieces(records, stager.open, registry)
+        batches = plan_batches(records, stager.make_file, registry)
         runner = run_bounded(
-            partial(_install_piece, buffer_bytes=buffer_size(threads)), pieces, threads
+            partial(_install_batch, buffer_bytes=buffer_size(threads)), batches, threads
         )
         done_bytes = done_files = 0
         last_report = time.monotonic()
         try:
-            for piece, file_done in runner:
-                done_bytes += piece.length
-                if file_done:
-                    done_files += 1
-                    registry.discard(piece.file)
+            for batch, results in runner:
+                for piece, file_done in zip(batch, results, strict=True):
+                    done_bytes += piece.length
+                    if file_done:
+                        done_files += 1
+                        registry.discard(piece.file)
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_INTERVAL:
                     last_report = now
@@ -243,7 +249,7 @@ def install_files(
                         total_bytes,
                         done_files,
                         len(records),
-                        piece.file.record.path,
+                        batch[-1].file.record.path,
                     )
         finally:
             runner.close()

@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -74,6 +73,7 @@ from appliance.bundle.format import FAT32_SAFE_PART_SIZE, MAX_VERSION
 from appliance.bundle.payload import AdapterProvenance, Name, Sha256Hex, SpdxId
 from appliance.errors import ApplianceError, InputError
 from appliance.schema_errors import format_validation_error
+from appliance.yaml_files import load_yaml
 
 if TYPE_CHECKING:
     from appliance.profiles import Profile
@@ -464,29 +464,6 @@ class Recipe(_Strict):
 # --- loading -------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (PyYAML silently keeps the last)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, yaml.Node] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            first = seen[key].start_mark
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first given at line {first.line + 1})",
-                key_node.start_mark,
-            )
-        seen[key] = key_node
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def parse_recipe(data: Any, *, base_dir: Path, where: str) -> Recipe:
     """Validate already-parsed recipe data; ``where`` names it in messages."""
     if not isinstance(data, dict):
@@ -528,21 +505,7 @@ def _refuse_credentials(data: Any, where: str, path: str = "") -> None:
 def load_recipe(path: Path, *, profiles: Mapping[str, Profile] | None = None) -> Recipe:
     """Read and validate a recipe file; also check its profiles (built-in ones by default)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read recipe: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from exc
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise InputError(f"{path}: not valid YAML{where}: {problem}") from exc
+    data = load_yaml(path, "recipe")
     recipe = parse_recipe(data, base_dir=path.parent.absolute(), where=str(path))
     check_profiles(recipe, profiles, where=str(path))
     return recipe

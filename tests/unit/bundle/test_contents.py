@@ -196,16 +196,27 @@ def test_swapped_files_of_equal_size(tmp_path: Path) -> None:
         verify(files, records)
 
 
-def test_many_mismatches_are_capped(tmp_path: Path) -> None:
+def test_many_mismatches_are_listed_up_to_ten(tmp_path: Path) -> None:
     tree = {f"f{i:02d}": pattern(10, i) for i in range(15)}
     files, records = build_tree(tmp_path, tree)
     for name in tree:
         flip(files / name, 0)
     with pytest.raises(DigestMismatchError) as caught:
         verify(files, records, workers=1)
-    message = str(caught.value)
-    assert message.startswith("at least 10 piece(s)")
+    message = caught.value.message
+    assert message.startswith("15 piece(s)")
     assert message.count(": expected") == 10
+    assert "f09: expected" in message and "f10" not in message
+    assert message.endswith("... and 5 more")
+
+
+def test_a_ruined_bundle_is_not_hashed_to_the_end(tmp_path: Path) -> None:
+    tree = {f"f{i}": pattern(5 * SHARD, i) for i in range(5)}  # 25 shards
+    files, records = build_tree(tmp_path, tree)
+    for name in tree:
+        (files / name).write_bytes(bytes(5 * SHARD))
+    with pytest.raises(DigestMismatchError, match=r"^at least 1\d piece\(s\)"):
+        verify(files, records, workers=1)
 
 
 @pytest.mark.parametrize("change", ["truncate", "extend"])

@@ -44,6 +44,7 @@ EXPECTED = {
     "bad-yaml": "not valid YAML at line 5, column 7",
     "empty": "expected a YAML mapping with schema_version, name, match, engine; found an empty file",
     "not-a-mapping": "found a list",
+    "duplicate-key": "duplicate key 'preference' (first given at line 6)",
 }
 
 
