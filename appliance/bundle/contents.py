@@ -45,6 +45,7 @@ from appliance.bundle.format import (
     FileRecord,
     check_no_collisions,
     check_relpath,
+    describe_mode,
     expected_shard_count,
 )
 from appliance.errors import (
@@ -128,22 +129,6 @@ def buffer_size(workers: int) -> int:
 # --- opening without following links ---------------------------------------------
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device node"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    return "a special file"
-
-
 def _lstat_at(dir_fd: int, name: str, shown: str) -> os.stat_result:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -161,7 +146,7 @@ def open_root(path: Path) -> int:
         raise FileSetError(f"{path} does not exist", hint=_REFETCH_HINT) from exc
     except OSError as exc:
         if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-            kind = _kind(os.lstat(path).st_mode)
+            kind = describe_mode(os.lstat(path).st_mode)
             raise UnsafePathError(f"{path} is {kind}, expected a real directory") from exc
         raise FileSetError(f"{path} cannot be opened: {exc.strerror}") from exc
 
@@ -173,7 +158,7 @@ def _open_dir_at(dir_fd: int, name: str, shown: str) -> int:
         raise FileSetError(f"{shown} is missing", hint=_REFETCH_HINT) from exc
     except OSError as exc:
         if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-            kind = _kind(_lstat_at(dir_fd, name, shown).st_mode)
+            kind = describe_mode(_lstat_at(dir_fd, name, shown).st_mode)
             error = UnsafePathError if kind != "a regular file" else FileSetError
             raise error(f"{shown} is {kind}, expected a directory") from exc
         raise FileSetError(f"{shown} cannot be opened: {exc.strerror}") from exc
@@ -206,7 +191,7 @@ def open_record(root_fd: int, record: FileRecord) -> int:
         before = _lstat_at(dir_fd, name, record.path)
         if not stat.S_ISREG(before.st_mode):
             raise UnsafePathError(
-                f"{record.path} is {_kind(before.st_mode)}, expected a regular file"
+                f"{record.path} is {describe_mode(before.st_mode)}, expected a regular file"
             )
         try:
             fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
@@ -231,7 +216,9 @@ def check_open_file(fd: int, record: FileRecord, inode: tuple[int, int] | None =
     if inode is not None and (st.st_dev, st.st_ino) != inode:
         raise UnsafePathError(f"{record.path} was replaced while it was being opened")
     if not stat.S_ISREG(st.st_mode):
-        raise UnsafePathError(f"{record.path} is {_kind(st.st_mode)}, expected a regular file")
+        raise UnsafePathError(
+            f"{record.path} is {describe_mode(st.st_mode)}, expected a regular file"
+        )
     if st.st_nlink > 1:
         raise UnsafePathError(
             f"{record.path} has {st.st_nlink} hard links; bundle files must have exactly one"
@@ -293,7 +280,7 @@ def _walk(
                 subdirs.append(rel + "/")
             elif not stat.S_ISREG(info.st_mode):
                 raise UnsafePathError(
-                    f"{rel} is {_kind(info.st_mode)}; a bundle holds regular files only",
+                    f"{rel} is {describe_mode(info.st_mode)}; a bundle holds regular files only",
                     hint=_REFETCH_HINT,
                 )
             elif info.st_nlink > 1:

@@ -17,6 +17,7 @@ stage refuses the same names.
 from __future__ import annotations
 
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass
 
@@ -43,6 +44,23 @@ MAX_VERSION = 2**31 - 1
 MAX_VERSION_JUMP = 1000  # beyond this a version needs --allow-version-jump
 
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\:]")
+
+
+def describe_mode(mode: int) -> str:
+    """What kind of file ``st_mode`` says this is, for messages ("a FIFO", "a symbolic link")."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device node"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a special file"
 
 
 def check_relpath(path: str) -> str:

@@ -165,7 +165,7 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
-def _rename_noreplace(src: Path, dst: Path) -> None:
+def rename_noreplace(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst`` atomically, failing if ``dst`` exists (even as an
     empty directory, which a plain rename would silently replace)."""
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -255,7 +255,7 @@ def install_files(
             runner.close()
         yield Progress("install", total_bytes, total_bytes, len(records), len(records))
         stager.seal_dirs()
-        _rename_noreplace(staging, dest)
+        rename_noreplace(staging, dest)
         staging = None  # it is dest now
         try:
             _fsync_dir(dest.parent)

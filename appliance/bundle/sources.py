@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
+from appliance.bundle.format import describe_mode
 from appliance.bundle.payload import (
     AdapterEntry,
     ArtifactEntry,
@@ -83,18 +84,6 @@ class Fetched(Generic[E]):
 
 
 # --- walking a local tree -----------------------------------------------------------
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device node"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "not a regular file"
 
 
 def walk_tree(
@@ -147,7 +136,7 @@ def walk_tree(
                 files.append((path, f"{dest_prefix}/{relpath}"))
             else:
                 raise BundleBuildError(
-                    f"{path} is {_kind(mode)}; a bundle holds regular files only",
+                    f"{path} is {describe_mode(mode)}; a bundle holds regular files only",
                     hint="Remove it from the source directory.",
                 )
 
@@ -174,7 +163,7 @@ def _check_link(path: Path, boundary: Path) -> None:
     mode = target.stat().st_mode
     if not stat.S_ISREG(mode):
         raise BundleBuildError(
-            f"{path} is a symlink to {target}, which is {_kind(mode)}; "
+            f"{path} is a symlink to {target}, which is {describe_mode(mode)}; "
             "only links to regular files are followed",
             hint="Replace the link with the files it points to.",
         )
@@ -261,7 +250,7 @@ def _gguf_model(spec: ModelSpec, path: Path, source: ModelSource) -> Fetched[Mod
     except OSError as exc:
         raise BundleBuildError(f"model file {path}: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(mode):
-        raise BundleBuildError(f"model file {path} is {_kind(mode)}, expected a .gguf file")
+        raise BundleBuildError(f"model file {path} is {describe_mode(mode)}, expected a .gguf file")
     filename = path.name if path.suffix == ".gguf" else f"{path.stem}.gguf"
     name = spec.name or safe_name(path.stem)
     entry = ModelEntry(

@@ -44,7 +44,7 @@ from appliance.bundle.format import (
     TARGETS_FILE,
     FileRecord,
 )
-from appliance.bundle.install import install_files
+from appliance.bundle.install import install_files, rename_noreplace
 from appliance.bundle.manifest import (
     bundle_contents,
     content_digest,
@@ -317,7 +317,7 @@ def install_bundle(
         )
         metadata.chmod(0o555)
         staging.chmod(0o555)
-        os.rename(staging, dest)
+        rename_noreplace(staging, dest)  # dest may have appeared meanwhile: never replace it
     except BaseException:
         _remove_tree(staging)
         raise

@@ -508,14 +508,37 @@ def test_in_flight_work_is_bounded() -> None:
 def test_abandoned_verify_closes_every_descriptor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    files, records = build_tree(tmp_path, {f"f{i}": pattern(3 * SHARD, i) for i in range(20)})
+    files, records = build_tree(tmp_path, {"big": pattern(40 * SHARD)})  # 40 shards, one fd
     monkeypatch.setattr(contents, "PROGRESS_INTERVAL", 0.0)
     before = open_fds()
     gen = verify_contents(files, records, workers=2)
     assert isinstance(next(gen), Started)
-    assert isinstance(next(gen), Progress)
+    assert isinstance(next(gen), Progress)  # a few shards done: the file is open
     gen.close()
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("change", ["grow", "shrink"])
+def test_file_changing_size_while_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The size was right when the file was opened, and changes during the hashing."""
+    files, records = build_tree(tmp_path, {"big": pattern(4 * SHARD)})
+    real_preadv = os.preadv
+    changed = False
+
+    def preadv_then_resize(fd: int, buffers: list[memoryview], offset: int) -> int:
+        nonlocal changed
+        n = real_preadv(fd, buffers, offset)
+        if not changed:
+            changed = True
+            os.truncate(files / "big", 5 * SHARD if change == "grow" else 2 * SHARD)
+        return n
+
+    monkeypatch.setattr(contents.os, "preadv", preadv_then_resize)
+    expected = "the file is longer" if change == "grow" else "it shrank while being read"
+    with pytest.raises(SizeMismatchError, match=expected):
+        verify(files, records, workers=1)
 
 
 def test_failed_verify_closes_every_descriptor(tmp_path: Path) -> None:

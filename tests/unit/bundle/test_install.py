@@ -316,6 +316,28 @@ def test_bytes_installed_are_bytes_hashed(
     assert (files / BIG).read_bytes() == b"\xff" * BIG_LEN  # the source really changed
 
 
+@pytest.mark.parametrize("change", ["grow", "shrink"])
+def test_source_changing_size_during_install_is_refused(
+    tmp_path: Path, releases: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Right size when opened; then it grows (endless data) or shrinks mid-copy."""
+    files, records = build_tree(tmp_path)
+    real_preadv = os.preadv
+    changed = False
+
+    def preadv_then_resize(fd: int, buffers: list[memoryview], offset: int) -> int:
+        nonlocal changed
+        n = real_preadv(fd, buffers, offset)
+        if not changed and os.fstat(fd).st_size == BIG_LEN:
+            changed = True
+            os.truncate(files / BIG, BIG_LEN + 1 if change == "grow" else SHARD)
+        return n
+
+    monkeypatch.setattr(contents.os, "preadv", preadv_then_resize)
+    expected = "the file is longer" if change == "grow" else "shrank while being read"
+    assert_refused(files, records, releases, SizeMismatchError, expected)
+
+
 # --- dest rules ---------------------------------------------------------------------
 
 
@@ -431,6 +453,6 @@ def test_final_rename_never_replaces(
     dest.mkdir()  # empty: os.rename would silently replace it
     monkeypatch.setattr(install.os.path, "lexists", lambda _path: False)  # the check missed it
     with pytest.raises(InputError, match="appeared during the install"):
-        install._rename_noreplace(staging, dest)
+        install.rename_noreplace(staging, dest)
     monkeypatch.undo()
     assert staging.is_dir() and dest.is_dir()
