@@ -34,6 +34,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/detect
+	$(BIN)/python bench/verify   # builds a 2 GiB bundle once under /var/tmp
 
 # Regenerate what the drift tests compare against: JSON Schemas and the saved facts fixtures.
 schemas: setup
