@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
-from tuf.api.serialization import DeserializationError
+from tuf.api.serialization import DeserializationError, SerializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from appliance.bundle.format import (
@@ -82,6 +82,7 @@ def write_unsigned(
         )
     md = Metadata(targets)
     bundle_contents(md)  # never write what the reader would refuse
+    content_digest(md)  # ... or what could not be signed (canonical JSON: no floats)
     path = targets_path(bundle_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, to_bytes(md))
@@ -111,7 +112,13 @@ def parse_targets(data: bytes, what: str) -> Metadata[Targets]:
 
 def content_digest(md: Metadata[Targets]) -> str:
     """SHA-256 of the canonical signed part: the bundle's content identity (signatures excluded)."""
-    return hashlib.sha256(CanonicalJSONSerializer().serialize(md.signed)).hexdigest()
+    try:
+        canonical = CanonicalJSONSerializer().serialize(md.signed)
+    except SerializationError as exc:
+        raise MetadataError(
+            f"the manifest cannot be put in canonical JSON for signing: {describe_cause(exc)}"
+        ) from exc
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def bundle_contents(md: Metadata[Targets]) -> tuple[Payload, list[FileRecord]]:

@@ -56,7 +56,8 @@ class AdapterProvenance(_Strict):
     base_model: str
     base_model_revision: str | None = None
     rank: Annotated[int, Field(ge=1, le=1024)]
-    alpha: Annotated[float, Field(gt=0)]
+    # An integer, as PEFT declares lora_alpha; signed metadata is canonical JSON, which has no floats.
+    alpha: Annotated[int, Field(ge=1)]
     target_modules: list[str] = Field(min_length=1)
     licence: SpdxId
     datasets: list[DatasetUse] = Field(min_length=1)

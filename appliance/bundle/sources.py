@@ -414,9 +414,9 @@ def provenance_conflicts(spec: AdapterSpec, config: dict[str, Any]) -> list[str]
     if config["r"] != prov.rank:
         conflicts.append(f"rank: recipe says {prov.rank}, adapter_config.json r = {config['r']!r}")
     alpha = config["lora_alpha"]
-    if not isinstance(alpha, int | float) or float(alpha) != prov.alpha:
+    if not isinstance(alpha, int | float) or alpha != prov.alpha:
         conflicts.append(
-            f"alpha: recipe says {prov.alpha:g}, adapter_config.json lora_alpha = {alpha!r}"
+            f"alpha: recipe says {prov.alpha}, adapter_config.json lora_alpha = {alpha!r}"
         )
     modules = config["target_modules"]
     found = sorted(modules) if isinstance(modules, list) else [modules]

@@ -449,3 +449,28 @@ def test_recipe_from_args_errors(tmp_path: Path) -> None:
         recipe_from_args(model, "n", 1, "stable", "90d", "lots", [])
     with pytest.raises(InputError, match=r"profile 'cpu-llamacpp' serves models with llama\.cpp"):
         recipe_from_args(model, "n", 1, "stable", "90d", None, ["cpu-llamacpp"])
+
+
+def test_inspect_shows_provenance_and_licences(
+    tmp_path: Path, full_recipe: Recipe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli.main import main
+
+    out, _ = run(full_recipe, tmp_path / "bundle")
+    capsys.readouterr()
+    assert main(["bundle", "inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "NOT VERIFIED" in text  # inspect never passes for verification
+    assert "adapter support: LoRA r=" in text and "on org/base" in text
+    assert f"licence {PROVENANCE['licence']}" in text
+    dataset = PROVENANCE["datasets"][0]
+    assert f"{dataset['name']} ({dataset['records']} records)" in text
+    assert (
+        f"training content summary: provider {PROVENANCE['training_summary']['provider']}" in text
+    )
+    assert "artifact keycloak" in text and "wheels for Python" in text
+    assert main(["bundle", "inspect", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    summary = data["adapters"][0]["provenance"]["training_summary"]
+    assert PROVENANCE["training_summary"].items() <= summary.items()
+    assert data["verified"] is False

@@ -157,3 +157,30 @@ def test_local_directory_bundle_and_the_simple_one_key_path(site: Path) -> None:
         "bundle", "verify", "local-1", "--trust", "site-root.json", "--json", cwd=work, expect=4
     )
     assert json.loads(refused.stdout)["error"] == "UnknownKeyError"
+
+
+def test_a_bundle_with_an_adapter_can_be_signed_and_verified(site: Path) -> None:
+    """Adapter provenance is signed too: canonical JSON must accept every payload field."""
+    from tests.unit.bundle.test_sources import PROVENANCE, make_adapter
+
+    work = site
+    model = work / "base-model"
+    model.mkdir(exist_ok=True)
+    shutil.copy(
+        ROOT / "tests/fixtures/models/mistral-7b-instruct-v0.3/config.json", model / "config.json"
+    )
+    adapter = make_adapter(work, base_model_name_or_path="mistralai/Mistral-7B-Instruct-v0.3")
+    provenance = {**PROVENANCE, "base_model": "mistralai/Mistral-7B-Instruct-v0.3"}
+    recipe = {
+        "name": "with-adapter", "version": 1, "expires": "30d", "profiles": [],
+        "model": {"local_dir": str(model), "licence": "Apache-2.0"},
+        "adapters": [{"name": "support", "path": str(adapter), "provenance": provenance}],
+    }  # fmt: skip
+    (work / "adapter.yaml").write_text(json.dumps(recipe))  # JSON is YAML
+    appliance("bundle", "build", "--recipe", "adapter.yaml", "--out", "with-adapter", cwd=work)
+    for key in ("alice", "bob"):
+        appliance("bundle", "sign", "with-adapter", "--key", f"keys/{key}.key", cwd=work)
+    result = appliance(
+        "bundle", "verify", "with-adapter", "--trust", "site-root.json", "--json", cwd=work
+    )
+    assert json.loads(result.stdout)["name"] == "with-adapter"
