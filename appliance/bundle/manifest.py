@@ -222,3 +222,31 @@ def sign_bundle(bundle_dir: Path, signer: Signer) -> str:
     sign_metadata(md, signer)
     write_atomic(targets_path(bundle_dir), to_bytes(md))
     return signer.public_key.keyid
+
+
+def add_signatures(bundle_dir: Path, others: Sequence[Path]) -> list[str]:
+    """Merge signatures made independently on other copies of this bundle's manifest.
+
+    Each other manifest must have exactly the same signed content (same content
+    digest); its signatures are added (a keyid already present is kept as is).
+    Returns the keyids added. Validity against the trusted root is for verify.
+    """
+    md = read_targets(bundle_dir)
+    bundle_contents(md)
+    mine = content_digest(md)
+    added: list[str] = []
+    for other_path in others:
+        what = f"manifest {other_path}"
+        other = parse_targets(read_bounded(other_path, MAX_METADATA_BYTES, "manifest"), what)
+        theirs = content_digest(other)
+        if theirs != mine:
+            raise MetadataError(
+                f"{what} signs other content ({theirs[:16]}...) than {targets_path(bundle_dir)} ({mine[:16]}...); "
+                "only signatures over the same bundle can be merged"
+            )
+        for keyid, signature in other.signatures.items():
+            if keyid not in md.signatures:
+                md.signatures[keyid] = signature
+                added.append(keyid)
+    write_atomic(targets_path(bundle_dir), to_bytes(md))
+    return added

@@ -278,6 +278,17 @@ def cmd_bundle_sign(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_bundle_add_signatures(args: argparse.Namespace) -> int:
+    from appliance.bundle.manifest import add_signatures
+
+    added = add_signatures(args.bundle, args.manifests)
+    print(
+        f"added {len(added)} signature(s) to {args.bundle}: {', '.join(k[:16] for k in added) or 'none new'}",
+        file=sys.stderr,
+    )
+    return ExitCode.OK
+
+
 def inspect_data(bundle: Path) -> dict[str, Any]:
     from appliance.bundle.manifest import bundle_contents, content_digest, read_targets
 
@@ -572,6 +583,14 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     _passphrase_options(sign)
     handlers["bundle.sign"] = cmd_bundle_sign
+    merge = bsub.add_parser(
+        "add-signatures", help="merge signatures made on other copies of this bundle"
+    )
+    merge.add_argument("bundle", type=Path)
+    merge.add_argument(
+        "manifests", type=Path, nargs="+", help="metadata/targets.json of each other signed copy"
+    )
+    handlers["bundle.add-signatures"] = cmd_bundle_add_signatures
     inspect = bsub.add_parser("inspect", help="show a bundle's manifest (not a verification)")
     inspect.add_argument("bundle", type=Path)
     inspect.add_argument("--json", action="store_true")

@@ -112,3 +112,25 @@ def test_install_writes_a_read_only_release_in_one_step(
     # Installing the same release again is refused: releases are written once.
     with pytest.raises(Exception, match="already exists"):
         drain(install_bundle(bundle, trust.root_path, dest, tmp_path / "state"))
+
+
+def test_signers_working_on_separate_copies_merge_their_signatures(
+    make_bundle: BundleFactory, trust: Trust, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from appliance.bundle.manifest import sign_bundle
+    from appliance.cli.main import main
+
+    original = make_bundle(sign_with=0)
+    copies = [tmp_path / "copy-alice", tmp_path / "copy-carol"]
+    for copy, signer in zip(copies, (trust.signers[0], trust.signers[2]), strict=True):
+        shutil.copytree(original, copy)
+        sign_bundle(copy, signer)  # each on their own machine, at the same time
+    assert main(["bundle", "add-signatures", str(original), *(str(c / "metadata/targets.json") for c in copies)]) == 0
+    assert verify(original, trust).signers == tuple(sorted(k.keyid for k in (trust.keys[0], trust.keys[2])))
+    # Signatures over other content are not merged.
+    other = make_bundle(files={"x.bin": b"other"}, sign_with=1)
+    capsys.readouterr()
+    assert main(["bundle", "add-signatures", str(original), str(other / "metadata/targets.json")]) == 4
+    assert "signs other content" in capsys.readouterr().err
