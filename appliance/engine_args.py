@@ -52,7 +52,7 @@ class NodeCommand:
 
 
 def model_target_path(model: ModelInfo) -> str:
-    return f"{RELEASE_ROOT}/models/{model.name}"
+    return f"{RELEASE_ROOT}/files/models/{model.name}"
 
 
 def served_name(model: ModelInfo) -> str:

@@ -16,7 +16,7 @@ def test_vllm_single_node(profiles: dict[str, Profile]) -> None:
     (cmd,) = plan.commands
     assert cmd.role == "single" and cmd.host == "ws-rtx4090"
     assert cmd.argv == (
-        "vllm", "serve", "/opt/appliance/current/models/mistral-7b-instruct-v0.3",
+        "vllm", "serve", "/opt/appliance/current/files/models/mistral-7b-instruct-v0.3",
         "--served-model-name", "mistral-7b-instruct-v0.3",
         "--host", "127.0.0.1", "--port", "8000",
         "--tensor-parallel-size", "1", "--pipeline-parallel-size", "1",
@@ -81,7 +81,7 @@ def test_gguf_is_served_under_its_stem_with_a_chat_format(profiles: dict[str, Pr
     (cmd,) = build_plan(profiles, facts("cpu-avx2"), facts_source="t", model=gguf).commands
     argv = cmd.argv
     assert (
-        argv[argv.index("--model") + 1] == "/opt/appliance/current/models/gemma-3-270m-q4_k_m.gguf"
+        argv[argv.index("--model") + 1] == "/opt/appliance/current/files/models/gemma-3-270m-q4_k_m.gguf"
     )
     assert argv[argv.index("--model_alias") + 1] == "gemma-3-270m-q4_k_m"
     # No template in the file: the architecture's format, not llama.cpp's llama-2 fallback.
