@@ -36,9 +36,9 @@ ETC = "/etc/appliance"
 STATE = "/var/lib/appliance"
 LOG = "/var/log/appliance"
 UNIT_NAME = "appliance-model.service"
-UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
-ENV_PATH = f"{ETC}/model-server.env"
-DIRECTORIES = (ROOT, RELEASES, ETC, STATE, LOG)
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"  # the active unit: a copy of one release's unit
+RELEASE_ETC = f"{ETC}/releases"  # per release: its unit and environment, kept for rollback
+DIRECTORIES = (ROOT, RELEASES, ETC, RELEASE_ETC, STATE, LOG)
 TEMPLATES = Path(__file__).resolve().parents[2] / "playbooks" / "templates"
 
 
@@ -85,6 +85,14 @@ class HostDesired:
     def current_target(self) -> str:
         return self.release_dir
 
+    @property
+    def unit_file(self) -> RenderedFile:
+        return next(r for r in self.rendered if r.path.endswith(self.unit))
+
+
+def release_etc(version: int) -> str:
+    return f"{RELEASE_ETC}/{version}"
+
 
 def render(template: str, variables: dict[str, Any]) -> str:
     import jinja2
@@ -128,22 +136,26 @@ def desired_state(
             f"{release_dir}/venv", f"{release_dir}/{FILES_DIR}/wheels", tuple(wheels.requirements)
         )
     model = verified.payload.model
+    etc = release_etc(verified.version)
     variables: dict[str, Any] = {
         "release_version": verified.version,
         "bundle_name": verified.name,
         "content_digest": verified.content_digest[:16],
         "engine": engine,
         "model_name": model.name if model is not None else "none",
-        "env_file": ENV_PATH,
+        "env_file": f"{etc}/model-server.env",
         "exec_start": _exec_start(command, release_dir),
         "release_dir": release_dir,
         "env_lines": "\n".join(f"{k}={v}" for k, v in sorted(command.env.items())),
     }
+    unit = render("appliance-model.service.j2", variables)
     rendered = (
+        RenderedFile(f"{etc}/{UNIT_NAME}", "appliance-model.service.j2", unit),
         RenderedFile(
-            UNIT_PATH, "appliance-model.service.j2", render("appliance-model.service.j2", variables)
+            f"{etc}/model-server.env",
+            "model-server.env.j2",
+            render("model-server.env.j2", variables),
         ),
-        RenderedFile(ENV_PATH, "model-server.env.j2", render("model-server.env.j2", variables)),
     )
     return HostDesired(
         host, verified.version, release_dir, files, rendered, venv, template_vars=variables
@@ -155,7 +167,9 @@ def desired_state(
 
 def probe_script(desired: HostDesired) -> str:
     """A read-only POSIX shell script printing the host's state as one JSON object."""
-    paths = [f.path for f in desired.release_files] + [f.path for f in desired.rendered]
+    paths = (
+        [f.path for f in desired.release_files] + [f.path for f in desired.rendered] + [UNIT_PATH]
+    )
     lines = [
         "set -u",
         'printf "{"',
@@ -185,7 +199,9 @@ def probe_script(desired: HostDesired) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    kind: Literal["create-dir", "put-file", "render", "venv", "switch-current", "enable", "start"]
+    kind: Literal[
+        "create-dir", "put-file", "render", "venv", "activate", "switch-current", "enable", "start"
+    ]
     target: str
     detail: str
 
@@ -213,6 +229,8 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
         changes.append(
             Change("venv", desired.venv.path, f"create offline from {desired.venv.wheels_dir}")
         )
+    if files.get(UNIT_PATH, "") != desired.unit_file.sha256:
+        changes.append(Change("activate", UNIT_PATH, f"release {desired.version}'s unit"))
     if actual.get("current") != desired.current_target:
         changes.append(
             Change(

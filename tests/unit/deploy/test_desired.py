@@ -8,7 +8,6 @@ from pathlib import Path
 from appliance.bundle.verify import verify_bundle
 from appliance.deploy.desired import (
     CURRENT,
-    ENV_PATH,
     RELEASES,
     UNIT_PATH,
     desired_state,
@@ -52,28 +51,23 @@ def test_unit_runs_one_fixed_release_with_the_plan_command(
     make_bundle: BundleFactory, trust: Trust
 ) -> None:
     _, d = desired(make_bundle, trust)
-    unit = next(r for r in d.rendered if r.path == UNIT_PATH).content
+    unit = d.unit_file.content
+    assert d.unit_file.path == "/etc/appliance/releases/5/appliance-model.service"
     assert (
         f"ExecStart={RELEASES}/5/venv/bin/python -m llama_cpp.server --model {RELEASES}/5/files/models/demo.gguf"
         in unit
     )
     assert CURRENT not in unit.split("ExecStart=")[1].splitlines()[0]
     assert "DynamicUser=yes" in unit and "ProtectSystem=strict" in unit
-    env = next(r for r in d.rendered if r.path == ENV_PATH).content
+    assert "EnvironmentFile=/etc/appliance/releases/5/model-server.env" in unit
+    env = next(r for r in d.rendered if r.path.endswith("model-server.env")).content
     assert "HF_HUB_OFFLINE=1" in env and "DO_NOT_TRACK=1" in env
 
 
 def test_rendering_is_deterministic(make_bundle: BundleFactory, trust: Trust) -> None:
-    _, a = desired(make_bundle, trust)
-    assert [r.sha256 for r in a.rendered] == [
-        r.sha256
-        for r in desired_state(*_rerun(make_bundle, trust), HOST, engine="llamacpp").rendered
-    ]
-
-
-def _rerun(make_bundle: BundleFactory, trust: Trust):  # type: ignore[no-untyped-def]
-    verified = drain(verify_bundle(make_bundle(version=5), trust.root_path))
-    return verified, COMMAND
+    verified, first = desired(make_bundle, trust)
+    again = desired_state(verified, COMMAND, HOST, engine="llamacpp")
+    assert [r.content for r in first.rendered] == [r.content for r in again.rendered]
 
 
 def test_probe_runs_and_diff_lists_every_change_on_an_empty_host(
@@ -87,7 +81,7 @@ def test_probe_runs_and_diff_lists_every_change_on_an_empty_host(
     kinds = [c.kind for c in diff(d, actual)]
     assert kinds.count("put-file") == len(d.release_files)
     assert kinds.count("render") == 2
-    assert {"switch-current", "enable", "start"} <= set(kinds)
+    assert {"activate", "switch-current", "enable", "start"} <= set(kinds)
 
 
 def test_diff_is_empty_when_converged(make_bundle: BundleFactory, trust: Trust) -> None:
@@ -95,11 +89,12 @@ def test_diff_is_empty_when_converged(make_bundle: BundleFactory, trust: Trust) 
     actual = {
         "current": d.release_dir, "enabled": "enabled", "active": "active", "venv": False,
         "dirs": dict.fromkeys(d.directories, True),
-        "files": {f.path: f.sha256 for f in d.release_files} | {r.path: r.sha256 for r in d.rendered},
+        "files": {f.path: f.sha256 for f in d.release_files} | {r.path: r.sha256 for r in d.rendered}
+        | {UNIT_PATH: d.unit_file.sha256},
     }  # fmt: skip
     assert diff(d, actual) == []
     actual["files"][UNIT_PATH] = "0" * 64
-    assert [c.kind for c in diff(d, actual)] == ["render"]
+    assert [c.kind for c in diff(d, actual)] == ["activate"]
 
 
 def test_templates_exist_for_both_engines() -> None:
