@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--profiles-dir", type=Path, help="use the profiles in DIR instead of the built-in ones"
     )
-    from appliance.cli.bundle_cmds import register
+    from appliance.cli import bundle_cmds, deploy_cmds
 
-    COMMANDS.update(register(sub))
+    COMMANDS.update(bundle_cmds.register(sub))
+    COMMANDS.update(deploy_cmds.register(sub))
     return parser
 
 

@@ -1,0 +1,134 @@
+"""The pyinfra engine: converge hosts to their ``HostDesired`` through pyinfra's API.
+
+What it lays down (and nothing else; activation, health and ``current`` are
+``remote``'s, engine-independent):
+
+- the appliance directories;
+- the release: every file uploaded into ``releases/.staging-<v>/`` (pyinfra
+  skips a file whose remote copy already matches, so an interrupted upload
+  resumes), checked on the host with ``sha256sum -c`` against the signed
+  digests, the virtualenv created there offline from the bundled wheels, then
+  made read-only and renamed to ``releases/<v>`` in one step; an existing
+  release is checked, never rewritten;
+- the release's rendered unit and environment files under
+  ``/etc/appliance/releases/<v>/``.
+
+All hosts run in one pyinfra state (parallel); a failing host does not stop
+the others and is reported as failed.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from appliance.deploy.desired import HostDesired
+
+
+@dataclass(frozen=True, slots=True)
+class HostOutcome:
+    name: str
+    ok: bool
+    changed: bool
+    message: str
+
+
+def _inventory_data(desired: HostDesired) -> dict[str, object]:
+    ssh = desired.host.ssh
+    data: dict[str, object] = {
+        "ssh_hostname": desired.host.address,
+        "ssh_user": ssh.user,
+        "ssh_port": ssh.port,
+    }
+    if ssh.key is not None:
+        data["ssh_key"] = str(ssh.key)
+    if ssh.known_hosts is not None:
+        data["ssh_known_hosts_file"] = str(ssh.known_hosts)
+        data["ssh_strict_host_key_checking"] = "yes"
+    return data
+
+
+def checklist(desired: HostDesired, root: str) -> str:
+    """``sha256sum -c`` input for the release files, relative to ``root``."""
+    lines = [
+        f"{f.sha256}  {f.path.removeprefix(desired.release_dir + '/')}"
+        for f in desired.release_files
+    ]
+    del root
+    return "\n".join(lines) + "\n"
+
+
+def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+    from pyinfra.facts.files import Directory
+    from pyinfra.operations import files, server
+
+    by_name = {p.host.name: p for p in plans}
+    inventory = Inventory(([(p.host.name, _inventory_data(p)) for p in plans], {}))
+    state = State(inventory=inventory, config=Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=100))
+    connect_all(state)
+
+    for host in list(state.activated_hosts):
+        desired = by_name[host.name]
+        staging = f"{desired.release_dir.rsplit('/', 1)[0]}/.staging-{desired.version}"
+        for directory in desired.directories:
+            add_op(
+                state,
+                files.directory,
+                name=f"directory {directory}",
+                path=directory,
+                present=True,
+                mode="755",
+                host=host,
+            )
+        release_present = bool(host.get_fact(Directory, path=desired.release_dir))
+        check = shlex.quote(
+            f"{staging if not release_present else desired.release_dir}/.sha256sums"
+        )
+        if not release_present:
+            for f in desired.release_files:
+                rel = f.path.removeprefix(desired.release_dir + "/")
+                add_op(state, files.put, name=f"upload {rel}", src=str(f.source), dest=f"{staging}/{rel}",
+                       mode="644", create_remote_dir=True, host=host)  # fmt: skip
+            add_op(state, files.put, name="checksums", src=io.StringIO(checklist(desired, staging)),
+                   dest=f"{staging}/.sha256sums", mode="644", host=host)  # fmt: skip
+            commands = [f"cd {shlex.quote(staging)} && sha256sum --quiet --strict -c {check}"]
+            if desired.venv is not None:
+                venv = f"{staging}/venv"
+                wheels = f"{staging}/files/wheels"
+                reqs = " ".join(shlex.quote(r) for r in desired.venv.requirements)
+                commands.append(
+                    f"rm -rf {venv} && python3 -m venv {venv} && "
+                    f"PIP_NO_INDEX=1 {venv}/bin/pip install --quiet --no-index --find-links {wheels} {reqs}"
+                )
+            commands.append(
+                f"chmod -R a-w {shlex.quote(staging)} && mv -T {shlex.quote(staging)} {shlex.quote(desired.release_dir)}"
+            )
+            add_op(
+                state,
+                server.shell,
+                name=f"verify and install release {desired.version}",
+                commands=commands,
+                host=host,
+            )
+        else:
+            add_op(state, server.shell, name=f"check release {desired.version}",
+                   commands=[f"cd {shlex.quote(desired.release_dir)} && sha256sum --quiet --strict -c .sha256sums"], host=host)  # fmt: skip
+        for rendered in desired.rendered:
+            add_op(state, files.put, name=f"render {rendered.path}", src=io.StringIO(rendered.content),
+                   dest=rendered.path, mode=f"{rendered.mode:o}", create_remote_dir=True, host=host)  # fmt: skip
+
+    run_ops(state)
+    outcomes = []
+    for name, desired in by_name.items():
+        host = inventory.get_host(name)
+        failed = host in state.failed_hosts or host not in state.activated_hosts
+        message = "converged" if not failed else "an operation failed (see the log above)"
+        outcomes.append(HostOutcome(name, not failed, False, message))
+        del desired
+    return outcomes

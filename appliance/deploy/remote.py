@@ -1,0 +1,208 @@
+"""What the deploy does on a host outside the engines, over plain SSH.
+
+Engine-independent on purpose: the lock, the journal, activating a release's
+unit, the health check, the atomic ``current`` switch, rollback and the audit
+log behave the same whichever engine laid the files down, and the parity test
+reads hosts with the same probe. Every remote call is bounded in time; scripts
+go through standard input (never a secret on a command line).
+
+Lock: ``/var/lib/appliance/deploy.lock`` (``mkdir`` is atomic). Its owner is
+``host:pid``; a lock whose owner is this machine and whose process is gone
+(a deployer killed with ``kill -9``) is taken over, anything else is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from appliance.deploy.desired import CURRENT, RELEASE_ETC, ROOT, STATE, UNIT_NAME, UNIT_PATH
+from appliance.errors import DeploymentError
+from appliance.inventory import HostEntry
+
+LOCK_DIR = f"{STATE}/deploy.lock"
+JOURNAL_DIR = f"{STATE}/journal"
+AUDIT_LOG = "/var/log/appliance/audit.jsonl"
+SSH_TIMEOUT = 10
+
+
+def ssh_argv(host: HostEntry) -> list[str]:
+    ssh = host.ssh
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}", "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3", "-p", str(ssh.port)]  # fmt: skip
+    if ssh.key is not None:
+        argv += ["-i", str(ssh.key), "-o", "IdentitiesOnly=yes"]
+    if ssh.known_hosts is not None:
+        argv += ["-o", f"UserKnownHostsFile={ssh.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    return [*argv, f"{ssh.user}@{host.address}", "sh -s"]
+
+
+def run(host: HostEntry, script: str, *, timeout: float = 60, check: bool = True) -> str:
+    """Run a POSIX shell script on ``host``; its stdout. Bounded by ``timeout`` seconds."""
+    try:
+        result = subprocess.run(
+            ssh_argv(host),
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DeploymentError(f"{host.name}: no answer within {timeout:g} s") from exc
+    if check and result.returncode != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
+        raise DeploymentError(
+            f"{host.name}: remote step failed (exit {result.returncode}): {' | '.join(detail)}"
+        )
+    return result.stdout
+
+
+# --- lock ---------------------------------------------------------------------------------
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def acquire_lock(host: HostEntry) -> None:
+    script = f"""mkdir -p {STATE}
+if mkdir {LOCK_DIR} 2>/dev/null; then echo '{_owner()}' > {LOCK_DIR}/owner; echo acquired
+else echo "held $(cat {LOCK_DIR}/owner 2>/dev/null) $(stat -c %Y {LOCK_DIR})"; fi
+"""
+    answer = run(host, script, timeout=30).strip()
+    if answer == "acquired":
+        return
+    parts = answer.split()
+    owner = parts[1] if len(parts) > 1 else "unknown"
+    machine, _, pid = owner.partition(":")
+    if machine == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        # Our own deployer died (kill -9) holding the lock: take it over and converge.
+        run(host, f"rm -rf {LOCK_DIR}", timeout=30)
+        return acquire_lock(host)
+    raise DeploymentError(
+        f"{host.name}: another deploy holds the lock ({owner}); refusing to run two deploys at once",
+        hint=f"Wait for it to finish. If it is certainly dead, remove {LOCK_DIR} on the host.",
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_lock(host: HostEntry) -> None:
+    run(
+        host,
+        f"[ \"$(cat {LOCK_DIR}/owner 2>/dev/null)\" = '{_owner()}' ] && rm -rf {LOCK_DIR}; true",
+        timeout=30,
+    )
+
+
+# --- journal and audit ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    host: HostEntry
+    deploy_id: str
+
+    def record(self, step: str, status: str, **extra: Any) -> None:
+        line = json.dumps(
+            {"at": _now(), "deploy": self.deploy_id, "step": step, "status": status, **extra},
+            sort_keys=True,
+        )
+        run(
+            self.host,
+            f"mkdir -p {JOURNAL_DIR} && printf '%s\\n' {shlex.quote(line)} >> {JOURNAL_DIR}/{self.deploy_id}.jsonl",
+            timeout=30,
+        )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def audit_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def append_audit(host: HostEntry, record: dict[str, Any]) -> dict[str, Any]:
+    """Append a hash-chained record: each carries the previous record's hash and its own."""
+    last = run(
+        host, f"mkdir -p /var/log/appliance && tail -n 1 {AUDIT_LOG} 2>/dev/null; true", timeout=30
+    ).strip()
+    previous = json.loads(last)["hash"] if last else "0" * 64
+    entry = {"at": _now(), "host": host.name, **record, "prev": previous}
+    entry["hash"] = audit_hash(entry)
+    line = json.dumps(entry, sort_keys=True)
+    run(
+        host,
+        f"printf '%s\\n' {shlex.quote(line)} >> {AUDIT_LOG} && chmod 0640 {AUDIT_LOG}",
+        timeout=30,
+    )
+    return entry
+
+
+# --- activation, health, current -----------------------------------------------------------
+
+
+def current_version(host: HostEntry) -> int | None:
+    target = run(host, f"readlink {CURRENT} 2>/dev/null; true", timeout=30).strip()
+    name = target.rsplit("/", 1)[-1]
+    return int(name) if name.isdigit() else None
+
+
+def activate(host: HostEntry, version: int) -> None:
+    """Make release ``version``'s unit the active one and (re)start it."""
+    unit = f"{RELEASE_ETC}/{version}/{UNIT_NAME}"
+    run(host, f"""set -e
+test -f {unit}
+cp {unit} {UNIT_PATH}.tmp && mv -f {UNIT_PATH}.tmp {UNIT_PATH}
+systemctl daemon-reload
+systemctl enable {UNIT_NAME} >/dev/null 2>&1
+systemctl restart {UNIT_NAME}
+""", timeout=60)  # fmt: skip
+
+
+def health_check(host: HostEntry, port: int, *, timeout: int = 180) -> bool:
+    """Poll the model server's /v1/models on the host's loopback until it answers 200."""
+    script = f"""python3 - <<'EOF'
+import time, urllib.request
+deadline = time.monotonic() + {timeout}
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:{port}/v1/models", timeout=5) as r:
+            if r.status == 200:
+                print("healthy"); break
+    except Exception:
+        pass
+    time.sleep(1)
+else:
+    print("unhealthy")
+EOF
+"""
+    return run(host, script, timeout=timeout + 30).strip() == "healthy"
+
+
+def switch_current(host: HostEntry, release_dir: str) -> None:
+    run(
+        host,
+        f"ln -sfn {release_dir} {ROOT}/.current.tmp && mv -T {ROOT}/.current.tmp {CURRENT}",
+        timeout=30,
+    )

@@ -1,0 +1,277 @@
+"""Deploy a verified bundle to the inventory's model-server hosts.
+
+Per host: facts read over SSH (the same pure parsers as local detection) ->
+plan with the requested profile and the bundle's own model (a misfit stops
+here, exit 3, unless forced) -> desired state -> dry run (the diff, nothing
+changed) or: lock, journal, engine converge, activate the release's unit,
+health check, then and only then switch ``current``; a failed health check
+re-activates the previous release, which keeps serving. Every step is
+journaled on the host; every outcome gets a hash-chained audit record.
+Re-running after any interruption converges: each step checks before it acts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from appliance.bundle.format import FILES_DIR
+from appliance.bundle.verify import VerifiedBundle
+from appliance.deploy import remote
+from appliance.deploy.desired import (
+    Change,
+    HostDesired,
+    desired_state,
+    diff,
+    parse_probe,
+    probe_script,
+)
+from appliance.detect.cpu import parse_cpuinfo
+from appliance.detect.host import parse_os_release
+from appliance.errors import ApplianceError, DeploymentError, DoesNotFitError, InputError
+from appliance.events import Event, Finished, Progress, Started, Warned
+from appliance.facts import CpuFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
+from appliance.inventory import HostEntry, Inventory
+from appliance.model_info import load_model_info
+from appliance.plan import Plan, build_plan
+from appliance.profiles import Profile
+
+Engine = Literal["pyinfra", "ansible"]
+
+_FACTS_SCRIPT = r"""echo "@@hostname"; hostname
+echo "@@nproc"; nproc
+echo "@@cores"; (lscpu -p=CORE 2>/dev/null | grep -v '^#' | sort -u | wc -l) || echo 0
+echo "@@meminfo"; cat /proc/meminfo
+echo "@@uname"; uname -sr; uname -m
+echo "@@python"; python3 -c 'import platform; print(platform.python_version())'
+echo "@@nvidia"; ls /dev/nvidiactl 2>/dev/null || true
+echo "@@osrelease"; cat /etc/os-release 2>/dev/null
+echo "@@cpuinfo"; cat /proc/cpuinfo
+"""
+
+
+def remote_facts(host: HostEntry) -> HostFacts:
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in remote.run(host, _FACTS_SCRIPT, timeout=60).splitlines():
+        if line.startswith("@@"):
+            current = line[2:]
+            sections[current] = []
+        elif current:
+            sections[current].append(line)
+    meminfo = {
+        k.strip(): v.split()[0]
+        for k, _, v in (ln.partition(":") for ln in sections.get("meminfo", []))
+        if v.strip()
+    }
+    model, flags = parse_cpuinfo("\n".join(sections.get("cpuinfo", [])))
+    logical = int((sections.get("nproc") or ["1"])[0])
+    cores = int((sections.get("cores") or ["0"])[0] or 0) or logical
+    system, _, kernel = (sections.get("uname") or ["Linux unknown"])[0].partition(" ")
+    machine = (sections.get("uname") or ["", "unknown"])[-1]
+    gpu = (
+        GpuReport(
+            status="error",
+            message="an NVIDIA device is present; remote NVML detection is not implemented yet",
+        )
+        if sections.get("nvidia")
+        else GpuReport(
+            status="no-nvidia-device",
+            message="no NVIDIA device node on the host (/dev/nvidiactl missing)",
+        )
+    )
+    return HostFacts(
+        hostname=host.name,
+        collected_at="",
+        os=OsFacts(
+            system,
+            parse_os_release("\n".join(sections.get("osrelease", []))),
+            kernel,
+            (sections.get("python") or ["unknown"])[0],
+        ),
+        cpu=CpuFacts(model, machine, cores, logical, flags),
+        memory=MemoryFacts(
+            int(meminfo.get("MemTotal", "0")) * 1024, int(meminfo.get("MemAvailable", "0")) * 1024
+        ),
+        disks=(),
+        gpu=gpu,
+    )
+
+
+@dataclass
+class HostResult:
+    host: str
+    status: Literal["planned", "converged", "unchanged", "failed", "rolled-back"] = "planned"
+    changes: list[Change] = field(default_factory=list)
+    message: str = ""
+    audit_hash: str | None = None
+
+
+def plan_host(
+    verified: VerifiedBundle,
+    host: HostEntry,
+    profiles: dict[str, Profile],
+    profile: str,
+    *,
+    force: bool,
+) -> tuple[Plan, HostDesired]:
+    model = verified.payload.model
+    if model is None:
+        raise InputError("the bundle carries no model; nothing to serve")
+    info = load_model_info(verified.directory / FILES_DIR / model.path)
+    plan = build_plan(
+        profiles,
+        (remote_facts(host),),
+        facts_source=f"ssh {host.name}",
+        requested=profile,
+        model=info,
+    )
+    if not plan.fits and not force:
+        problems = "; ".join(plan.fit.problems) if plan.fit else "see appliance plan"
+        raise DoesNotFitError(f"{host.name}: the bundle's model does not fit profile {profile}: {problems}",
+                              hint="Run `appliance plan` against this host's facts, or pass --force.")  # fmt: skip
+    if not plan.commands:
+        raise DoesNotFitError(
+            f"{host.name}: no engine command could be planned for profile {profile}"
+        )
+    engine_kind = plan.selection.profile.engine.kind
+    return plan, desired_state(verified, plan.commands[0], host, engine=engine_kind)
+
+
+def _port(plan: Plan) -> int:
+    argv = plan.commands[0].argv
+    for flag in ("--port",):
+        if flag in argv:
+            return int(argv[argv.index(flag) + 1])
+    raise DeploymentError("the engine command has no --port")
+
+
+def deploy(
+    verified: VerifiedBundle,
+    inventory: Inventory,
+    profiles: dict[str, Profile],
+    *,
+    profile: str,
+    engine: Engine = "pyinfra",
+    dry_run: bool = False,
+    force: bool = False,
+    operator: str = "unknown",
+) -> Generator[Event, None, list[HostResult]]:
+    hosts = inventory.with_role("model-server")
+    if not hosts:
+        raise InputError("the inventory has no host with the model-server role")
+    yield Started("deploy", total_items=len(hosts))
+    planned: dict[str, tuple[Plan, HostDesired]] = {}
+    results = {h.name: HostResult(h.name) for h in hosts}
+    for host in hosts:
+        planned[host.name] = plan_host(verified, host, profiles, profile, force=force)
+        desired = planned[host.name][1]
+        results[host.name].changes = diff(
+            desired, parse_probe(remote.run(host, probe_script(desired), timeout=120))
+        )
+        yield Progress("plan", 0, None, len(planned), len(hosts), host.name)
+    if dry_run:
+        yield Finished("deploy", "dry run: nothing was changed")
+        return list(results.values())
+    deploy_id = uuid.uuid4().hex[:12]
+    locked: list[HostEntry] = []
+    try:
+        for host in hosts:
+            remote.acquire_lock(host)
+            locked.append(host)
+            remote.Journal(host, deploy_id).record(
+                "converge", "start", version=verified.version, engine=engine
+            )
+        outcomes = _converge(engine, [planned[h.name][1] for h in hosts])
+        with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
+            for host, result in zip(hosts, pool.map(lambda h: _finish(h, planned[h.name], outcomes[h.name], verified,
+                                                                       deploy_id, engine, operator), hosts), strict=True):  # fmt: skip
+                results[host.name] = result
+                yield Progress("deploy", 0, None, 0, len(hosts), f"{host.name}: {result.status}")
+    finally:
+        for host in locked:
+            try:
+                remote.release_lock(host)
+            except ApplianceError as exc:
+                yield Warned("deploy", f"{host.name}: could not release the lock: {exc.message}")
+    failed = [r for r in results.values() if r.status in ("failed", "rolled-back")]
+    yield Finished(
+        "deploy",
+        f"{len(hosts) - len(failed)} of {len(hosts)} host(s) serving release {verified.version}",
+    )
+    return list(results.values())
+
+
+def _converge(engine: Engine, plans: Sequence[HostDesired]) -> dict[str, tuple[bool, str]]:
+    if engine == "ansible":
+        raise DeploymentError(
+            "the Ansible engine is not built yet (issue 4 in progress); use --engine pyinfra"
+        )
+    from appliance.deploy.pyinfra_engine import converge as pyinfra_converge
+
+    return {o.name: (o.ok, o.message) for o in pyinfra_converge(plans)}
+
+
+def _finish(
+    host: HostEntry,
+    planned: tuple[Plan, HostDesired],
+    outcome: tuple[bool, str],
+    verified: VerifiedBundle,
+    deploy_id: str,
+    engine: Engine,
+    operator: str,
+) -> HostResult:
+    plan, desired = planned
+    journal = remote.Journal(host, deploy_id)
+    result = HostResult(host.name)
+    record = {"event": "deploy", "operator": operator, "engine": engine, "bundle": verified.name,
+              "version": verified.version, "content_digest": verified.content_digest, "deploy": deploy_id}  # fmt: skip
+    try:
+        ok, message = outcome
+        if not ok:
+            raise DeploymentError(f"{host.name}: {engine} could not converge the host: {message}")
+        journal.record("converge", "done")
+        previous = remote.current_version(host)
+        journal.record("activate", "start", previous=previous)
+        remote.activate(host, verified.version)
+        if not remote.health_check(host, _port(plan)):
+            if previous is not None and previous != verified.version:
+                remote.activate(host, previous)
+                healthy = remote.health_check(host, _port(plan))
+                result.status, result.message = (
+                    "rolled-back",
+                    (
+                        f"release {verified.version} failed its health check; release {previous} is active again"
+                        + ("" if healthy else " but is not healthy either")
+                    ),
+                )
+            else:
+                result.status, result.message = (
+                    "failed",
+                    f"release {verified.version} failed its health check",
+                )
+            journal.record("activate", "failed")
+            result.audit_hash = remote.append_audit(host, {**record, "result": result.status})[
+                "hash"
+            ]
+            return result
+        remote.switch_current(host, desired.release_dir)
+        journal.record("activate", "done", current=desired.release_dir)
+        result.status = "unchanged" if previous == verified.version else "converged"
+        result.message = f"serving release {verified.version} on 127.0.0.1:{_port(plan)}"
+        result.audit_hash = remote.append_audit(host, {**record, "result": "ok"})["hash"]
+    except ApplianceError as exc:
+        result.status, result.message = "failed", exc.message
+        with contextlib.suppress(ApplianceError):  # an unreachable host: the summary says why
+            result.audit_hash = remote.append_audit(
+                host, {**record, "result": "failed", "error": exc.message}
+            )["hash"]
+    return result
+
+
+__all__ = ["HostResult", "Path", "deploy", "plan_host", "remote_facts"]
