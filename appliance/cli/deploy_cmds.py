@@ -66,8 +66,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     elif args.dry_run:
         _print_changes(results)
     else:
-        for row in data:
-            print(f"{row['host']:20s} {row['status'].upper():12s} {row['message']}")
+        for result in results:
+            print(f"{result.host:20s} {result.status.upper():12s} {result.message}")
     failed = [r for r in results if r.status in ("failed", "rolled-back")]
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
 
