@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo bench schemas clean
+.PHONY: setup test lint typecheck unit demo bench schemas clean lab-deps wheelhouse test-integration
 
 $(STAMP): pyproject.toml scripts/ensure-system-deps
 	scripts/ensure-system-deps base
@@ -24,6 +24,18 @@ typecheck: setup
 
 unit: setup
 	$(BIN)/pytest tests/unit -q
+
+lab-deps:
+	scripts/ensure-system-deps lab
+
+# The target's llama-cpp-python wheelhouse (built once, ~5 min on 2 cores, cached).
+wheelhouse: setup
+	scripts/ensure-system-deps wheelhouse
+	$(BIN)/python scripts/build-llamacpp-wheelhouse
+
+# Lab hosts, real pyinfra/llama.cpp runs; needs root.
+test-integration: setup lab-deps wheelhouse
+	$(BIN)/pytest tests/integration -m integration -q
 
 # The README's test command; .ci/run calls it.
 test: lint typecheck unit

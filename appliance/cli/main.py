@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--profiles-dir", type=Path, help="use the profiles in DIR instead of the built-in ones"
     )
-    from appliance.cli import bundle_cmds, deploy_cmds
+    from appliance.cli import bundle_cmds, deploy_cmds, lab_cmds
 
     COMMANDS.update(bundle_cmds.register(sub))
     COMMANDS.update(deploy_cmds.register(sub))
+    COMMANDS.update(lab_cmds.register(sub))
     return parser
 
 
