@@ -180,6 +180,18 @@ systemctl restart {UNIT_NAME}
 """, timeout=60)  # fmt: skip
 
 
+def release_port(host: HostEntry, version: int) -> int | None:
+    """The port release ``version`` serves on, read from its kept unit's ExecStart."""
+    text = run(host, f"cat {RELEASE_ETC}/{version}/{UNIT_NAME} 2>/dev/null; true", timeout=30)
+    for line in text.splitlines():
+        if line.startswith("ExecStart="):
+            argv = shlex.split(line.removeprefix("ExecStart="))
+            if "--port" in argv and argv.index("--port") + 1 < len(argv):
+                value = argv[argv.index("--port") + 1]
+                return int(value) if value.isdigit() else None
+    return None
+
+
 def health_check(host: HostEntry, port: int, *, timeout: int = 180) -> bool:
     """Poll the model server's /v1/models on the host's loopback until it answers 200."""
     script = f"""python3 - <<'EOF'

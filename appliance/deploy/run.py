@@ -178,6 +178,19 @@ def deploy(
     if dry_run:
         yield Finished("deploy", "dry run: nothing was changed")
         return list(results.values())
+    # A converged host is not touched (no upload, no restart): only its health is checked.
+    for host in [h for h in hosts if not results[h.name].changes]:
+        healthy = remote.health_check(host, _port(planned[host.name][0]), timeout=30)
+        results[host.name].status = "unchanged" if healthy else "failed"
+        results[host.name].message = (
+            f"already serving release {verified.version}"
+            if healthy
+            else "converged but not healthy: see journalctl -u appliance-model"
+        )
+    hosts = [h for h in hosts if results[h.name].changes]
+    if not hosts:
+        yield Finished("deploy", f"nothing to change: release {verified.version} already in place")
+        return list(results.values())
     deploy_id = uuid.uuid4().hex[:12]
     locked: list[HostEntry] = []
     try:
@@ -239,10 +252,11 @@ def _finish(
         previous = remote.current_version(host)
         journal.record("activate", "start", previous=previous)
         remote.activate(host, verified.version)
-        if not remote.health_check(host, _port(plan)):
+        if not remote.health_check(host, _port(plan), timeout=60):
             if previous is not None and previous != verified.version:
                 remote.activate(host, previous)
-                healthy = remote.health_check(host, _port(plan))
+                previous_port = remote.release_port(host, previous) or _port(plan)
+                healthy = remote.health_check(host, previous_port)
                 result.status, result.message = (
                     "rolled-back",
                     (

@@ -215,6 +215,10 @@ def create_host_link(net: LabNet, host: HostNet, alias: str) -> None:
     _sysctl(f"net/ipv6/conf/{host.veth}/disable_ipv6", "1")
     run(["ip", "link", "set", host.veth, "master", net.bridge, "up"])
     inside = ["ip", "-n", host.netns]
+    # No IPv6 on the lab link: its autoconfiguration (router solicitations, MLD
+    # reports) would be packets leaving the host, and the air gap test counts those.
+    for key in (f"net.ipv6.conf.{HOST_IFNAME}.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+        run(["ip", "netns", "exec", host.netns, "sysctl", "-q", "-w", f"{key}=1"])
     run([*inside, "addr", "add", f"{host.address}/{net.subnet.prefixlen}", "dev", HOST_IFNAME])
     run([*inside, "link", "set", HOST_IFNAME, "up"])
     run([*inside, "link", "set", "lo", "up"])
