@@ -504,7 +504,11 @@ def fetch_wheels(
     # Only the recipe decides where wheels come from: no machine pip.conf, no PIP_* from
     # the environment (find-links or extra indexes there would change what is bundled).
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env |= {"PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull}
+    env |= {
+        "PIP_NO_INPUT": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+    }
     try:
         result = subprocess.run(
             cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False

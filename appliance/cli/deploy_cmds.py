@@ -85,6 +85,107 @@ def _print_changes(results: list[Any]) -> None:
             print(f"  ... and {len(result.changes) - len(shown)} more")
 
 
+def _hosts(args: argparse.Namespace) -> list[Any]:
+    from appliance.inventory import load_inventory
+
+    return load_inventory(args.inventory).with_role("model-server")
+
+
+def _confirm(args: argparse.Namespace, what: str) -> bool:
+    from appliance.errors import InputError
+
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise InputError(f"{what} changes hosts: confirm with --yes")
+    return input(f"{what}? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from appliance.deploy.lifecycle import status
+
+    rows = [status(h) for h in _hosts(args)]
+    if args.json:
+        sys.stdout.write(json.dumps([asdict(r) for r in rows], indent=2, sort_keys=True) + "\n")
+    for r in rows if not args.json else []:
+        if not r.reachable:
+            print(f"{r.host:20s} UNREACHABLE  {r.message}")
+            continue
+        health = {True: "healthy", False: "NOT HEALTHY", None: "no health check"}[r.healthy]
+        audit = f"audit {r.audit_records} records " + (
+            "chain OK" if r.audit_ok else f"CHAIN BROKEN: {r.message}"
+        )
+        print(
+            f"{r.host:20s} release {r.current} (on host: {list(r.releases)}), unit {r.enabled}/{r.active}, {health}; {audit}"
+        )
+    bad = [r for r in rows if not r.reachable or r.healthy is False or not r.audit_ok]
+    return ExitCode.DEPLOYMENT_FAILED if bad else ExitCode.OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from appliance.deploy.lifecycle import rollback
+    from appliance.errors import ApplianceError
+
+    if not _confirm(args, "Roll back"):
+        return ExitCode.OK
+    failed = False
+    for host in _hosts(args):
+        try:
+            print(f"{host.name}: {rollback(host, to=args.to, operator=getpass.getuser())}")
+        except ApplianceError as exc:
+            failed = True
+            print(f"{host.name}: FAILED: {exc.message}", file=sys.stderr)
+    return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from appliance.deploy.lifecycle import uninstall
+    from appliance.errors import ApplianceError
+
+    if not _confirm(
+        args, "Uninstall appliance" + (" and purge the audit log" if args.purge else "")
+    ):
+        return ExitCode.OK
+    failed = False
+    for host in _hosts(args):
+        try:
+            print(f"{host.name}: {uninstall(host, purge=args.purge, operator=getpass.getuser())}")
+        except ApplianceError as exc:
+            failed = True
+            print(f"{host.name}: FAILED: {exc.message}", file=sys.stderr)
+    return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from appliance.audit import verify_chain
+    from appliance.deploy import remote
+    from appliance.errors import InputError
+
+    if (args.file is None) == (args.inventory is None):
+        raise InputError("give either an audit log FILE or --inventory FILE")
+    sources = (
+        [(str(args.file), args.file.read_text(encoding="utf-8"))]
+        if args.file is not None
+        else [
+            (h.name, remote.run(h, f"cat {remote.AUDIT_LOG} 2>/dev/null; true", timeout=30))
+            for h in _hosts(args)
+        ]
+    )
+    broken = False
+    for name, text in sources:
+        report = verify_chain(text)
+        if report.ok:
+            print(f"{name}: {report.records} records, chain intact, last hash {report.last_hash}")
+        else:
+            broken = True
+            print(f"{name}: TAMPERED ({len(report.problems)} problem(s)):", file=sys.stderr)
+            for problem in report.problems:
+                print(f"  {problem}", file=sys.stderr)
+    return ExitCode.VERIFICATION_FAILED if broken else ExitCode.OK
+
+
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     deploy = sub.add_parser("deploy", help="deploy a verified bundle to the inventory's hosts")
     deploy.add_argument("--profile", required=True, help="hardware profile (see `appliance plan`)")
@@ -103,4 +204,28 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     deploy.add_argument("--profiles-dir", type=Path)
     deploy.add_argument("--json", action="store_true")
-    return {"deploy": cmd_deploy}
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {"deploy": cmd_deploy}
+    st = sub.add_parser("status", help="release, service and health per host")
+    st.add_argument("--inventory", type=Path, required=True)
+    st.add_argument("--json", action="store_true")
+    handlers["status"] = cmd_status
+    rb = sub.add_parser("rollback", help="activate the previous release on each host")
+    rb.add_argument("--inventory", type=Path, required=True)
+    rb.add_argument("--to", type=int, help="release version (default: the one before current)")
+    rb.add_argument("--yes", action="store_true")
+    handlers["rollback"] = cmd_rollback
+    un = sub.add_parser("uninstall", help="remove what appliance installed (the audit log stays)")
+    un.add_argument("--inventory", type=Path, required=True)
+    un.add_argument("--purge", action="store_true", help="also remove the audit log")
+    un.add_argument("--yes", action="store_true")
+    handlers["uninstall"] = cmd_uninstall
+    audit = sub.add_parser("audit", help="the hash-chained audit log").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    av = audit.add_parser("verify", help="detect edited, removed or reordered records")
+    av.add_argument("file", type=Path, nargs="?", help="a local copy of audit.jsonl")
+    av.add_argument(
+        "--inventory", type=Path, help="read each host's /var/log/appliance/audit.jsonl"
+    )
+    handlers["audit.verify"] = cmd_audit_verify
+    return handlers

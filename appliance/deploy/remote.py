@@ -13,7 +13,6 @@ Lock: ``/var/lib/appliance/deploy.lock`` (``mkdir`` is atomic). Its owner is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.audit import GENESIS, chain_record
 from appliance.deploy.desired import CURRENT, RELEASE_ETC, ROOT, STATE, UNIT_NAME, UNIT_PATH
 from appliance.errors import DeploymentError
 from appliance.inventory import HostEntry
@@ -135,21 +135,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def audit_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-
-
 def append_audit(host: HostEntry, record: dict[str, Any]) -> dict[str, Any]:
     """Append a hash-chained record: each carries the previous record's hash and its own."""
     last = run(
         host, f"mkdir -p /var/log/appliance && tail -n 1 {AUDIT_LOG} 2>/dev/null; true", timeout=30
     ).strip()
-    previous = json.loads(last)["hash"] if last else "0" * 64
-    entry = {"at": _now(), "host": host.name, **record, "prev": previous}
-    entry["hash"] = audit_hash(entry)
+    previous = json.loads(last)["hash"] if last else GENESIS
+    entry = chain_record({"at": _now(), "host": host.name, **record}, previous)
     line = json.dumps(entry, sort_keys=True)
     run(
         host,

@@ -197,3 +197,45 @@ def test_a_release_failing_its_health_check_leaves_the_previous_serving(
     assert on_host(lab, "readlink /opt/appliance/current") == "/opt/appliance/releases/1"
     assert on_host(lab, "systemctl is-active appliance-model") == "active"
     assert chat(lab)["usage"]["completion_tokens"] > 0  # type: ignore[index]
+
+
+def test_status_rollback_uninstall_and_audit(site: tuple[Lab, Path], tmp_path: Path) -> None:
+    lab, work = site
+    deploy(lab, work, "demo-1")
+    deploy(lab, work, "demo-2")
+    status = json.loads(
+        appliance("status", "--inventory", lab.inventory, "--json", cwd=work).stdout
+    )[0]
+    assert status["current"] == 2 and status["healthy"] is True and status["audit_ok"] is True
+    assert {1, 2} <= set(status["releases"])
+    appliance("rollback", "--inventory", lab.inventory, "--yes", cwd=work)
+    assert on_host(lab, "readlink /opt/appliance/current") == "/opt/appliance/releases/1"
+    assert chat(lab)["usage"]["completion_tokens"] > 0  # type: ignore[index]
+    # The audit chain verifies, and tampering with one record is found.
+    appliance("audit", "verify", "--inventory", lab.inventory, cwd=work)
+    copy = tmp_path / "audit.jsonl"
+    copy.write_text(on_host(lab, "cat /var/log/appliance/audit.jsonl") + "\n")
+    lines = copy.read_text().splitlines()
+    lines[0] = lines[0].replace('"result": "ok"', '"result": "KO"')
+    copy.write_text("\n".join(lines) + "\n")
+    tampered = appliance("audit", "verify", copy, cwd=work, expect=4)
+    assert "line 1: record edited" in tampered.stderr
+    # Uninstall removes what appliance laid down, keeps the audit log, and nothing else.
+    before = set(on_host(lab, "ls /etc /opt /var/lib /var/log").split())
+    appliance("uninstall", "--inventory", lab.inventory, "--yes", cwd=work)
+    after = set(on_host(lab, "ls /etc /opt /var/lib /var/log").split())
+    assert before - after == {"appliance"} or before - after <= {"appliance"}
+    assert (
+        on_host(
+            lab, "ls /opt/appliance /etc/appliance /var/lib/appliance 2>&1 | grep -c 'No such' "
+        )
+        == "3"
+    )
+    assert on_host(lab, "systemctl is-active appliance-model; true") in ("inactive", "unknown")
+    assert (
+        on_host(
+            lab,
+            "tail -n1 /var/log/appliance/audit.jsonl | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"event\"])'",
+        )
+        == "uninstall"
+    )

@@ -1,0 +1,131 @@
+"""After a deploy: status, rollback and uninstall of the appliance on inventory hosts.
+
+All over plain SSH (engine-independent), bounded, under the same deploy lock,
+each with an audit record. Rollback activates the previous release still on
+the host (releases are immutable, so it is exactly what served before), checks
+its health, then switches ``current``. Uninstall removes what appliance laid
+down and nothing else; the audit log stays unless ``purge``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from appliance.audit import verify_chain
+from appliance.deploy import remote
+from appliance.deploy.desired import CURRENT, ETC, RELEASES, ROOT, STATE, UNIT_NAME, UNIT_PATH
+from appliance.errors import DeploymentError
+from appliance.inventory import HostEntry
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    host: str
+    reachable: bool
+    current: int | None
+    releases: tuple[int, ...]
+    enabled: str
+    active: str
+    healthy: bool | None
+    audit_records: int
+    audit_ok: bool
+    message: str = ""
+
+
+def releases_on(host: HostEntry) -> tuple[int, ...]:
+    names = remote.run(host, f"ls -1 {RELEASES} 2>/dev/null; true", timeout=30).split()
+    return tuple(sorted(int(n) for n in names if n.isdigit()))
+
+
+def status(host: HostEntry) -> HostStatus:
+    try:
+        current = remote.current_version(host)
+        releases = releases_on(host)
+        states = remote.run(
+            host,
+            f"systemctl is-enabled {UNIT_NAME} 2>/dev/null; systemctl is-active {UNIT_NAME} 2>/dev/null; true",
+            timeout=30,
+        ).split()
+        audit = verify_chain(
+            remote.run(host, f"cat {remote.AUDIT_LOG} 2>/dev/null; true", timeout=30)
+        )
+    except DeploymentError as exc:
+        return HostStatus(
+            host.name, False, None, (), "unknown", "unknown", None, 0, False, exc.message
+        )
+    enabled, active = [*states, "unknown", "unknown"][:2]
+    healthy = None
+    if current is not None and active == "active":
+        port = remote.release_port(host, current)
+        healthy = remote.health_check(host, port, timeout=10) if port else None
+    return HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit.ok,
+                      "; ".join(audit.problems))  # fmt: skip
+
+
+def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown") -> str:
+    remote.acquire_lock(host)
+    try:
+        current = remote.current_version(host)
+        available = releases_on(host)
+        if to is None:
+            older = [v for v in available if current is None or v < current]
+            if not older:
+                raise DeploymentError(
+                    f"{host.name}: no release older than {current} on the host to roll back to"
+                )
+            to = older[-1]
+        if to not in available:
+            raise DeploymentError(
+                f"{host.name}: release {to} is not on the host (has {list(available)})"
+            )
+        remote.activate(host, to)
+        port = remote.release_port(host, to)
+        if port is None or not remote.health_check(host, port, timeout=120):
+            if current is not None:
+                remote.activate(host, current)
+            remote.append_audit(
+                host,
+                {
+                    "event": "rollback",
+                    "operator": operator,
+                    "from": current,
+                    "to": to,
+                    "result": "failed",
+                },
+            )
+            raise DeploymentError(
+                f"{host.name}: release {to} did not become healthy; release {current} re-activated"
+            )
+        remote.switch_current(host, f"{RELEASES}/{to}")
+        remote.append_audit(
+            host,
+            {"event": "rollback", "operator": operator, "from": current, "to": to, "result": "ok"},
+        )
+        return f"rolled back from {current} to {to}"
+    finally:
+        remote.release_lock(host)
+
+
+def uninstall(host: HostEntry, *, purge: bool = False, operator: str = "unknown") -> str:
+    remote.acquire_lock(host)
+    entry = remote.append_audit(host, {"event": "uninstall", "operator": operator, "purge": purge})
+    # Read-only releases must be made writable before they can be removed.
+    remote.run(host, f"""set -e
+systemctl disable --now {UNIT_NAME} >/dev/null 2>&1 || true
+rm -f {UNIT_PATH}
+systemctl daemon-reload
+if [ -d {ROOT} ]; then chmod -R u+w {ROOT}; fi
+rm -rf {ROOT} {ETC} {STATE}
+{"rm -rf /var/log/appliance" if purge else "true"}
+""", timeout=120)  # fmt: skip
+    left = remote.run(
+        host, f"ls -d {ROOT} {ETC} {STATE} {CURRENT} {UNIT_PATH} 2>/dev/null; true", timeout=30
+    ).split()
+    if left:
+        raise DeploymentError(f"{host.name}: uninstall left {', '.join(left)}")
+    return (
+        "removed (audit log kept)"
+        if not purge
+        else "removed, audit log purged" + (f" (last record {json.dumps(entry['hash'][:12])})")
+    )
