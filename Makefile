@@ -40,8 +40,9 @@ test-integration: setup lab-deps wheelhouse
 # The README's test command; .ci/run calls it.
 test: lint typecheck unit
 
-# The main job, as far as it is built (see README "What is verified where").
-demo: setup
+# The main job: lab host + signed bundle + deploy + one chat completion (needs root).
+demo: setup lab-deps
+	scripts/ensure-system-deps wheelhouse
 	$(BIN)/python scripts/demo.py
 
 bench: setup

