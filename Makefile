@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo bench schemas clean lab-deps wheelhouse test-integration
+.PHONY: setup test lint typecheck unit demo bench bench-deploy schemas clean lab-deps wheelhouse test-integration
 
 $(STAMP): pyproject.toml scripts/ensure-system-deps
 	scripts/ensure-system-deps base
@@ -48,6 +48,10 @@ demo: setup lab-deps
 bench: setup
 	$(BIN)/python bench/detect
 	$(BIN)/python bench/verify   # builds a 2 GiB bundle once under /var/tmp
+
+# Deploy times on lab hosts (root, ~5 min).
+bench-deploy: setup lab-deps wheelhouse
+	$(BIN)/python bench/deploy
 
 # Regenerate what the drift tests compare against: JSON Schemas and the saved facts fixtures.
 schemas: setup
