@@ -124,38 +124,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return ExitCode.DEPLOYMENT_FAILED if bad else ExitCode.OK
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from appliance.deploy.lifecycle import rollback
+def _each_host(args: argparse.Namespace, action: Callable[[Any], str]) -> int:
+    """Run ``action`` on every model-server host; one failing host does not stop the others."""
     from appliance.errors import ApplianceError
 
-    if not _confirm(args, "Roll back"):
-        return ExitCode.OK
     failed = False
     for host in _hosts(args):
         try:
-            print(f"{host.name}: {rollback(host, to=args.to, operator=getpass.getuser())}")
+            print(f"{host.name}: {action(host)}")
         except ApplianceError as exc:
             failed = True
             print(f"{host.name}: FAILED: {exc.message}", file=sys.stderr)
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from appliance.deploy.lifecycle import rollback
+
+    if not _confirm(args, "Roll back"):
+        return ExitCode.OK
+    return _each_host(args, lambda host: rollback(host, to=args.to, operator=getpass.getuser()))
+
+
 def cmd_uninstall(args: argparse.Namespace) -> int:
     from appliance.deploy.lifecycle import uninstall
-    from appliance.errors import ApplianceError
 
     if not _confirm(
         args, "Uninstall appliance" + (" and purge the audit log" if args.purge else "")
     ):
         return ExitCode.OK
-    failed = False
-    for host in _hosts(args):
-        try:
-            print(f"{host.name}: {uninstall(host, purge=args.purge, operator=getpass.getuser())}")
-        except ApplianceError as exc:
-            failed = True
-            print(f"{host.name}: FAILED: {exc.message}", file=sys.stderr)
-    return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
+    return _each_host(
+        args, lambda host: uninstall(host, purge=args.purge, operator=getpass.getuser())
+    )
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:

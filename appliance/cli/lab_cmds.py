@@ -12,20 +12,11 @@ import sys
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
+from appliance.cli.argtypes import positive_int
 from appliance.events import Event, Finished, Progress, Warned, drain
 from appliance.exitcodes import ExitCode
 
 T = TypeVar("T")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, found {value}")
-    return value
 
 
 def run_lab_operation(gen: Generator[Event, None, T], *, quiet: bool) -> T:
@@ -154,7 +145,7 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     up = lsub.add_parser(
         "up", help="boot Debian hosts with no route out, reachable over SSH from this machine"
     )
-    up.add_argument("--hosts", type=_positive_int, default=1, help="number of hosts (default 1)")
+    up.add_argument("--hosts", type=positive_int, default=1, help="number of hosts (default 1)")
     up.add_argument("--name", default="lab", help="lab name; hosts are NAME-1, NAME-2, ...")
     up.add_argument(
         "--network",

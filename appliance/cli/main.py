@@ -16,21 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import __version__
+from appliance.cli.argtypes import positive_int
 from appliance.errors import ApplianceError
 from appliance.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from appliance.facts import HostFacts
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, found {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--model", type=Path, help="Hugging Face model directory or GGUF file")
     plan.add_argument(
-        "--context", type=_positive_int, help="context length instead of the profile's"
+        "--context", type=positive_int, help="context length instead of the profile's"
     )
     plan.add_argument(
         "--force", action="store_true", help="accept a plan that does not fit (exit 0)"
