@@ -127,10 +127,24 @@ def test_signers_working_on_separate_copies_merge_their_signatures(
     for copy, signer in zip(copies, (trust.signers[0], trust.signers[2]), strict=True):
         shutil.copytree(original, copy)
         sign_bundle(copy, signer)  # each on their own machine, at the same time
-    assert main(["bundle", "add-signatures", str(original), *(str(c / "metadata/targets.json") for c in copies)]) == 0
-    assert verify(original, trust).signers == tuple(sorted(k.keyid for k in (trust.keys[0], trust.keys[2])))
+    assert (
+        main(
+            [
+                "bundle",
+                "add-signatures",
+                str(original),
+                *(str(c / "metadata/targets.json") for c in copies),
+            ]
+        )
+        == 0
+    )
+    assert verify(original, trust).signers == tuple(
+        sorted(k.keyid for k in (trust.keys[0], trust.keys[2]))
+    )
     # Signatures over other content are not merged.
     other = make_bundle(files={"x.bin": b"other"}, sign_with=1)
     capsys.readouterr()
-    assert main(["bundle", "add-signatures", str(original), str(other / "metadata/targets.json")]) == 4
+    assert (
+        main(["bundle", "add-signatures", str(original), str(other / "metadata/targets.json")]) == 4
+    )
     assert "signs other content" in capsys.readouterr().err

@@ -81,7 +81,8 @@ def test_gguf_is_served_under_its_stem_with_a_chat_format(profiles: dict[str, Pr
     (cmd,) = build_plan(profiles, facts("cpu-avx2"), facts_source="t", model=gguf).commands
     argv = cmd.argv
     assert (
-        argv[argv.index("--model") + 1] == "/opt/appliance/current/files/models/gemma-3-270m-q4_k_m.gguf"
+        argv[argv.index("--model") + 1]
+        == "/opt/appliance/current/files/models/gemma-3-270m-q4_k_m.gguf"
     )
     assert argv[argv.index("--model_alias") + 1] == "gemma-3-270m-q4_k_m"
     # No template in the file: the architecture's format, not llama.cpp's llama-2 fallback.
