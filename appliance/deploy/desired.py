@@ -90,6 +90,25 @@ class HostDesired:
         return next(r for r in self.rendered if r.path.endswith(self.unit))
 
 
+@dataclass(frozen=True, slots=True)
+class HostOutcome:
+    """What an engine reports per host after converging."""
+
+    name: str
+    ok: bool
+    changed: bool
+    message: str
+
+
+def checklist(desired: HostDesired) -> str:
+    """``sha256sum -c`` input for the release files, relative to the release directory."""
+    prefix = desired.release_dir + "/"
+    return (
+        "\n".join(f"{f.sha256}  {f.path.removeprefix(prefix)}" for f in desired.release_files)
+        + "\n"
+    )
+
+
 def release_etc(version: int) -> str:
     return f"{RELEASE_ETC}/{version}"
 

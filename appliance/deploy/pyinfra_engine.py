@@ -22,17 +22,8 @@ from __future__ import annotations
 import io
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from appliance.deploy.desired import HostDesired
-
-
-@dataclass(frozen=True, slots=True)
-class HostOutcome:
-    name: str
-    ok: bool
-    changed: bool
-    message: str
+from appliance.deploy.desired import HostDesired, HostOutcome, checklist
 
 
 def _inventory_data(desired: HostDesired) -> dict[str, object]:
@@ -48,16 +39,6 @@ def _inventory_data(desired: HostDesired) -> dict[str, object]:
         data["ssh_known_hosts_file"] = str(ssh.known_hosts)
         data["ssh_strict_host_key_checking"] = "yes"
     return data
-
-
-def checklist(desired: HostDesired, root: str) -> str:
-    """``sha256sum -c`` input for the release files, relative to ``root``."""
-    lines = [
-        f"{f.sha256}  {f.path.removeprefix(desired.release_dir + '/')}"
-        for f in desired.release_files
-    ]
-    del root
-    return "\n".join(lines) + "\n"
 
 
 def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
@@ -95,7 +76,7 @@ def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
                 rel = f.path.removeprefix(desired.release_dir + "/")
                 add_op(state, files.put, name=f"upload {rel}", src=str(f.source), dest=f"{staging}/{rel}",
                        mode="644", create_remote_dir=True, host=host)  # fmt: skip
-            add_op(state, files.put, name="checksums", src=io.StringIO(checklist(desired, staging)),
+            add_op(state, files.put, name="checksums", src=io.StringIO(checklist(desired)),
                    dest=f"{staging}/.sha256sums", mode="644", host=host)  # fmt: skip
             commands = [f"cd {shlex.quote(staging)} && sha256sum --quiet --strict -c {check}"]
             if desired.venv is not None:

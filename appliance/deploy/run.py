@@ -222,12 +222,11 @@ def deploy(
 
 def _converge(engine: Engine, plans: Sequence[HostDesired]) -> dict[str, tuple[bool, str]]:
     if engine == "ansible":
-        raise DeploymentError(
-            "the Ansible engine is not built yet (issue 4 in progress); use --engine pyinfra"
-        )
-    from appliance.deploy.pyinfra_engine import converge as pyinfra_converge
+        from appliance.deploy.ansible_engine import converge
+    else:
+        from appliance.deploy.pyinfra_engine import converge
 
-    return {o.name: (o.ok, o.message) for o in pyinfra_converge(plans)}
+    return {o.name: (o.ok, o.message) for o in converge(plans)}
 
 
 def _finish(

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from appliance.lab.ssh import run_on
 from appliance.lab.state import Lab
+from tests.integration import helpers
+from tests.integration.helpers import appliance
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,22 +37,6 @@ nft 'add chain inet egress_probe out { type filter hook output priority 0; }'
 nft 'add rule inet egress_probe out oifname != "lo" tcp flags & (syn | ack) == syn counter comment "tcp-connect"'
 nft 'add rule inet egress_probe out oifname != "lo" meta l4proto != tcp ct state new counter comment "other-new"'
 """
-
-
-def appliance(
-    *args: str | Path, cwd: Path, expect: int = 0, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "appliance", *map(str, args)], cwd=cwd, capture_output=True,
-                            text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
-    assert result.returncode == expect, (args, result.stdout[-3000:], result.stderr[-3000:])
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -91,34 +74,11 @@ def deploy(lab: Lab, work: Path, bundle: str, *extra: str, expect: int = 0) -> d
 
 
 def chat(lab: Lab) -> dict[str, object]:
-    port = free_port()
-    tunnel = subprocess.Popen(["ssh", "-i", str(lab.key), "-o", f"UserKnownHostsFile={lab.known_hosts}",
-                               "-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes", "-N",
-                               "-L", f"{port}:127.0.0.1:8080", f"root@{lab.hosts[0].address}"])  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                response = httpx.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
-                    json={"model": "gemma-3-270m-q4_k_m", "max_tokens": 16,
-                          "messages": [{"role": "user", "content": "Say hello."}]},
-                )  # fmt: skip
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-        assert response.status_code == 200, response.text
-        data: dict[str, object] = response.json()
-        return data
-    finally:
-        tunnel.terminate()
-        tunnel.wait(timeout=10)
+    return helpers.chat(lab, lab.hosts[0])
 
 
 def on_host(lab: Lab, command: str) -> str:
-    return run_on(lab, lab.hosts[0], command).stdout.strip()
+    return helpers.on(lab, lab.hosts[0], command).strip()
 
 
 def test_cpu_profile_end_to_end(site: tuple[Lab, Path]) -> None:

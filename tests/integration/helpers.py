@@ -1,0 +1,113 @@
+"""Shared steps of the deploy integration tests: the CLI, the demo bundles, per-host inventories, chat.
+
+Everything a lab host is asked goes over plain SSH with the lab's own key and
+known_hosts (``appliance.lab.ssh``); the chat goes through an SSH tunnel, as
+the model server listens on the host's loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from appliance.lab.inventory_files import InventoryHost, render_inventory
+from appliance.lab.ssh import run_on
+from appliance.lab.state import Lab, LabHost
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Counts every attempt to open a connection off the host (see test_deploy.py for why these rules).
+EGRESS_RULES = """nft add table inet egress_probe
+nft 'add chain inet egress_probe out { type filter hook output priority 0; }'
+nft 'add rule inet egress_probe out oifname != "lo" tcp flags & (syn | ack) == syn counter comment "tcp-connect"'
+nft 'add rule inet egress_probe out oifname != "lo" meta l4proto != tcp ct state new counter comment "other-new"'
+"""
+
+
+def appliance(
+    *args: str | Path, cwd: Path, expect: int = 0, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "appliance", *map(str, args)], cwd=cwd, capture_output=True,
+                            text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert result.returncode == expect, (args, result.stdout[-3000:], result.stderr[-3000:])
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def build_demo_bundles(work: Path, versions: tuple[int, ...] = (1,)) -> None:
+    """Keys (``work/keys``) and the signed demo-cpu bundles ``work/demo-<v>``."""
+    subprocess.run([sys.executable, str(ROOT / "scripts/build-llamacpp-wheelhouse")], check=True, timeout=1800,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    appliance("keys", "generate", "--out", "keys", cwd=work)
+    for version in versions:
+        recipe = (ROOT / "bundles/demo-cpu.yaml").read_text()
+        (work / f"demo-{version}.yaml").write_text(
+            recipe.replace("version: 1\n", f"version: {version}\n")
+        )
+        appliance("bundle", "build", "--recipe", work / f"demo-{version}.yaml", "--out",
+                  f"demo-{version}", cwd=work)  # fmt: skip
+        appliance("bundle", "sign", f"demo-{version}", "--key", "keys/signer.key", cwd=work)
+
+
+def single_host_inventory(lab: Lab, host: LabHost, path: Path) -> Path:
+    """An inventory with just ``host``, as a model server, reached with the lab's key."""
+    path.write_text(
+        render_inventory(
+            [InventoryHost(host.name, host.address, ("model-server",))], lab.key, lab.known_hosts
+        )
+    )
+    return path
+
+
+def deploy(
+    work: Path, inventory: Path, bundle: str, *extra: str, expect: int = 0
+) -> dict[str, object]:
+    result = appliance("deploy", "--profile", "cpu-llamacpp", "--bundle", bundle, "--trust", "keys/root.json",
+                       "--inventory", inventory, "--yes", "--json", *extra, cwd=work, expect=expect)  # fmt: skip
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def on(lab: Lab, host: LabHost, command: str, timeout: float = 120) -> str:
+    return run_on(lab, host, command, timeout=timeout).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def chat(lab: Lab, host: LabHost, port: int = 8080) -> dict[str, object]:
+    """A chat completion from the model server on ``host`` (through an SSH tunnel)."""
+    local = free_port()
+    tunnel = subprocess.Popen(["ssh", "-F", "/dev/null", "-i", str(lab.key), "-o", "IdentitiesOnly=yes",
+                               "-o", f"UserKnownHostsFile={lab.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                               "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-N",
+                               "-L", f"{local}:127.0.0.1:{port}", f"root@{host.address}"])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{local}/v1/chat/completions", timeout=60,
+                    json={"model": "gemma-3-270m-q4_k_m", "max_tokens": 16,
+                          "messages": [{"role": "user", "content": "Say hello."}]},
+                )  # fmt: skip
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert response.status_code == 200, response.text
+        data: dict[str, object] = response.json()
+        return data
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=10)

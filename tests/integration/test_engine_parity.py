@@ -1,0 +1,210 @@
+"""Both engines, one plan: the same bundle deployed with pyinfra to host A and Ansible to host B.
+
+Two fresh lab hosts (one lab), each in its own single-host inventory, get the
+same demo-cpu release 1. Then both are read by an independent checker over
+plain SSH (neither engine): ``desired.probe_script``, every path under
+``/opt/appliance`` and ``/etc/appliance`` with its mode, type and link target,
+the sha256 of every file, and the unit's state. The two hosts must agree on
+all of it. Host B (Ansible) must answer a chat completion with no connection
+attempt off the host; a second Ansible deploy must change nothing, and so must
+the engine run directly and plain ``ansible-playbook`` with the generated files
+(the way an Ansible shop would run ``playbooks/deploy.yml``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from appliance.bundle.verify import verify_bundle
+from appliance.deploy.desired import HostDesired, diff, parse_probe, probe_script
+from appliance.deploy.run import plan_host
+from appliance.events import drain
+from appliance.inventory import load_inventory
+from appliance.lab.state import Lab, LabHost
+from appliance.profiles import load_profiles
+from tests.integration.conftest import SESSION, temporary_lab
+from tests.integration.helpers import (
+    EGRESS_RULES,
+    build_demo_bundles,
+    chat,
+    deploy,
+    on,
+    single_host_inventory,
+)
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+# Read-only: every path with mode, type and link target; the digest of every file; the unit's state.
+STATE_SCRIPT = r"""set -u
+echo @@paths
+find /opt/appliance /etc/appliance -printf '%p %m %y %l\n' | LC_ALL=C sort
+echo @@digests
+find /opt/appliance /etc/appliance /etc/systemd/system/appliance-model.service -type f -print0 \
+  | LC_ALL=C sort -z | xargs -0 sha256sum
+echo @@pyc
+find /opt/appliance -name '*.pyc' -exec sh -c \
+  'for f; do printf "%s  %s\n" "$({ head -c 8 "$f"; tail -c +13 "$f"; } | sha256sum | cut -d" " -f1)" "$f"; done' sh {} + \
+  | LC_ALL=C sort -k 2
+echo @@units
+systemctl is-enabled appliance-model || true
+systemctl is-active appliance-model || true
+"""
+# CPython writes the source's mtime into each .pyc (pip compiles them at install time): the
+# one thing that legitimately differs between two installs of the same wheels. Their digests
+# are compared without those 4 bytes (header bytes 9-12).
+NONDETERMINISTIC = re.compile(r"/__pycache__/[^/]+\.pyc$")
+
+
+@dataclass(frozen=True)
+class HostState:
+    paths: tuple[str, ...]
+    digests: dict[str, str]
+    pyc: dict[str, str]  # without the source mtime
+    units: tuple[str, ...]
+    probe: dict[str, object]
+
+
+def read_state(lab: Lab, host: LabHost, desired: HostDesired) -> HostState:
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in on(lab, host, STATE_SCRIPT).splitlines():
+        if line.startswith("@@"):
+            current = line[2:]
+            sections[current] = []
+        else:
+            sections[current].append(line)
+    digests, pyc = ({path: digest for digest, _, path in (ln.partition("  ") for ln in sections[s])}
+                    for s in ("digests", "pyc"))  # fmt: skip
+    probe = parse_probe(on(lab, host, probe_script(desired)))
+    return HostState(tuple(sections["paths"]), digests, pyc, tuple(sections["units"]), probe)
+
+
+@dataclass(frozen=True)
+class Site:
+    lab: Lab
+    work: Path
+    a: LabHost  # pyinfra
+    b: LabHost  # Ansible
+    inventory_a: Path
+    inventory_b: Path
+    desired_a: HostDesired
+    desired_b: HostDesired
+    first_ansible_deploy: float
+
+
+def plan_for(work: Path, inventory: Path) -> HostDesired:
+    verified = drain(verify_bundle(work / "demo-1", work / "keys/root.json"))
+    host = load_inventory(inventory).hosts[0]
+    return plan_host(verified, host, load_profiles(), "cpu-llamacpp", force=False)[1]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    work = tmp_path_factory.mktemp("parity")
+    build_demo_bundles(work, (1,))
+    with temporary_lab(f"{SESSION}-parity", 2) as lab:
+        a, b = lab.hosts
+        inventory_a = single_host_inventory(lab, a, work / "inventory-a.yml")
+        inventory_b = single_host_inventory(lab, b, work / "inventory-b.yml")
+        on(lab, b, EGRESS_RULES)
+        start = time.monotonic()
+        first = deploy(work, inventory_a, "demo-1", "--engine", "pyinfra")
+        print(
+            f"\npyinfra engine: first deploy (appliance deploy, one host) {time.monotonic() - start:.1f} s"
+        )
+        assert first["hosts"][0]["status"] == "converged", first  # type: ignore[index]
+        start = time.monotonic()
+        second = deploy(work, inventory_b, "demo-1", "--engine", "ansible")
+        took = time.monotonic() - start
+        assert second["hosts"][0]["status"] == "converged", second  # type: ignore[index]
+        print(f"ansible engine: first deploy (appliance deploy, one host) {took:.1f} s")
+        yield Site(lab, work, a, b, inventory_a, inventory_b, plan_for(work, inventory_a),
+                   plan_for(work, inventory_b), took)  # fmt: skip
+
+
+def test_both_engines_leave_the_same_host_state(site: Site) -> None:
+    # The same plan for both hosts (identical lab hosts): the same files, digests, units.
+    assert site.desired_a.rendered == site.desired_b.rendered
+    assert site.desired_a.release_files == site.desired_b.release_files
+    a = read_state(site.lab, site.a, site.desired_a)
+    b = read_state(site.lab, site.b, site.desired_b)
+
+    assert a.paths == b.paths  # same file set, modes, types, link targets
+    assert len(a.paths) > 1000  # the release, its venv, /etc/appliance
+    assert "/opt/appliance/current 777 l /opt/appliance/releases/1" in a.paths
+    assert "/opt/appliance/releases/1 555 d " in a.paths
+    assert "/opt/appliance/releases/1/.sha256sums 444 f " in a.paths
+    assert "/etc/appliance/releases/1/appliance-model.service 644 f " in a.paths
+    assert not [p for p in a.paths if ".staging-" in p]
+
+    assert a.digests.keys() == b.digests.keys()
+    differing = sorted(p for p in a.digests if a.digests[p] != b.digests[p])
+    assert [p for p in differing if not NONDETERMINISTIC.search(p)] == []
+    assert set(differing) <= a.pyc.keys() and len(a.pyc) > 100
+    assert a.pyc == b.pyc  # .pyc files: identical but for the source mtime
+    print(
+        f"\nparity: {len(a.paths)} paths, {len(a.digests)} files, {len(differing)} .pyc differ in mtime only"
+    )
+    for rendered in site.desired_b.rendered:  # the Ansible host's renderings are the plan's bytes
+        assert b.digests[rendered.path] == rendered.sha256
+    for f in site.desired_b.release_files:
+        assert b.digests[f.path] == f.sha256
+
+    assert a.units == b.units == ("enabled", "active")
+    assert a.probe == b.probe
+    assert a.probe["current"] == "/opt/appliance/releases/1"
+    assert diff(site.desired_a, a.probe) == diff(site.desired_b, b.probe) == []
+
+
+def test_the_ansible_host_serves_and_nothing_left_it(site: Site) -> None:
+    answer = chat(site.lab, site.b)
+    assert answer["usage"]["completion_tokens"] > 0  # type: ignore[index]
+    assert answer["choices"][0]["message"]["content"]  # type: ignore[index]
+    counters = on(site.lab, site.b, "nft list chain inet egress_probe out")
+    assert counters.count("counter packets 0 bytes 0") == 2, counters
+
+
+def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> None:
+    from appliance.deploy.ansible_engine import converge, write_run_files
+
+    lab, b = site.lab, site.b
+    before = read_state(lab, b, site.desired_b)
+    started = on(lab, b, "systemctl show -p ActiveEnterTimestampMonotonic appliance-model")
+
+    start = time.monotonic()
+    again = deploy(site.work, site.inventory_b, "demo-1", "--engine", "ansible")
+    cli = time.monotonic() - start
+    assert again["hosts"][0]["status"] == "unchanged", again  # type: ignore[index]
+
+    # The engine itself on a converged host: it checks, and changes nothing.
+    start = time.monotonic()
+    [outcome] = converge([site.desired_b])
+    engine = time.monotonic() - start
+    assert (outcome.ok, outcome.changed, outcome.message) == (True, False, "already converged")
+
+    # Plain ansible-playbook with the generated inventory and host_vars (playbooks/README.md).
+    files = write_run_files([site.desired_b], tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(files.inventory),
+                             str(Path(__file__).resolve().parents[2] / "playbooks/deploy.yml")],
+                            env=env | {"ANSIBLE_CONFIG": str(files.config)}, capture_output=True,
+                            text=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(rf"{b.name}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", result.stdout)
+
+    assert read_state(lab, b, site.desired_b) == before  # not a byte, mode or state changed
+    assert on(lab, b, "systemctl show -p ActiveEnterTimestampMonotonic appliance-model") == started
+    print(
+        f"\nansible engine: first deploy {site.first_ansible_deploy:.1f} s; no-op re-deploy "
+        f"(appliance deploy) {cli:.1f} s; no-op converge (engine only) {engine:.1f} s"
+    )
