@@ -15,11 +15,10 @@ import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from appliance.errors import InputError
-from appliance.schema_errors import format_validation_error
-from appliance.yaml_files import load_yaml
+from appliance.yaml_files import load_model
 
 Role = Literal["model-server", "gateway", "keycloak"]
 INVENTORY_SCHEMA_VERSION = 1
@@ -99,16 +98,14 @@ class Inventory(_Strict):
 
 
 def load_inventory(path: Path) -> Inventory:
-    data = load_yaml(path, "inventory", InventoryError)
-    if not isinstance(data, dict):
-        raise InventoryError(f"{path}: expected a mapping with schema_version and hosts")
-    try:
-        inventory = Inventory.model_validate(data)
-    except ValidationError as exc:
-        raise InventoryError(
-            f"{path}: invalid inventory:\n{format_validation_error(exc, Inventory)}",
-            hint="The format is documented in docs/inventory.md.",
-        ) from exc
+    inventory = load_model(
+        path,
+        Inventory,
+        "inventory",
+        InventoryError,
+        expected="schema_version and hosts",
+        doc="docs/inventory.md",
+    )
     return _resolve_paths(inventory, path.parent.absolute())
 
 

@@ -25,15 +25,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from appliance.errors import ProfileError
-from appliance.schema_errors import format_validation_error
-from appliance.yaml_files import load_yaml
+from appliance.yaml_files import load_model
 
 PROFILE_SCHEMA_VERSION = 1
 
@@ -282,19 +280,10 @@ def builtin_profiles_dir() -> Path:
 
 
 def load_profile_file(path: Path) -> Profile:
-    data = load_yaml(path, "profile", ProfileError)
-    if not isinstance(data, dict):
-        found = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise ProfileError(
-            f"{path}: expected a YAML mapping with schema_version, name, match, engine; found {found}"
-        )
-    try:
-        profile = Profile.model_validate(data)
-    except ValidationError as exc:
-        raise ProfileError(
-            f"{path}: invalid hardware profile:\n{format_validation_error(exc, Profile)}",
-            hint="The schema is documented in hardware_profiles/README.md.",
-        ) from exc
+    profile = load_model(
+        path, Profile, "hardware profile", ProfileError,
+        expected="schema_version, name, match, engine", doc="hardware_profiles/README.md",
+    )  # fmt: skip
     if profile.name != path.stem:
         raise ProfileError(
             f"{path}: profile name {profile.name!r} does not match the file name {path.stem!r}",

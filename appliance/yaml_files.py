@@ -8,11 +8,15 @@ failure is raised as the caller's ``InputError`` subclass, naming the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from appliance.errors import InputError
+from appliance.schema_errors import format_validation_error
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -55,3 +59,24 @@ def load_yaml(path: Path, what: str, error: type[InputError] = InputError) -> An
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise error(f"{path}: not valid YAML{where}: {problem}") from exc
+
+
+def load_model(
+    path: Path, model: type[M], what: str, error: type[InputError], *, expected: str, doc: str
+) -> M:
+    """A YAML file validated into a strict ``model``; every problem as ``error`` naming the file.
+
+    ``expected`` says what the top level should hold ("schema_version and hosts");
+    ``doc`` where the format is documented.
+    """
+    data = load_yaml(path, what, error)
+    if not isinstance(data, dict):
+        found = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise error(f"{path}: expected a YAML mapping with {expected}; found {found}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(
+            f"{path}: invalid {what}:\n{format_validation_error(exc, model)}",
+            hint=f"The format is documented in {doc}.",
+        ) from exc
