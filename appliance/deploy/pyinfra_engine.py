@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import shlex
 from collections.abc import Sequence
+from typing import Any
 
 from appliance.deploy.desired import HostDesired, HostOutcome, checklist
 
@@ -44,72 +45,88 @@ def _inventory_data(desired: HostDesired) -> dict[str, object]:
 def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
-    from pyinfra.api.operation import add_op
+    from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operations import run_ops
-    from pyinfra.facts.files import Directory
-    from pyinfra.operations import files, server
 
     by_name = {p.host.name: p for p in plans}
     inventory = Inventory(([(p.host.name, _inventory_data(p)) for p in plans], {}))
     state = State(inventory=inventory, config=Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=100))
-    connect_all(state)
-
-    for host in list(state.activated_hosts):
-        desired = by_name[host.name]
-        staging = f"{desired.release_dir.rsplit('/', 1)[0]}/.staging-{desired.version}"
-        for directory in desired.directories:
-            add_op(
-                state,
-                files.directory,
-                name=f"directory {directory}",
-                path=directory,
-                present=True,
-                mode="755",
-                host=host,
-            )
-        release_present = bool(host.get_fact(Directory, path=desired.release_dir))
-        check = shlex.quote(
-            f"{staging if not release_present else desired.release_dir}/.sha256sums"
-        )
-        if not release_present:
-            for f in desired.release_files:
-                rel = f.path.removeprefix(desired.release_dir + "/")
-                add_op(state, files.put, name=f"upload {rel}", src=str(f.source), dest=f"{staging}/{rel}",
-                       mode="644", create_remote_dir=True, host=host)  # fmt: skip
-            add_op(state, files.put, name="checksums", src=io.StringIO(checklist(desired)),
-                   dest=f"{staging}/.sha256sums", mode="644", host=host)  # fmt: skip
-            commands = [f"cd {shlex.quote(staging)} && sha256sum --quiet --strict -c {check}"]
-            if desired.venv is not None:
-                venv = f"{staging}/venv"
-                wheels = f"{staging}/files/wheels"
-                reqs = " ".join(shlex.quote(r) for r in desired.venv.requirements)
-                commands.append(
-                    f"rm -rf {venv} && python3 -m venv {venv} && "
-                    f"PIP_NO_INDEX=1 {venv}/bin/pip install --quiet --no-index --find-links {wheels} {reqs}"
-                )
-            commands.append(
-                f"chmod -R a-w {shlex.quote(staging)} && mv -T {shlex.quote(staging)} {shlex.quote(desired.release_dir)}"
-            )
-            add_op(
-                state,
-                server.shell,
-                name=f"verify and install release {desired.version}",
-                commands=commands,
-                host=host,
-            )
-        else:
-            add_op(state, server.shell, name=f"check release {desired.version}",
-                   commands=[f"cd {shlex.quote(desired.release_dir)} && sha256sum --quiet --strict -c .sha256sums"], host=host)  # fmt: skip
-        for rendered in desired.rendered:
-            add_op(state, files.put, name=f"render {rendered.path}", src=io.StringIO(rendered.content),
-                   dest=rendered.path, mode=f"{rendered.mode:o}", create_remote_dir=True, host=host)  # fmt: skip
-
-    run_ops(state)
+    problems: dict[str, str] = {}
+    try:
+        connect_all(state)
+        for host in list(state.activated_hosts):
+            try:
+                _add_host_ops(state, host, by_name[host.name])
+            except PyinfraError as exc:
+                # One host's problem (e.g. a path in the way) must not stop the others.
+                problems[host.name] = f"planning its operations failed: {exc}"
+                state.fail_hosts({host})
+        run_ops(state)
+    except PyinfraError as exc:  # raised when no host is left to run on
+        for host in inventory:
+            problems.setdefault(host.name, str(exc))
     outcomes = []
-    for name, desired in by_name.items():
+    for name in by_name:
         host = inventory.get_host(name)
-        failed = host in state.failed_hosts or host not in state.activated_hosts
-        message = "converged" if not failed else "an operation failed (see the log above)"
+        failed = name in problems or host in state.failed_hosts or host not in state.activated_hosts
+        if not failed:
+            message = "converged"
+        elif host not in state.activated_hosts:
+            message = problems.get(name, "could not connect over SSH")
+        else:
+            message = problems.get(name, "an operation failed (see the log above)")
         outcomes.append(HostOutcome(name, not failed, False, message))
-        del desired
     return outcomes
+
+
+def _add_host_ops(state: Any, host: Any, desired: HostDesired) -> None:
+    """Plan one host's operations (facts are read here, so this can fail per host)."""
+    from pyinfra.api.operation import add_op
+    from pyinfra.facts.files import Directory
+    from pyinfra.operations import files, server
+
+    staging = f"{desired.release_dir.rsplit('/', 1)[0]}/.staging-{desired.version}"
+    for directory in desired.directories:
+        add_op(
+            state,
+            files.directory,
+            name=f"directory {directory}",
+            path=directory,
+            present=True,
+            mode="755",
+            host=host,
+        )
+    release_present = bool(host.get_fact(Directory, path=desired.release_dir))
+    check = shlex.quote(f"{staging if not release_present else desired.release_dir}/.sha256sums")
+    if not release_present:
+        for f in desired.release_files:
+            rel = f.path.removeprefix(desired.release_dir + "/")
+            add_op(state, files.put, name=f"upload {rel}", src=str(f.source), dest=f"{staging}/{rel}",
+                   mode="644", create_remote_dir=True, host=host)  # fmt: skip
+        add_op(state, files.put, name="checksums", src=io.StringIO(checklist(desired)),
+               dest=f"{staging}/.sha256sums", mode="644", host=host)  # fmt: skip
+        commands = [f"cd {shlex.quote(staging)} && sha256sum --quiet --strict -c {check}"]
+        if desired.venv is not None:
+            venv = f"{staging}/venv"
+            wheels = f"{staging}/files/wheels"
+            reqs = " ".join(shlex.quote(r) for r in desired.venv.requirements)
+            commands.append(
+                f"rm -rf {venv} && python3 -m venv {venv} && "
+                f"PIP_NO_INDEX=1 {venv}/bin/pip install --quiet --no-index --find-links {wheels} {reqs}"
+            )
+        commands.append(
+            f"chmod -R a-w {shlex.quote(staging)} && mv -T {shlex.quote(staging)} {shlex.quote(desired.release_dir)}"
+        )
+        add_op(
+            state,
+            server.shell,
+            name=f"verify and install release {desired.version}",
+            commands=commands,
+            host=host,
+        )
+    else:
+        add_op(state, server.shell, name=f"check release {desired.version}",
+               commands=[f"cd {shlex.quote(desired.release_dir)} && sha256sum --quiet --strict -c .sha256sums"], host=host)  # fmt: skip
+    for rendered in desired.rendered:
+        add_op(state, files.put, name=f"render {rendered.path}", src=io.StringIO(rendered.content),
+               dest=rendered.path, mode=f"{rendered.mode:o}", create_remote_dir=True, host=host)  # fmt: skip
