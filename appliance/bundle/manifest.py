@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
-from tuf.api.serialization import DeserializationError, SerializationError
+from tuf.api.serialization import SerializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from appliance.bundle.format import (
@@ -38,9 +38,9 @@ from appliance.bundle.format import (
 from appliance.bundle.payload import Payload
 from appliance.bundle.trust import (
     describe_cause,
+    parse_metadata,
     read_bounded,
     sign_metadata,
-    strict_json,
     to_bytes,
     write_atomic,
 )
@@ -100,14 +100,7 @@ def read_targets_bytes(bundle_dir: Path) -> bytes:
 
 
 def parse_targets(data: bytes, what: str) -> Metadata[Targets]:
-    strict_json(data, what)
-    try:
-        md = Metadata[Targets].from_bytes(data)
-    except (DeserializationError, ValueError, KeyError, TypeError) as exc:
-        raise MetadataError(f"{what}: not valid targets metadata: {describe_cause(exc)}") from exc
-    if not isinstance(md.signed, Targets):
-        raise MetadataError(f"{what}: expected targets metadata, found {md.signed.type!r}")
-    return md
+    return parse_metadata(data, what, Targets)
 
 
 def content_digest(md: Metadata[Targets]) -> str:

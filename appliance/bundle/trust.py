@@ -23,10 +23,10 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from securesystemslib.signer import Signer, SSlibKey
-from tuf.api.metadata import Metadata, Root
+from tuf.api.metadata import Metadata, Root, Targets
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer, JSONSerializer
 
@@ -43,6 +43,7 @@ from appliance.errors import (
 )
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
+S = TypeVar("S", Root, Targets)  # the metadata kinds appliance reads
 
 
 def _utc_now() -> datetime:
@@ -138,14 +139,22 @@ def describe_cause(exc: BaseException) -> str:
     return f"{exc}: {cause}" if cause is not None and str(cause) not in str(exc) else str(exc)
 
 
-def parse_root(data: bytes, what: str) -> Metadata[Root]:
+def parse_metadata(data: bytes, what: str, kind: type[S]) -> Metadata[S]:
+    """Strictly parsed TUF metadata of one type (``Root``, ``Targets``); ``MetadataError`` otherwise."""
     strict_json(data, what)
     try:
-        md = Metadata[Root].from_bytes(data)
+        md = cast("Metadata[S]", Metadata.from_bytes(data))
     except (DeserializationError, ValueError, KeyError, TypeError) as exc:
-        raise MetadataError(f"{what}: not valid root metadata: {describe_cause(exc)}") from exc
-    if not isinstance(md.signed, Root):
-        raise MetadataError(f"{what}: expected root metadata, found {md.signed.type!r}")
+        raise MetadataError(
+            f"{what}: not valid {kind.type} metadata: {describe_cause(exc)}"
+        ) from exc
+    if not isinstance(md.signed, kind):
+        raise MetadataError(f"{what}: expected {kind.type} metadata, found {md.signed.type!r}")
+    return md
+
+
+def parse_root(data: bytes, what: str) -> Metadata[Root]:
+    md = parse_metadata(data, what, Root)
     _check_distinct_keys(md.signed, what)
     for role in ("root", "targets"):
         spec = md.signed.roles[role]

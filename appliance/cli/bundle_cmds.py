@@ -32,6 +32,20 @@ def _passphrase_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
 
 
+def _trust_options(parser: argparse.ArgumentParser) -> None:
+    """What every command that accepts a bundle on site needs: the root, the state, the overrides."""
+    parser.add_argument(
+        "--trust", type=Path, required=True, help="the site's trusted root (root.json)"
+    )
+    parser.add_argument(
+        "--state", type=Path, help="directory remembering accepted versions (rollback protection)"
+    )
+    parser.add_argument(
+        "--allow-downgrade", action="store_true", help="accept an older version (audited)"
+    )
+    parser.add_argument("--allow-version-jump", action="store_true", help=argparse.SUPPRESS)
+
+
 def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes | None:
     from appliance.bundle.keys import read_passphrase
 
@@ -597,16 +611,7 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     handlers["bundle.inspect"] = cmd_bundle_inspect
     verify = bsub.add_parser("verify", help="verify a bundle against the site's trusted root")
     verify.add_argument("bundle", type=Path)
-    verify.add_argument(
-        "--trust", type=Path, required=True, help="the site's trusted root (root.json)"
-    )
-    verify.add_argument(
-        "--state", type=Path, help="directory remembering accepted versions (rollback protection)"
-    )
-    verify.add_argument(
-        "--allow-downgrade", action="store_true", help="accept an older version (audited)"
-    )
-    verify.add_argument("--allow-version-jump", action="store_true", help=argparse.SUPPRESS)
+    _trust_options(verify)
     verify.add_argument("--json", action="store_true")
     handlers["bundle.verify"] = cmd_bundle_verify
     install = bsub.add_parser(
@@ -614,18 +619,9 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     install.add_argument("bundle", type=Path)
     install.add_argument(
-        "--trust", type=Path, required=True, help="the site's trusted root (root.json)"
-    )
-    install.add_argument(
         "--dest", type=Path, required=True, help="release directory to create (must not exist)"
     )
-    install.add_argument(
-        "--state", type=Path, help="directory remembering accepted versions (rollback protection)"
-    )
-    install.add_argument(
-        "--allow-downgrade", action="store_true", help="accept an older version (audited)"
-    )
-    install.add_argument("--allow-version-jump", action="store_true", help=argparse.SUPPRESS)
+    _trust_options(install)
     install.add_argument("--json", action="store_true")
     handlers["bundle.install"] = cmd_bundle_install
     split = bsub.add_parser(
