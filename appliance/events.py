@@ -8,6 +8,7 @@ only render events (CLI progress bars or ``--json`` lines; TUI widgets).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -43,6 +44,23 @@ class Finished:
 
 
 Event = Started | Progress | Warned | Finished
+
+
+class Throttle:
+    """At most one progress event per ``interval`` seconds (renderers need no more)."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+
 T = TypeVar("T")
 
 

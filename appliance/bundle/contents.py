@@ -32,7 +32,6 @@ import hashlib
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from appliance.errors import (
     SizeMismatchError,
     UnsafePathError,
 )
-from appliance.events import Event, Finished, Progress, Started
+from appliance.events import Event, Finished, Progress, Started, Throttle
 
 MiB = 1024 * 1024
 # Threads beyond this add no speed (no medium feeds 64 cores of SHA-NI) but add buffers.
@@ -601,7 +600,7 @@ def verify_contents(
     registry: set[OpenFile] = set()
     mismatches: list[ShardMismatch] = []
     done_bytes = done_files = 0
-    last_report = time.monotonic()
+    throttle = Throttle(PROGRESS_INTERVAL)
     try:
         opener = partial(_open_source, root_fd)
         batches = plan_batches(records, lambda i, r: OpenFile(i, r, opener), registry)
@@ -618,9 +617,7 @@ def verify_contents(
                         mismatches.append(mismatch)
                 if len(mismatches) >= MAX_SHOWN:
                     break  # enough to name; do not hash a ruined bundle to the end
-                now = time.monotonic()
-                if now - last_report >= PROGRESS_INTERVAL:
-                    last_report = now
+                if throttle.due():
                     yield Progress(
                         "verify",
                         done_bytes,

@@ -28,12 +28,12 @@ import errno
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Generator, Sequence
 from functools import partial
 from pathlib import Path
 
 from appliance.bundle.contents import (
+    PROGRESS_INTERVAL,
     Batch,
     OpenFile,
     buffer_size,
@@ -50,11 +50,10 @@ from appliance.bundle.contents import (
 )
 from appliance.bundle.format import FileRecord
 from appliance.errors import DeploymentError, InputError
-from appliance.events import Event, Finished, Progress, Started
+from appliance.events import Event, Finished, Progress, Started, Throttle
 
 FILE_MODE = 0o444
 DIR_MODE = 0o555
-PROGRESS_INTERVAL = 0.1
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -232,7 +231,7 @@ def install_files(
             partial(_install_batch, buffer_bytes=buffer_size(threads)), batches, threads
         )
         done_bytes = done_files = 0
-        last_report = time.monotonic()
+        throttle = Throttle(PROGRESS_INTERVAL)
         try:
             for batch, results in runner:
                 for piece, file_done in zip(batch, results, strict=True):
@@ -240,9 +239,7 @@ def install_files(
                     if file_done:
                         done_files += 1
                         registry.discard(piece.file)
-                now = time.monotonic()
-                if now - last_report >= PROGRESS_INTERVAL:
-                    last_report = now
+                if throttle.due():
                     yield Progress(
                         "install",
                         done_bytes,
