@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo bench bench-deploy schemas clean lab-deps wheelhouse test-integration
+.PHONY: setup test check lint typecheck unit demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
 
 $(STAMP): pyproject.toml scripts/ensure-system-deps
 	scripts/ensure-system-deps base
@@ -33,12 +33,23 @@ wheelhouse: setup
 	scripts/ensure-system-deps wheelhouse
 	$(BIN)/python scripts/build-llamacpp-wheelhouse
 
-# Lab hosts, real pyinfra/llama.cpp runs; needs root.
-test-integration: setup lab-deps wheelhouse
-	$(BIN)/pytest tests/integration -m integration -q
+require-root:
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "make: the integration tests start lab hosts (systemd-nspawn, network namespaces, nftables)" >&2; \
+	  echo "      and need root; found uid $$(id -u). Run as root, or 'make check' for lint + types + unit tests." >&2; \
+	  exit 2; fi
 
-# The README's test command; .ci/run calls it.
-test: lint typecheck unit
+# Lab hosts, real pyinfra/Ansible/llama.cpp runs (~16 min warm; +7 min on a fresh machine
+# for the wheelhouse and the lab image, both cached under /var/cache/appliance).
+integration: require-root setup lab-deps wheelhouse
+	$(BIN)/pytest tests/integration -m integration -q --durations=10
+test-integration: integration
+
+# Lint, types and unit tests: no root, no lab (~3 min).
+check: lint typecheck unit
+
+# The README's test command; .ci/run calls it. Needs root (lab hosts).
+test: check integration
 
 # The main job: lab host + signed bundle + deploy + one chat completion (needs root).
 demo: setup lab-deps
