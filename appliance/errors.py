@@ -54,6 +54,12 @@ class VerificationError(ApplianceError):
     exit_code = ExitCode.VERIFICATION_FAILED
 
 
+class Cancelled(ApplianceError):
+    """The operator cancelled a long operation; it stopped at a safe point."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class DeploymentError(ApplianceError):
     """A deployment step failed on a host."""
 

@@ -29,6 +29,7 @@ class Progress:
     done_items: int = 0
     total_items: int | None = None
     item: str | None = None  # e.g. the file just finished
+    host: str | None = None  # set by deploy steps that run per host
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,14 +14,9 @@ Demo files go under .demo/ (git-ignored); the lab stays up for you to explore.
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,39 +30,6 @@ def step(title: str, argv: list[str]) -> None:
     if code != 0:
         print(f"\ndemo: step failed (exit {code}): {title}", file=sys.stderr)
         sys.exit(code)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ask(lab_dir: Path, address: str) -> tuple[str, dict[str, int]]:
-    port = free_port()
-    tunnel = subprocess.Popen(
-        ["ssh", "-i", str(lab_dir / "id_ed25519"), "-o", f"UserKnownHostsFile={lab_dir / 'known_hosts'}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes", "-N",
-         "-L", f"{port}:127.0.0.1:8080", f"root@{address}"],
-    )  # fmt: skip
-    body = json.dumps({"model": "gemma-3-270m-q4_k_m", "max_tokens": 48,
-                       "messages": [{"role": "user", "content": "In one sentence: why run a language model on premises?"}]}).encode()  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                             headers={"content-type": "application/json"})  # fmt: skip
-            try:
-                with urllib.request.urlopen(request, timeout=120) as response:
-                    data = json.load(response)
-                return data["choices"][0]["message"]["content"], data["usage"]
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-    finally:
-        tunnel.terminate()
-        tunnel.wait(timeout=10)
 
 
 def main() -> int:
@@ -99,11 +61,17 @@ def main() -> int:
     step("Sign it", [appliance, "bundle", "sign", str(bundle), "--key", str(keys / "signer.key")])
     step("Deploy it to the lab host", [appliance, "deploy", "--profile", "cpu-llamacpp", "--bundle", str(bundle),
                                        "--trust", str(keys / "root.json"), "--inventory", str(lab_dir / "inventory.yml"), "--yes"])  # fmt: skip
-    address = json.loads((lab_dir / "lab.json").read_text())["hosts"][0]["address"]
-    answer, usage = ask(lab_dir, address)
+    from appliance.deploy.smoke import chat
+    from appliance.inventory import load_inventory
+
+    host = load_inventory(lab_dir / "inventory.yml").hosts[0]
+    address = host.address
+    answer = chat(host, port=8080)
     print("\n==> The model answered (from this machine, through an SSH tunnel):\n")
-    print(f"    {answer.strip()!r}")
-    print(f"    ({usage['completion_tokens']} tokens; Gemma 3 270M is tiny: expect poor text)")
+    print(f"    {answer.text.strip()!r}")
+    print(
+        f"    ({answer.completion_tokens} tokens from {answer.model}; Gemma 3 270M is tiny: expect poor text)"
+    )
     print(
         f"\n==> Endpoint: http://127.0.0.1:8080/v1 on {address} (loopback of the lab host; the gateway comes with issue 6)\n"
         f"    status:    {appliance} status --inventory {lab_dir / 'inventory.yml'}\n"

@@ -69,29 +69,53 @@ def run_with_progress(gen: Generator[Event, None, T], *, quiet: bool) -> T:
                 print(f"appliance: {event.message}", file=sys.stderr)
 
         return drain(gen, plain)
-    from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, TextColumn
     from rich.progress import Progress as Bar
 
     with Bar(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        TextColumn("{task.fields[detail]}"),
         transient=True,
     ) as bar:
         tasks: dict[str, Any] = {}
 
         def show(event: Event) -> None:
             if isinstance(event, Started):
-                tasks[event.operation] = bar.add_task(event.operation, total=event.total_bytes)
-            elif isinstance(event, Progress) and event.operation in tasks:
-                bar.update(
-                    tasks[event.operation], completed=event.done_bytes, total=event.total_bytes
+                tasks[event.operation] = bar.add_task(
+                    event.operation, total=event.total_bytes, detail=""
                 )
+            elif isinstance(event, Progress) and event.host is not None:
+                # Per-host steps (deploy): one line per host, steps done of total, the last step.
+                if event.host not in tasks:
+                    tasks[event.host] = bar.add_task(event.host, total=event.total_items, detail="")
+                done = (
+                    f"{event.done_items}/{event.total_items}"
+                    if event.total_items
+                    else f"{event.done_items}"
+                )
+                bar.update(tasks[event.host], completed=event.done_items, total=event.total_items,
+                           detail=f"{done} {event.item or ''}"[:60])  # fmt: skip
+            elif isinstance(event, Progress) and event.operation in tasks:
+                bar.update(tasks[event.operation], completed=event.done_bytes, total=event.total_bytes,
+                           detail=_amount(event.done_bytes, event.total_bytes))  # fmt: skip
             elif isinstance(event, Warned | Finished):
                 bar.console.print(f"appliance: {event.message}", highlight=False, markup=False)
 
         return drain(gen, show)
+
+
+def _size(n: int) -> str:
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _amount(done: int, total: int | None) -> str:
+    return f"{_size(done)}/{_size(total)}" if total else _size(done)
 
 
 def _emit_json(data: Any) -> None:

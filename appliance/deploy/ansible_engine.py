@@ -23,7 +23,10 @@ and plain ``ansible-playbook`` need:
 ``write_run_files`` produces them for ``ansible-playbook`` (see
 ``playbooks/README.md``). Nothing secret goes on a command line: the
 inventory only names the key file. A failing host does not stop the others;
-each one's outcome comes from the run's stats and failure events.
+each one's outcome comes from the run's stats and failure events. Each
+finished task is reported per host (``Progress("converge", host=...)``); a set
+``cancel`` makes ansible-runner stop ansible-playbook (raising ``Cancelled``);
+the next deploy resumes.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from typing import Any
 import yaml
 
 from appliance.deploy.desired import HostDesired, HostOutcome, checklist
-from appliance.errors import DeploymentError
+from appliance.errors import Cancelled, DeploymentError
+from appliance.events import Event, Progress, Warned
 from appliance.inventory import Inventory, ansible_ini
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
@@ -245,7 +249,34 @@ def _failure_text(event: dict[str, Any]) -> str:
     return message if len(message) <= 500 else message[:497] + "..."
 
 
-def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
+def _reporter(on_event: Callable[[Event], None]) -> Callable[[dict[str, Any]], bool]:
+    """ansible-runner's event handler: one progress event per finished task and host."""
+    done: dict[str, int] = {}
+
+    def handle(event: dict[str, Any]) -> bool:
+        data = event.get("event_data", {})
+        host, task = data.get("host"), str(data.get("task") or "a task")
+        kind = event.get("event")
+        if not isinstance(host, str):
+            return True
+        if kind in ("runner_on_ok", "runner_on_skipped"):
+            done[host] = done.get(host, 0) + 1
+            on_event(Progress("converge", 0, None, done[host], None, item=task, host=host))
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get(
+            "ignore_errors"
+        ):
+            on_event(Warned("converge", f"{host}: {task} failed"))
+        return True
+
+    return handle
+
+
+def converge(
+    plans: Sequence[HostDesired],
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[HostOutcome]:
     import ansible_runner  # type: ignore[import-untyped]
 
     # ansible-playbook from this interpreter's environment (the venv), not whatever PATH finds first.
@@ -266,8 +297,13 @@ def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
                     "ANSIBLE_CONFIG": str(files.config),
                     "ANSIBLE_HOST_KEY_CHECKING": "True",
                 },
-                cancel_callback=cancelled,
+                cancel_callback=lambda: cancelled() or (cancel is not None and cancel.is_set()),
+                event_handler=_reporter(on_event or (lambda event: None)),
             )
+            if cancel is not None and cancel.is_set() and runner.status == "canceled":
+                raise Cancelled(
+                    "cancelled by the operator: ansible-playbook was stopped; deploy again to resume"
+                )
             failures: dict[str, str] = {}
             for event in runner.events:
                 data = event.get("event_data", {})

@@ -14,17 +14,82 @@ What it lays down (and nothing else; activation, health and ``current`` are
   ``/etc/appliance/releases/<v>/``.
 
 All hosts run in one pyinfra state (parallel); a failing host does not stop
-the others and is reported as failed.
+the others and is reported as failed. Each finished operation is reported per
+host (``Progress("converge", host=...)``); a set ``cancel`` stops the run
+before the next operation starts (raising ``Cancelled``): an operation is never
+cut in half, and the next deploy resumes.
 """
 
 from __future__ import annotations
 
 import io
 import shlex
-from collections.abc import Sequence
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from appliance.deploy.desired import HostDesired, HostOutcome, checklist
+from appliance.errors import Cancelled
+from appliance.events import Event, Progress, Warned
+
+OnEvent = Callable[[Event], None]
+
+CANCELLED = "cancelled by the operator before the next operation; deploy again to resume"
+
+
+def _op_name(state: Any, op_hash: str) -> str:
+    names = sorted(state.get_op_meta(op_hash).names)
+    return names[0] if names else op_hash
+
+
+class _Progress:
+    """Per-host counts of finished operations (pure; fed by pyinfra's callbacks)."""
+
+    def __init__(self, on_event: OnEvent, cancel: threading.Event | None) -> None:
+        self.on_event = on_event
+        self.cancel = cancel
+        self.done: Counter[str] = Counter()
+        self.totals: dict[str, int] = {}
+
+    def starting(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(CANCELLED)
+
+    def succeeded(self, host: str, name: str) -> None:
+        self.done[host] += 1
+        self.on_event(
+            Progress(
+                "converge", 0, None, self.done[host], self.totals.get(host), item=name, host=host
+            )
+        )
+
+    def failed(self, host: str, name: str) -> None:
+        self.on_event(Warned("converge", f"{host}: {name} failed"))
+
+
+def _callbacks(progress: _Progress) -> Any:
+    """A pyinfra ``BaseStateCallback`` forwarding to ``progress`` (pyinfra is imported lazily)."""
+    from pyinfra.api.state import BaseStateCallback
+
+    class Callbacks(BaseStateCallback):
+        @staticmethod
+        def operation_start(state: Any, op_hash: Any) -> None:
+            progress.starting()
+
+        @staticmethod
+        def operation_host_success(
+            state: Any, host: Any, op_hash: Any, retry_count: int = 0
+        ) -> None:
+            progress.succeeded(host.name, _op_name(state, op_hash))
+
+        @staticmethod
+        def operation_host_error(
+            state: Any, host: Any, op_hash: Any, retry_count: int = 0, max_retries: int = 0
+        ) -> None:
+            progress.failed(host.name, _op_name(state, op_hash))
+
+    return Callbacks()
 
 
 def _inventory_data(desired: HostDesired) -> dict[str, object]:
@@ -42,7 +107,12 @@ def _inventory_data(desired: HostDesired) -> dict[str, object]:
     return data
 
 
-def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
+def converge(
+    plans: Sequence[HostDesired],
+    *,
+    on_event: OnEvent | None = None,
+    cancel: threading.Event | None = None,
+) -> list[HostOutcome]:
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
     from pyinfra.api.exceptions import PyinfraError
@@ -51,6 +121,8 @@ def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
     by_name = {p.host.name: p for p in plans}
     inventory = Inventory(([(p.host.name, _inventory_data(p)) for p in plans], {}))
     state = State(inventory=inventory, config=Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=100))
+    progress = _Progress(on_event or (lambda event: None), cancel)
+    state.add_callback_handler(_callbacks(progress))
     problems: dict[str, str] = {}
     try:
         connect_all(state)
@@ -61,6 +133,7 @@ def converge(plans: Sequence[HostDesired]) -> list[HostOutcome]:
                 # One host's problem (e.g. a path in the way) must not stop the others.
                 problems[host.name] = f"planning its operations failed: {exc}"
                 state.fail_hosts({host})
+        progress.totals = {host.name: len(state.ops.get(host, {})) for host in inventory}
         run_ops(state)
     except PyinfraError as exc:  # raised when no host is left to run on
         for host in inventory:

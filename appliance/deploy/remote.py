@@ -34,6 +34,12 @@ SSH_TIMEOUT = 10
 
 
 def ssh_argv(host: HostEntry) -> list[str]:
+    """``ssh`` running a shell script read from standard input on ``host``."""
+    return [*ssh_options(host), f"{host.ssh.user}@{host.address}", "sh -s"]
+
+
+def ssh_options(host: HostEntry) -> list[str]:
+    """``ssh`` and its options for ``host`` (batch mode, bounded, host key pinned if known)."""
     ssh = host.ssh
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}", "-o", "ServerAliveInterval=5",
             "-o", "ServerAliveCountMax=3", "-p", str(ssh.port)]  # fmt: skip
@@ -41,7 +47,18 @@ def ssh_argv(host: HostEntry) -> list[str]:
         argv += ["-i", str(ssh.key), "-o", "IdentitiesOnly=yes"]
     if ssh.known_hosts is not None:
         argv += ["-o", f"UserKnownHostsFile={ssh.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-    return [*argv, f"{ssh.user}@{host.address}", "sh -s"]
+    return argv
+
+
+def reachable(host: HostEntry) -> tuple[bool, str]:
+    """Can we log in to ``host`` over SSH? ``(True, "ssh root@addr: ok (Debian ...)")`` or why not."""
+    who = f"ssh {host.ssh.user}@{host.address}:{host.ssh.port}"
+    try:
+        answer = run(host, ". /etc/os-release 2>/dev/null; echo \"${PRETTY_NAME:-unknown OS}\"",
+                     timeout=SSH_TIMEOUT + 5)  # fmt: skip
+    except DeploymentError as exc:
+        return False, f"{who}: {exc.message.removeprefix(host.name + ': ')}"
+    return True, f"{who}: ok ({answer.strip()})"
 
 
 def run(host: HostEntry, script: str, *, timeout: float = 60, check: bool = True) -> str:

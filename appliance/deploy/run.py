@@ -13,8 +13,11 @@ Re-running after any interruption converges: each step checks before it acts.
 from __future__ import annotations
 
 import contextlib
+import queue
+import signal
+import threading
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,7 @@ from appliance.deploy import remote
 from appliance.deploy.desired import (
     Change,
     HostDesired,
+    HostOutcome,
     desired_state,
     diff,
     parse_probe,
@@ -33,7 +37,7 @@ from appliance.deploy.desired import (
 )
 from appliance.detect.cpu import parse_cpuinfo
 from appliance.detect.host import parse_os_release
-from appliance.errors import ApplianceError, DeploymentError, DoesNotFitError, InputError
+from appliance.errors import ApplianceError, Cancelled, DeploymentError, DoesNotFitError, InputError
 from appliance.events import Event, Finished, Progress, Started, Warned
 from appliance.facts import CpuFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
 from appliance.inventory import HostEntry, Inventory
@@ -110,6 +114,7 @@ class HostResult:
     changes: list[Change] = field(default_factory=list)
     message: str = ""
     audit_hash: str | None = None
+    port: int | None = None  # the model server's port on the host's loopback
 
 
 def plan_host(
@@ -161,7 +166,17 @@ def deploy(
     dry_run: bool = False,
     force: bool = False,
     operator: str = "unknown",
+    cancel: threading.Event | None = None,
 ) -> Generator[Event, None, list[HostResult]]:
+    """Plan, diff and (unless ``dry_run``) converge every model-server host.
+
+    ``cancel`` (set from another thread, e.g. the TUI's Cancel) stops the deploy
+    at the next safe point: before the locks are taken, between two engine
+    operations, or before activation. Locks are released, the journal says
+    where it stopped, and ``Cancelled`` is raised; running the deploy again
+    resumes.
+    """
+    cancel = cancel or threading.Event()
     hosts = inventory.with_role("model-server")
     if not hosts:
         raise InputError("the inventory has no host with the model-server role")
@@ -171,6 +186,7 @@ def deploy(
     for host in hosts:
         planned[host.name] = plan_host(verified, host, profiles, profile, force=force)
         desired = planned[host.name][1]
+        results[host.name].port = _port(planned[host.name][0])
         results[host.name].changes = diff(
             desired, parse_probe(remote.run(host, probe_script(desired), timeout=120))
         )
@@ -191,27 +207,43 @@ def deploy(
     if not hosts:
         yield Finished("deploy", f"nothing to change: release {verified.version} already in place")
         return list(results.values())
+    _stop_if_cancelled(cancel, "before any host was changed")
     deploy_id = uuid.uuid4().hex[:12]
     locked: list[HostEntry] = []
-    try:
-        for host in hosts:
-            remote.acquire_lock(host)
-            locked.append(host)
-            remote.Journal(host, deploy_id).record(
-                "converge", "start", version=verified.version, engine=engine
-            )
-        outcomes = _converge(engine, [planned[h.name][1] for h in hosts])
-        with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
-            for host, result in zip(hosts, pool.map(lambda h: _finish(h, planned[h.name], outcomes[h.name], verified,
-                                                                       deploy_id, engine, operator), hosts), strict=True):  # fmt: skip
-                results[host.name] = result
-                yield Progress("deploy", 0, None, 0, len(hosts), f"{host.name}: {result.status}")
-    finally:
-        for host in locked:
+    # SIGTERM while hosts are locked stops like Ctrl-C: engine stopped, locks released, exit 130.
+    with _sigterm_as_interrupt():
+        try:
+            for host in hosts:
+                remote.acquire_lock(host)
+                locked.append(host)
+                remote.Journal(host, deploy_id).record(
+                    "converge", "start", version=verified.version, engine=engine
+                )
             try:
-                remote.release_lock(host)
-            except ApplianceError as exc:
-                yield Warned("deploy", f"{host.name}: could not release the lock: {exc.message}")
+                outcomes = yield from _converge(engine, [planned[h.name][1] for h in hosts], cancel)
+                _stop_if_cancelled(cancel, "after the files were laid down, before activation")
+            except Cancelled:
+                for host in locked:
+                    with contextlib.suppress(ApplianceError):
+                        remote.Journal(host, deploy_id).record("converge", "cancelled")
+                raise
+            with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
+                for host, result in zip(hosts, pool.map(lambda h: _finish(h, planned[h.name], outcomes[h.name], verified,
+                                                                           deploy_id, engine, operator), hosts), strict=True):  # fmt: skip
+                    results[host.name] = result
+                    yield Progress(
+                        "deploy", 0, None, 0, len(hosts), f"{host.name}: {result.status}"
+                    )
+        finally:
+            # No yield in here: a generator being closed must not yield.
+            unreleased = []
+            for host in locked:
+                try:
+                    remote.release_lock(host)
+                except ApplianceError as exc:
+                    unreleased.append(f"{host.name}: could not release the lock: {exc.message}")
+    for message in unreleased:
+        yield Warned("deploy", message)
     failed = [r for r in results.values() if r.status in ("failed", "rolled-back")]
     yield Finished(
         "deploy",
@@ -220,13 +252,68 @@ def deploy(
     return list(results.values())
 
 
-def _converge(engine: Engine, plans: Sequence[HostDesired]) -> dict[str, tuple[bool, str]]:
+def _stop_if_cancelled(cancel: threading.Event, where: str) -> None:
+    if cancel.is_set():
+        raise Cancelled(f"deploy cancelled by the operator {where}; deploy again to resume")
+
+
+_DONE = object()
+# After Ctrl-C, how long the engine gets to reach its next safe point before the
+# deployer exits anyway (a kill at any moment is safe too: the journal resumes).
+_CANCEL_GRACE = 10.0
+
+
+def _converge(
+    engine: Engine, plans: Sequence[HostDesired], cancel: threading.Event
+) -> Generator[Event, None, dict[str, tuple[bool, str]]]:
+    """Run the engine in a worker thread; yield its per-host progress as it comes."""
     if engine == "ansible":
         from appliance.deploy.ansible_engine import converge
     else:
         from appliance.deploy.pyinfra_engine import converge
 
-    return {o.name: (o.ok, o.message) for o in converge(plans)}
+    events: queue.Queue[object] = queue.Queue()
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["outcomes"] = converge(plans, on_event=events.put, cancel=cancel)
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    worker = threading.Thread(target=work, name=f"converge-{engine}", daemon=True)
+    worker.start()
+    try:
+        while (event := events.get()) is not _DONE:
+            yield event  # type: ignore[misc]
+    except BaseException:  # Ctrl-C, SIGTERM, or the consumer closed us: stop the engine too
+        cancel.set()
+        worker.join(_CANCEL_GRACE)
+        raise
+    worker.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    outcomes: list[HostOutcome] = box["outcomes"]  # type: ignore[assignment]
+    return {o.name: (o.ok, o.message) for o in outcomes}
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """In the main thread, SIGTERM stops the deploy like Ctrl-C (engine stopped, locks released)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _finish(
@@ -240,7 +327,7 @@ def _finish(
 ) -> HostResult:
     plan, desired = planned
     journal = remote.Journal(host, deploy_id)
-    result = HostResult(host.name)
+    result = HostResult(host.name, port=_port(plan))
     record = {"event": "deploy", "operator": operator, "engine": engine, "bundle": verified.name,
               "version": verified.version, "content_digest": verified.content_digest, "deploy": deploy_id}  # fmt: skip
     try:
