@@ -29,6 +29,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         ),
         quiet=args.json,
     )
+    if args.emit_ansible is not None:
+        return _emit_ansible(args, verified, inventory, profiles)
     if not args.dry_run and not args.yes:
         # Show what would change first; then a person confirms, a script says --yes.
         preview = run_with_progress(
@@ -70,6 +72,32 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(f"{result.host:20s} {result.status.upper():12s} {result.message}")
     failed = [r for r in results if r.status in ("failed", "rolled-back")]
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
+
+
+def _emit_ansible(args: argparse.Namespace, verified: Any, inventory: Any, profiles: Any) -> int:
+    from appliance.deploy.ansible_engine import PLAYBOOK
+    from appliance.deploy.run import emit_ansible
+
+    config = emit_ansible(verified, inventory, profiles, profile=args.profile, force=args.force,
+                          directory=args.emit_ansible)  # fmt: skip
+    hosts_ini = config.parent / "inventory" / "hosts.ini"
+    command = f"ANSIBLE_CONFIG={config} ansible-playbook -i {hosts_ini} {PLAYBOOK}"
+    if args.json:
+        sys.stdout.write(
+            json.dumps({"directory": str(config.parent), "command": command}, indent=2) + "\n"
+        )
+    else:
+        print(
+            f"Wrote {config.parent} (inventory, host_vars, ansible.cfg). Nothing was changed on any host."
+        )
+        print(
+            "Lay the release down with plain Ansible (the bundle directory must stay where it is):"
+        )
+        print(f"  {command}")
+        print(
+            "then activate, health-check and switch with `appliance deploy` (it finds the files in place)."
+        )
+    return ExitCode.OK
 
 
 def _print_changes(results: list[Any]) -> None:
@@ -199,6 +227,13 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         "--dry-run", action="store_true", help="print what would change per host; change nothing"
     )
     deploy.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    deploy.add_argument(
+        "--emit-ansible",
+        type=Path,
+        metavar="DIR",
+        help="write the inventory, host_vars and ansible.cfg for plain ansible-playbook "
+        "(playbooks/deploy.yml) into DIR (created); change nothing",
+    )
     deploy.add_argument(
         "--force", action="store_true", help="deploy even if the model does not fit"
     )

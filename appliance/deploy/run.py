@@ -148,6 +148,51 @@ def plan_host(
     return plan, desired_state(verified, plan.commands[0], host, engine=engine_kind)
 
 
+def emit_ansible(
+    verified: VerifiedBundle,
+    inventory: Inventory,
+    profiles: dict[str, Profile],
+    *,
+    profile: str,
+    force: bool,
+    directory: Path,
+) -> Path:
+    """Write what plain ``ansible-playbook playbooks/deploy.yml`` needs into ``directory``.
+
+    The same per-host plans as ``deploy`` (facts read over SSH; nothing is
+    changed on any host): ``ansible.cfg``, ``inventory/hosts.ini`` and
+    ``inventory/host_vars/<host>.yml``. Written beside ``directory`` and moved
+    into place whole, so a failure leaves nothing half-written. Returns
+    ``directory/ansible.cfg``.
+    """
+    from appliance.deploy.ansible_engine import write_run_files
+
+    if directory.exists():
+        raise InputError(
+            f"--emit-ansible: {directory} already exists; give a new directory (it is created)"
+        )
+    if not directory.parent.is_dir():
+        raise InputError(f"--emit-ansible: the parent directory {directory.parent} does not exist")
+    hosts = inventory.with_role("model-server")
+    if not hosts:
+        raise InputError("the inventory has no host with the model-server role")
+    plans = [plan_host(verified, host, profiles, profile, force=force)[1] for host in hosts]
+    partial = directory.with_name(f".{directory.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        files = write_run_files(plans, partial)
+        # ansible.cfg names its own directory (home, temp, control paths): point it at the final one.
+        files.config.write_text(
+            files.config.read_text().replace(str(partial), str(directory.resolve()))
+        )
+        partial.rename(directory)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return directory / "ansible.cfg"
+
+
 def _port(plan: Plan) -> int:
     argv = plan.commands[0].argv
     for flag in ("--port",):
@@ -374,4 +419,4 @@ def _finish(
     return result
 
 
-__all__ = ["HostResult", "Path", "deploy", "plan_host", "remote_facts"]
+__all__ = ["HostResult", "Path", "deploy", "emit_ansible", "plan_host", "remote_facts"]

@@ -13,6 +13,7 @@ the engine run directly and plain ``ansible-playbook`` with the generated files
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -34,6 +35,7 @@ from appliance.profiles import load_profiles
 from tests.integration.conftest import SESSION, temporary_lab
 from tests.integration.helpers import (
     EGRESS_RULES,
+    appliance,
     build_demo_bundles,
     chat,
     deploy,
@@ -175,7 +177,7 @@ def test_the_ansible_host_serves_and_nothing_left_it(site: Site) -> None:
 
 
 def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> None:
-    from appliance.deploy.ansible_engine import converge, write_run_files
+    from appliance.deploy.ansible_engine import converge
 
     lab, b = site.lab, site.b
     before = read_state(lab, b, site.desired_b)
@@ -192,13 +194,21 @@ def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> 
     engine = time.monotonic() - start
     assert (outcome.ok, outcome.changed, outcome.message) == (True, False, "already converged")
 
-    # Plain ansible-playbook with the generated inventory and host_vars (playbooks/README.md).
-    files = write_run_files([site.desired_b], tmp_path / "run")
+    # Plain ansible-playbook with the inventory and host_vars `deploy --emit-ansible` writes
+    # (playbooks/README.md); the command it prints is the one run here.
+    emitted = appliance("deploy", "--profile", "cpu-llamacpp", "--bundle", "demo-1", "--trust", "keys/root.json",
+                        "--inventory", site.inventory_b, "--emit-ansible", tmp_path / "run", "--json", cwd=site.work)  # fmt: skip
+    command = json.loads(emitted.stdout)["command"]
+    assert command.startswith(
+        f"ANSIBLE_CONFIG={tmp_path / 'run' / 'ansible.cfg'} ansible-playbook -i "
+    )
+    assert sorted(p.name for p in (tmp_path / "run/inventory/host_vars").iterdir()) == [
+        f"{b.name}.yml"
+    ]
+    assert not list(tmp_path.glob(".run.partial-*"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(files.inventory),
-                             str(Path(__file__).resolve().parents[2] / "playbooks/deploy.yml")],
-                            env=env | {"ANSIBLE_CONFIG": str(files.config)}, capture_output=True,
-                            text=True, timeout=600, check=False)  # fmt: skip
+    result = subprocess.run(command, shell=True, env=env | {"PATH": f"{BIN}:{env['PATH']}"},
+                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(rf"{b.name}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", result.stdout)
 
