@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test check lint typecheck unit demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
+.PHONY: setup test check lint typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
 
 $(STAMP): pyproject.toml scripts/ensure-system-deps
 	scripts/ensure-system-deps base
@@ -24,6 +24,11 @@ typecheck: setup
 
 unit: setup
 	$(BIN)/pytest tests/unit -q
+
+# The TUI: Pilot tests and snapshots on an in-memory core, and the real `appliance tui` in tmux.
+tui: setup
+	scripts/ensure-system-deps tui
+	$(BIN)/pytest tests/tui -q
 
 lab-deps:
 	scripts/ensure-system-deps lab
@@ -45,8 +50,8 @@ integration: require-root setup lab-deps wheelhouse
 	$(BIN)/pytest tests/integration -m integration -q --durations=10
 test-integration: integration
 
-# Lint, types and unit tests: no root, no lab (~3 min).
-check: lint typecheck unit
+# Lint, types, unit and TUI tests: no root, no lab (~3 min).
+check: lint typecheck unit tui
 
 # The README's test command; .ci/run calls it. Needs root (lab hosts).
 test: check integration

@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--profiles-dir", type=Path, help="use the profiles in DIR instead of the built-in ones"
     )
+    tui = sub.add_parser(
+        "tui", help="the interactive installer (also: `appliance` alone, on a terminal)"
+    )
+    tui.add_argument("--inventory", type=Path, help="hosts (docs/inventory.md)")
+    tui.add_argument("--bundle", type=Path, help="the bundle directory to verify")
+    tui.add_argument("--trust", type=Path, help="the site's trusted root (root.json)")
+    tui.add_argument("--model", type=Path, help="model for the fit report (HF directory or GGUF)")
+    tui.add_argument(
+        "--facts", type=Path, help="saved facts (appliance detect --json) instead of this host"
+    )
     from appliance.cli import bundle_cmds, deploy_cmds, lab_cmds
 
     COMMANDS.update(bundle_cmds.register(sub))
@@ -154,10 +164,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return ExitCode.DOES_NOT_FIT
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    # Imported here only: every other command (and the core) runs without Textual.
+    from tui.app import run
+    from tui.session import AppOptions
+
+    options = AppOptions(
+        facts=getattr(args, "facts", None),
+        model=getattr(args, "model", None),
+        bundle=getattr(args, "bundle", None),
+        trust=getattr(args, "trust", None),
+        inventory=getattr(args, "inventory", None),
+    )
+    return run(options)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "detect": cmd_detect,
     "profiles": cmd_profiles,
     "plan": cmd_plan,
+    "tui": cmd_tui,
 }
 
 
@@ -165,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        print("\nThe interactive installer (TUI) is not built yet; use the commands above.")
-        return ExitCode.OK
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            args.command = "tui"  # a person at a terminal: the installer
+        else:
+            # Scripts and CI: no terminal to draw on.
+            parser.print_help()
+            print("\n`appliance tui` opens the interactive installer (on a terminal).")
+            return ExitCode.OK
     command = (
         args.command
         if getattr(args, "subcommand", None) is None

@@ -81,3 +81,60 @@ def test_the_scan_catches_a_violation(tmp_path: Path) -> None:
     sample = tmp_path / "bad.py"
     sample.write_text("def f():\n    from rich.console import Console\n    import textual.app\n")
     assert [n for n in imported_names(sample) if is_forbidden(n)] == ["rich.console", "textual.app"]
+
+
+# --- the TUI: only `appliance tui` loads it, and only when it runs ---------------------------
+
+TUI_LAUNCHER = ("appliance/cli/main.py", "cmd_tui")  # the one function allowed to import tui
+
+
+def tui_imports(path: Path) -> list[tuple[str, str | None]]:
+    """(module, enclosing function or None at module level) for every ``tui`` import."""
+    found: list[tuple[str, str | None]] = []
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = (
+                child.name
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+                else function
+            )
+            names: list[str] = []
+            if isinstance(child, ast.Import):
+                names = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                names = [child.module]
+            found.extend((n, function) for n in names if n == "tui" or n.startswith("tui."))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), None)
+    return found
+
+
+def test_only_the_tui_command_imports_tui_and_only_lazily() -> None:
+    offenders = []
+    for path in sorted(CORE.rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        for module, function in tui_imports(path):
+            if (rel, function) != TUI_LAUNCHER:
+                offenders.append(f"{rel}: {module} (in {function or 'module level'})")
+    assert not offenders, f"tui imported outside `appliance tui`: {offenders}"
+    assert tui_imports(ROOT / TUI_LAUNCHER[0]), (
+        "the launcher no longer imports tui: update the test"
+    )
+
+
+def test_the_cli_parses_and_runs_other_commands_without_loading_textual() -> None:
+    code = (
+        "import json, sys\n"
+        "from appliance.cli.main import build_parser, main\n"
+        "build_parser().parse_args(['tui', '--facts', 'x.json'])\n"
+        "main(['profiles', '--json'])\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    loaded = json.loads(result.stderr.strip().splitlines()[-1])
+    bad = [m for m in loaded if m.split(".")[0] in ("textual", "tui")]
+    assert not bad, f"the CLI loaded {bad} without running the TUI"

@@ -1,0 +1,330 @@
+"""Core results as text for the screens: the same information the CLI prints, in Rich ``Text``.
+
+Pure functions over core data (no Textual, no IO), so every screen shows what
+``appliance detect|plan|bundle verify|deploy`` show, worded the same way.
+Meaning is never carried by colour alone: every verdict is also a word or a
+symbol (OK, FAIL, !!, CHOSEN, REJECTED, FITS, DOES NOT FIT, VERIFIED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from appliance.bundle.verify import VerifiedBundle
+    from appliance.deploy.run import HostResult
+    from appliance.errors import ApplianceError
+    from appliance.facts import HostFacts
+    from appliance.fit import Estimate, FitReport
+    from appliance.model_info import ModelInfo
+    from appliance.plan import Plan
+    from appliance.selection import Candidate
+
+GIB = 1 << 30
+
+# How an operator gets a token for the endpoint. One place, so it changes once
+# when the gateway and Keycloak arrive with the security stack.
+TOKEN_HOWTO = (
+    "No token yet: there is no gateway in this release, so nothing issues or checks "
+    "tokens. The model server listens only on each host's loopback (127.0.0.1), "
+    "reachable from this machine through SSH (ssh -L PORT:127.0.0.1:PORT USER@HOST). "
+    "The gateway, with Keycloak-issued tokens, comes with the security stack."
+)
+
+# Deploy outcome per host, as a word first (colour only repeats it).
+STATUS_WORDS: dict[str, tuple[str, str]] = {
+    "planned": ("PLANNED", ""),
+    "converged": ("OK", "bold green"),
+    "unchanged": ("OK", "bold green"),
+    "failed": ("FAIL", "bold red"),
+    "rolled-back": ("FAIL (rolled back)", "bold red"),
+}
+
+
+def gib(value: int) -> str:
+    return f"{value / GIB:.2f} GiB"
+
+
+def size(value: int) -> str:
+    """Bytes for a person: B, KiB, MiB or GiB."""
+    for unit, factor in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= factor:
+            return f"{value / factor:.1f} {unit}"
+    return f"{value} B"
+
+
+def error_lines(exc: ApplianceError) -> list[str]:
+    """What the CLI prints for an error, without its ``appliance: `` prefix."""
+    lines = [f"error: {exc.message}"]
+    if exc.hint:
+        lines.append(exc.hint)
+    return lines
+
+
+def _lines(*parts: Text | str) -> Text:
+    return Text("\n").join(Text(p) if isinstance(p, str) else p for p in parts)
+
+
+# --- hardware ---------------------------------------------------------------------------
+
+
+def host_summary(facts: HostFacts) -> Text:
+    cpu, mem, gpu = facts.cpu, facts.memory, facts.gpu
+    lines: list[Text | str] = [
+        Text.assemble(
+            (facts.hostname, "bold"),
+            f"  {facts.os.distribution}, kernel {facts.os.kernel}, Python {facts.os.python}",
+        ),
+        f"CPU   {cpu.model} ({cpu.architecture}): {cpu.physical_cores} physical / "
+        f"{cpu.logical_cores} logical cores",
+        f"      flags for llama.cpp: {' '.join(cpu.flags) or 'none of interest'}",
+        f"RAM   {gib(mem.total_bytes)} total, {gib(mem.available_bytes)} available",
+    ]
+    for disk in facts.disks:
+        where = "" if disk.measured_at == disk.path else f" (measured at {disk.measured_at})"
+        lines.append(
+            f"Disk  {disk.path}: {gib(disk.free_bytes)} free of {gib(disk.total_bytes)}{where}"
+        )
+    if gpu.usable:
+        lines.append(Text.assemble("GPU   ", ("OK ", "bold green"), gpu.message))
+    else:
+        lines.append(Text.assemble("GPU   ", ("!! NO USABLE GPU: ", "bold yellow"), gpu.message))
+    return _lines(*lines)
+
+
+def gpu_warnings(facts: HostFacts) -> Text:
+    return _lines(
+        *(Text.assemble(("!! ", "bold yellow"), f"warning: {w}") for w in facts.gpu.warnings)
+    )
+
+
+# --- profile, evidence, fit ----------------------------------------------------------------
+
+
+def selection_summary(plan: Plan) -> Text:
+    sel = plan.selection
+    how = "chosen automatically" if sel.mode == "auto" else "chosen by you"
+    lines: list[Text | str] = [
+        Text.assemble(
+            ("Profile: ", "bold"), (sel.profile.name, "bold"), f" ({how}) - {sel.profile.title}"
+        )
+    ]
+    if sel.gpu_notice:
+        lines.append(Text.assemble(("!! ", "bold yellow"), (sel.gpu_notice, "bold")))
+    for warning in sel.warnings:
+        lines.append(Text.assemble(("!! warning: ", "bold yellow"), warning))
+    lines.append(Text.assemble(("Evidence", "bold"), f" ({plan.facts_source})"))
+    lines += [f"  {line}" for line in sel.evidence]
+    return _lines(*lines)
+
+
+def candidate_label(candidate: Candidate, chosen: str) -> Text:
+    """One profile in the chooser: its verdict word, name, preference and every reason."""
+    if candidate.profile == chosen:
+        mark = ("CHOSEN  ", "bold green" if candidate.matches else "bold yellow")
+    else:
+        mark = ("MATCHES ", "green") if candidate.matches else ("REJECTED", "red")
+    head = Text.assemble(mark, f" {candidate.profile} (preference {candidate.preference})")
+    return _lines(head, *(f"         {reason}" for reason in candidate.reasons))
+
+
+def model_summary(model: ModelInfo) -> Text:
+    m = model
+    head = Text.assemble(
+        ("Model ", "bold"),
+        f"{m.name} ({m.format}, {m.model_type}): {m.parameter_count / 1e9:.2f}B parameters "
+        f"({m.parameter_count_source}), {m.num_layers} layers, {m.num_attention_heads} heads, "
+        f"{m.num_kv_heads} KV heads x {m.head_dim}, stored as {m.checkpoint_dtype}"
+        + (f", quantised {m.quantization}" if m.quantization else ""),
+    )
+    return _lines(head, *(f"  assumption: {a}" for a in m.assumptions))
+
+
+def fit_report(fit: FitReport, *, forced: bool = False) -> Text:
+    layout = f" {fit.layout.describe()}" if fit.layout is not None else ""
+    lines: list[Text | str] = [Text.assemble(("Fit", "bold"), f" under {fit.profile}:{layout}")]
+    lines += [f"  note: {note}" for note in fit.notes]
+    if fit.estimate is not None:
+        unit = "per GPU" if fit.layout and fit.layout.device == "gpu" else "per host"
+        lines += _estimate(fit.estimate, unit)
+    lines += [Text.assemble(("  problem: ", "red"), p) for p in fit.problems]
+    if fit.fits:
+        verdict = ("FITS", "bold green")
+    elif forced:
+        verdict = ("DOES NOT FIT (accepted by you: the deploy is forced)", "bold yellow")
+    else:
+        verdict = ("DOES NOT FIT", "bold red")
+    lines.append(Text.assemble("  verdict: ", verdict))
+    if not fit.fits:
+        if fit.alternatives:
+            lines.append(Text("  Would fit instead:", "bold"))
+            for alt in fit.alternatives:
+                e = alt.estimate
+                lines.append(
+                    f"    - {alt.what}: {alt.detail}; needs {gib(e.required_per_device)} of "
+                    f"{gib(e.budget_per_device)} per device at context {e.context}"
+                )
+        else:
+            lines.append("  Nothing among the profiles and quantisations would fit this model.")
+    return _lines(*lines)
+
+
+def _estimate(est: Estimate, unit: str) -> list[Text | str]:
+    kib = est.kv_bytes_per_token / 1024
+    lines: list[Text | str] = [
+        f"  precision {est.precision}, context {est.context}, {est.devices} device(s), {unit}:",
+        f"    weights          {gib(est.weights_per_device):>12}   (total {gib(est.weights_bytes)})",
+        f"    KV cache         {gib(est.kv_per_device):>12}   ({kib:g} KiB/token before sharding)",
+        f"    engine overhead  {gib(est.overhead_per_device):>12}",
+        f"    needed           {gib(est.required_per_device):>12}   of {gib(est.budget_per_device)} budget",
+    ]
+    if est.max_context == 0:
+        lines.append("  the weights and engine overhead alone exceed the budget: no context fits")
+    else:
+        lines.append(
+            f"  largest context that fits: {est.max_context}; "
+            f"full-context sequences at once: {est.sequences_at_context}"
+        )
+    return lines
+
+
+def misfit_reasons(plan: Plan) -> list[str]:
+    """Why overriding needs a confirmation: the profile does not match, or the model does not fit."""
+    reasons = list(plan.selection.warnings)
+    if plan.fit is not None and not plan.fit.fits:
+        reasons += [f"the model does not fit: {p}" for p in plan.fit.problems] or [
+            f"the model does not fit profile {plan.selection.profile.name} (see the fit report)"
+        ]
+    return reasons
+
+
+# --- bundle ---------------------------------------------------------------------------------
+
+
+def progress_line(
+    done_bytes: int, total_bytes: int | None, done_items: int, total_items: int | None
+) -> str:
+    of_bytes = f" of {size(total_bytes)}" if total_bytes is not None else ""
+    of_items = f" of {total_items}" if total_items is not None else ""
+    return f"{size(done_bytes)}{of_bytes}, {done_items}{of_items} files"
+
+
+def bundle_summary(v: VerifiedBundle) -> Text:
+    total = sum(r.length for r in v.records)
+    payload = v.payload
+    previous = (
+        "first version accepted here"
+        if v.previous_version is None
+        else f"previous version accepted here: {v.previous_version}"
+    )
+    lines: list[Text | str] = [
+        Text.assemble(
+            ("VERIFIED ", "bold green"),
+            (f"{v.name} ({v.channel}) version {v.version}", "bold"),
+            f": {len(v.records)} files, {size(total)}",
+        ),
+        f"  expires {v.expires.isoformat()}; {previous}",
+        f"  signed by {len(v.signers)} trusted key(s) of root version {v.root_version}:",
+        *(f"    {keyid}" for keyid in v.signers),
+        f"  content digest {v.content_digest}",
+        f"  built {payload.created} by {payload.created_by}",
+    ]
+    if payload.profiles:
+        lines.append(f"  for profiles: {', '.join(payload.profiles)}")
+    model = payload.model
+    if model is None:
+        lines.append(Text.assemble(("  !! ", "bold yellow"), "the bundle carries no model"))
+    else:
+        src = model.source
+        origin = src.repo_id or src.original_path or ""
+        commit = f" @ {src.resolved_commit}" if src.resolved_commit else ""
+        lines.append(
+            Text.assemble(
+                ("Model ", "bold"),
+                f"{model.name} ({model.format}), licence {model.licence or 'not stated'}",
+            )
+        )
+        lines.append(f"  provenance: {src.kind} {origin}{commit}".rstrip())
+    for adapter in payload.adapters:
+        prov = adapter.provenance
+        summary = prov.training_summary
+        datasets = ", ".join(
+            f"{d.name} ({d.records} records, licence {d.licence or 'not stated'})"
+            for d in prov.datasets
+        )
+        revision = f" @ {prov.base_model_revision}" if prov.base_model_revision else ""
+        lines += [
+            Text.assemble(
+                ("Adapter ", "bold"),
+                f"{adapter.name}: LoRA r={prov.rank} alpha={prov.alpha} on "
+                f"{prov.base_model}{revision}, licence {prov.licence}",
+            ),
+            f"  datasets: {datasets}",
+            f"  training content summary: provider {summary.provider}, "
+            f"size {summary.training_data_size}, modalities {', '.join(summary.modalities)}",
+            f"  copyright opt-outs: {summary.copyright_opt_out_measures}",
+            f"  illegal content: {summary.illegal_content_measures}",
+        ]
+    for artifact in payload.artifacts:
+        lines.append(
+            f"Artifact {artifact.name} from {artifact.url}, licence "
+            f"{artifact.licence or 'not stated'}, sha256 {artifact.sha256[:16]}..."
+        )
+    if payload.wheels is not None:
+        wheels = payload.wheels
+        lines.append(
+            f"Wheels for Python {wheels.python} {', '.join(wheels.platforms)}: "
+            f"{len(wheels.files)} files"
+        )
+    return _lines(*lines)
+
+
+# --- plan review, deploy, done ----------------------------------------------------------------
+
+
+def host_changes(result: HostResult, *, limit: int = 200) -> RenderableType:
+    """The dry-run difference for one host, as ``appliance deploy --dry-run`` prints it."""
+    if not result.changes:
+        return Text.assemble(
+            (f"{result.host}: ", "bold"), ("OK", "bold green"), " up to date, nothing to change"
+        )
+    head = Text.assemble((f"{result.host}: ", "bold"), f"{len(result.changes)} change(s)")
+    # A grid keeps long paths folded under the target column, the kinds readable at 80 columns.
+    table = Table.grid(padding=(0, 1), pad_edge=True)
+    table.add_column(no_wrap=True, min_width=14)
+    table.add_column(overflow="fold")
+    shown = result.changes[:limit]
+    for change in shown:
+        table.add_row(change.kind, Text.assemble(change.target, (f"  ({change.detail})", "dim")))
+    parts: list[RenderableType] = [head, table]
+    if len(result.changes) > len(shown):
+        parts.append(Text(f"  ... and {len(result.changes) - len(shown)} more"))
+    return Group(*parts)
+
+
+def status_word(status: str) -> Text:
+    word, style = STATUS_WORDS.get(status, (status.upper(), ""))
+    return Text(word, style)
+
+
+def host_outcome(result: HostResult) -> Text:
+    return Text.assemble(
+        (f"{result.host}: ", "bold"),
+        status_word(result.status),
+        f" {result.status}: {result.message}",
+    )
+
+
+def summary_line(results: Sequence[HostResult]) -> Text:
+    failed = [r for r in results if r.status in ("failed", "rolled-back")]
+    if failed:
+        return Text.assemble(
+            ("FAIL ", "bold red"),
+            f"{len(failed)} of {len(results)} host(s) failed: {', '.join(r.host for r in failed)}",
+        )
+    return Text.assemble(("OK ", "bold green"), f"{len(results)} host(s) serving")

@@ -1,0 +1,1 @@
+"""One module per step of the install, plus the dialogs and the help screen."""
