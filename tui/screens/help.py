@@ -22,7 +22,9 @@ KEYS = (
 
 
 def help_text(step: str, about: str, extra: tuple[tuple[str, str], ...]) -> Text:
-    text = Text.assemble((f"{step}\n", "bold"), about.strip(), "\n\n", ("Keys\n", "bold"))
+    # Paragraphs reflowed to the dialog's width (the source wraps at 80 columns).
+    prose = "\n\n".join(" ".join(p.split()) for p in about.strip().split("\n\n"))
+    text = Text.assemble((f"{step}\n", "bold"), prose, "\n\n", ("Keys\n", "bold"))
     for key, what in (*extra, *KEYS):
         text.append(f"  {key:<16}", "bold")
         text.append(f"{what}\n")
