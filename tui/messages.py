@@ -6,7 +6,6 @@ thread-safe) and the screen's handler updates the display on the UI thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
@@ -41,10 +40,3 @@ class Failed(Message):
         super().__init__()
         self.what = what
         self.error = error
-
-
-@dataclass(frozen=True, slots=True)
-class HostReachability:
-    host: str
-    ok: bool
-    detail: str

@@ -44,6 +44,11 @@ async def test_back_keeps_what_was_chosen(make_app: AppFactory) -> None:
         await settle(pilot)
         assert app.screen.STEP == "Bundle"  # type: ignore[attr-defined]
         assert app.session.verified is not None
+        await pilot.press("escape", "ctrl+n")  # Profile, then a new Bundle screen
+        await settle(pilot)
+        assert app.screen.STEP == "Bundle"  # type: ignore[attr-defined]
+        assert app.session.verified is None  # arriving again means verifying again
+        assert "Not verified yet." in screen_text(pilot)
         await pilot.press("escape", "escape")
         await settle(pilot)
         assert app.screen.STEP == "Hardware"  # type: ignore[attr-defined]

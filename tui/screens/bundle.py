@@ -61,6 +61,8 @@ file. Nothing from a bundle that fails is used.
             yield Static("Not verified yet.", id="bundle-result")
 
     def on_mount(self) -> None:
+        # Arriving here (again) means verifying (again): the medium may have changed meanwhile.
+        self.session.invalidate_from("Bundle")
         self.query_one("#verify-bar", ProgressBar).display = False
         self.set_status("give the bundle and the trusted root, then Verify")
 

@@ -62,6 +62,7 @@ them). The model-server hosts must all answer before the plan review.
             ("ssh", "SSH"),
         ):
             table.add_column(label, key=key)
+        self.session.invalidate_from("Targets")  # this screen's table is empty: so is the choice
         self.call("labs", self.backend.labs)
         if self.session.options.inventory is not None:
             self.load(self.session.options.inventory)
