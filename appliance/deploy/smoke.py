@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from appliance.deploy.remote import ssh_options
 from appliance.errors import DeploymentError
 from appliance.inventory import HostEntry
@@ -86,6 +84,8 @@ def chat(
 
     ``model`` defaults to the first model the server lists on ``/v1/models``.
     """
+    import httpx  # here, not at the top: httpx pulls in click and rich, which the core never loads
+
     endpoint = f"http://127.0.0.1:{port}/v1 on {host.name} ({host.address})"
     with tunnel(host, port) as base, httpx.Client(base_url=base, timeout=timeout) as client:
         try:
