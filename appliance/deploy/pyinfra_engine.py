@@ -22,8 +22,10 @@ cut in half, and the next deploy resumes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shlex
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -66,6 +68,19 @@ class _Progress:
 
     def failed(self, host: str, name: str) -> None:
         self.on_event(Warned("converge", f"{host}: {name} failed"))
+
+
+def _load_pyinfra() -> None:
+    """Import pyinfra while standard output is not a terminal.
+
+    pyinfra decides once, at import, whether to draw its own spinner on the
+    terminal (and asks the terminal for its size). Front ends draw progress
+    from our events instead: a spinner would scribble over the TUI, and under
+    the TUI the size query itself fails.
+    """
+    if "pyinfra.progress" not in sys.modules:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import pyinfra.progress  # noqa: F401
 
 
 def _callbacks(progress: _Progress) -> Any:
@@ -113,6 +128,7 @@ def converge(
     on_event: OnEvent | None = None,
     cancel: threading.Event | None = None,
 ) -> list[HostOutcome]:
+    _load_pyinfra()
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
     from pyinfra.api.exceptions import PyinfraError

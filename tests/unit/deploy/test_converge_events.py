@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +169,28 @@ def test_closing_the_deploy_early_cancels_the_engine(monkeypatch: pytest.MonkeyP
     assert started.wait(5)
     gen.close()  # e.g. Ctrl-C in the consumer, or the TUI leaving
     assert cancel.is_set() and stopped.wait(5)
+
+
+def test_pyinfra_never_draws_its_own_spinner(tmp_path: Path) -> None:
+    # In a subprocess whose stdout and stderr are a terminal (a pty), pyinfra as the engine
+    # loads it must not take the terminal: the TUI draws there.
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    out = tmp_path / "seen"
+    code = (
+        "import sys, pathlib; from appliance.deploy.pyinfra_engine import _load_pyinfra; _load_pyinfra();"
+        "import pyinfra.progress as p;"
+        f"pathlib.Path({str(out)!r}).write_text(f'{{p.IS_TTY}} {{sys.stdout.isatty()}} {{sys.stderr.isatty()}}')"
+    )
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-c", code], stdout=follower, stderr=follower,
+                                timeout=60, check=False)  # fmt: skip
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 0
+    assert out.read_text() == "False True True"  # a terminal was there; pyinfra saw none
