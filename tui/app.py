@@ -9,6 +9,7 @@ The app's return value is an exit code as the CLI's: 0, 5 when a host failed,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual.app import App
@@ -48,8 +49,18 @@ def build_app(backend: Backend, *, options: AppOptions) -> ApplianceApp:
     return ApplianceApp(backend, options)
 
 
-def run(options: AppOptions, **run_options: Any) -> int:
-    """Run the installer on the real core; ``run_options`` go to ``App.run`` (e.g. headless)."""
-    app = build_app(CoreBackend(), options=options)
+def run(
+    options: AppOptions,
+    *,
+    state: Path | None = None,
+    profiles_dir: Path | None = None,
+    **run_options: Any,
+) -> int:
+    """Run the installer on the real core; ``run_options`` go to ``App.run`` (e.g. headless).
+
+    ``state`` and ``profiles_dir`` are the CLI's ``--state`` (rollback protection
+    when verifying) and ``--profiles-dir``.
+    """
+    app = build_app(CoreBackend(state=state, profiles_dir=profiles_dir), options=options)
     code = app.run(**run_options)
     return app.exit_code if code is None else int(code)

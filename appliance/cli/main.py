@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument(
         "--facts", type=Path, help="saved facts (appliance detect --json) instead of this host"
     )
+    tui.add_argument("--state", type=Path, help="trust state directory (rollback protection)")
+    tui.add_argument("--profiles-dir", type=Path, help="use the profiles in DIR")
     from appliance.cli import bundle_cmds, deploy_cmds, lab_cmds
 
     COMMANDS.update(bundle_cmds.register(sub))
@@ -176,7 +178,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
         trust=getattr(args, "trust", None),
         inventory=getattr(args, "inventory", None),
     )
-    return run(options)
+    return run(
+        options,
+        state=getattr(args, "state", None),
+        profiles_dir=getattr(args, "profiles_dir", None),
+    )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
