@@ -63,6 +63,7 @@ demo: setup lab-deps
 
 bench: setup
 	$(BIN)/python bench/detect
+	$(BIN)/python bench/tui
 	$(BIN)/python bench/verify   # builds a 2 GiB bundle once under /var/tmp
 
 # Deploy times on lab hosts (root, ~5 min).
