@@ -1,0 +1,262 @@
+"""The gateway's configuration: one strict file (YAML or JSON), refused whole if anything is off.
+
+Invariants enforced here, so no code path can run with them broken:
+- only asymmetric signature algorithms are accepted (never ``none``, never a
+  shared-secret ``HS*``: a public key must not become an HMAC secret);
+- the clock-skew leeway is bounded (at most ``MAX_LEEWAY_S``);
+- every model or adapter is granted by exactly one role;
+- the upstream URL carries no credentials (the upstream key comes from a file);
+- prompts are not logged unless ``audit.log_prompts`` says so.
+The format is documented in docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from appliance.errors import InputError
+from appliance.schema_errors import format_validation_error
+from appliance.yaml_files import load_yaml
+
+CONFIG_SCHEMA_VERSION = 1
+DOC = "docs/gateway.md"
+MAX_LEEWAY_S = 120
+
+# Asymmetric JWS algorithms PyJWT verifies with `cryptography`. Keycloak signs access
+# tokens with RS256 by default.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+
+
+class GatewayConfigError(InputError):
+    """The gateway configuration file is unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8443
+
+
+class Tls(_Strict):
+    """Site-provided files, or made once by ``python -m appliance.gateway generate-cert``."""
+
+    cert_file: Path
+    key_file: Path
+
+
+class Upstream(_Strict):
+    """The model server (llama.cpp or vLLM OpenAI routes), on loopback or the internal network."""
+
+    url: str = "http://127.0.0.1:8081"
+    # The model server's own API key (`--api_key` / `--api-key`), read from this file;
+    # the caller's token is never forwarded.
+    api_key_file: Path | None = None
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Between two chunks of a response: a long generation is fine, a silent server is not.
+    read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 256
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError(
+                "the URL must not carry credentials (put the model server's key in `api_key_file`)"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError("the URL must not have a query or fragment")
+        if parts.path not in ("", "/"):
+            raise ValueError("give the server's base URL; the gateway adds `/v1/...` itself")
+        return value.rstrip("/")
+
+    @property
+    def is_loopback(self) -> bool:
+        host = urlsplit(self.url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+class Tokens(_Strict):
+    """How bearer tokens are validated: offline, against the realm's JWKS."""
+
+    issuer: Annotated[str, Field(min_length=1)]  # e.g. https://sso.site/realms/appliance
+    audience: Annotated[str, Field(min_length=1)]  # the API client id (Keycloak audience mapper)
+    jwks_file: Path | None = None
+    jwks_url: str | None = None  # the realm's .../protocol/openid-connect/certs
+    jwks_ca_file: Path | None = None  # CA of the internal certs URL (default: system CAs)
+    # An unknown key id triggers a refresh at most this often (no refresh storms).
+    jwks_refresh_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # Keys are re-read after this long, so a key the realm rotated out stops being accepted.
+    jwks_max_age_s: Annotated[float, Field(ge=10, le=86_400)] = 300.0
+    algorithms: tuple[str, ...] = ("RS256",)
+    leeway_s: Annotated[int, Field(ge=0, le=MAX_LEEWAY_S)] = 30
+    max_token_bytes: Annotated[int, Field(ge=512, le=65_536)] = 8192
+    # exp - iat above this is refused (a token valid for a year is a stolen credential waiting).
+    max_lifetime_s: Annotated[int, Field(ge=60, le=7 * 86_400)] = 86_400
+    # Where the caller's roles are: a path of claim names. Default (null): Keycloak's client
+    # roles of the audience client, resource_access.<audience>.roles.
+    roles_claim: tuple[str, ...] | None = None
+    client_id_claim: Annotated[str, Field(min_length=1)] = "azp"
+
+    @field_validator("algorithms")
+    @classmethod
+    def _only_asymmetric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one algorithm (Keycloak signs with RS256)")
+        for alg in value:
+            if alg.lower() == "none":
+                raise ValueError("`none` means unsigned tokens and is never accepted")
+            if alg.upper().startswith("HS"):
+                raise ValueError(
+                    f"{alg} is a shared-secret algorithm: a gateway that accepts it can be fooled"
+                    " with a token signed using the realm's public key as the secret;"
+                    f" use one of {', '.join(ASYMMETRIC_ALGORITHMS)}"
+                )
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(
+                    f"unknown algorithm {alg!r}: expected one of {', '.join(ASYMMETRIC_ALGORITHMS)}"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("an algorithm is listed twice")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("roles_claim")
+    @classmethod
+    def _roles_path(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not all(value)):
+            raise ValueError("expected a non-empty list of claim names, e.g. [realm_access, roles]")
+        return value
+
+    @model_validator(mode="after")
+    def _a_key_source(self) -> Tokens:
+        if self.jwks_file is None and self.jwks_url is None:
+            raise ValueError(
+                "give `jwks_file` (the realm's keys saved on site) and/or `jwks_url`"
+                " (the realm's certs URL on the internal network)"
+            )
+        return self
+
+    @property
+    def roles_path(self) -> tuple[str, ...]:
+        return self.roles_claim or ("resource_access", self.audience, "roles")
+
+
+class RateLimit(_Strict):
+    """A token bucket: ``burst`` requests at once, refilled at ``requests_per_s``."""
+
+    requests_per_s: Annotated[float, Field(gt=0, le=100_000)]
+    burst: Annotated[int, Field(ge=1, le=100_000)]
+
+
+class RateLimits(_Strict):
+    default: RateLimit = RateLimit(requests_per_s=5, burst=20)
+    clients: dict[str, RateLimit] = {}  # client id -> its own bucket
+
+    def for_client(self, client_id: str) -> RateLimit:
+        return self.clients.get(client_id, self.default)
+
+
+class Access(_Strict):
+    """Which role grants which models and adapters (the ``model`` field of a request)."""
+
+    roles: dict[str, tuple[str, ...]]
+
+    @model_validator(mode="after")
+    def _one_role_per_model(self) -> Access:
+        granted: dict[str, str] = {}
+        for role, models in self.roles.items():
+            if not role:
+                raise ValueError("a role name is empty")
+            if not models:
+                raise ValueError(f"role {role!r} grants no model")
+            for model in models:
+                if model in granted:
+                    raise ValueError(
+                        f"model {model!r} is granted by two roles ({granted[model]!r} and {role!r}):"
+                        " give each model and adapter exactly one role"
+                    )
+                granted[model] = role
+        return self
+
+    def models_for(self, roles: frozenset[str]) -> frozenset[str]:
+        return frozenset(m for role in roles & self.roles.keys() for m in self.roles[role])
+
+
+class Limits(_Strict):
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+
+
+class Audit(_Strict):
+    path: Path = Path("/var/log/appliance/gateway-audit.jsonl")
+    log_prompts: bool = False
+    fsync_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    fsync_batch: Annotated[int, Field(ge=1, le=100_000)] = 64
+
+
+class GatewayConfig(_Strict):
+    schema_version: Literal[1]
+    listen: Listen = Listen()
+    tls: Tls
+    upstream: Upstream = Upstream()
+    tokens: Tokens
+    access: Access
+    rate_limits: RateLimits = RateLimits()
+    limits: Limits = Limits()
+    audit: Audit = Audit()
+
+
+def parse_config(data: Any, source: str = "gateway config") -> GatewayConfig:
+    """A validated config from parsed YAML/JSON; every problem in one message."""
+    if not isinstance(data, dict):
+        found = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise GatewayConfigError(
+            f"{source}: expected a mapping with schema_version, tls, tokens and access; found {found}"
+        )
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise GatewayConfigError(
+            f"{source}: invalid gateway config:\n{format_validation_error(exc, GatewayConfig)}",
+            hint=f"The format is documented in {DOC}.",
+        ) from exc
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read ``path`` (``.json`` as JSON, anything else as strict YAML) and validate it."""
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise GatewayConfigError(
+                f"{path}: cannot read gateway config: {exc.strerror or exc}"
+            ) from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise GatewayConfigError(f"{path}: not valid JSON: {exc}") from exc
+    else:
+        data = load_yaml(path, "gateway config", GatewayConfigError)
+    return parse_config(data, str(path))

@@ -1,0 +1,118 @@
+"""The model server side: the httpx client, and what the audit learns from its answers.
+
+The client never uses environment proxies (an air-gapped host must not route
+model traffic anywhere but the model server) and never retries (a generation
+is not idempotent). Usage (tokens in/out) comes from the answer's ``usage``;
+for a stream, from the last event that carries one, else the number of data
+events is recorded as the output count (``usage_source: "chunks"``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.gateway.config import GatewayConfigError, Upstream
+
+if TYPE_CHECKING:
+    import httpx
+
+MAX_SSE_LINE = 1024 * 1024  # a longer line is not inspected (it is still forwarded)
+
+
+def make_client(settings: Upstream, transport: Any = None) -> httpx.AsyncClient:
+    import httpx  # lazily: httpx loads click and rich
+
+    if transport is None:
+        transport = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=min(settings.max_connections, 64),
+            ),
+            retries=0,
+        )
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout_s,
+        read=settings.read_timeout_s,
+        write=settings.read_timeout_s,
+        pool=settings.read_timeout_s,  # under load, wait for a connection rather than fail
+    )
+    return httpx.AsyncClient(
+        base_url=settings.url, transport=transport, timeout=timeout, trust_env=False
+    )
+
+
+def read_api_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GatewayConfigError(f"{path}: cannot read the model server's API key: {exc}") from exc
+    if not key or any(c.isspace() for c in key):
+        raise GatewayConfigError(f"{path}: expected one API key on one line")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    source: str | None = None  # "upstream" (the server's usage) or "chunks" (counted events)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def usage_of(document: Any) -> Usage | None:
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    return Usage(
+        _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), "upstream"
+    )
+
+
+def usage_from_body(body: bytes) -> Usage:
+    try:
+        return usage_of(json.loads(body)) or Usage()
+    except (UnicodeDecodeError, ValueError):
+        return Usage()
+
+
+class SseTally:
+    """Watches the bytes of a server-sent-event stream as they are forwarded, without changing them."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self.events = 0
+        self._usage: Usage | None = None
+
+    def feed(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_SSE_LINE:
+            self._partial = b""
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]" or not payload:
+                continue
+            self.events += 1
+            if b'"usage"' in payload:  # parse only the events that may carry usage
+                try:
+                    found = usage_of(json.loads(payload))
+                except (UnicodeDecodeError, ValueError):
+                    found = None
+                if found is not None:
+                    self._usage = found
+
+    @property
+    def usage(self) -> Usage:
+        if self._usage is not None:
+            return self._usage
+        return Usage(None, self.events, "chunks") if self.events else Usage()

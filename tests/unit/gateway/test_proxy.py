@@ -1,0 +1,274 @@
+"""Authorised calls: proxied unchanged, streams in order, models filtered, limits, health, audit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.gateway.app import create_app
+from tests.unit.gateway.conftest import (
+    AUDIENCE,
+    CLIENT,
+    SUBJECT,
+    FakeClock,
+    FakeUpstream,
+    Gateway,
+    Site,
+    open_gateway,
+)
+from tests.unit.gateway.fake_upstream import ANSWER, PROMPT_TOKENS
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_valid_token_is_proxied(gateway: Gateway, site: Site, upstream: FakeUpstream) -> None:
+    body = b'{"model": "gemma", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'
+    response = await gateway.client.post(
+        "/v1/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {site.token()}", "content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "".join(ANSWER)
+    (seen,) = upstream.received
+    assert seen["body"] == body, "the body reaches the model server byte for byte"
+    assert "authorization" not in seen["headers"], "the caller's token must not be forwarded"
+    record = site.audit_records()[-1]
+    assert record == {
+        **record,
+        "event": "gateway.call",
+        "method": "POST",
+        "route": "/v1/chat/completions",
+        "peer": "10.0.0.7",
+        "subject": SUBJECT,
+        "client_id": CLIENT,
+        "model": "gemma",
+        "stream": False,
+        "status": 200,
+        "reason": None,
+        "tokens_in": PROMPT_TOKENS,
+        "tokens_out": len(ANSWER),
+        "usage_source": "upstream",
+    }
+    assert record["latency_ms"] >= 0 and "prompt" not in record
+
+
+async def test_completions_route_and_adapter(
+    gateway: Gateway, site: Site, upstream: FakeUpstream
+) -> None:
+    response = await gateway.client.post(
+        "/v1/completions",
+        json={"model": "legal-lora", "prompt": "Article 1"},
+        headers={"authorization": f"Bearer {site.token()}"},
+    )
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["text"] == "".join(ANSWER)
+    assert upstream.received[-1]["path"] == "/v1/completions"
+
+
+async def test_models_are_filtered_per_role(gateway: Gateway, site: Site) -> None:
+    async def listed(roles: list[str]) -> list[str]:
+        token = site.token(resource_access={AUDIENCE: {"roles": roles}})
+        response = await gateway.client.get(
+            "/v1/models", headers={"authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 200
+        return [m["id"] for m in response.json()["data"]]
+
+    assert await listed(["model:gemma", "adapter:legal-lora"]) == ["gemma", "legal-lora"]
+    assert await listed(["model:mistral"]) == ["mistral"]
+    assert await listed(["model:unknown", "offline_access"]) == []
+    # secret-model is served upstream but granted by no role: nobody sees it
+    assert await listed(list(("model:gemma", "model:mistral", "adapter:legal-lora"))) == [
+        "gemma", "mistral", "legal-lora",
+    ]  # fmt: skip
+    assert site.audit_records()[-1]["route"] == "/v1/models"
+
+
+async def test_models_needs_a_token(gateway: Gateway, site: Site) -> None:
+    response = await gateway.client.get("/v1/models")
+    assert response.status_code == 401
+    assert site.audit_records()[-1]["reason"] == "missing_token"
+
+
+@pytest.mark.parametrize("usage", [True, False])
+async def test_stream_is_passed_through_in_order(gateway: Gateway, site: Site, usage: bool) -> None:
+    body = {"stream": True, **({"stream_options": {"include_usage": True}} if usage else {})}
+    async with gateway.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "gemma", "messages": [{"role": "user", "content": "hi"}], **body},
+        headers={"authorization": f"Bearer {site.token()}"},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = (await response.aread()).decode()
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    pieces = [
+        json.loads(e)["choices"][0]["delta"]["content"]
+        for e in events[:-1]
+        if json.loads(e)["choices"]
+    ]
+    assert pieces == list(ANSWER)
+    record = site.audit_records()[-1]
+    assert record["stream"] is True and record["status"] == 200 and record["reason"] is None
+    if usage:
+        assert (record["tokens_in"], record["tokens_out"], record["usage_source"]) == (
+            PROMPT_TOKENS, len(ANSWER), "upstream",
+        )  # fmt: skip
+    else:
+        assert (record["tokens_in"], record["tokens_out"], record["usage_source"]) == (
+            None, len(ANSWER), "chunks",
+        )  # fmt: skip
+    assert record["first_byte_ms"] >= 0
+
+
+async def test_rate_limit_per_client(site: Site, upstream: FakeUpstream, clock: FakeClock) -> None:
+    config = site.config(
+        rate_limits={
+            "default": {"requests_per_s": 1, "burst": 2},
+            "clients": {"batch": {"requests_per_s": 100, "burst": 100}},
+        }
+    )
+    gateway = await open_gateway(config, upstream, clock)
+    try:
+        token = site.token()
+        assert (await gateway.chat(token)).status_code == 200
+        assert (await gateway.chat(token)).status_code == 200
+        refused = await gateway.chat(token)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert refused.headers["retry-after"] == "1"
+        record = site.audit_records()[-1]
+        assert (record["status"], record["reason"], record["client_id"]) == (
+            429,
+            "rate_limited",
+            CLIENT,
+        )
+        # another client has its own bucket
+        assert (await gateway.chat(site.token(azp="batch"))).status_code == 200
+        clock.advance(1.0)
+        assert (await gateway.chat(token)).status_code == 200
+        assert len(upstream.received) == 4
+    finally:
+        await gateway.client.aclose()
+        await gateway.state.aclose()
+
+
+async def test_body_limits_and_shape(site: Site, upstream: FakeUpstream, clock: FakeClock) -> None:
+    gateway = await open_gateway(site.config(limits={"max_body_bytes": 2048}), upstream, clock)
+    auth = {"authorization": f"Bearer {site.token()}"}
+    try:
+        big = {"model": "gemma", "messages": [{"role": "user", "content": "x" * 4096}]}
+        response = await gateway.client.post("/v1/chat/completions", json=big, headers=auth)
+        assert (response.status_code, response.json()["error"]["code"]) == (413, "body_too_large")
+
+        async def chunks():  # no Content-Length: the limit holds while reading
+            for _ in range(10):
+                yield b"x" * 1024
+
+        response = await gateway.client.post("/v1/chat/completions", content=chunks(), headers=auth)
+        assert response.status_code == 413
+        for bad in (b"not json", b"[1, 2]", b'{"messages": []}', b'{"model": 3}'):
+            response = await gateway.client.post("/v1/chat/completions", content=bad, headers=auth)
+            assert (response.status_code, response.json()["error"]["code"]) == (400, "bad_request")
+        assert upstream.received == []
+        assert [r["status"] for r in site.audit_records()] == [413, 413, 400, 400, 400, 400]
+    finally:
+        await gateway.client.aclose()
+        await gateway.state.aclose()
+
+
+async def test_upstream_errors_pass_through(
+    gateway: Gateway, site: Site, upstream: FakeUpstream
+) -> None:
+    upstream.models = ("mistral",)  # the model server lost gemma
+    response = await gateway.chat(site.token())
+    assert response.status_code == 404
+    record = site.audit_records()[-1]
+    assert (record["status"], record["reason"]) == (404, "upstream_error")
+
+
+async def test_upstream_down(site: Site, clock: FakeClock) -> None:
+    # Nothing listens on the discard port: a real connection refusal.
+    app = create_app(site.config(upstream={"url": "http://127.0.0.1:9"}), clock=clock)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://gw.test"
+    ) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gemma", "messages": []},
+            headers={"authorization": f"Bearer {site.token()}"},
+        )
+        assert (response.status_code, response.json()["error"]["code"]) == (
+            502,
+            "upstream_unavailable",
+        )
+        health = await client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json() == {
+            "status": "unavailable",
+            "upstream": "unreachable (ConnectError)",
+            "signing_keys": "loaded",
+        }
+    await app.state.gateway.aclose()
+    assert site.audit_records()[-1]["reason"] == "upstream_unavailable"
+
+
+async def test_health_needs_no_token_and_is_not_audited(gateway: Gateway, site: Site) -> None:
+    response = await gateway.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "upstream": "answers", "signing_keys": "loaded"}
+    assert site.audit_records() == []
+
+
+async def test_unknown_routes_are_refused_and_audited(gateway: Gateway, site: Site) -> None:
+    response = await gateway.client.get("/admin")
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+    response = await gateway.client.get("/v1/chat/completions")
+    assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert [(r["route"], r["status"]) for r in site.audit_records()] == [
+        ("/admin", 404), ("/v1/chat/completions", 405),
+    ]  # fmt: skip
+
+
+async def test_upstream_key_replaces_the_callers_token(
+    site: Site, upstream: FakeUpstream, clock: FakeClock, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "upstream.key"
+    key_file.write_text("sk-upstream-0123456789\n")
+    gateway = await open_gateway(
+        site.config(upstream={"url": "http://upstream.test", "api_key_file": str(key_file)}),
+        upstream,
+        clock,
+    )
+    try:
+        assert (await gateway.chat(site.token())).status_code == 200
+        assert upstream.received[-1]["headers"]["authorization"] == "Bearer sk-upstream-0123456789"
+    finally:
+        await gateway.client.aclose()
+        await gateway.state.aclose()
+
+
+async def test_prompts_are_logged_only_when_configured(
+    site: Site, upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    gateway = await open_gateway(site.config(audit={"log_prompts": True}), upstream, clock)
+    try:
+        await gateway.chat(site.token())
+        await gateway.client.post(
+            "/v1/completions",
+            json={"model": "gemma", "prompt": "Article 1"},
+            headers={"authorization": f"Bearer {site.token()}"},
+        )
+    finally:
+        await gateway.client.aclose()
+        await gateway.state.aclose()
+    records = site.audit_records()
+    assert records[0]["prompt"] == [{"role": "user", "content": "hello"}]
+    assert records[1]["prompt"] == "Article 1"
