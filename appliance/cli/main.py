@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     COMMANDS.update(bundle_cmds.register(sub))
     COMMANDS.update(deploy_cmds.register(sub))
     COMMANDS.update(lab_cmds.register(sub))
+    COMMANDS.update(__import__("appliance.cli.render_cmds", fromlist=["register"]).register(sub))
     return parser
 
 
