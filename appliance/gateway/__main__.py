@@ -83,6 +83,8 @@ def check(config_path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # One line per upstream request would duplicate the audit log in the journal.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         command, options, flags = parse(list(sys.argv[1:] if argv is None else argv))
         config_path = Path(options["--config"][0])

@@ -73,15 +73,22 @@ class Upstream(_Strict):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("expected an http:// or https:// URL with a host")
-        if parts.username or parts.password:
-            raise ValueError(
-                "the URL must not carry credentials (put the model server's key in `api_key_file`)"
-            )
         if parts.query or parts.fragment:
             raise ValueError("the URL must not have a query or fragment")
         if parts.path not in ("", "/"):
             raise ValueError("give the server's base URL; the gateway adds `/v1/...` itself")
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        # A model-level check, so the error message does not echo the URL (and its password).
+        url = data.get("url") if isinstance(data, dict) else None
+        if isinstance(url, str) and "@" in urlsplit(url).netloc:
+            raise ValueError(
+                "`upstream.url` must not carry credentials (put the model server's key in `api_key_file`)"
+            )
+        return data
 
     @property
     def is_loopback(self) -> bool:

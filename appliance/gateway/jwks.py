@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -80,7 +81,12 @@ class UrlJwksSource(JwksSource):
     async def fetch(self) -> bytes:
         import httpx  # lazily: httpx loads click and rich
 
-        verify: Any = str(self.ca_file) if self.ca_file is not None else True
+        verify: Any = True
+        if self.ca_file is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(self.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise JwksError(f"cannot load the CA file {self.ca_file}: {exc}") from exc
         try:
             async with (
                 httpx.AsyncClient(
