@@ -28,6 +28,9 @@ Schema (``?`` = optional)::
     wheels?: {requirements, python: "3.11", platforms: [TAG, ...],
               find_links?: [PATH|URL], no_index?: bool, build_notes?: {K: V}}
     artifacts?: [{name, url: https://... | file:///..., sha256, licence, filename?}]
+    artifact_sets?: [PATH, ...] files holding `artifacts:` shared by recipes
+                                (bundles/keycloak.yaml); their entries are added to
+                                artifacts, names unique across all
     media?: {part_size: SIZE}   default FAT32_SAFE_PART_SIZE (4 GiB - 1 MiB)
 
 Revisions (``hub`` and ``hf_cache``) are required. Accepted: a full 40-hex
@@ -279,7 +282,17 @@ def _artifact_url(value: Any) -> Any:
 ArtifactUrl = Annotated[str, BeforeValidator(_artifact_url)]
 
 
+NO_PIN = (
+    "no SHA-256 pinned (null): the build refuses an artifact without a pinned digest, and "
+    "never accepts a placeholder. If the publisher gives no SHA-256 (Keycloak publishes only "
+    ".sha1 files), download the file on the connected side, check it against the publisher's "
+    "checksum or signature, and pin the SHA-256 you computed (sha256sum FILE)"
+)
+
+
 def _sha256(value: Any) -> Any:
+    if value is None:
+        raise ValueError(NO_PIN)
     if not isinstance(value, str):
         return value
     if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
@@ -443,6 +456,10 @@ class Recipe(_Strict):
     adapters: list[AdapterSpec] = Field(default_factory=list)
     wheels: WheelsSpec | None = None
     artifacts: list[ArtifactSpec] = Field(default_factory=list)
+    artifact_sets: list[RecipePath] = Field(
+        default_factory=list,
+        description="artifact set files (e.g. keycloak.yaml) whose artifacts are added to artifacts",
+    )
     media: MediaSpec = MediaSpec()
 
     @model_validator(mode="after")
@@ -473,6 +490,7 @@ def parse_recipe(data: Any, *, base_dir: Path, where: str) -> Recipe:
             hint=EXAMPLE_HINT,
         )
     _refuse_credentials(data, where)
+    data = _with_artifact_sets(data, base_dir=base_dir, where=where)
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
@@ -480,6 +498,46 @@ def parse_recipe(data: Any, *, base_dir: Path, where: str) -> Recipe:
             f"{where}: invalid bundle recipe:\n{format_validation_error(exc, Recipe)}",
             hint=EXAMPLE_HINT,
         ) from exc
+
+
+class ArtifactSet(_Strict):
+    """An artifact set file: artifacts several recipes share (``bundles/keycloak.yaml``)."""
+
+    description: str = ""
+    artifacts: Annotated[list[ArtifactSpec], Field(min_length=1)]
+
+
+def _with_artifact_sets(data: dict[str, Any], *, base_dir: Path, where: str) -> dict[str, Any]:
+    """``data`` with the artifacts of every file in ``artifact_sets`` appended to ``artifacts``.
+
+    Each set is validated on its own (so a message names the set file and the
+    entry), then merged: names must stay unique across the recipe and its sets.
+    Sets do not nest.
+    """
+    sets = data.get("artifact_sets")
+    if not sets or not isinstance(sets, list):
+        return data  # absent, or the schema names the wrong type
+    merged = list(data.get("artifacts") or [])
+    for entry in sets:
+        if not isinstance(entry, str) or not entry:
+            continue  # the schema refuses it with its place
+        path = Path(entry).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        raw = load_yaml(path, "artifact set")
+        set_where = f"{where}: artifact set {path}"
+        if not isinstance(raw, dict):
+            raise InputError(f"{set_where}: expected a YAML mapping with `artifacts`")
+        _refuse_credentials(raw, set_where)
+        try:
+            ArtifactSet.model_validate(raw, context={"base_dir": path.parent})
+        except ValidationError as exc:
+            raise InputError(
+                f"{set_where}: invalid artifact set:\n{format_validation_error(exc, ArtifactSet)}",
+                hint=f"The comments in {path} say where each pin comes from.",
+            ) from exc
+        merged += raw["artifacts"]
+    return {**data, "artifacts": merged}
 
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
