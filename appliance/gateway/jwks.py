@@ -205,14 +205,22 @@ class KeyStore:
 
     async def key(self, kid: str, alg: str) -> PyJWK | None:
         """The key for ``kid`` and ``alg``, refreshing (throttled) when unknown or stale."""
-        now = self.clock.monotonic()
-        if self._loaded_at is None or now - self._loaded_at > self.max_age_s:
-            await self.refresh()
+        await self.freshen()
         found = self._keys.get((kid, alg))
         if found is None:
             await self.refresh()
             found = self._keys.get((kid, alg))
         return found
+
+    async def freshen(self) -> None:
+        """Refresh (throttled) if the keys were never loaded or are older than ``max_age``."""
+        loaded = self._loaded_at
+        if loaded is None or self.clock.monotonic() - loaded > self.max_age_s:
+            await self.refresh()
+
+    def current(self, kid: str, alg: str) -> PyJWK | None:
+        """The key as cached now, without any refresh."""
+        return self._keys.get((kid, alg))
 
     def knows_kid(self, kid: str) -> bool:
         return any(k == kid for k, _ in self._keys)

@@ -9,7 +9,9 @@ The order is fixed and every step refuses with a typed ``Reason``:
 4. claims, only once the signature holds: issuer, audience, expiry, not-before,
    issued-at (not in the future, lifetime bounded), subject, client id; all
    times with the bounded leeway against the injected wall clock.
-Nothing here logs or keeps a token.
+Nothing here logs a token. Verified tokens are remembered in memory (bounded)
+so that a client's next call with the same token skips parsing and signature
+verification, never the claim checks; see ``_verified_claims``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from jwt import PyJWK
 from jwt.exceptions import DecodeError, InvalidAlgorithmError, InvalidSignatureError, PyJWTError
 
 from appliance.gateway.clock import Clock
@@ -29,6 +32,8 @@ from appliance.gateway.reasons import Reason, RefusedError
 # JWS compact serialisation: three base64url parts. An empty signature passes this
 # shape check so that `alg: none` tokens are refused for their algorithm, by name.
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+VERIFIED_CACHE_SIZE = 4096  # tokens whose signature was verified (at most 8 KiB each)
 
 _DECODE_OPTIONS: Any = {
     "verify_signature": True,
@@ -69,9 +74,27 @@ class TokenValidator:
         self.settings = settings
         self.keys = keys
         self.clock = clock
+        self._verified: dict[str, tuple[dict[str, Any], str, str, PyJWK]] = {}
 
     async def caller(self, authorization: str | None) -> Caller:
         token = self._bearer(authorization)
+        return self.check_claims(await self._verified_claims(token))
+
+    async def _verified_claims(self, token: str) -> dict[str, Any]:
+        """The payload of a token whose signature verifies with a key the realm publishes now.
+
+        A client sends the same token for its whole lifetime, so a verified
+        signature is remembered (bounded, by the exact token string) for as long
+        as the very key object that verified it is still in the key cache; a
+        refresh replaces the key objects, so every remembered token is verified
+        again against the new key set. Time claims are checked on every call.
+        """
+        await self.keys.freshen()
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            if self.keys.current(remembered[1], remembered[2]) is remembered[3]:
+                return remembered[0]
+            del self._verified[token]
         alg, kid = self._header(token)
         key = await self.keys.key(kid, alg)
         if key is None:
@@ -97,7 +120,10 @@ class TokenValidator:
             raise RefusedError(Reason.MALFORMED_TOKEN, f"cannot decode the token: {exc}") from exc
         except PyJWTError as exc:
             raise RefusedError(Reason.BAD_SIGNATURE, f"{type(exc).__name__}: {exc}") from exc
-        return self.check_claims(claims)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[token] = (claims, kid, alg, key)
+        return claims
 
     def _bearer(self, authorization: str | None) -> str:
         if authorization is None or not authorization.strip():

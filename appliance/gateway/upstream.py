@@ -1,8 +1,8 @@
 """The model server side: the httpx client, and what the audit learns from its answers.
 
 The client never uses environment proxies (an air-gapped host must not route
-model traffic anywhere but the model server) and never retries (a generation
-is not idempotent). Usage (tokens in/out) comes from the answer's ``usage``;
+model traffic anywhere but the model server), never retries (a generation is
+not idempotent) and keeps no cookies (nothing passes between callers). Usage (tokens in/out) comes from the answer's ``usage``;
 for a stream, from the last event that carries one, else the number of data
 events is recorded as the output count (``usage_source: "chunks"``).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,14 @@ def make_client(settings: Upstream, transport: Any = None) -> httpx.AsyncClient:
         write=settings.read_timeout_s,
         pool=settings.read_timeout_s,  # under load, wait for a connection rather than fail
     )
+    # Cookies the model server might set must not travel from one caller's request to another's.
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(
-        base_url=settings.url, transport=transport, timeout=timeout, trust_env=False
+        base_url=settings.url,
+        transport=transport,
+        timeout=timeout,
+        trust_env=False,
+        cookies=no_cookies,
     )
 
 

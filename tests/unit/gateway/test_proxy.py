@@ -272,3 +272,20 @@ async def test_prompts_are_logged_only_when_configured(
     records = site.audit_records()
     assert records[0]["prompt"] == [{"role": "user", "content": "hello"}]
     assert records[1]["prompt"] == "Article 1"
+
+
+async def test_upstream_cookies_do_not_travel_between_callers(
+    gateway: Gateway, site: Site, upstream: FakeUpstream
+) -> None:
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def set_cookie(request: object) -> JSONResponse:
+        response = JSONResponse({"object": "list", "data": []})
+        response.set_cookie("session", "caller-a-secret")
+        return response
+
+    upstream.app.router.routes.insert(0, Route("/v1/models", set_cookie))
+    await gateway.client.get("/v1/models", headers={"authorization": f"Bearer {site.token()}"})
+    await gateway.chat(site.token(azp="team-b"))
+    assert "cookie" not in upstream.received[-1]["headers"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appliance.gateway.jwks import FileJwksSource, KeyStore
 from appliance.gateway.reasons import Reason, RefusedError
@@ -106,3 +107,32 @@ def test_every_reason_has_a_status_and_type() -> None:
     for r in Reason:
         assert r.status in (200, 400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504)
         assert r.error_type
+
+
+async def test_a_remembered_token_is_still_judged_on_every_call(
+    site: Site, clock: FakeClock
+) -> None:
+    """The signature is verified once; expiry is checked on every call."""
+    v = validator(site)
+    token = site.token()
+    await v.caller(f"Bearer {token}")
+    fetches = v.keys.fetches
+    await v.caller(f"Bearer {token}")
+    assert v.keys.fetches == fetches
+    clock.advance(300 + 30)
+    assert await reason(v, token) is Reason.EXPIRED
+
+
+async def test_remembered_tokens_are_verified_again_after_a_key_refresh(
+    site: Site, clock: FakeClock, realm_key: SigningKey
+) -> None:
+    v = validator(site)
+    token = site.token(exp=int(clock.time()) + 3600)
+    await v.caller(f"Bearer {token}")
+    site.jwks_file.write_text('{"keys": []}')  # unusable: the refresh fails, the keys stay
+    clock.advance(301)
+    await v.caller(f"Bearer {token}")
+    # The realm publishes another key under the same key id: the token no longer verifies.
+    site.publish(SigningKey(realm_key.kid, rsa.generate_private_key(65537, 2048), "RS256"))
+    clock.advance(301)
+    assert await reason(v, token) is Reason.BAD_SIGNATURE
