@@ -53,6 +53,7 @@ GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
 HEALTH_CACHE_S = 1.0
 HEALTH_TIMEOUT_S = 2.0
 MAX_MODELS_BYTES = 4 * 1024 * 1024
+MAX_ROUTE_CHARS = 256  # of a requested path, in the audit record
 
 
 @dataclass
@@ -154,7 +155,7 @@ class Gateway:
         return Call(
             request_id=secrets.token_hex(8),
             method=request.method,
-            route=request.url.path,
+            route=request.url.path[:MAX_ROUTE_CHARS],
             peer=request.client.host if request.client else None,
             started=self.clock.monotonic(),
         )
@@ -515,6 +516,8 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
+    # "/v1/models/" is a 404 (audited), not a redirect (which would not be).
+    app.router.redirect_slashes = False
     app.state.gateway = gateway
     return app
 

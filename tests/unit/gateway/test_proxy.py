@@ -232,8 +232,11 @@ async def test_unknown_routes_are_refused_and_audited(gateway: Gateway, site: Si
     assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
     response = await gateway.client.get("/v1/chat/completions")
     assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
+    response = await gateway.client.get("/v1/models/")  # no redirect: refused and audited
+    assert response.status_code == 404
+    await gateway.client.get("/x" * 1000)
     assert [(r["route"], r["status"]) for r in site.audit_records()] == [
-        ("/admin", 404), ("/v1/chat/completions", 405),
+        ("/admin", 404), ("/v1/chat/completions", 405), ("/v1/models/", 404), ("/x" * 128, 404),
     ]  # fmt: skip
 
 
