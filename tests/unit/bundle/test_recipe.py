@@ -107,7 +107,8 @@ def test_example_gpu_recipe() -> None:
     assert recipe.wheels is not None
     assert recipe.wheels.requirements == ["vllm==0.9.2"]
     assert recipe.wheels.abi == "cp311"
-    assert recipe.artifacts[0].url.startswith("https://github.com/keycloak/")
+    assert recipe.artifacts[0].url.startswith("https://github.com/adoptium/")
+    assert set(recipe.artifacts[0].sha256) != {"0"}  # a real pin, never a placeholder
     assert recipe.media.part_size == 4 * 1024**3
     assert recipe.expires_at(NOW) == datetime(2027, 6, 30, tzinfo=UTC)
 
