@@ -73,16 +73,20 @@ class _Rule:
     destinations: tuple[str, ...]
     port: str
     why: tuple[str, ...]
+    reply: bool = False
 
     def merged(self, other: _Rule) -> _Rule:
         def union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
             return a + tuple(x for x in b if x not in a)
 
         return _Rule(self.match, union(self.sources, other.sources),
-                     union(self.destinations, other.destinations), self.port, union(self.why, other.why))  # fmt: skip
+                     union(self.destinations, other.destinations), self.port,
+                     union(self.why, other.why), self.reply)  # fmt: skip
 
     def lines(self) -> list[str]:
         label = f"{', '.join(self.sources)} -> {', '.join(self.destinations)} {self.port}"
+        if self.reply:
+            return [f'{self.match} accept comment "replies: {label}"']
         return [*(f"# {w}" for w in self.why), f'{self.match} accept comment "{label}"']
 
 
@@ -91,14 +95,24 @@ class _Chain:
 
     def __init__(self) -> None:
         self.rules: dict[str, _Rule] = {}
+        self.replies: dict[str, _Rule] = {}
         self.notes: list[str] = []
 
     def add(self, rule: _Rule) -> None:
-        known = self.rules.get(rule.match)
-        self.rules[rule.match] = rule if known is None else known.merged(rule)
+        rules = self.replies if rule.reply else self.rules
+        known = rules.get(rule.match)
+        rules[rule.match] = rule if known is None else known.merged(rule)
 
     def lines(self) -> list[str]:
-        return [line for rule in self.rules.values() for line in rule.lines()] + self.notes
+        lines = [line for rule in self.rules.values() for line in rule.lines()]
+        if self.replies:
+            lines += [
+                "# Replies of the flows' connections that were open before connection tracking",
+                "# saw them (the first load on a running host: the SSH session doing it). Without",
+                "# SYN a packet cannot open a connection.",
+                *(line for rule in self.replies.values() for line in rule.lines()),
+            ]
+        return lines + self.notes
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +164,7 @@ class _Ruleset:
             f"meta l4proto {flow.protocol}" if port is None else f"{flow.protocol} dport {port}"
         )
         side = "saddr" if direction == "input" else "daddr"
+        other_side, other_chain = ("daddr", self.output) if direction == "input" else ("saddr", self.input)  # fmt: skip
         why = f"{flow.source} -> {flow.destination} {port_text}: {flow.purpose}"
         added = False
         for version, keyword in ((4, "ip"), (6, "ip6")):
@@ -157,6 +172,10 @@ class _Ruleset:
                 name = self.use_set(peer, networks, version)
                 chain.add(_Rule(f"{keyword} {side} @{name} {match_port}", (flow.source,),
                                 (flow.destination,), port_text, (why,)))  # fmt: skip
+                if port is not None and flow.protocol == "tcp":
+                    reply = f"{keyword} {other_side} @{name} tcp sport {port} tcp flags & syn == 0"
+                    other_chain.add(_Rule(reply, (flow.source,), (flow.destination,), port_text,
+                                          (why,), reply=True))  # fmt: skip
                 added = True
         if not added:
             chain.notes.append(f"# {flow.source} -> {flow.destination} {port_text}: {why_none}")

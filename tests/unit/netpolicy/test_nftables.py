@@ -191,7 +191,7 @@ def test_the_model_server_is_reachable_from_the_gateway_only() -> None:
     assert sets(files["host-gpu-1.nft"])["model_server_v4"] == [
         ipaddress.ip_network("10.20.2.12/32")
     ]
-    edge = chain(files["host-edge-1.nft"], "input")
+    edge = [r for r in chain(files["host-edge-1.nft"], "input") if "dport" in r]
     assert not any("8000" in r or "8180" in r for r in edge), (
         "the edge host takes the gateway port only"
     )
@@ -212,7 +212,22 @@ def test_single_host_allows_users_and_ssh_only() -> None:
         r.split(" accept")[0] for r in chain(text, "input") if r.endswith('"') and " accept" in r
     ]
     assert accepts == ["ip saddr @clients_v4 tcp dport 8443", "ip saddr @admin_v4 tcp dport 22"]
-    assert not [r for r in chain(text, "output") if " accept comment" in r]
+    # Out: nothing opens a connection; only replies (no SYN) of those two flows.
+    outbound = [r.split(" accept")[0] for r in chain(text, "output") if " accept comment" in r]
+    assert outbound == [
+        "ip daddr @clients_v4 tcp sport 8443 tcp flags & syn == 0",
+        "ip daddr @admin_v4 tcp sport 22 tcp flags & syn == 0",
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reply_rules_cannot_open_connections(case: str) -> None:
+    for text in render(case).values():
+        for hook in ("input", "output"):
+            for rule in chain(text, hook):
+                if "replies: " in rule:
+                    assert " tcp sport " in rule and "tcp flags & syn == 0 accept" in rule, rule
+                    assert "dport" not in rule, rule
 
 
 def test_rulesets_without_an_admin_network_are_refused() -> None:

@@ -1,0 +1,254 @@
+"""The host rulesets with real packets between lab hosts.
+
+Three lab hosts get the rulesets ``appliance render --target host`` writes for
+the lab's inventory (host 1: gateway + Keycloak, hosts 2 and 3: model
+servers), loaded the way a deployer should (``apply_script``: check, arm a
+revert, load; confirmed over a new SSH connection). Every host listens on
+every port probed, so a failed connection is the firewall's doing, not a
+missing listener. Then, from this machine (the lab's admin and client
+address) and from each host to every other host: the model's flows connect,
+everything else times out (dropped leaving the source or entering the
+destination; both counters grow); SSH from this machine still works; a
+connection to an address outside the site (TEST-NET-1, routed at the lab
+bridge just for this, dropped before it leaves the host) is counted in
+``drop_offsite``; and a ruleset that would cut SSH reverts by itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from appliance.inventory import load_inventory
+from appliance.lab import Lab
+from appliance.lab.errors import LabError
+from appliance.lab.ssh import run_on
+from appliance.lab.state import LabHost
+from appliance.netpolicy.model import PolicyModel, build_policy
+from appliance.netpolicy.nftables import RULESET_PATH, apply_script, confirm_script
+from appliance.profiles import load_profiles
+
+pytestmark = pytest.mark.integration
+MakeLab = Callable[..., contextlib.AbstractContextManager[Lab]]
+ROOT = Path(__file__).resolve().parents[2]
+PORTS = (22, 8443, 8180, 8000, 8080, 6379, 9999)  # sshd answers 22; listen.py the rest
+OUTSIDE = "192.0.2.1"  # TEST-NET-1: stands for "anywhere outside the site"
+TIMEOUT = 1.5
+
+LISTEN = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, _ = s.accept(); c.close()
+for p in sys.argv[1:]:
+    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+threading.Event().wait()
+"""
+
+PROBE = """
+import errno, json, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def probe(target):
+    address, port = target
+    try:
+        socket.create_connection((address, port), timeout=float(sys.argv[2])).close()
+        return "open"
+    except socket.timeout:
+        return "timeout"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+targets = json.loads(sys.argv[1])
+with ThreadPoolExecutor(len(targets)) as pool:
+    print(json.dumps(list(pool.map(probe, targets))))
+"""
+
+
+def probe_here(targets: list[tuple[str, int]]) -> list[str]:
+    """The same probe from this machine (only ever to lab hosts)."""
+
+    def one(target: tuple[str, int]) -> str:
+        try:
+            socket.create_connection(target, timeout=TIMEOUT).close()
+            return "open"
+        except TimeoutError:
+            return "timeout"
+        except OSError as exc:
+            return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+    with ThreadPoolExecutor(len(targets)) as pool:
+        return list(pool.map(one, targets))
+
+
+def probe_from(lab: Lab, host: LabHost, targets: list[tuple[str, int]]) -> list[str]:
+    out = run_on(lab, host, f"python3 /root/probe.py '{json.dumps(targets)}' {TIMEOUT}", timeout=30)
+    result: list[str] = json.loads(out.stdout)
+    return result
+
+
+def upload(lab: Lab, host: LabHost, path: str, text: str) -> None:
+    data = base64.b64encode(text.encode()).decode()
+    run_on(lab, host, f"mkdir -p $(dirname {path}) && echo {data} | base64 -d > {path}")
+
+
+def counters(lab: Lab, host: LabHost) -> dict[str, int]:
+    data = json.loads(run_on(lab, host, "nft -j list counters table inet appliance").stdout)
+    return {
+        item["counter"]["name"]: item["counter"]["packets"]
+        for item in data["nftables"]
+        if "counter" in item
+    }
+
+
+def render(work: Path, lab: Lab, profile: str, admin: str) -> Path:
+    out = work / f"{profile}-{admin.replace('/', '_')}"
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "render", "--profile", profile, "--target", "host",
+         "--out", str(out), "--inventory", str(lab.inventory), "--site-cidr", lab.subnet,
+         "--admin-cidr", admin],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out / "nftables"
+
+
+def load(lab: Lab, host: LabHost, ruleset: Path, *, revert_after: int = 30) -> None:
+    """Check, arm the revert, load; then confirm over a new SSH connection (as a deployer must)."""
+    upload(lab, host, RULESET_PATH, ruleset.read_text())
+    upload(lab, host, "/root/apply.sh", apply_script(RULESET_PATH, revert_after))
+    run_on(lab, host, "sh /root/apply.sh", timeout=30)
+    run_on(lab, host, confirm_script(), timeout=15)  # a new connection: SSH still works
+
+
+def expected_open(model: PolicyModel, roles: dict[str, tuple[str, ...]], source: str,
+                  destination: str, port: int) -> bool:  # fmt: skip
+    """From the model alone: may ``source`` (a host, or this machine) reach ``destination:port``?"""
+    ours = roles[source]
+    return any(
+        f.source in ours and f.destination in roles[destination] and f.port in (port, None)
+        for f in model.flows_for("host")
+    )
+
+
+def check_matrix(lab: Lab, model: PolicyModel) -> dict[tuple[str, str, int], str]:
+    inventory = load_inventory(lab.inventory)
+    roles: dict[str, tuple[str, ...]] = {h.name: tuple(h.roles) for h in inventory.hosts}
+    roles["machine"] = ("admin", "clients")  # the lab's bridge address: admin and client
+    results: dict[tuple[str, str, int], str] = {}
+    sources = ["machine", *(h.name for h in lab.hosts)]
+    for source in sources:
+        pairs = [(d, p) for d in lab.hosts if d.name != source for p in PORTS]
+        targets = [(d.address, p) for d, p in pairs]
+        found = (
+            probe_here(targets)
+            if source == "machine"
+            else probe_from(lab, lab.host(source), targets)
+        )
+        for (destination, port), outcome in zip(pairs, found, strict=True):
+            results[(source, destination.name, port)] = outcome
+    wrong = {
+        key: outcome
+        for key, outcome in results.items()
+        if (outcome == "open") != expected_open(model, roles, *key)
+        or outcome not in ("open", "timeout")
+    }
+    assert wrong == {}, f"{model.profile}: outcomes that differ from the model: {wrong}"
+    return results
+
+
+def test_rulesets_with_real_packets(make_lab: MakeLab, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with make_lab("nft", 3) as lab:
+        h1, h2, h3 = lab.hosts
+        for host in lab.hosts:
+            upload(lab, host, "/root/listen.py", LISTEN)
+            upload(lab, host, "/root/probe.py", PROBE)
+            ports = " ".join(str(p) for p in PORTS if p != 22)
+            run_on(lab, host, f"setsid -f timeout 600 python3 /root/listen.py {ports} "
+                              ">/dev/null 2>&1 < /dev/null; sleep 0.3")  # fmt: skip
+        # Without rules every probe connects: listeners are up, failures later are the firewall's.
+        everything = [(h.address, p) for h in (h2, h3) for p in PORTS]
+        assert set(probe_from(lab, h1, everything)) == {"open"}
+        assert set(probe_here([(h.address, p) for h in lab.hosts for p in PORTS])) == {"open"}
+
+        admin = f"{lab.gateway}/32"
+        profiles = load_profiles()
+        for profile in ("h100-cluster", "cpu-llamacpp"):
+            model = build_policy(profiles[profile])
+            rulesets = render(tmp_path, lab, profile, admin)
+            for host in lab.hosts:
+                load(lab, host, rulesets / f"host-{host.name}.nft")
+            before = {h.name: counters(lab, h) for h in lab.hosts}
+            results = check_matrix(lab, model)
+            after = {h.name: counters(lab, h) for h in lab.hosts}
+            # The hand-checked core of the matrix (independent of expected_open):
+            assert results[("machine", h1.name, 8443)] == "open"  # clients -> gateway
+            assert all(results[("machine", h.name, 22)] == "open" for h in lab.hosts)  # SSH
+            port = model.model_server_port
+            assert results[("machine", h2.name, port)] == "timeout"  # model server: gateway only
+            assert results[(h1.name, h2.name, port)] == "open"  # gateway -> model server
+            assert results[(h1.name, h2.name, 9999)] == "timeout"  # ... on its port only
+            assert results[(h2.name, h1.name, 8443)] == "timeout"  # a model server is no client
+            assert results[(h3.name, h1.name, 22)] == "timeout"  # hosts do not SSH each other
+            peers = "open" if model.multi_node else "timeout"
+            assert results[(h2.name, h3.name, 6379)] == peers  # Ray/NCCL between model servers
+            assert results[(h3.name, h2.name, 9999)] == peers
+            opened = sorted(k for k, v in results.items() if v == "open")
+            print(f"\n{profile}: {len(opened)} of {len(results)} probes connect: {opened}")
+            print(f"{profile}: counters before {before}, after {after}")
+            for name in (h1.name, h2.name, h3.name):  # every blocked probe was counted
+                assert after[name]["drop_in"] > before[name]["drop_in"]
+                assert after[name]["drop_out"] > before[name]["drop_out"]
+            run_on(lab, h2, "true")  # SSH from this machine still works
+
+        # Egress off-site: give TEST-NET-1 a route (else connect() fails before netfilter sees
+        # anything), then try TCP and UDP; both are dropped on the host and counted.
+        run_on(lab, h2, f"ip route add 192.0.2.0/24 via {lab.gateway}")
+        try:
+            offsite = counters(lab, h2)["drop_offsite"]
+            attempt = run_on(lab, h2, (
+                f"python3 -c \"import socket, errno\n"
+                f"try: socket.create_connection(('{OUTSIDE}', 443), timeout=2); print('tcp:open')\n"
+                f"except OSError as e: print('tcp:' + errno.errorcode.get(e.errno or 0, 'timeout'))\n"
+                f"s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"try: s.sendto(b'x', ('{OUTSIDE}', 53)); print('udp:sent')\n"
+                f"except OSError as e: print('udp:' + errno.errorcode.get(e.errno or 0, str(e)))\""
+            ), timeout=15).stdout.split()  # fmt: skip
+            # TCP retries its SYN until the timeout; UDP learns of the drop at once (EPERM).
+            assert attempt == ["tcp:timeout", "udp:EPERM"]
+            now = counters(lab, h2)["drop_offsite"]
+            print(f"off-site attempts from {h2.name}: {attempt}; drop_offsite {offsite} -> {now}")
+            assert now >= offsite + 2
+        finally:
+            run_on(lab, h2, "ip route del 192.0.2.0/24", check=False)
+
+        # A ruleset that would cut SSH (admin elsewhere) is not confirmed, and reverts by itself.
+        wrong_admin = render(tmp_path, lab, "cpu-llamacpp", f"{h3.address}/32")
+        upload(lab, h3, RULESET_PATH, (wrong_admin / f"host-{h3.name}.nft").read_text())
+        upload(lab, h3, "/root/apply.sh", apply_script(RULESET_PATH, revert_after=6))
+        run_on(lab, h3, "sh /root/apply.sh", timeout=30)  # the established session survives
+        with pytest.raises(LabError):
+            run_on(lab, h3, confirm_script(), timeout=10)  # a new connection does not
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                table = run_on(lab, h3, "nft list table inet appliance", timeout=10).stdout
+                break
+            except LabError:
+                assert time.monotonic() < deadline, "the revert did not give SSH back"
+                time.sleep(1)
+        # The previous (confirmed) ruleset is back: admin is this machine again.
+        assert lab.gateway in table and h3.address not in table
+    assert time.monotonic() - started < 120
