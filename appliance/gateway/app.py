@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -250,12 +250,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             Reason.BODY_TOO_LARGE, f"the body has {declared} bytes; at most {limit} are accepted"
         )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RefusedError(
-                Reason.BODY_TOO_LARGE, f"the body exceeds {limit} bytes, the most accepted"
-            )
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RefusedError(
+                    Reason.BODY_TOO_LARGE, f"the body exceeds {limit} bytes, the most accepted"
+                )
+    except ClientDisconnect as exc:
+        raise RefusedError(
+            Reason.CLIENT_DISCONNECTED, f"the client went away after {len(body)} bytes of its body"
+        ) from exc
     return bytes(body)
 
 

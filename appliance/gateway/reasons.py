@@ -39,7 +39,7 @@ class Reason(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"  # 504
     UPSTREAM_ERROR = "upstream_error"  # the model server's own non-2xx answer, passed through
     INTERNAL_ERROR = "internal_error"  # 500: a bug in the gateway
-    # recorded after a 200 was already sent
+    # recorded, not sent: the client left (while sending its body, or mid-stream)
     CLIENT_DISCONNECTED = "client_disconnected"
     UPSTREAM_STREAM_BROKEN = "upstream_stream_broken"
 
@@ -70,11 +70,14 @@ _STATUS = {
     Reason.KEYS_UNAVAILABLE: 503,
     Reason.UPSTREAM_ERROR: 502,  # nominal: the response keeps the model server's status
     Reason.INTERNAL_ERROR: 500,
-    Reason.CLIENT_DISCONNECTED: 200,
+    # 499 (nginx's "client closed request") is never sent, only recorded; after a
+    # stream has started, the record keeps the 200 that was sent.
+    Reason.CLIENT_DISCONNECTED: 499,
     Reason.UPSTREAM_STREAM_BROKEN: 200,
 }
 
 _TYPE = {
+    499: "invalid_request_error",
     403: "permission_error",
     429: "rate_limit_error",
     413: "invalid_request_error",

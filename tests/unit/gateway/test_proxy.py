@@ -292,3 +292,31 @@ async def test_upstream_cookies_do_not_travel_between_callers(
     await gateway.client.get("/v1/models", headers={"authorization": f"Bearer {site.token()}"})
     await gateway.chat(site.token(azp="team-b"))
     assert "cookie" not in upstream.received[-1]["headers"]
+
+
+async def test_a_client_leaving_while_sending_its_body(gateway: Gateway, site: Site) -> None:
+    """Raw ASGI: half a body, then the disconnect. Recorded, nothing raised, nothing forwarded."""
+    token = site.token().encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "https", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("10.0.0.9", 4000), "server": ("gw", 443),
+        "headers": [(b"authorization", b"Bearer " + token), (b"content-type", b"application/json")],
+    }  # fmt: skip
+    messages = [
+        {"type": "http.request", "body": b'{"model": "gem', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await gateway.app(scope, receive, send)
+    record = site.audit_records()[-1]
+    assert (record["status"], record["reason"], record["client_id"]) == (
+        499, "client_disconnected", CLIENT,
+    )  # fmt: skip

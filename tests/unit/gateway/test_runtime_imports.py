@@ -47,7 +47,10 @@ from appliance.gateway.__main__ import main
 from appliance.gateway.app import create_app
 from appliance.gateway.certs import generate_self_signed
 from appliance.gateway.config import load_config
-from appliance.gateway.server import check_tls_files, uvicorn_config
+from appliance.gateway.server import _no_sniffio_probe, check_tls_files, uvicorn_config
+_no_sniffio_probe()
+import importlib.util
+assert importlib.util.find_spec("sniffio") is not None or sys.modules["sniffio"] is None
 config = load_config(Path(sys.argv[1]))
 generate_self_signed(config.tls.cert_file, config.tls.key_file, ["localhost"])
 check_tls_files(config)
@@ -56,7 +59,7 @@ uvicorn_config(config, app).load()
 import uvicorn.protocols.http.h11_impl, uvicorn.lifespan.on, uvicorn.loops.asyncio
 import httpx
 httpx.Client(verify=True).close()
-print(json.dumps(sorted(sys.modules)))
+print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))
 """
 
 
