@@ -42,7 +42,14 @@ from appliance.gateway.jwks import (
 from appliance.gateway.ratelimit import RateLimiter, retry_after
 from appliance.gateway.reasons import Reason, RefusedError
 from appliance.gateway.tokens import Caller, TokenValidator
-from appliance.gateway.upstream import SseTally, Usage, make_client, read_api_key, usage_from_body
+from appliance.gateway.upstream import (
+    SseTally,
+    Usage,
+    make_client,
+    read_api_key,
+    send,
+    usage_from_body,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -368,7 +375,7 @@ async def forward(gateway: Gateway, request: Request, call: Call, body: bytes) -
     headers["content-type"] = "application/json"
     outgoing = gateway.client.build_request("POST", call.route, content=body, headers=headers)
     try:
-        upstream = await gateway.client.send(outgoing, stream=True)
+        upstream = await send(gateway.client, outgoing)
     except httpx.TimeoutException as exc:
         raise RefusedError(
             Reason.UPSTREAM_TIMEOUT,
@@ -443,10 +450,15 @@ def create_app(
         call = gateway.start(request)
         try:
             caller = await gateway.authenticate(request, call)
+            outgoing = gateway.client.build_request(
+                "GET", "/v1/models", headers=gateway.upstream_headers()
+            )
             try:
-                upstream = await gateway.client.get(
-                    "/v1/models", headers=gateway.upstream_headers()
-                )
+                upstream = await send(gateway.client, outgoing)
+                try:
+                    await upstream.aread()
+                finally:
+                    await upstream.aclose()
             except httpx.TimeoutException as exc:
                 raise RefusedError(
                     Reason.UPSTREAM_TIMEOUT, "the model server did not answer in time"

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 # h11's default header limit is 16 KiB; a token up to the configured size must reach
 # the gateway (to be refused with an audit record), not be cut off by the server.
 HEADER_ALLOWANCE = 16 * 1024
+KEEP_ALIVE_S = 75
 
 
 def check_tls_files(config: GatewayConfig) -> None:
@@ -66,6 +67,9 @@ def uvicorn_config(config: GatewayConfig, app: Any) -> uvicorn.Config:
         http="h11",
         h11_max_incomplete_event_size=config.tokens.max_token_bytes + HEADER_ALLOWANCE,
         timeout_graceful_shutdown=30,
+        # Longer than clients keep idle connections (httpx: 5 s), so a client drops an idle
+        # connection before the gateway closes it under a request it is sending (nginx: 75 s).
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 

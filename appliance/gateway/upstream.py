@@ -1,8 +1,9 @@
 """The model server side: the httpx client, and what the audit learns from its answers.
 
 The client never uses environment proxies (an air-gapped host must not route
-model traffic anywhere but the model server), never retries (a generation is
-not idempotent) and keeps no cookies (nothing passes between callers). Usage (tokens in/out) comes from the answer's ``usage``;
+model traffic anywhere but the model server), keeps no cookies (nothing passes
+between callers) and sends a request a second time only when a kept-alive
+connection broke before any answer (``send``). Usage (tokens in/out) comes from the answer's ``usage``;
 for a stream, from the last event that carries one, else the number of data
 events is recorded as the output count (``usage_source: "chunks"``).
 """
@@ -21,6 +22,22 @@ if TYPE_CHECKING:
     import httpx
 
 MAX_SSE_LINE = 1024 * 1024  # a longer line is not inspected (it is still forwarded)
+KEEPALIVE_S = 2.0
+
+
+async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Send, once more on a fresh connection if a kept-alive one broke before any answer.
+
+    A server may close an idle connection at the moment it is reused; nothing
+    was answered then, and the request is sent again (once). Any other failure,
+    and a second one, is the caller's to report.
+    """
+    import httpx
+
+    try:
+        return await client.send(request, stream=True)
+    except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+        return await client.send(request, stream=True)
 
 
 def make_client(settings: Upstream, transport: Any = None) -> httpx.AsyncClient:
@@ -31,6 +48,9 @@ def make_client(settings: Upstream, transport: Any = None) -> httpx.AsyncClient:
             limits=httpx.Limits(
                 max_connections=settings.max_connections,
                 max_keepalive_connections=min(settings.max_connections, 64),
+                # Below the model servers' own idle timeout (uvicorn's 5 s in llama-cpp-python
+                # and vLLM), so the gateway drops an idle connection before the server does.
+                keepalive_expiry=KEEPALIVE_S,
             ),
             retries=0,
         )

@@ -320,3 +320,39 @@ async def test_a_client_leaving_while_sending_its_body(gateway: Gateway, site: S
     assert (record["status"], record["reason"], record["client_id"]) == (
         499, "client_disconnected", CLIENT,
     )  # fmt: skip
+
+
+class BreaksKeptAliveConnections(httpx.AsyncBaseTransport):
+    """The model server's side of a keep-alive race: the first `breaks` sends fail unanswered."""
+
+    def __init__(self, app: object, breaks: int) -> None:
+        self.inner = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        self.breaks = breaks
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.breaks:
+            self.breaks -= 1
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize(("breaks", "status"), [(1, 200), (2, 502)])
+async def test_a_connection_closed_as_it_is_reused_is_retried_once(
+    site: Site, upstream: FakeUpstream, clock: FakeClock, breaks: int, status: int
+) -> None:
+    app = create_app(
+        site.config(),
+        upstream_transport=BreaksKeptAliveConnections(upstream.app, breaks),
+        clock=clock,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://gw.test"
+    ) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gemma", "messages": []},
+            headers={"authorization": f"Bearer {site.token()}"},
+        )
+    await app.state.gateway.aclose()
+    assert response.status_code == status
+    assert len(upstream.received) == (1 if status == 200 else 0)
