@@ -193,11 +193,12 @@ class Gateway:
         return headers
 
     def finish(self, call: Call) -> None:
-        """Write the call's audit record (and fsync a batch when due)."""
+        """Write the call's audit record."""
         entry = call.record(self.clock.monotonic(), with_prompt=self.config.audit.log_prompts)
         self.audit.write(entry)
 
     async def finish_and_sync(self, call: Call) -> None:
+        """Write the call's audit record, and fsync the pending batch when it is due."""
         self.finish(call)
         if self.audit.sync_due:
             await self.audit.sync()
