@@ -201,6 +201,10 @@ def _llamacpp(
         BIND_ADDRESS,
         "--port",
         str(engine.port),
+        # Several callers share one server behind the gateway: llama-cpp-python's default
+        # (True) cuts a running stream short whenever another request arrives.
+        "--interrupt_requests",
+        "False",
     ]
     if engine.chat_format is not None:
         argv += ["--chat_format", engine.chat_format]
