@@ -301,7 +301,8 @@ def host_rulesets(model: PolicyModel, site: Site) -> dict[str, str]:
 def apply_script(path: str = RULESET_PATH, revert_after: int = 60) -> str:
     """Shell (run as root on the host) that checks ``path``, arms a revert, then loads it.
 
-    The revert (a transient systemd timer) puts the previous ``inet appliance``
+    The revert (a transient systemd timer, accurate to 1 s: systemd's default
+    accuracy of a minute would let it fire that much later) puts the previous ``inet appliance``
     table back, or removes the table if there was none, ``revert_after``
     seconds later unless ``confirm_script()`` runs first. Run the confirmation
     over a *new* SSH connection: if the new rules cut SSH, it cannot connect,
@@ -320,7 +321,7 @@ else
   printf 'table inet {TABLE}\\ndelete table inet {TABLE}\\n' > {state}/nft-previous.nft
 fi
 rm -f {state}/nft-previous.body
-systemd-run --quiet --unit={REVERT_UNIT} --on-active={int(revert_after)}s /usr/sbin/nft -f {state}/nft-previous.nft
+systemd-run --quiet --unit={REVERT_UNIT} --on-active={int(revert_after)}s --timer-property=AccuracySec=1s /usr/sbin/nft -f {state}/nft-previous.nft
 nft -f {quoted}
 """
 

@@ -247,4 +247,6 @@ def test_apply_and_confirm_scripts_are_valid_shell() -> None:
     script = apply_script("/etc/appliance/nftables.nft", 30)
     # Checked before anything changes; the revert is armed before the new rules load.
     assert script.index("nft -c -f") < script.index("systemd-run") < script.index("\nnft -f /etc")
-    assert "--on-active=30s" in script
+    assert (
+        "--on-active=30s --timer-property=AccuracySec=1s" in script
+    )  # on time, not up to a minute late
