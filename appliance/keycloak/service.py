@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from appliance.deploy.desired import RenderedFile
 from appliance.keycloak.errors import KeycloakArtifactError, KeycloakSettingsError
 
 if TYPE_CHECKING:
@@ -207,29 +208,11 @@ def template_vars(
     }
 
 
-@dataclass(frozen=True, slots=True)
-class RenderedKeycloakFile:
-    path: str
-    template: str
-    content: str
-    mode: int = 0o644
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.content.encode()).hexdigest()
-
-
-def render_keycloak_files(
-    variables: dict[str, Any], etc_dir: str
-) -> tuple[RenderedKeycloakFile, ...]:
+def render_keycloak_files(variables: dict[str, Any], etc_dir: str) -> tuple[RenderedFile, ...]:
     """The unit and environment file of one release (no secret in either)."""
     from appliance.deploy.desired import render
 
     return (
-        RenderedKeycloakFile(
-            f"{etc_dir}/{UNIT_NAME}", UNIT_TEMPLATE, render(UNIT_TEMPLATE, variables)
-        ),
-        RenderedKeycloakFile(
-            f"{etc_dir}/{ENV_FILE_NAME}", ENV_TEMPLATE, render(ENV_TEMPLATE, variables)
-        ),
+        RenderedFile(f"{etc_dir}/{UNIT_NAME}", UNIT_TEMPLATE, render(UNIT_TEMPLATE, variables)),
+        RenderedFile(f"{etc_dir}/{ENV_FILE_NAME}", ENV_TEMPLATE, render(ENV_TEMPLATE, variables)),
     )
