@@ -17,12 +17,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from appliance.bundle.verify import VerifyOptions, verify_bundle
     from appliance.cli.bundle_cmds import run_with_progress
     from appliance.deploy.run import deploy
+    from appliance.deploy.site import load_site
     from appliance.errors import InputError
     from appliance.inventory import load_inventory
     from appliance.profiles import load_profiles
 
     inventory = load_inventory(args.inventory)
     profiles = load_profiles(args.profiles_dir)
+    site = load_site(args.site) if args.site is not None else None
     verified = run_with_progress(
         verify_bundle(
             args.bundle, args.trust, args.state, VerifyOptions(allow_downgrade=args.allow_downgrade)
@@ -30,7 +32,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         quiet=args.json,
     )
     if args.emit_ansible is not None:
-        return _emit_ansible(args, verified, inventory, profiles)
+        return _emit_ansible(args, verified, inventory, profiles, site)
     if not args.dry_run and not args.yes:
         # Show what would change first; then a person confirms, a script says --yes.
         preview = run_with_progress(
@@ -42,6 +44,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 engine=args.engine,
                 dry_run=True,
                 force=args.force,
+                site=site,
             ),
             quiet=args.json,
         )
@@ -53,11 +56,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             return ExitCode.OK
     results = run_with_progress(
         deploy(verified, inventory, profiles, profile=args.profile, engine=args.engine, dry_run=args.dry_run,
-               force=args.force, operator=getpass.getuser()),
+               force=args.force, operator=getpass.getuser(), site=site),
         quiet=args.json,
     )  # fmt: skip
     data = [
         {"host": r.host, "status": r.status, "message": r.message, "audit": r.audit_hash,
+         "gateway_port": r.gateway_port, "firewall": r.firewall,
          "changes": [{"kind": c.kind, "target": c.target, "detail": c.detail} for c in r.changes]}
         for r in results
     ]  # fmt: skip
@@ -74,12 +78,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
 
 
-def _emit_ansible(args: argparse.Namespace, verified: Any, inventory: Any, profiles: Any) -> int:
+def _emit_ansible(
+    args: argparse.Namespace, verified: Any, inventory: Any, profiles: Any, site: Any
+) -> int:
     from appliance.deploy.ansible_engine import PLAYBOOK
     from appliance.deploy.run import emit_ansible
 
     config = emit_ansible(verified, inventory, profiles, profile=args.profile, force=args.force,
-                          directory=args.emit_ansible)  # fmt: skip
+                          directory=args.emit_ansible, site=site)  # fmt: skip
     hosts_ini = config.parent / "inventory" / "hosts.ini"
     command = f"ANSIBLE_CONFIG={config} ansible-playbook -i {hosts_ini} {PLAYBOOK}"
     if args.json:
@@ -146,9 +152,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             "chain OK" if r.audit_ok else f"CHAIN BROKEN: {r.message}"
         )
         print(
-            f"{r.host:20s} release {r.current} (on host: {list(r.releases)}), unit {r.enabled}/{r.active}, {health}; {audit}"
+            f"{r.host:20s} release {r.current} (on host: {list(r.releases)}), unit {r.enabled}/{r.active}, {health}; "
+            f"gateway {r.gateway}, firewall {'loaded' if r.firewall else 'not loaded'}; {audit}"
         )
-    bad = [r for r in rows if not r.reachable or r.healthy is False or not r.audit_ok]
+    bad = [r for r in rows if not r.reachable or r.healthy is False or not r.audit_ok
+           or r.gateway not in ("absent", "active")]  # fmt: skip
     return ExitCode.DEPLOYMENT_FAILED if bad else ExitCode.OK
 
 
@@ -227,6 +235,13 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         "--dry-run", action="store_true", help="print what would change per host; change nothing"
     )
     deploy.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    deploy.add_argument(
+        "--site",
+        type=Path,
+        metavar="FILE",
+        help="the site file (networks, token issuer; appliance/deploy/site.py): also lay down the "
+        "gateway and each host's nftables firewall. Without it: the model server alone, on loopback",
+    )
     deploy.add_argument(
         "--emit-ansible",
         type=Path,

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from appliance.deploy.desired import HostDesired, HostOutcome, checklist
+from appliance.deploy.desired import HostDesired, HostOutcome, checklist, venv_command
 from appliance.errors import Cancelled, DeploymentError
 from appliance.events import Event, Progress, Warned
 from appliance.inventory import Inventory, ansible_ini
@@ -106,13 +106,6 @@ def host_vars(desired: HostDesired) -> dict[str, Any]:
         while str(parent) != staging:
             subdirs.add(str(parent))
             parent = parent.parent
-    venv = None
-    if desired.venv is not None:
-        venv = {
-            "path": f"{staging}/{_relative(desired, desired.venv.path)}",
-            "wheels": f"{staging}/{_relative(desired, desired.venv.wheels_dir)}",
-            "requirements": list(desired.venv.requirements),
-        }
     data: dict[str, Any] = {
         "appliance_version": desired.version,
         "appliance_release_dir": desired.release_dir,
@@ -128,7 +121,8 @@ def host_vars(desired: HostDesired) -> dict[str, Any]:
             for f in desired.release_files
         ],
         "appliance_checksums": checklist(desired),
-        "appliance_venv": venv,
+        # The same shell the pyinfra engine runs (desired.venv_command), so the venvs are the same.
+        "appliance_venvs": [venv_command(v, desired.release_dir, staging) for v in desired.venvs],
         "appliance_rendered": [
             {"path": r.path, "template": r.template, "mode": f"{r.mode:04o}", "sha256": r.sha256}
             for r in desired.rendered

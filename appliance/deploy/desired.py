@@ -18,7 +18,6 @@ lay down byte-identical files.
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,12 @@ ETC = "/etc/appliance"
 STATE = "/var/lib/appliance"
 LOG = "/var/log/appliance"
 UNIT_NAME = "appliance-model.service"
-UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"  # the active unit: a copy of one release's unit
+SYSTEMD_DIR = "/etc/systemd/system"
+UNIT_PATH = f"{SYSTEMD_DIR}/{UNIT_NAME}"  # the active unit: a copy of one release's unit
+# The firewall: the active ruleset (a copy of one release's) and the unit loading it at boot.
+RULESET_PATH = f"{ETC}/nftables.nft"  # = appliance.netpolicy.nftables.RULESET_PATH
+NFT_TABLE = "inet appliance"
+NFT_BOOT_UNIT = "appliance-nftables.service"
 RELEASE_ETC = f"{ETC}/releases"  # per release: its unit and environment, kept for rollback
 DIRECTORIES = (ROOT, RELEASES, ETC, RELEASE_ETC, STATE, LOG)
 TEMPLATES = Path(__file__).resolve().parents[2] / "playbooks" / "templates"
@@ -67,6 +71,7 @@ class VenvSpec:
     path: str
     wheels_dir: str
     requirements: tuple[str, ...]
+    no_deps: tuple[str, ...] = ()  # wheel files installed after, without their dependencies
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,13 @@ class HostDesired:
     release_dir: str
     release_files: tuple[ReleaseFile, ...]
     rendered: tuple[RenderedFile, ...]
-    venv: VenvSpec | None
-    unit: str = UNIT_NAME
+    venvs: tuple[VenvSpec, ...]
+    # Services that must be enabled and running (each a rendered unit of the release), in start order.
+    units: tuple[str, ...] = (UNIT_NAME,)
+    # Units enabled for boot but never started by a deploy (the firewall loader).
+    boot_units: tuple[str, ...] = ()
+    firewall: RenderedFile | None = None  # the release's nftables ruleset (host rulesets)
+    gateway_port: int | None = None  # the gateway's TLS port, when the release has one
     directories: tuple[str, ...] = DIRECTORIES
     template_vars: dict[str, Any] = field(default_factory=dict)
 
@@ -86,8 +96,20 @@ class HostDesired:
         return self.release_dir
 
     @property
+    def unit(self) -> str:
+        return UNIT_NAME
+
+    @property
     def unit_file(self) -> RenderedFile:
-        return next(r for r in self.rendered if r.path.endswith(self.unit))
+        return self.unit_file_of(UNIT_NAME)
+
+    def unit_file_of(self, unit: str) -> RenderedFile:
+        return next(r for r in self.rendered if r.path.endswith("/" + unit))
+
+
+def active_unit_path(unit: str) -> str:
+    """Where the active copy of one release's ``unit`` is."""
+    return f"{SYSTEMD_DIR}/{unit}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +120,28 @@ class HostOutcome:
     ok: bool
     changed: bool
     message: str
+
+
+def venv_command(spec: VenvSpec, release_dir: str, staging: str) -> str:
+    """Shell creating ``spec``'s virtualenv offline, inside the release's staging directory.
+
+    Requirements from the bundled wheels only; then the ``no_deps`` wheels
+    without their dependencies (the appliance wheel of the gateway: its own
+    dependencies are the CLI's, not the gateway's).
+    """
+
+    def staged(path: str) -> str:
+        return shlex.quote(staging + path.removeprefix(release_dir))
+
+    venv, wheels = staged(spec.path), staged(spec.wheels_dir)
+    pip = f"PIP_NO_INDEX=1 {venv}/bin/pip install --quiet --no-index"
+    command = f"rm -rf {venv} && python3 -m venv {venv}"
+    if spec.requirements:
+        reqs = " ".join(shlex.quote(r) for r in spec.requirements)
+        command += f" && {pip} --find-links {wheels} {reqs}"
+    if spec.no_deps:
+        command += f" && {pip} --no-deps {' '.join(staged(w) for w in spec.no_deps)}"
+    return command
 
 
 def checklist(desired: HostDesired) -> str:
@@ -149,10 +193,15 @@ def desired_state(
         ),
     )  # fmt: skip
     wheels = verified.payload.wheels
-    venv = None
+    venvs: tuple[VenvSpec, ...] = ()
     if wheels is not None:
-        venv = VenvSpec(
-            f"{release_dir}/venv", f"{release_dir}/{FILES_DIR}/wheels", tuple(wheels.requirements)
+        venvs = (
+            VenvSpec(
+                f"{release_dir}/venv",
+                f"{release_dir}/{FILES_DIR}/wheels",
+                tuple(wheels.requirements),
+                tuple(f"{release_dir}/{FILES_DIR}/{w}" for w in wheels.no_deps),
+            ),
         )
     model = verified.payload.model
     etc = release_etc(verified.version)
@@ -177,50 +226,57 @@ def desired_state(
         ),
     )
     return HostDesired(
-        host, verified.version, release_dir, files, rendered, venv, template_vars=variables
+        host, verified.version, release_dir, files, rendered, venvs, template_vars=variables
     )
 
 
 # --- actual state --------------------------------------------------------------------
 
 
+def _probed_files(desired: HostDesired) -> list[str]:
+    paths = [f.path for f in desired.release_files] + [f.path for f in desired.rendered]
+    paths += [active_unit_path(u) for u in (*desired.units, *desired.boot_units)]
+    if desired.firewall is not None:
+        paths.append(RULESET_PATH)
+    return paths
+
+
 def probe_script(desired: HostDesired) -> str:
-    """A read-only POSIX shell script printing the host's state as one JSON object."""
-    paths = (
-        [f.path for f in desired.release_files] + [f.path for f in desired.rendered] + [UNIT_PATH]
-    )
+    """A read-only POSIX shell script printing the host's state, one fact per line.
+
+    Lines are ``KIND<TAB>NAME<TAB>VALUE...`` (``parse_probe`` reads them): paths
+    and unit names never hold a tab or a newline.
+    """
+    q = shlex.quote
     lines = [
         "set -u",
-        'printf "{"',
-        f'printf \'"current": "%s", \' "$(readlink {CURRENT} 2>/dev/null)"',
-        f'printf \'"enabled": "%s", \' "$(systemctl is-enabled {desired.unit} 2>/dev/null)"',
-        f'printf \'"active": "%s", \' "$(systemctl is-active {desired.unit} 2>/dev/null)"',
-        f'printf \'"venv": %s, \' "$([ -x {shlex.quote(desired.venv.path)}/bin/python ] && echo true || echo false)"'
-        if desired.venv
-        else "printf '\"venv\": false, '",
-        "printf '\"dirs\": {'",
+        "t=$(printf '\\t')",
+        f'echo "current${{t}}-${{t}}$(readlink {CURRENT} 2>/dev/null)"',
+        f'echo "nft${{t}}-${{t}}$(nft list table {NFT_TABLE} >/dev/null 2>&1 && echo true || echo false)"',
     ]
-    for i, d in enumerate(desired.directories):
-        sep = ", " if i < len(desired.directories) - 1 else ""
+    for u in (*desired.units, *desired.boot_units):
         lines.append(
-            f'printf \'"%s": %s{sep}\' {shlex.quote(d)} "$([ -d {shlex.quote(d)} ] && echo true || echo false)"'
+            f'echo "unit${{t}}{u}${{t}}$(systemctl is-enabled {q(u)} 2>/dev/null)'
+            f'${{t}}$(systemctl is-active {q(u)} 2>/dev/null)"'
         )
-    lines.append("printf '}, \"files\": {'")
-    for i, p in enumerate(paths):
-        sep = ", " if i < len(paths) - 1 else ""
-        q = shlex.quote(p)
+    for v in desired.venvs:
+        lines.append(f'[ -x {q(v.path)}/bin/python ] && echo "venv${{t}}"{q(v.path)}')
+    for d in desired.directories:
+        lines.append(f'[ -d {q(d)} ] && echo "dir${{t}}"{q(d)}')
+    for p in _probed_files(desired):
         lines.append(
-            f'printf \'"%s": "%s"{sep}\' {q} "$([ -f {q} ] && sha256sum {q} | cut -d" " -f1)"'
+            f'[ -f {q(p)} ] && echo "file${{t}}"{q(p)}"${{t}}$(sha256sum {q(p)} | cut -d" " -f1)"'
         )
-    lines.append("printf '}}\\n'")
+    lines.append("true")
     return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     kind: Literal[
-        "create-dir", "put-file", "render", "venv", "activate", "switch-current", "enable", "start"
-    ]
+        "create-dir", "put-file", "render", "venv", "activate", "firewall", "switch-current",
+        "enable", "start",
+    ]  # fmt: skip
     target: str
     detail: str
 
@@ -244,12 +300,21 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
         found = files.get(r.path, "")
         if found != r.sha256:
             changes.append(Change("render", r.path, "missing" if not found else "content differs"))
-    if desired.venv is not None and not actual.get("venv"):
+    venvs = actual.get("venvs", {})
+    for v in desired.venvs:
+        if not venvs.get(v.path):
+            changes.append(Change("venv", v.path, f"create offline from {v.wheels_dir}"))
+    for unit in (*desired.units, *desired.boot_units):
+        path = active_unit_path(unit)
+        if files.get(path, "") != desired.unit_file_of(unit).sha256:
+            changes.append(Change("activate", path, f"release {desired.version}'s unit"))
+    if desired.firewall is not None and (
+        files.get(RULESET_PATH, "") != desired.firewall.sha256 or not actual.get("nft")
+    ):
+        what = "loaded" if files.get(RULESET_PATH) == desired.firewall.sha256 else "laid down"
         changes.append(
-            Change("venv", desired.venv.path, f"create offline from {desired.venv.wheels_dir}")
+            Change("firewall", RULESET_PATH, f"release {desired.version}'s ruleset not {what}")
         )
-    if files.get(UNIT_PATH, "") != desired.unit_file.sha256:
-        changes.append(Change("activate", UNIT_PATH, f"release {desired.version}'s unit"))
     if actual.get("current") != desired.current_target:
         changes.append(
             Change(
@@ -258,13 +323,33 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
                 f"{actual.get('current') or '(none)'} -> {desired.current_target}",
             )
         )
-    if actual.get("enabled") != "enabled":
-        changes.append(Change("enable", desired.unit, actual.get("enabled") or "not installed"))
-    if actual.get("active") != "active":
-        changes.append(Change("start", desired.unit, actual.get("active") or "inactive"))
+    states = actual.get("units", {})
+    for unit in (*desired.units, *desired.boot_units):
+        enabled = states.get(unit, {}).get("enabled", "")
+        if enabled != "enabled":
+            changes.append(Change("enable", unit, enabled or "not installed"))
+    for unit in desired.units:
+        active = states.get(unit, {}).get("active", "")
+        if active != "active":
+            changes.append(Change("start", unit, active or "inactive"))
     return changes
 
 
 def parse_probe(output: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
-    return data
+    """The facts ``probe_script`` printed, as ``diff`` reads them."""
+    state: dict[str, Any] = {"current": "", "nft": False, "units": {}, "venvs": {}, "dirs": {},
+                             "files": {}}  # fmt: skip
+    for line in output.splitlines():
+        kind, _, rest = line.partition("\t")
+        fields = rest.split("\t")
+        if kind == "current":
+            state["current"] = fields[-1]
+        elif kind == "nft":
+            state["nft"] = fields[-1] == "true"
+        elif kind == "unit" and len(fields) == 3:
+            state["units"][fields[0]] = {"enabled": fields[1], "active": fields[2]}
+        elif kind in ("venv", "dir"):
+            state[kind + "s"][fields[0]] = True
+        elif kind == "file" and len(fields) == 2:
+            state["files"][fields[0]] = fields[1]
+    return state

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 
 from appliance.audit import verify_chain
 from appliance.deploy import remote
-from appliance.deploy.desired import CURRENT, ETC, RELEASES, ROOT, STATE, UNIT_NAME, UNIT_PATH
+from appliance.deploy.desired import (
+    CURRENT,
+    ETC,
+    NFT_BOOT_UNIT,
+    NFT_TABLE,
+    RELEASES,
+    ROOT,
+    STATE,
+    UNIT_NAME,
+    active_unit_path,
+)
 from appliance.errors import DeploymentError
 from appliance.inventory import HostEntry
 
@@ -31,6 +41,8 @@ class HostStatus:
     audit_records: int
     audit_ok: bool
     message: str = ""
+    gateway: str = "absent"  # the gateway unit's state: active, failed, ... or absent
+    firewall: bool = False  # the appliance's nftables table is loaded
 
 
 def releases_on(host: HostEntry) -> tuple[int, ...]:
@@ -42,9 +54,12 @@ def status(host: HostEntry) -> HostStatus:
     try:
         current = remote.current_version(host)
         releases = releases_on(host)
+        gateway_unit = remote.SERVICES[1]
         states = remote.run(
             host,
-            f"systemctl is-enabled {UNIT_NAME} 2>/dev/null; systemctl is-active {UNIT_NAME} 2>/dev/null; true",
+            f"systemctl is-enabled {UNIT_NAME} 2>/dev/null; systemctl is-active {UNIT_NAME} 2>/dev/null; "
+            f"if [ -f {active_unit_path(gateway_unit)} ]; then systemctl is-active {gateway_unit}; "
+            f"else echo absent; fi; nft list table {NFT_TABLE} >/dev/null 2>&1 && echo loaded; true",
             timeout=30,
         ).split()
         audit = verify_chain(
@@ -54,13 +69,14 @@ def status(host: HostEntry) -> HostStatus:
         return HostStatus(
             host.name, False, None, (), "unknown", "unknown", None, 0, False, exc.message
         )
-    enabled, active = [*states, "unknown", "unknown"][:2]
+    enabled, active, gateway = [*states, "unknown", "unknown", "unknown"][:3]
+    firewall = "loaded" in states[3:]
     healthy = None
     if current is not None and active == "active":
         port = remote.release_port(host, current)
         healthy = remote.health_check(host, port, timeout=10) if port else None
     return HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit.ok,
-                      "; ".join(audit.problems))  # fmt: skip
+                      "; ".join(audit.problems), gateway, firewall)  # fmt: skip
 
 
 def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown") -> str:
@@ -111,17 +127,26 @@ def uninstall(host: HostEntry, *, purge: bool = False, operator: str = "unknown"
     remote.acquire_lock(host)
     entry = remote.append_audit(host, {"event": "uninstall", "operator": operator, "purge": purge})
     # Read-only releases must be made writable before they can be removed.
+    units = (*remote.SERVICES, NFT_BOOT_UNIT)
+    unit_files = " ".join(active_unit_path(u) for u in units)
+    # The gateway's state (its TLS key and certificate) goes; its audit log stays unless purge.
+    gateway_dirs = "/var/lib/appliance-gateway /var/lib/private/appliance-gateway"
+    logs = "/var/log/appliance /var/log/appliance-gateway /var/log/private/appliance-gateway"
     remote.run(host, f"""set -e
-systemctl disable --now {UNIT_NAME} >/dev/null 2>&1 || true
-rm -f {UNIT_PATH}
+for unit in {" ".join(units)}; do systemctl disable --now $unit >/dev/null 2>&1 || true; done
+rm -f {unit_files}
 systemctl daemon-reload
+nft delete table {NFT_TABLE} 2>/dev/null || true
 if [ -d {ROOT} ]; then chmod -R u+w {ROOT}; fi
-rm -rf {ROOT} {ETC} {STATE}
-{"rm -rf /var/log/appliance" if purge else "true"}
+rm -rf {ROOT} {ETC} {STATE} {gateway_dirs}
+{f"rm -rf {logs}" if purge else "true"}
 """, timeout=120)  # fmt: skip
     left = remote.run(
-        host, f"ls -d {ROOT} {ETC} {STATE} {CURRENT} {UNIT_PATH} 2>/dev/null; true", timeout=30
-    ).split()
+        host,
+        f"ls -d {ROOT} {ETC} {STATE} {CURRENT} {unit_files} {gateway_dirs} 2>/dev/null; "
+        f"nft list table {NFT_TABLE} >/dev/null 2>&1 && echo 'nftables table {NFT_TABLE}'; true",
+        timeout=30,
+    ).splitlines()
     if left:
         raise DeploymentError(f"{host.name}: uninstall left {', '.join(left)}")
     return (

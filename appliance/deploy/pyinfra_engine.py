@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from appliance.deploy.desired import HostDesired, HostOutcome, checklist
+from appliance.deploy.desired import HostDesired, HostOutcome, checklist, venv_command
 from appliance.errors import Cancelled
 from appliance.events import Event, Progress, Warned
 
@@ -195,14 +195,8 @@ def _add_host_ops(state: Any, host: Any, desired: HostDesired) -> None:
         add_op(state, files.put, name="checksums", src=io.StringIO(checklist(desired)),
                dest=f"{staging}/.sha256sums", mode="644", host=host)  # fmt: skip
         commands = [f"cd {shlex.quote(staging)} && sha256sum --quiet --strict -c {check}"]
-        if desired.venv is not None:
-            venv = f"{staging}/venv"
-            wheels = f"{staging}/files/wheels"
-            reqs = " ".join(shlex.quote(r) for r in desired.venv.requirements)
-            commands.append(
-                f"rm -rf {venv} && python3 -m venv {venv} && "
-                f"PIP_NO_INDEX=1 {venv}/bin/pip install --quiet --no-index --find-links {wheels} {reqs}"
-            )
+        for spec in desired.venvs:
+            commands.append(venv_command(spec, desired.release_dir, staging))
         commands.append(
             f"chmod -R a-w {shlex.quote(staging)} && mv -T {shlex.quote(staging)} {shlex.quote(desired.release_dir)}"
         )

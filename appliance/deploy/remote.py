@@ -23,7 +23,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance.audit import GENESIS, chain_record
-from appliance.deploy.desired import CURRENT, RELEASE_ETC, ROOT, STATE, UNIT_NAME, UNIT_PATH
+from appliance.deploy.desired import (
+    CURRENT,
+    NFT_BOOT_UNIT,
+    RELEASE_ETC,
+    ROOT,
+    RULESET_PATH,
+    STATE,
+    UNIT_NAME,
+    active_unit_path,
+)
 from appliance.errors import DeploymentError
 from appliance.inventory import HostEntry
 
@@ -177,16 +186,101 @@ def current_version(host: HostEntry) -> int | None:
     return int(name) if name.isdigit() else None
 
 
+# The services a release may have, in start order; the model server is always one of them.
+SERVICES = (UNIT_NAME, "appliance-gateway.service")
+
+
 def activate(host: HostEntry, version: int) -> None:
-    """Make release ``version``'s unit the active one and (re)start it."""
-    unit = f"{RELEASE_ETC}/{version}/{UNIT_NAME}"
+    """Make release ``version``'s units the active ones and (re)start them.
+
+    A service the release does not have (an older release without the
+    gateway) is stopped and its active unit removed. The firewall is not
+    touched here: ``apply_firewall`` loads it with a safety net.
+    """
+    etc = f"{RELEASE_ETC}/{version}"
+    lines = ["set -e", f"test -f {etc}/{UNIT_NAME}"]
+    for unit in SERVICES:
+        active = active_unit_path(unit)
+        lines.append(
+            f"if [ -f {etc}/{unit} ]; then cp {etc}/{unit} {active}.tmp && mv -f {active}.tmp {active}; "
+            f"else systemctl disable --now {unit} >/dev/null 2>&1 || true; rm -f {active}; fi"
+        )
+    lines.append("systemctl daemon-reload")
+    for unit in SERVICES:
+        lines.append(
+            f"if [ -f {active_unit_path(unit)} ]; then systemctl enable {unit} >/dev/null 2>&1; "
+            f"systemctl restart {unit}; fi"
+        )
+    run(host, "\n".join(lines) + "\n", timeout=90)
+
+
+# Seconds after which a loaded ruleset reverts by itself unless a new SSH connection confirms it.
+FIREWALL_REVERT_AFTER = 30
+
+
+def apply_firewall(host: HostEntry, version: int) -> bool:
+    """Load release ``version``'s nftables ruleset, if it has one, so that it cannot lock us out.
+
+    The ruleset is checked (``nft -c``), a revert is armed, the ruleset is
+    loaded, then a *new* SSH connection confirms it: if the ruleset cut SSH,
+    that connection fails, the host reverts by itself within
+    ``FIREWALL_REVERT_AFTER`` seconds, and this raises. Once confirmed, the
+    boot unit is enabled so the host comes up with it. Returns whether the
+    release has a ruleset (a release without one leaves the firewall as it is).
+    """
+    from appliance.netpolicy.nftables import apply_script, confirm_script
+
+    etc = f"{RELEASE_ETC}/{version}"
+    present = run(host, f"[ -f {etc}/nftables.nft ] && echo yes; true", timeout=30).strip()
+    if present != "yes":
+        return False
+    staged = f"{RULESET_PATH}.new"
+    run(host, f"set -e\ncp {etc}/nftables.nft {staged}\n" + apply_script(staged, FIREWALL_REVERT_AFTER),
+        timeout=60)  # fmt: skip
+    try:
+        run(host, confirm_script(), timeout=SSH_TIMEOUT + 10)
+    except DeploymentError as exc:
+        raise DeploymentError(
+            f"{host.name}: after loading release {version}'s firewall ruleset, a new SSH connection "
+            f"failed ({exc.message.removeprefix(host.name + ': ')}); the host puts its previous "
+            f"ruleset back by itself within {FIREWALL_REVERT_AFTER} s",
+            hint="Check network.admin_cidrs in the site file: it must hold the address this "
+            "deployer connects from.",
+        ) from exc
+    boot = active_unit_path(NFT_BOOT_UNIT)
     run(host, f"""set -e
-test -f {unit}
-cp {unit} {UNIT_PATH}.tmp && mv -f {UNIT_PATH}.tmp {UNIT_PATH}
+mv -f {staged} {RULESET_PATH}
+if [ -f {etc}/{NFT_BOOT_UNIT} ]; then cp {etc}/{NFT_BOOT_UNIT} {boot}.tmp && mv -f {boot}.tmp {boot}; fi
 systemctl daemon-reload
-systemctl enable {UNIT_NAME} >/dev/null 2>&1
-systemctl restart {UNIT_NAME}
+systemctl enable {NFT_BOOT_UNIT} >/dev/null 2>&1
 """, timeout=60)  # fmt: skip
+    return True
+
+
+def gateway_healthy(host: HostEntry, port: int, cafile: str, *, timeout: int = 60) -> bool:
+    """Poll the gateway's /healthz over TLS on the host's loopback (its certificate checked)."""
+    script = f"""python3 - <<'EOF'
+import ssl, time, urllib.request
+deadline = time.monotonic() + {timeout}
+while time.monotonic() < deadline:
+    try:
+        context = ssl.create_default_context(cafile="{cafile}")
+        with urllib.request.urlopen("https://127.0.0.1:{port}/healthz", timeout=5, context=context) as r:
+            if r.status == 200:
+                print("healthy"); break
+    except Exception:
+        pass
+    time.sleep(1)
+else:
+    print("unhealthy")
+EOF
+"""
+    return run(host, script, timeout=timeout + 30).strip() == "healthy"
+
+
+def read_file(host: HostEntry, path: str) -> str:
+    """A (public) file's text from the host, e.g. the gateway's certificate."""
+    return run(host, f"cat {shlex.quote(path)}", timeout=30)
 
 
 def release_port(host: HostEntry, version: int) -> int | None:

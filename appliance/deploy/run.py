@@ -35,6 +35,7 @@ from appliance.deploy.desired import (
     parse_probe,
     probe_script,
 )
+from appliance.deploy.site import Site
 from appliance.detect.cpu import parse_cpuinfo
 from appliance.detect.host import parse_os_release
 from appliance.errors import ApplianceError, Cancelled, DeploymentError, DoesNotFitError, InputError
@@ -115,6 +116,8 @@ class HostResult:
     message: str = ""
     audit_hash: str | None = None
     port: int | None = None  # the model server's port on the host's loopback
+    gateway_port: int | None = None  # the gateway's TLS port on the host's address, if laid down
+    firewall: bool = False  # whether the release's nftables ruleset is loaded
 
 
 def plan_host(
@@ -124,7 +127,10 @@ def plan_host(
     profile: str,
     *,
     force: bool,
+    site: Site | None = None,
+    inventory: Inventory | None = None,
 ) -> tuple[Plan, HostDesired]:
+    """The host's plan and desired state; with ``site``, the gateway and firewall too."""
     model = verified.payload.model
     if model is None:
         raise InputError("the bundle carries no model; nothing to serve")
@@ -145,7 +151,14 @@ def plan_host(
             f"{host.name}: no engine command could be planned for profile {profile}"
         )
     engine_kind = plan.selection.profile.engine.kind
-    return plan, desired_state(verified, plan.commands[0], host, engine=engine_kind)
+    desired = desired_state(verified, plan.commands[0], host, engine=engine_kind)
+    if site is not None:
+        from appliance.deploy.gateway_layer import secure
+
+        desired = secure(
+            desired, plan, verified, site, inventory or Inventory(schema_version=1, hosts=[host])
+        )
+    return plan, desired
 
 
 def emit_ansible(
@@ -156,6 +169,7 @@ def emit_ansible(
     profile: str,
     force: bool,
     directory: Path,
+    site: Site | None = None,
 ) -> Path:
     """Write what plain ``ansible-playbook playbooks/deploy.yml`` needs into ``directory``.
 
@@ -176,7 +190,8 @@ def emit_ansible(
     hosts = inventory.with_role("model-server")
     if not hosts:
         raise InputError("the inventory has no host with the model-server role")
-    plans = [plan_host(verified, host, profiles, profile, force=force)[1] for host in hosts]
+    plans = [plan_host(verified, host, profiles, profile, force=force, site=site,
+                       inventory=inventory)[1] for host in hosts]  # fmt: skip
     partial = directory.with_name(f".{directory.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         files = write_run_files(plans, partial)
@@ -212,6 +227,7 @@ def deploy(
     force: bool = False,
     operator: str = "unknown",
     cancel: threading.Event | None = None,
+    site: Site | None = None,
 ) -> Generator[Event, None, list[HostResult]]:
     """Plan, diff and (unless ``dry_run``) converge every model-server host.
 
@@ -220,6 +236,9 @@ def deploy(
     operations, or before activation. Locks are released, the journal says
     where it stopped, and ``Cancelled`` is raised; running the deploy again
     resumes.
+
+    ``site`` (``appliance.deploy.site``) adds the gateway and each host's
+    firewall; without it the model server is laid down alone, on loopback.
     """
     cancel = cancel or threading.Event()
     hosts = inventory.with_role("model-server")
@@ -229,9 +248,13 @@ def deploy(
     planned: dict[str, tuple[Plan, HostDesired]] = {}
     results = {h.name: HostResult(h.name) for h in hosts}
     for host in hosts:
-        planned[host.name] = plan_host(verified, host, profiles, profile, force=force)
+        planned[host.name] = plan_host(
+            verified, host, profiles, profile, force=force, site=site, inventory=inventory
+        )
         desired = planned[host.name][1]
         results[host.name].port = _port(planned[host.name][0])
+        results[host.name].gateway_port = desired.gateway_port
+        results[host.name].firewall = desired.firewall is not None
         results[host.name].changes = diff(
             desired, parse_probe(remote.run(host, probe_script(desired), timeout=120))
         )
@@ -241,12 +264,12 @@ def deploy(
         return list(results.values())
     # A converged host is not touched (no upload, no restart): only its health is checked.
     for host in [h for h in hosts if not results[h.name].changes]:
-        healthy = remote.health_check(host, _port(planned[host.name][0]), timeout=30)
-        results[host.name].status = "unchanged" if healthy else "failed"
+        problem = _unhealthy(host, planned[host.name], timeout=30)
+        results[host.name].status = "unchanged" if problem is None else "failed"
         results[host.name].message = (
             f"already serving release {verified.version}"
-            if healthy
-            else "converged but not healthy: see journalctl -u appliance-model"
+            if problem is None
+            else f"converged but not healthy: {problem}"
         )
     hosts = [h for h in hosts if results[h.name].changes]
     if not hosts:
@@ -361,6 +384,32 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _unhealthy(host: HostEntry, planned: tuple[Plan, HostDesired], *, timeout: int) -> str | None:
+    """Why the host's active release does not serve (``None``: it does, through its gateway)."""
+    from appliance.deploy.gateway_layer import GATEWAY_CERT
+
+    plan, desired = planned
+    if not remote.health_check(host, _port(plan), timeout=timeout):
+        return "the model server does not answer: see journalctl -u appliance-model"
+    if desired.gateway_port is not None and not remote.gateway_healthy(
+        host, desired.gateway_port, GATEWAY_CERT, timeout=timeout
+    ):
+        return "the gateway does not answer /healthz: see journalctl -u appliance-gateway"
+    return None
+
+
+def _activate(host: HostEntry, planned: tuple[Plan, HostDesired], version: int) -> str | None:
+    """Activate release ``version`` (units, then its firewall); why it does not serve, if so."""
+    remote.activate(host, version)
+    problem = _unhealthy(host, planned, timeout=60)
+    if problem is None and planned[1].firewall is not None:
+        try:
+            remote.apply_firewall(host, version)
+        except DeploymentError as exc:
+            return exc.message
+    return problem
+
+
 def _finish(
     host: HostEntry,
     planned: tuple[Plan, HostDesired],
@@ -372,9 +421,12 @@ def _finish(
 ) -> HostResult:
     plan, desired = planned
     journal = remote.Journal(host, deploy_id)
-    result = HostResult(host.name, port=_port(plan))
+    result = HostResult(host.name, port=_port(plan), gateway_port=desired.gateway_port,
+                        firewall=desired.firewall is not None)  # fmt: skip
     record = {"event": "deploy", "operator": operator, "engine": engine, "bundle": verified.name,
-              "version": verified.version, "content_digest": verified.content_digest, "deploy": deploy_id}  # fmt: skip
+              "version": verified.version, "content_digest": verified.content_digest, "deploy": deploy_id,
+              "gateway_port": desired.gateway_port,
+              "firewall": None if desired.firewall is None else desired.firewall.sha256}  # fmt: skip
     try:
         ok, message = outcome
         if not ok:
@@ -382,23 +434,25 @@ def _finish(
         journal.record("converge", "done")
         previous = remote.current_version(host)
         journal.record("activate", "start", previous=previous)
-        remote.activate(host, verified.version)
-        if not remote.health_check(host, _port(plan), timeout=60):
+        problem = _activate(host, planned, verified.version)
+        if problem is not None:
             if previous is not None and previous != verified.version:
                 remote.activate(host, previous)
+                remote.apply_firewall(host, previous)
                 previous_port = remote.release_port(host, previous) or _port(plan)
                 healthy = remote.health_check(host, previous_port)
                 result.status, result.message = (
                     "rolled-back",
                     (
-                        f"release {verified.version} failed its health check; release {previous} is active again"
+                        f"release {verified.version} failed its health check ({problem}); "
+                        f"release {previous} is active again"
                         + ("" if healthy else " but is not healthy either")
                     ),
                 )
             else:
                 result.status, result.message = (
                     "failed",
-                    f"release {verified.version} failed its health check",
+                    f"release {verified.version} failed its health check: {problem}",
                 )
             journal.record("activate", "failed")
             result.audit_hash = remote.append_audit(host, {**record, "result": result.status})[
@@ -408,7 +462,12 @@ def _finish(
         remote.switch_current(host, desired.release_dir)
         journal.record("activate", "done", current=desired.release_dir)
         result.status = "unchanged" if previous == verified.version else "converged"
-        result.message = f"serving release {verified.version} on 127.0.0.1:{_port(plan)}"
+        result.message = (
+            f"serving release {verified.version} on 127.0.0.1:{_port(plan)}"
+            if desired.gateway_port is None
+            else f"serving release {verified.version} through the gateway on "
+            f"https://{host.address}:{desired.gateway_port}"
+        )
         result.audit_hash = remote.append_audit(host, {**record, "result": "ok"})["hash"]
     except ApplianceError as exc:
         result.status, result.message = "failed", exc.message

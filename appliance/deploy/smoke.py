@@ -2,18 +2,22 @@
 
 The model server listens on its host's loopback only, so the request goes
 through an SSH tunnel (the inventory's user, key and pinned host key), the same
-way an operator would reach it before the gateway exists. Used by ``make demo``
-and the TUI's Done screen; every wait is bounded.
+way an operator reaches it without the gateway; ``chat_through_gateway`` asks
+through the gateway, with a token, as a site's caller does. Used by ``make
+demo``, the TUI's Done screen and the end-to-end test; every wait is bounded.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from appliance.deploy.remote import ssh_options
 from appliance.errors import DeploymentError
@@ -111,3 +115,60 @@ def chat(
     if not text.strip():
         raise DeploymentError(f"{host.name}: the model answered with an empty message")
     return ChatAnswer(text=text, model=model, completion_tokens=tokens, endpoint=endpoint)
+
+
+def chat_through_gateway(
+    url: str,
+    token: str,
+    cafile: Path,
+    *,
+    model: str,
+    prompt: str = PROMPT,
+    max_tokens: int = 48,
+    timeout: float = 120,
+) -> ChatAnswer:
+    """One streamed chat completion through the gateway at ``url`` (``https://ADDR:8443``).
+
+    The gateway's certificate is checked against ``cafile`` (the host's own
+    certificate, read over SSH, or the site CA's). The answer is read event by
+    event, as a client of the streaming API would.
+    """
+    import httpx
+
+    text, chunks = [], 0
+    try:
+        with (
+            httpx.Client(base_url=url, timeout=timeout, verify=_tls_context(cafile)) as client,
+            client.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"model": model, "max_tokens": max_tokens, "stream": True,
+                      "messages": [{"role": "user", "content": prompt}]},
+            ) as response,
+        ):  # fmt: skip
+            if response.status_code != 200:
+                response.read()
+                raise DeploymentError(
+                    f"the gateway at {url} refused the chat: {response.status_code} {response.text[:300]}"
+                )
+            for line in response.iter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                delta = json.loads(line.removeprefix("data:"))["choices"][0].get("delta", {})
+                text.append(delta.get("content") or "")
+                chunks += 1
+    except httpx.HTTPError as exc:
+        raise DeploymentError(f"the chat through the gateway at {url} failed: {exc}") from exc
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise DeploymentError(
+            f"the gateway's stream is not OpenAI-style chat completion chunks ({exc!r})"
+        ) from exc
+    answer = "".join(text)
+    if not answer.strip():
+        raise DeploymentError(f"the model behind {url} answered with an empty message")
+    return ChatAnswer(text=answer, model=model, completion_tokens=chunks, endpoint=f"{url}/v1")
+
+
+def _tls_context(cafile: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cafile))

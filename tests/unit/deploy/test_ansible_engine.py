@@ -72,7 +72,7 @@ def with_venv(d: HostDesired) -> HostDesired:
     venv = VenvSpec(
         f"{d.release_dir}/venv", f"{d.release_dir}/files/wheels", ("demo==1.0", "extra[x]>=2")
     )
-    return dataclasses.replace(d, venv=venv)
+    return dataclasses.replace(d, venvs=(venv,))
 
 
 def ansible(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -105,18 +105,18 @@ def test_host_vars_describe_the_release_the_pyinfra_engine_lays_down(plan: HostD
          f"{staging}/metadata"}
     )  # fmt: skip
     assert v["appliance_checksums"] == checklist(plan)  # the very bytes pyinfra writes
-    assert v["appliance_venv"] == {
-        "path": f"{staging}/venv",
-        "wheels": f"{staging}/files/wheels",
-        "requirements": ["demo==1.0", "extra[x]>=2"],
-    }
+    assert v["appliance_venvs"] == [
+        f"rm -rf {staging}/venv && python3 -m venv {staging}/venv && PIP_NO_INDEX=1 "
+        f"{staging}/venv/bin/pip install --quiet --no-index --find-links {staging}/files/wheels "
+        "demo==1.0 'extra[x]>=2'"
+    ]
     assert v["appliance_rendered"] == [
         {"path": r.path, "template": r.template, "mode": "0644", "sha256": r.sha256}
         for r in plan.rendered
     ]
     for name, value in plan.template_vars.items():  # top-level, for the templates
         assert v[name] == value
-    assert host_vars(plan)["appliance_venv"] is None
+    assert host_vars(plan)["appliance_venvs"] == []
 
 
 def test_host_vars_file_is_data_never_a_template(plan: HostDesired, tmp_path: Path) -> None:

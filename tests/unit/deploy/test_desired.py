@@ -9,6 +9,7 @@ from appliance.bundle.verify import verify_bundle
 from appliance.deploy.desired import (
     CURRENT,
     RELEASES,
+    UNIT_NAME,
     UNIT_PATH,
     desired_state,
     diff,
@@ -44,7 +45,7 @@ def test_release_files_carry_the_signed_digests(make_bundle: BundleFactory, trus
     assert (
         f"{RELEASES}/5/metadata/targets.json" in by_path
     )  # the signed manifest travels with the release
-    assert d.venv is None  # no wheels in this bundle
+    assert d.venvs == ()  # no wheels in this bundle
 
 
 def test_unit_runs_one_fixed_release_with_the_plan_command(
@@ -87,8 +88,8 @@ def test_probe_runs_and_diff_lists_every_change_on_an_empty_host(
 def test_diff_is_empty_when_converged(make_bundle: BundleFactory, trust: Trust) -> None:
     _, d = desired(make_bundle, trust)
     actual = {
-        "current": d.release_dir, "enabled": "enabled", "active": "active", "venv": False,
-        "dirs": dict.fromkeys(d.directories, True),
+        "current": d.release_dir, "units": {UNIT_NAME: {"enabled": "enabled", "active": "active"}},
+        "venvs": {}, "nft": False, "dirs": dict.fromkeys(d.directories, True),
         "files": {f.path: f.sha256 for f in d.release_files} | {r.path: r.sha256 for r in d.rendered}
         | {UNIT_PATH: d.unit_file.sha256},
     }  # fmt: skip

@@ -1,0 +1,181 @@
+"""The gateway and the host firewall, added to a host's desired state from the site file.
+
+``secure(desired, ...)`` returns the model server's ``HostDesired`` plus:
+
+- a second virtualenv in the release, ``gateway-venv``, from the bundle's
+  gateway wheels (the appliance wheel without its dependencies, then the
+  gateway's pinned closure), so the gateway's code is the release's;
+- the gateway's configuration (``gateway.yaml``: the plan's model behind
+  the role that grants it, the site's issuer and keys), its unit
+  (``appliance-gateway.service``: a dynamic user, TLS key made on the host at
+  first start) and the realm's key set when the site gives it as a file;
+- the host's nftables ruleset from the policy model
+  (``appliance.netpolicy``, bound to the site's networks and the inventory)
+  and the unit that loads it at boot.
+
+All of it is rendered from ``playbooks/templates`` like the model server's
+files, so both engines lay down the same bytes. The gateway runs next to the
+model server and reaches it on loopback; a gateway host without the
+model-server role (split layouts) is refused rather than half-done.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from appliance.bundle.format import FILES_DIR
+from appliance.bundle.verify import VerifiedBundle
+from appliance.deploy.desired import (
+    NFT_BOOT_UNIT,
+    RULESET_PATH,
+    UNIT_NAME,
+    HostDesired,
+    RenderedFile,
+    VenvSpec,
+    release_etc,
+    render,
+)
+from appliance.deploy.site import Site
+from appliance.errors import InputError
+from appliance.inventory import Inventory
+from appliance.plan import Plan
+
+GATEWAY_UNIT = "appliance-gateway.service"
+GATEWAY_STATE = (
+    "/var/lib/appliance-gateway"  # the unit's StateDirectory: its TLS key and certificate
+)
+GATEWAY_CERT = f"{GATEWAY_STATE}/tls.crt"
+GATEWAY_KEY = f"{GATEWAY_STATE}/tls.key"
+GATEWAY_AUDIT = "/var/log/appliance-gateway/audit.jsonl"  # the unit's LogsDirectory
+GATEWAY_WHEELS = "gateway-wheels"  # under the bundle's files/
+
+
+def _loopback_port(plan: Plan) -> int:
+    argv = plan.commands[0].argv
+    if "--port" not in argv:
+        raise InputError("the engine command has no --port; the gateway cannot reach it")
+    host = argv[argv.index("--host") + 1] if "--host" in argv else ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise InputError(
+            f"profile {plan.selection.profile.name} binds the model server to {host or 'all addresses'};"
+            " expected loopback, where the gateway on the same host is its only client",
+            hint="Multi-node layouts with a separate gateway host are not laid down by this release.",
+        )
+    return int(argv[argv.index("--port") + 1])
+
+
+def _roles(plan: Plan, verified: VerifiedBundle) -> dict[str, list[str]]:
+    from appliance.keycloak.realm import served_from_plan
+
+    served = served_from_plan(plan, verified.payload.adapters)
+    names = list(served.models) + list(served.adapters)
+    return {role: [name] for (role, _), name in zip(served.roles(), names, strict=True)}
+
+
+def gateway_vars(
+    plan: Plan, verified: VerifiedBundle, site: Site, host_name: str, host_address: str
+) -> dict[str, Any]:
+    """The gateway's template variables: every value already JSON (also valid YAML), so the
+    template only places them and both engines render the same bytes."""
+    from appliance.netpolicy.model import GATEWAY_PORT
+
+    etc = release_etc(verified.version)
+    release_dir = f"/opt/appliance/releases/{verified.version}"
+    tokens = site.config.tokens
+    limit = site.config.gateway.rate_limit
+    names = list(dict.fromkeys([host_name, host_address, "localhost", "127.0.0.1"]))
+    values: dict[str, Any] = {
+        "gateway_listen_host": "0.0.0.0",  # the firewall decides who reaches it
+        "gateway_port": GATEWAY_PORT,
+        "gateway_tls_cert": GATEWAY_CERT,
+        "gateway_tls_key": GATEWAY_KEY,
+        "gateway_upstream": f"http://127.0.0.1:{_loopback_port(plan)}",
+        "gateway_issuer": tokens.issuer,
+        "gateway_audience": tokens.audience,
+        "gateway_jwks_file": f"{etc}/gateway-jwks.json" if site.jwks is not None else None,
+        "gateway_jwks_url": tokens.jwks_url,
+        "gateway_jwks_ca_file": f"{etc}/gateway-jwks-ca.pem" if site.jwks_ca is not None else None,
+        "gateway_roles": _roles(plan, verified),
+        "gateway_rate_limit": {"requests_per_s": limit.requests_per_s, "burst": limit.burst},
+        "gateway_audit_path": GATEWAY_AUDIT,
+        "gateway_log_prompts": site.config.gateway.log_prompts,
+    }
+    variables = {k: json.dumps(v, sort_keys=True) for k, v in values.items()}
+    variables |= {
+        "gateway_python": f"{release_dir}/gateway-venv/bin/python",
+        "gateway_config": f"{etc}/gateway.yaml",
+        "gateway_cert_names": " ".join(f"--name {n}" for n in names),
+        "ruleset_path": RULESET_PATH,
+    }
+    return variables
+
+
+def _check_roles(desired: HostDesired) -> None:
+    roles = desired.host.roles
+    if "gateway" not in roles:
+        raise InputError(
+            f"inventory host {desired.host.name}: expected the gateway role next to model-server "
+            f"(the gateway runs on the model server's host), found roles {', '.join(roles)}",
+            hint="Add `gateway` to the host's roles, or deploy without --site (model server only).",
+        )
+
+
+def secure(
+    desired: HostDesired, plan: Plan, verified: VerifiedBundle, site: Site, inventory: Inventory
+) -> HostDesired:
+    """``desired`` plus the gateway (venv, config, unit) and the host's firewall ruleset."""
+    from dataclasses import replace
+
+    from appliance.netpolicy.model import build_site, policy_for_plan
+    from appliance.netpolicy.nftables import host_rulesets
+
+    wheels = verified.payload.gateway
+    if wheels is None:
+        raise InputError(
+            f"bundle {verified.name} v{verified.version} carries no gateway wheels, and --site asks "
+            "for the gateway",
+            hint="Rebuild the bundle from a recipe with a `gateway:` section (bundles/demo-cpu.yaml)"
+            ", or deploy without --site to lay down the model server alone.",
+        )
+    _check_roles(desired)
+    network = site.config.network
+    bound = build_site(network.site_cidrs, network.admin_cidrs, inventory)
+    ruleset = host_rulesets(policy_for_plan(plan), bound)[f"host-{desired.host.name}.nft"]
+    release_dir = desired.release_dir
+    files = f"{release_dir}/{FILES_DIR}"
+    venv = VenvSpec(
+        f"{release_dir}/gateway-venv",
+        f"{files}/{GATEWAY_WHEELS}",
+        tuple(wheels.requirements),
+        tuple(f"{files}/{w}" for w in wheels.no_deps),
+    )
+    variables = desired.template_vars | gateway_vars(
+        plan, verified, site, desired.host.name, desired.host.address
+    )
+    variables["nftables_ruleset"] = ruleset
+    etc = release_etc(verified.version)
+    rendered = [
+        RenderedFile(f"{etc}/gateway.yaml", "gateway.yaml.j2", render("gateway.yaml.j2", variables)),
+        RenderedFile(f"{etc}/{GATEWAY_UNIT}", f"{GATEWAY_UNIT}.j2", render(f"{GATEWAY_UNIT}.j2", variables)),
+        RenderedFile(f"{etc}/nftables.nft", "nftables.nft.j2", render("nftables.nft.j2", variables)),
+        RenderedFile(f"{etc}/{NFT_BOOT_UNIT}", f"{NFT_BOOT_UNIT}.j2", render(f"{NFT_BOOT_UNIT}.j2", variables)),
+    ]  # fmt: skip
+    if site.jwks is not None:
+        variables["gateway_jwks"] = site.jwks
+        rendered.append(RenderedFile(f"{etc}/gateway-jwks.json", "gateway-jwks.json.j2",
+                                     render("gateway-jwks.json.j2", variables)))  # fmt: skip
+    if site.jwks_ca is not None:
+        variables["gateway_jwks_ca"] = site.jwks_ca
+        rendered.append(RenderedFile(f"{etc}/gateway-jwks-ca.pem", "gateway-jwks-ca.pem.j2",
+                                     render("gateway-jwks-ca.pem.j2", variables)))  # fmt: skip
+    return replace(
+        desired,
+        rendered=desired.rendered + tuple(rendered),
+        venvs=(*desired.venvs, venv),
+        units=(UNIT_NAME, GATEWAY_UNIT),
+        boot_units=(NFT_BOOT_UNIT,),
+        firewall=rendered[2],
+        gateway_port=json.loads(variables["gateway_port"]),
+        template_vars=variables,
+    )

@@ -1,0 +1,173 @@
+"""The site file: what a deploy needs to know about the site to lay down the gateway and firewall.
+
+``appliance deploy --site FILE``. Without it the deploy lays down the model
+server alone, listening on each host's loopback (reachable only through SSH).
+With it, every model-server host also gets the authenticating gateway (the
+only listener users reach, TLS on port 8443) and the host's nftables ruleset
+from the policy model (``appliance.netpolicy``): default drop in and out,
+the listed flows allowed, nothing to addresses outside the site.
+
+Format (YAML, one strict schema: unknown keys, keys given twice and wrong
+types are refused)::
+
+    schema_version: 1
+    network:
+      site_cidrs: [10.20.0.0/16]        # the site's networks: the gateway's clients
+      admin_cidrs: [10.20.9.0/24]       # the operators' SSH; inside the site
+    tokens:                             # who issues the tokens the gateway accepts
+      issuer: https://sso.site.example/realms/appliance   # exact `iss`
+      audience: appliance-api           # the realm's API client (default)
+      jwks_url: https://sso.site.example/realms/appliance/protocol/openid-connect/certs
+      jwks_ca_file: site-ca.pem         # CA of jwks_url (default: the system's)
+      jwks_file: realm-jwks.json        # and/or the realm's keys saved as a file
+    gateway:
+      log_prompts: false                # true records prompts in the gateway's audit log
+      rate_limit: {requests_per_s: 5, burst: 20}   # per calling client
+
+Relative paths resolve against the site file's directory. Files named here
+are read when the deploy plans (a missing or malformed one stops it before
+any host is touched) and laid down on the hosts with the release's
+configuration. The file holds no secret: the realm's keys are public, the
+gateway's TLS key is made on the host (or placed there by the site), never
+sent from here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from appliance.errors import InputError
+from appliance.yaml_files import load_model
+
+DOC = "appliance/deploy/site.py and docs/gateway.md"
+MAX_SITE_FILE = 1024 * 1024  # a key set or CA file larger than this is not one
+
+
+class SiteFileError(InputError):
+    """The site file, or a file it names, is not what a deploy can use."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SiteNetwork(_Strict):
+    site_cidrs: Annotated[list[str], Field(min_length=1)]
+    admin_cidrs: Annotated[list[str], Field(min_length=1)]
+
+
+class SiteTokens(_Strict):
+    issuer: Annotated[str, Field(min_length=1)]
+    audience: Annotated[str, Field(min_length=1)] = "appliance-api"
+    jwks_url: str | None = None
+    jwks_ca_file: str | None = None
+    jwks_file: str | None = None
+
+    @model_validator(mode="after")
+    def _some_keys(self) -> SiteTokens:
+        if self.jwks_url is None and self.jwks_file is None:
+            raise ValueError(
+                "give jwks_url (the realm's certs URL on the site network) or jwks_file "
+                "(the realm's keys saved as a file), or both"
+            )
+        if self.jwks_ca_file is not None and self.jwks_url is None:
+            raise ValueError("jwks_ca_file is the CA of jwks_url, which is not set")
+        return self
+
+
+class SiteRateLimit(_Strict):
+    requests_per_s: Annotated[float, Field(gt=0, le=100_000)] = 5.0
+    burst: Annotated[int, Field(ge=1, le=100_000)] = 20
+
+
+class SiteGateway(_Strict):
+    log_prompts: bool = False
+    rate_limit: SiteRateLimit = SiteRateLimit()
+
+
+class SiteConfig(_Strict):
+    schema_version: Literal[1]
+    network: SiteNetwork
+    tokens: SiteTokens
+    gateway: SiteGateway = SiteGateway()
+
+
+class Site:
+    """A loaded site file: its settings and the content of the files it names."""
+
+    def __init__(
+        self, path: Path, config: SiteConfig, jwks: str | None, jwks_ca: str | None
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.jwks = jwks  # the realm's key set, as laid down on the hosts
+        self.jwks_ca = jwks_ca
+
+
+def _read(base: Path, name: str, key: str) -> tuple[Path, str]:
+    path = base / Path(name).expanduser()  # an absolute name stays absolute
+    try:
+        size = path.stat().st_size
+        if size > MAX_SITE_FILE:
+            raise SiteFileError(
+                f"tokens.{key}: {path} is {size} bytes; expected at most {MAX_SITE_FILE}"
+            )
+        return path, path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SiteFileError(
+            f"tokens.{key}: cannot read {path}: {reason}",
+            hint="Paths in the site file are relative to the site file's directory.",
+        ) from exc
+
+
+def _check_jwks(path: Path, text: str) -> str:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SiteFileError(
+            f"tokens.jwks_file: {path}: expected a JSON Web Key Set, found invalid JSON ({exc})"
+        ) from exc
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise SiteFileError(
+            f"tokens.jwks_file: {path}: expected a JSON object with a non-empty `keys` list "
+            "(the realm's .../protocol/openid-connect/certs document)"
+        )
+    if any(isinstance(k, dict) and ("d" in k or k.get("kty") == "oct") for k in keys):
+        raise SiteFileError(
+            f"tokens.jwks_file: {path}: holds private or symmetric key material; expected the "
+            "realm's public keys only",
+            hint="Save the realm's certs URL document, never a key export.",
+        )
+    # Laid down in a canonical form, so the same key set always renders the same file.
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def load_site(path: Path) -> Site:
+    """Read and check the site file and the files it names; raises ``SiteFileError``."""
+    config = load_model(
+        path,
+        SiteConfig,
+        "site file",
+        SiteFileError,
+        expected="schema_version, network and tokens",
+        doc=DOC,
+    )
+    base = path.resolve().parent
+    tokens = config.tokens
+    jwks = None
+    if tokens.jwks_file is not None:
+        jwks = _check_jwks(*_read(base, tokens.jwks_file, "jwks_file"))
+    jwks_ca = None
+    if tokens.jwks_ca_file is not None:
+        ca_path, jwks_ca = _read(base, tokens.jwks_ca_file, "jwks_ca_file")
+        if "-----BEGIN CERTIFICATE-----" not in jwks_ca:
+            raise SiteFileError(
+                f"tokens.jwks_ca_file: {ca_path}: expected PEM certificates, found none"
+            )
+    return Site(path, config, jwks, jwks_ca)
