@@ -281,6 +281,12 @@ def bundle_summary(v: VerifiedBundle) -> Text:
             f"Wheels for Python {wheels.python} {', '.join(wheels.platforms)}: "
             f"{len(wheels.files)} files"
         )
+    if payload.gateway is not None:
+        gateway = payload.gateway
+        lines.append(
+            f"Gateway wheels for Python {gateway.python}: {len(gateway.files)} files "
+            f"({len(gateway.requirements)} pinned, {len(gateway.no_deps)} without dependencies)"
+        )
     return _lines(*lines)
 
 

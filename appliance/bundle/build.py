@@ -7,7 +7,10 @@ before anything is copied, copy each file once in manifest order (sorted
 paths) with ``copy_and_hash`` feeding one ``PartHasher``, so file digests,
 shard digests and media part digests all come from the bytes written; then
 build the ``Payload`` and write ``metadata/targets.json`` (unsigned:
-``appliance bundle sign`` adds signatures).
+``appliance bundle sign`` adds signatures). A recipe's ``gateway`` adds the
+gateway's wheels (``sources.fetch_gateway``: the pinned closure of
+``appliance/gateway/requirements.txt`` and the appliance wheel) under
+``files/gateway-wheels/``.
 
 Invariants:
 - ``out_dir`` must not exist. Everything is built in a hidden staging
@@ -53,6 +56,7 @@ from appliance.bundle.sources import (
     Fetched,
     fetch_adapter,
     fetch_artifact,
+    fetch_gateway,
     fetch_model,
     fetch_wheels,
 )
@@ -192,7 +196,13 @@ def _build(
     hf_cache_dir: Path | None,
 ) -> Generator[Event, None, str]:
     """Fetch, copy and hash, write the manifest into ``bundle``; returns a summary."""
-    steps = 1 + len(recipe.adapters) + (recipe.wheels is not None) + len(recipe.artifacts)
+    steps = (
+        1
+        + len(recipe.adapters)
+        + (recipe.wheels is not None)
+        + (recipe.gateway is not None)
+        + len(recipe.artifacts)
+    )
     done = 0
 
     def fetched(what: str, result: Fetched[Any]) -> Generator[Event, None, None]:
@@ -220,13 +230,18 @@ def _build(
     if recipe.wheels is not None:
         wheels = fetch_wheels(recipe.wheels, downloads / "wheels")
         yield from fetched(f"{len(wheels.files)} wheels", wheels)
+    gateway = None
+    if recipe.gateway is not None:
+        gateway = fetch_gateway(recipe.gateway, downloads / "gateway")
+        yield from fetched(f"{len(gateway.files)} gateway wheels", gateway)
     artifacts: list[Fetched[ArtifactEntry]] = []
     for art in recipe.artifacts:
         artifact = fetch_artifact(art, downloads / "artifacts")
         artifacts.append(artifact)
         yield from fetched(f"artifact {art.name}", artifact)
 
-    plan = _plan([model, *adapters, *([wheels] if wheels else []), *artifacts])
+    wheel_sets = [w for w in (wheels, gateway) if w is not None]
+    plan = _plan([model, *adapters, *wheel_sets, *artifacts])
     sizes = [_size_of(src) for src, _ in plan]
     total = sum(sizes)
     part_size = recipe.media.part_size
@@ -263,6 +278,7 @@ def _build(
         model=model_entry,
         adapters=[a.entry for a in adapters],
         wheels=None if wheels is None else wheels.entry,
+        gateway=None if gateway is None else gateway.entry,
         artifacts=[a.entry for a in artifacts],
         media=MediaLayout(
             part_size=part_size,

@@ -141,6 +141,7 @@ def bundle_contents(md: Metadata[Targets]) -> tuple[Payload, list[FileRecord]]:
     records = [_record(path, target) for path, target in sorted(signed.targets.items())]
     check_no_collisions([r.path for r in records])
     _check_media(payload, records)
+    _check_wheel_files(payload, records)
     return payload, records
 
 
@@ -185,6 +186,19 @@ def _record(path: str, target: TargetFile) -> FileRecord:
             f"{shard_size} (expected {expected}, and shards only for files larger than one shard)"
         )
     return FileRecord(path, target.length, target.hashes["sha256"], shard_size, tuple(shards))
+
+
+def _check_wheel_files(payload: Payload, records: list[FileRecord]) -> None:
+    """Every wheel a wheel set names is a signed file: a deploy installs from these paths."""
+    listed = {r.path for r in records}
+    for key, wheels in (("wheels", payload.wheels), ("gateway", payload.gateway)):
+        if wheels is None:
+            continue
+        missing = [path for path in wheels.files if path not in listed]
+        if missing:
+            raise MetadataError(
+                f"the payload's {key} names files the manifest does not list: " + ", ".join(missing)
+            )
 
 
 def _check_media(payload: Payload, records: list[FileRecord]) -> None:

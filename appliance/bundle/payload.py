@@ -8,9 +8,16 @@ adapter lineage and the media part digests are all covered by the signatures
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 SpdxId = Annotated[
     str,
@@ -21,6 +28,9 @@ SpdxId = Annotated[
 ]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+WHEELS_DIR = "wheels"  # under files/: the model server's wheels (Payload.wheels)
+GATEWAY_WHEELS_DIR = "gateway-wheels"  # under files/: the gateway's wheels (Payload.gateway)
 
 
 class _Strict(BaseModel):
@@ -89,11 +99,31 @@ class AdapterEntry(_Strict):
 
 
 class WheelSet(_Strict):
+    """Wheels for one virtualenv on the target, installed without a network in two steps.
+
+    First ``pip install --no-index --find-links files/<their directory> <requirements...>``,
+    then ``pip install --no-index --no-deps files/<path>`` for each of ``no_deps``.
+    """
+
     python: str  # e.g. "3.11"
     platforms: list[str] = Field(min_length=1)  # e.g. ["manylinux_2_17_x86_64"]
     requirements: list[str]
     files: list[str]  # paths under files/
     build_notes: dict[str, str] = Field(default_factory=dict)  # e.g. llama-cpp-python CMAKE_ARGS
+    # Paths under files/ (a subset of files) installed with --no-deps after the requirements,
+    # e.g. the appliance wheel in the gateway's set (its dependencies are the requirements).
+    no_deps: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _no_deps_are_files(self) -> WheelSet:
+        stray = [path for path in self.no_deps if path not in self.files]
+        if stray:
+            raise ValueError(f"no_deps lists paths that are not in files: {', '.join(stray)}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "no_deps")
 
 
 class ArtifactEntry(_Strict):
@@ -121,5 +151,31 @@ class Payload(_Strict):
     model: ModelEntry | None = None
     adapters: list[AdapterEntry] = Field(default_factory=list)
     wheels: WheelSet | None = None
+    # The gateway's own virtualenv (python -m appliance.gateway): its pinned dependency
+    # closure plus the appliance wheel (no_deps), all under gateway-wheels/.
+    gateway: WheelSet | None = None
     artifacts: list[ArtifactEntry] = Field(default_factory=list)
     media: MediaLayout
+
+    @model_validator(mode="after")
+    def _gateway_wheels_apart(self) -> Payload:
+        if self.gateway is not None:
+            outside = [p for p in self.gateway.files if not p.startswith(f"{GATEWAY_WHEELS_DIR}/")]
+            if outside:
+                raise ValueError(
+                    f"gateway files must lie under {GATEWAY_WHEELS_DIR}/; found {', '.join(outside)}"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "gateway")
+
+
+def _without_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``data`` without the newer optional ``keys`` when they hold their empty default.
+
+    A bundle that uses no gateway wheels then signs exactly the payload an older
+    appliance wrote and reads (its schema refuses unknown keys, even null ones).
+    """
+    return {k: v for k, v in data.items() if not (k in keys and v in (None, []))}

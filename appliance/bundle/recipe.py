@@ -27,6 +27,17 @@ Schema (``?`` = optional)::
     adapters?: [{name, path, provenance: AdapterProvenance}]   PEFT LoRA dirs
     wheels?: {requirements, python: "3.11", platforms: [TAG, ...],
               find_links?: [PATH|URL], no_index?: bool, build_notes?: {K: V}}
+    gateway?:                   the authenticating gateway's own virtualenv: the pins
+                                of appliance/gateway/requirements.txt (requirements
+                                are not in the recipe) downloaded for this target,
+                                plus the appliance wheel (installed with --no-deps)
+      python: "3.11"            3.11 or newer (the appliance's requires-python)
+      platforms: [TAG, ...]
+      find_links?: [PATH|URL]   as in wheels
+      no_index?: bool
+      appliance_wheel?: PATH    a built appliance-<version>-py3-none-any.whl;
+                                default: built from the source checkout this
+                                appliance runs from (pip wheel with hatchling)
     artifacts?: [{name, url: https://... | file:///..., sha256, licence, filename?}]
     artifact_sets?: [PATH, ...] files holding `artifacts:` shared by recipes
                                 (bundles/keycloak.yaml); their entries are added to
@@ -40,7 +51,7 @@ Abbreviated commits (7-39 hex digits) are refused: they are ambiguous and the
 Hub does not resolve them.
 
 Relative paths (``local_dir``, ``gguf``, ``hf_cache.cache_dir``, adapter
-``path``, local ``find_links``) resolve against the recipe file's directory;
+``path``, local ``find_links``, ``gateway.appliance_wheel``) resolve against the recipe file's directory;
 ``~`` is expanded. Whether they exist is checked when the bundle is built, so
 a recipe can be validated on a machine that does not hold the model.
 
@@ -413,18 +424,16 @@ class AdapterSpec(_Strict):
     provenance: AdapterProvenance
 
 
-class WheelsSpec(_Strict):
-    requirements: Annotated[list[Requirement], Field(min_length=1)]
+class _WheelTarget(_Strict):
+    """Where a set of binary wheels will run, and where pip may take them from."""
+
     python: PythonVersion
     platforms: Annotated[list[PlatformTag], Field(min_length=1)]
     find_links: list[FindLink] = Field(default_factory=list)
     no_index: bool = False
-    build_notes: dict[str, str] = Field(
-        default_factory=dict, description="recorded in the bundle, e.g. CMAKE_ARGS of a wheel"
-    )
 
     @model_validator(mode="after")
-    def _index(self) -> WheelsSpec:
+    def _index(self) -> _WheelTarget:
         if self.no_index and not self.find_links:
             raise ValueError("no_index is true but find_links is empty: pip would find nothing")
         return self
@@ -432,6 +441,52 @@ class WheelsSpec(_Strict):
     @property
     def abi(self) -> str:
         return "cp" + self.python.replace(".", "")
+
+
+class WheelsSpec(_WheelTarget):
+    requirements: Annotated[list[Requirement], Field(min_length=1)]
+    build_notes: dict[str, str] = Field(
+        default_factory=dict, description="recorded in the bundle, e.g. CMAKE_ARGS of a wheel"
+    )
+
+
+GATEWAY_MIN_PYTHON = (3, 11)  # the appliance's requires-python
+APPLIANCE_WHEEL = re.compile(r"appliance-(?P<version>[0-9][0-9A-Za-z.+!_]*)-py3-none-any\.whl")
+
+
+class GatewaySpec(_WheelTarget):
+    """The gateway's virtualenv: its pinned dependencies (appliance/gateway/requirements.txt,
+    not the recipe) for this target, plus the appliance wheel itself."""
+
+    appliance_wheel: RecipePath | None = Field(
+        default=None,
+        description="a built appliance-<version>-py3-none-any.whl; default: built from the "
+        "source checkout the building appliance runs from",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_requirements(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "requirements" in data:
+            raise ValueError(
+                "`requirements` is not set in a recipe: the gateway's dependencies are pinned "
+                "in appliance/gateway/requirements.txt (the versions it is tested with)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _gateway(self) -> GatewaySpec:
+        major, minor = (int(n) for n in self.python.split("."))
+        if (major, minor) < GATEWAY_MIN_PYTHON:
+            need = ".".join(map(str, GATEWAY_MIN_PYTHON))
+            raise ValueError(f"the gateway needs Python {need} or newer; found {self.python!r}")
+        wheel = self.appliance_wheel
+        if wheel is not None and not APPLIANCE_WHEEL.fullmatch(wheel.name):
+            raise ValueError(
+                "appliance_wheel must name a wheel of appliance, "
+                f"appliance-<version>-py3-none-any.whl; found {wheel.name!r}"
+            )
+        return self
 
 
 class ArtifactSpec(_Strict):
@@ -455,6 +510,7 @@ class Recipe(_Strict):
     model: ModelSpec
     adapters: list[AdapterSpec] = Field(default_factory=list)
     wheels: WheelsSpec | None = None
+    gateway: GatewaySpec | None = None
     artifacts: list[ArtifactSpec] = Field(default_factory=list)
     artifact_sets: list[RecipePath] = Field(
         default_factory=list,

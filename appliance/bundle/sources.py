@@ -1,9 +1,9 @@
 """Fetch what a recipe names and say what to copy into the bundle (connected side only).
 
 Each fetcher returns a ``Fetched``: the entry to record in the signed payload
-(``ModelEntry``, ``AdapterEntry``, ``WheelSet``, ``ArtifactEntry``), the files
-to copy as (source path, path under ``files/``), and notes for the operator
-(what was excluded and why). Nothing is copied here: the build copies and
+(``ModelEntry``, ``AdapterEntry``, ``WheelSet`` for the model server's and for
+the gateway's wheels, ``ArtifactEntry``), the files to copy as (source path,
+path under ``files/``), and notes for the operator (what was excluded and why). Nothing is copied here: the build copies and
 hashes every file once, in manifest order.
 
 Invariants:
@@ -23,7 +23,8 @@ Invariants:
 
 Layout under ``files/``: ``models/<name>/...`` (HF directory) or
 ``models/<file>.gguf``, ``adapters/<name>/...``, ``wheels/*.whl``,
-``artifacts/<name>/<filename>``.
+``gateway-wheels/*.whl`` (the gateway's pinned closure and the appliance
+wheel), ``artifacts/<name>/<filename>``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Generator
+import zipfile
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -45,15 +47,25 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
+from appliance import __version__
 from appliance.bundle.format import describe_mode
 from appliance.bundle.payload import (
+    GATEWAY_WHEELS_DIR,
+    WHEELS_DIR,
     AdapterEntry,
     ArtifactEntry,
     ModelEntry,
     ModelSource,
     WheelSet,
 )
-from appliance.bundle.recipe import AdapterSpec, ArtifactSpec, ModelSpec, WheelsSpec
+from appliance.bundle.recipe import (
+    APPLIANCE_WHEEL,
+    AdapterSpec,
+    ArtifactSpec,
+    GatewaySpec,
+    ModelSpec,
+    WheelsSpec,
+)
 from appliance.errors import BundleBuildError
 
 if TYPE_CHECKING:
@@ -491,37 +503,57 @@ def pip_download_command(spec: WheelsSpec, dest: Path, *, python: str) -> list[s
     return cmd
 
 
-def fetch_wheels(
-    spec: WheelsSpec,
-    dest: Path,
-    *,
-    python: str = sys.executable,
-    timeout: float = PIP_TIMEOUT_S,
-) -> Fetched[WheelSet]:
-    """``pip download`` the requirements (and their dependencies) for the target into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=False)
-    cmd = pip_download_command(spec, dest, python=python)
-    # Only the recipe decides where wheels come from: no machine pip.conf, no PIP_* from
-    # the environment (find-links or extra indexes there would change what is bundled).
+def _pip_env() -> dict[str, str]:
+    """The environment pip runs in: only the recipe decides where wheels come from.
+
+    No machine pip.conf and no PIP_* from the environment (find-links or extra
+    indexes there would change what is bundled).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env |= {
+    return env | {
         "PIP_NO_INPUT": "1",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PIP_CONFIG_FILE": os.devnull,
     }
+
+
+def _run_pip(
+    cmd: list[str], *, what: str, python: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        return subprocess.run(
+            cmd, capture_output=True, text=True, env=_pip_env(), timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise BundleBuildError(f"pip download did not finish within {timeout:.0f} s") from exc
+        raise BundleBuildError(f"{what} did not finish within {timeout:.0f} s") from exc
     except OSError as exc:
         raise BundleBuildError(f"cannot run {python} -m pip: {exc.strerror or exc}") from exc
+
+
+def _tail(result: subprocess.CompletedProcess[str], lines: int = 12) -> str:
+    return "\n".join((result.stderr or result.stdout).strip().splitlines()[-lines:])
+
+
+def fetch_wheels(
+    spec: WheelsSpec,
+    dest: Path,
+    *,
+    prefix: str = WHEELS_DIR,
+    python: str = sys.executable,
+    timeout: float = PIP_TIMEOUT_S,
+) -> Fetched[WheelSet]:
+    """``pip download`` the requirements (and their dependencies) for the target into ``dest``.
+
+    The wheels are recorded as ``<prefix>/<file name>`` under ``files/``
+    (``wheels/`` for the model server, ``gateway-wheels/`` for the gateway).
+    """
+    dest.mkdir(parents=True, exist_ok=False)
+    cmd = pip_download_command(spec, dest, python=python)
+    result = _run_pip(cmd, what="pip download", python=python, timeout=timeout)
     if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-12:])
         raise BundleBuildError(
             f"pip download failed (exit {result.returncode}) for python {spec.python}, "
-            f"platforms {', '.join(spec.platforms)}:\n{tail}",
+            f"platforms {', '.join(spec.platforms)}:\n{_tail(result)}",
             hint=(
                 "Only binary wheels are bundled (the target has no compiler or network). A "
                 "package without a wheel for this platform must be built separately (e.g. "
@@ -538,10 +570,253 @@ def fetch_wheels(
         python=spec.python,
         platforms=list(spec.platforms),
         requirements=list(spec.requirements),
-        files=[f"wheels/{p.name}" for p in found],
+        files=[f"{prefix}/{p.name}" for p in found],
         build_notes=dict(spec.build_notes),
     )
-    return Fetched(entry, [(p, f"wheels/{p.name}") for p in found])
+    return Fetched(entry, [(p, f"{prefix}/{p.name}") for p in found])
+
+
+# --- the gateway's wheels ------------------------------------------------------------
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the appliance package this code runs from
+WHEEL_BUILD_TIMEOUT_S = 300
+_PIN = re.compile(
+    r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[0-9][^\s;#]*)"
+)
+
+
+def canonical_name(name: str) -> str:
+    """A distribution name as PEP 503 compares them: PyJWT -> pyjwt, typing_extensions -> typing-extensions."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_pins(text: str, where: str) -> list[str]:
+    """``name==version`` lines of a pinned requirements file; comments and blank lines skipped."""
+    pins: list[str] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = _PIN.fullmatch(line)
+        if match is None:
+            raise BundleBuildError(
+                f"{where}, line {number}: expected `name==version`, found {line!r}"
+            )
+        name = canonical_name(match["name"])
+        if name in seen:
+            raise BundleBuildError(f"{where}, line {number}: {match['name']} is pinned twice")
+        seen.add(name)
+        pins.append(line)
+    if not pins:
+        raise BundleBuildError(f"{where} pins nothing")
+    return pins
+
+
+def gateway_requirements() -> list[str]:
+    """The gateway's pinned dependency closure, shipped in ``appliance/gateway/requirements.txt``."""
+    from importlib import resources
+
+    resource = resources.files("appliance.gateway") / "requirements.txt"
+    try:
+        text = resource.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleBuildError(
+            f"cannot read the gateway's pinned requirements ({resource}): {exc}"
+        ) from exc
+    return parse_pins(text, "appliance/gateway/requirements.txt")
+
+
+def source_checkout(package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The source checkout ``package_dir`` (the ``appliance`` package) lies in, or None.
+
+    A checkout is the directory above the package holding appliance's own
+    pyproject.toml; an installed appliance (site-packages) has none.
+    """
+    import tomllib
+
+    root = package_dir.parent
+    try:
+        project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    name = project.get("project", {}).get("name")
+    return root if name == "appliance" else None
+
+
+def describe_checkout(checkout: Path) -> str:
+    """``git describe`` of the checkout (``-dirty`` when it has uncommitted changes), or 'unknown'."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(checkout), "describe", "--tags", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    described = result.stdout.strip()
+    return described if result.returncode == 0 and described else "unknown"
+
+
+def build_appliance_wheel(
+    checkout: Path,
+    out: Path,
+    *,
+    python: str = sys.executable,
+    timeout: float = WHEEL_BUILD_TIMEOUT_S,
+) -> Path:
+    """``pip wheel`` the checkout into the new directory ``out``: no index, no build isolation.
+
+    The build backend (hatchling) must be installed where ``python`` runs (the
+    dev extra has it), so no index is needed. Hatchling writes reproducible
+    wheels (fixed timestamps, or SOURCE_DATE_EPOCH).
+    """
+    out.mkdir(parents=True, exist_ok=False)
+    cmd = [
+        python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+        "--disable-pip-version-check", "--no-input", "-w", str(out), str(checkout),
+    ]  # fmt: skip
+    result = _run_pip(cmd, what="pip wheel (the appliance wheel)", python=python, timeout=timeout)
+    if result.returncode != 0:
+        raise BundleBuildError(
+            f"cannot build the appliance wheel from {checkout} (pip wheel exit "
+            f"{result.returncode}):\n{_tail(result)}",
+            hint=(
+                "It is built without build isolation and without an index, so the build "
+                "backend must be installed here: pip install 'hatchling>=1.24' (in the dev "
+                "extra). Or give gateway.appliance_wheel: a built appliance wheel."
+            ),
+        )
+    built = sorted(out.iterdir())
+    if len(built) != 1 or not APPLIANCE_WHEEL.fullmatch(built[0].name):
+        names = ", ".join(p.name for p in built) or "nothing"
+        raise BundleBuildError(
+            f"pip wheel of {checkout} produced {names}; expected one "
+            "appliance-<version>-py3-none-any.whl"
+        )
+    return built[0]
+
+
+def check_appliance_wheel(path: Path) -> list[str]:
+    """Refuse anything but a wheel of appliance holding the gateway; notes for the operator."""
+    match = APPLIANCE_WHEEL.fullmatch(path.name)
+    if match is None:  # the recipe refuses such names already
+        raise BundleBuildError(
+            f"gateway.appliance_wheel must be appliance-<version>-py3-none-any.whl; "
+            f"found {path.name!r}"
+        )
+    if not path.is_file():
+        raise BundleBuildError(
+            f"gateway.appliance_wheel {path} does not exist or is not a file",
+            hint="Build it with `pip wheel --no-deps -w DIR <appliance checkout>`, or leave "
+            "appliance_wheel out to build it from the checkout this appliance runs from.",
+        )
+    try:
+        with zipfile.ZipFile(path) as wheel:
+            names = set(wheel.namelist())
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise BundleBuildError(f"gateway.appliance_wheel {path} is not a wheel: {exc}") from exc
+    if "appliance/gateway/__main__.py" not in names:
+        raise BundleBuildError(
+            f"gateway.appliance_wheel {path} holds no appliance/gateway/__main__.py; "
+            "expected a wheel of appliance with the gateway"
+        )
+    if match["version"] != __version__:
+        return [
+            f"gateway.appliance_wheel is appliance {match['version']}, but the gateway's pinned "
+            f"dependencies are those of appliance {__version__} (this build): check that they fit"
+        ]
+    return []
+
+
+def appliance_wheel(
+    spec: GatewaySpec,
+    work: Path,
+    *,
+    package_dir: Path = PACKAGE_DIR,
+    python: str = sys.executable,
+    timeout: float = WHEEL_BUILD_TIMEOUT_S,
+) -> tuple[Path, str, list[str]]:
+    """(the appliance wheel, its build note for the payload, notes for the operator)."""
+    if spec.appliance_wheel is not None:
+        notes = check_appliance_wheel(spec.appliance_wheel)
+        return spec.appliance_wheel, f"given: {spec.appliance_wheel.name}", notes
+    checkout = source_checkout(package_dir)
+    if checkout is None:
+        raise BundleBuildError(
+            "the gateway's virtualenv needs the appliance wheel: the recipe gives no "
+            "gateway.appliance_wheel, so it would be built from the source checkout this "
+            f"appliance runs from, but {package_dir} is not in one (expected appliance's "
+            f"pyproject.toml at {package_dir.parent / 'pyproject.toml'}, found none)",
+            hint=(
+                "Set gateway.appliance_wheel to a built appliance-<version>-py3-none-any.whl "
+                "(pip wheel --no-deps -w DIR <checkout>), or run the build from a source "
+                "checkout (pip install -e <checkout>)."
+            ),
+        )
+    wheel = build_appliance_wheel(checkout, work, python=python, timeout=timeout)
+    return wheel, f"built from checkout at {describe_checkout(checkout)}", []
+
+
+def _check_all_pinned(found: list[str], pins: list[str]) -> None:
+    """Every wheel pip downloaded is one of the pins: the closure is complete and reproducible."""
+    pinned = {canonical_name(pin.split("==", 1)[0]): pin.split("==", 1)[1] for pin in pins}
+    extra = []
+    for relpath in found:
+        name, version = relpath.rsplit("/", 1)[-1].split("-")[:2]
+        if pinned.get(canonical_name(name)) != version:
+            extra.append(f"{name} {version}")
+    if extra:
+        raise BundleBuildError(
+            "pip download brought wheels appliance/gateway/requirements.txt does not pin: "
+            + ", ".join(extra),
+            hint="The pins must be the gateway's whole dependency closure: pin these there "
+            "(the versions the gateway is tested with) and rebuild.",
+        )
+
+
+def fetch_gateway(
+    spec: GatewaySpec,
+    dest: Path,
+    *,
+    requirements: Sequence[str] | None = None,
+    package_dir: Path = PACKAGE_DIR,
+    python: str = sys.executable,
+    timeout: float = PIP_TIMEOUT_S,
+) -> Fetched[WheelSet]:
+    """The gateway's wheels: the pinned closure for the target plus the appliance wheel.
+
+    ``requirements`` defaults to ``gateway_requirements()``. Everything is
+    recorded under ``gateway-wheels/``; the appliance wheel is the one
+    ``no_deps`` entry (its dependencies are the pins).
+    """
+    pins = list(requirements) if requirements is not None else gateway_requirements()
+    # The appliance wheel first: a recipe that cannot have one costs no download.
+    wheel, note, notes = appliance_wheel(
+        spec, dest / "appliance", package_dir=package_dir, python=python
+    )
+    closure_spec = WheelsSpec(
+        python=spec.python,
+        platforms=list(spec.platforms),
+        find_links=list(spec.find_links),
+        no_index=spec.no_index,
+        requirements=pins,
+    )
+    closure = fetch_wheels(
+        closure_spec, dest / "closure", prefix=GATEWAY_WHEELS_DIR, python=python, timeout=timeout
+    )
+    _check_all_pinned(closure.entry.files, pins)
+    relpath = f"{GATEWAY_WHEELS_DIR}/{wheel.name}"
+    if relpath in closure.entry.files:
+        raise BundleBuildError(f"pip download brought {wheel.name}, which is not pinned")
+    entry = WheelSet(
+        python=spec.python,
+        platforms=list(spec.platforms),
+        requirements=pins,
+        files=sorted([*closure.entry.files, relpath]),
+        no_deps=[relpath],
+        build_notes={"appliance-wheel": note},
+    )
+    return Fetched(entry, [*closure.files, (wheel, relpath)], [*closure.notes, *notes])
 
 
 # --- artifacts -----------------------------------------------------------------------

@@ -345,6 +345,7 @@ def inspect_data(bundle: Path) -> dict[str, Any]:
         "model": None if payload.model is None else payload.model.model_dump(mode="json"),
         "adapters": [a.model_dump(mode="json") for a in payload.adapters],
         "wheels": None if payload.wheels is None else payload.wheels.model_dump(mode="json"),
+        "gateway": None if payload.gateway is None else payload.gateway.model_dump(mode="json"),
         "artifacts": [a.model_dump(mode="json") for a in payload.artifacts],
         "media": {"part_size": payload.media.part_size, "parts": len(payload.media.parts)},
         "files": [{"path": r.path, "length": r.length, "sha256": r.sha256} for r in records],
@@ -395,6 +396,15 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
     if data["wheels"]:
         print(
             f"  wheels for Python {data['wheels']['python']} {', '.join(data['wheels']['platforms'])}: {len(data['wheels']['files'])} files"
+        )
+    gateway = data["gateway"]
+    if gateway:
+        no_deps = ", ".join(p.rsplit("/", 1)[-1] for p in gateway.get("no_deps", []))
+        notes = "; ".join(f"{k}: {v}" for k, v in gateway["build_notes"].items())
+        print(
+            f"  gateway wheels for Python {gateway['python']}: {len(gateway['files'])} files, "
+            f"{len(gateway['requirements'])} pinned requirements + {no_deps or 'nothing'} (--no-deps)"
+            + (f"; {notes}" if notes else "")
         )
     print(
         f"  {len(data['files'])} files, {data['total_bytes']} bytes, {data['media']['parts']} media part(s) of {data['media']['part_size']} bytes"

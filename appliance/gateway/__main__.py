@@ -3,6 +3,7 @@
     python -m appliance.gateway --config FILE            serve (TLS, until SIGTERM)
     python -m appliance.gateway --config FILE --check    validate config, TLS files, signing keys
     python -m appliance.gateway generate-cert --config FILE --name HOST [--name HOST ...] [--days N]
+    python -m appliance.gateway --help                   this usage
 
 The arguments are parsed by hand: the core does not import a CLI framework
 (tests/unit/test_core_imports.py), and three options do not need one.
@@ -85,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # One line per upstream request would duplicate the audit log in the journal.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in args):
+        print(USAGE)
+        return int(ExitCode.OK)
     try:
-        command, options, flags = parse(list(sys.argv[1:] if argv is None else argv))
+        command, options, flags = parse(args)
         config_path = Path(options["--config"][0])
         if command == "generate-cert":
             from appliance.gateway.certs import DEFAULT_DAYS, generate_self_signed

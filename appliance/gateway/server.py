@@ -73,27 +73,9 @@ def uvicorn_config(config: GatewayConfig, app: Any) -> uvicorn.Config:
     )
 
 
-def _no_sniffio_probe() -> None:
-    """Make httpcore's per-request "which async library?" probe cheap when sniffio is absent.
-
-    httpcore runs ``import sniffio`` for every request it sends and falls back to
-    asyncio on ImportError; without sniffio installed, each attempt is a failed
-    import that searches sys.path (about 0.5 ms per proxied request here). A
-    ``None`` entry in sys.modules makes that import fail at once, with the same
-    answer (this server only ever runs asyncio). Installing sniffio is the other fix.
-    """
-    import importlib.util
-    import sys
-
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-
 def serve(config: GatewayConfig) -> None:
     """Run until SIGTERM/SIGINT (uvicorn's handlers): streams get 30 s to finish."""
     import uvicorn
-
-    _no_sniffio_probe()
 
     from appliance.gateway.app import create_app
 

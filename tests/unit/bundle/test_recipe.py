@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,6 +43,11 @@ EXPECTED = {
     "wheels-no-index-without-links": "`wheels`: no_index is true but find_links is empty: pip would find nothing",
     "wheels-option-as-requirement": "`wheels.requirements[0]`: '--index-url=https://mirror.example/simple' is a pip option, not a requirement",
     "wheels-no-platform": "`wheels.platforms`: List should have at least 1 item",
+    "gateway-unknown-key": "unknown key `gateway.appliance_whl`; did you mean `appliance_wheel`?",
+    "gateway-requirements": "`gateway`: `requirements` is not set in a recipe: the gateway's dependencies are pinned in appliance/gateway/requirements.txt",
+    "gateway-bad-appliance-wheel": "`gateway`: appliance_wheel must name a wheel of appliance, appliance-<version>-py3-none-any.whl; found 'appliance-0.1.0.tar.gz'",
+    "gateway-old-python": "`gateway`: the gateway needs Python 3.11 or newer; found '3.10'",
+    "gateway-no-index-without-links": "`gateway`: no_index is true but find_links is empty: pip would find nothing",
     "adapter-missing-training-summary": "missing required key `adapters[0].provenance.training_summary`",
     "duplicate-artifact-names": "artifacts names must be unique; repeated: kc",
     "unknown-profile": "`profiles` names unknown profile 'cpu-llamacp'; did you mean 'cpu-llamacpp'?",
@@ -95,6 +101,17 @@ def test_demo_recipe() -> None:
     assert recipe.expires_at(NOW) == NOW + timedelta(days=90)
 
 
+def test_demo_cpu_recipe_has_the_gateway_for_the_same_target() -> None:
+    recipe = load_recipe(ROOT / "bundles/demo-cpu.yaml")
+    assert recipe.wheels is not None and recipe.gateway is not None
+    assert recipe.gateway.python == recipe.wheels.python == "3.11"
+    assert recipe.gateway.platforms == recipe.wheels.platforms  # one YAML anchor
+    assert "manylinux_2_17_x86_64" in recipe.gateway.platforms
+    assert recipe.gateway.find_links == [] and not recipe.gateway.no_index  # from PyPI
+    assert recipe.gateway.appliance_wheel is None  # built from the checkout
+    assert recipe.gateway.abi == "cp311"
+
+
 def test_example_gpu_recipe() -> None:
     recipe = load_recipe(ROOT / "bundles/example-gpu.yaml")
     assert recipe.model.hub is not None
@@ -107,6 +124,11 @@ def test_example_gpu_recipe() -> None:
     assert recipe.wheels is not None
     assert recipe.wheels.requirements == ["vllm==0.9.2"]
     assert recipe.wheels.abi == "cp311"
+    assert recipe.gateway is not None
+    assert "manylinux_2_17_x86_64" in recipe.gateway.platforms
+    assert (
+        recipe.gateway.appliance_wheel == ROOT / "bundles/../dist/appliance-0.1.0-py3-none-any.whl"
+    )
     assert recipe.artifacts[0].url.startswith("https://github.com/adoptium/")
     assert set(recipe.artifacts[0].sha256) != {"0"}  # a real pin, never a placeholder
     assert recipe.media.part_size == 4 * 1024**3
@@ -176,6 +198,55 @@ def test_credentials_in_requirements_and_find_links_are_refused(tmp_path: Path) 
         with pytest.raises(InputError, match="holds a URL with credentials") as caught:
             parse_recipe(minimal(wheels=wheels), base_dir=tmp_path, where="x")
         assert ":p@" not in str(caught.value) and "token" not in str(caught.value)
+
+
+GATEWAY = {"python": "3.11", "platforms": ["manylinux_2_17_x86_64"]}
+
+
+@pytest.mark.parametrize(
+    "wheel",
+    [
+        "appliance-0.1.0-py3-none-any.whl",
+        "appliance-0.2.0.dev3+g596e222-py3-none-any.whl",
+        "appliance-1!2.0rc1-py3-none-any.whl",
+    ],
+)
+def test_gateway_accepts_appliance_wheels(wheel: str, tmp_path: Path) -> None:
+    data = minimal(gateway={**GATEWAY, "appliance_wheel": f"dist/{wheel}"})
+    gateway = parse_recipe(data, base_dir=tmp_path, where="x").gateway
+    assert gateway is not None
+    assert gateway.appliance_wheel == tmp_path / "dist" / wheel  # relative to the recipe
+
+
+@pytest.mark.parametrize(
+    "wheel",
+    [
+        "appliance-0.1.0.tar.gz",
+        "appliance-0.1.0-cp311-cp311-linux_x86_64.whl",  # the appliance is pure Python
+        "appliance_tools-0.1.0-py3-none-any.whl",
+        "other-0.1.0-py3-none-any.whl",
+    ],
+)
+def test_gateway_refuses_other_files_as_appliance_wheel(wheel: str, tmp_path: Path) -> None:
+    data = minimal(gateway={**GATEWAY, "appliance_wheel": wheel})
+    with pytest.raises(InputError, match="appliance_wheel must name a wheel of appliance"):
+        parse_recipe(data, base_dir=tmp_path, where="x")
+
+
+def test_gateway_defaults_and_strictness(tmp_path: Path) -> None:
+    gateway = parse_recipe(minimal(gateway=GATEWAY), base_dir=tmp_path, where="x").gateway
+    assert gateway is not None
+    assert (gateway.find_links, gateway.no_index, gateway.appliance_wheel) == ([], False, None)
+    assert parse_recipe(minimal(), base_dir=tmp_path, where="x").gateway is None  # optional
+    for bad, message in (
+        ({**GATEWAY, "build_notes": {"a": "b"}}, "unknown key `gateway.build_notes`"),
+        ({**GATEWAY, "platforms": []}, "`gateway.platforms`: List should have at least 1 item"),
+        ({"python": "3.11"}, "missing required key `gateway.platforms`"),
+        ({**GATEWAY, "python": 3.11}, "write the Python version in quotes"),
+        ({**GATEWAY, "find_links": ["https://t0ken@h/simple"]}, "holds a URL with credentials"),
+    ):
+        with pytest.raises(InputError, match=re.escape(message)):
+            parse_recipe(minimal(gateway=bad), base_dir=tmp_path, where="x")
 
 
 def test_unique_names(tmp_path: Path) -> None:

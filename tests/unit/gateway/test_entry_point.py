@@ -86,6 +86,13 @@ def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixtu
     assert message in err and "python -m appliance.gateway --config FILE" in err
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["generate-cert", "--help"]])
+def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "python -m appliance.gateway --config FILE --check" in out and "generate-cert" in out
+
+
 def test_bad_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text("schema_version: 1\n")
