@@ -25,6 +25,7 @@ import json
 from typing import Any
 
 from appliance.bundle.format import FILES_DIR
+from appliance.bundle.payload import GATEWAY_WHEELS_DIR
 from appliance.bundle.verify import VerifiedBundle
 from appliance.deploy.desired import (
     NFT_BOOT_UNIT,
@@ -48,7 +49,6 @@ GATEWAY_STATE = (
 GATEWAY_CERT = f"{GATEWAY_STATE}/tls.crt"
 GATEWAY_KEY = f"{GATEWAY_STATE}/tls.key"
 GATEWAY_AUDIT = "/var/log/appliance-gateway/audit.jsonl"  # the unit's LogsDirectory
-GATEWAY_WHEELS = "gateway-wheels"  # under the bundle's files/
 
 
 def _loopback_port(plan: Plan) -> int:
@@ -146,7 +146,7 @@ def secure(
     files = f"{release_dir}/{FILES_DIR}"
     venv = VenvSpec(
         f"{release_dir}/gateway-venv",
-        f"{files}/{GATEWAY_WHEELS}",
+        f"{files}/{GATEWAY_WHEELS_DIR}",
         tuple(wheels.requirements),
         tuple(f"{files}/{w}" for w in wheels.no_deps),
     )
