@@ -55,12 +55,12 @@ def build_demo_bundles(work: Path, versions: tuple[int, ...] = (1,)) -> None:
         appliance("bundle", "sign", f"demo-{version}", "--key", "keys/signer.key", cwd=work)
 
 
-def single_host_inventory(lab: Lab, host: LabHost, path: Path) -> Path:
-    """An inventory with just ``host``, as a model server, reached with the lab's key."""
+def single_host_inventory(
+    lab: Lab, host: LabHost, path: Path, roles: tuple[str, ...] = ("model-server",)
+) -> Path:
+    """An inventory with just ``host`` (by default as a model server), reached with the lab's key."""
     path.write_text(
-        render_inventory(
-            [InventoryHost(host.name, host.address, ("model-server",))], lab.key, lab.known_hosts
-        )
+        render_inventory([InventoryHost(host.name, host.address, roles)], lab.key, lab.known_hosts)
     )
     return path
 

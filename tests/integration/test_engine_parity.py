@@ -1,11 +1,14 @@
 """Both engines, one plan: the same bundle deployed with pyinfra to host A and Ansible to host B.
 
 Two fresh lab hosts (one lab), each in its own single-host inventory, get the
-same demo-cpu release 1. Then both are read by an independent checker over
-plain SSH (neither engine): ``desired.probe_script``, every path under
-``/opt/appliance`` and ``/etc/appliance`` with its mode, type and link target,
-the sha256 of every file, and the unit's state. The two hosts must agree on
-all of it. Host B (Ansible) must answer a chat completion with no connection
+same demo-cpu release 1 with the same site file (``deploy --site``): the model
+server, the gateway and the host's firewall. Then both are read by an
+independent checker over plain SSH (neither engine): ``desired.probe_script``,
+every path under ``/opt/appliance`` and ``/etc/appliance`` with its mode, type
+and link target, the sha256 of every file, and the units' states. The two
+hosts must agree on all of it, but for the files that name the host itself
+(its firewall ruleset, the names in the gateway's certificate request), and
+each host's files must be its plan's bytes. Host B (Ansible) must answer a chat completion with no connection
 attempt off the host; a second Ansible deploy must change nothing, and so must
 the engine run directly and plain ``ansible-playbook`` with the generated files
 (the way an Ansible shop would run ``playbooks/deploy.yml``).
@@ -28,8 +31,10 @@ import pytest
 from appliance.bundle.verify import verify_bundle
 from appliance.deploy.desired import HostDesired, diff, parse_probe, probe_script
 from appliance.deploy.run import plan_host
+from appliance.deploy.site import load_site
 from appliance.events import drain
 from appliance.inventory import load_inventory
+from appliance.lab import dev_site
 from appliance.lab.state import Lab, LabHost
 from appliance.profiles import load_profiles
 from tests.integration.conftest import SESSION, temporary_lab
@@ -51,7 +56,8 @@ STATE_SCRIPT = r"""set -u
 echo @@paths
 find /opt/appliance /etc/appliance -printf '%p %m %y %l\n' | LC_ALL=C sort
 echo @@digests
-find /opt/appliance /etc/appliance /etc/systemd/system/appliance-model.service -type f -print0 \
+find /opt/appliance /etc/appliance /etc/systemd/system/appliance-model.service \
+  /etc/systemd/system/appliance-gateway.service /etc/systemd/system/appliance-nftables.service -type f -print0 \
   | LC_ALL=C sort -z | xargs -0 sha256sum
 echo @@pyc
 find /opt/appliance -name '*.pyc' -exec sh -c \
@@ -60,6 +66,10 @@ find /opt/appliance -name '*.pyc' -exec sh -c \
 echo @@units
 systemctl is-enabled appliance-model || true
 systemctl is-active appliance-model || true
+systemctl is-enabled appliance-gateway || true
+systemctl is-active appliance-gateway || true
+systemctl is-enabled appliance-nftables || true
+nft list table inet appliance >/dev/null && echo firewall-loaded || true
 """
 # CPython writes the source's mtime into each .pyc (pip compiles them at install time): the
 # one thing that legitimately differs between two installs of the same wheels. Their digests
@@ -106,8 +116,10 @@ class Site:
 
 def plan_for(work: Path, inventory: Path) -> HostDesired:
     verified = drain(verify_bundle(work / "demo-1", work / "keys/root.json"))
-    host = load_inventory(inventory).hosts[0]
-    return plan_host(verified, host, load_profiles(), "cpu-llamacpp", force=False)[1]
+    loaded = load_inventory(inventory)
+    site = load_site(work / "site" / "site.yaml")
+    return plan_host(verified, loaded.hosts[0], load_profiles(), "cpu-llamacpp", force=False,
+                     site=site, inventory=loaded)[1]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -116,17 +128,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     build_demo_bundles(work, (1,))
     with temporary_lab(f"{SESSION}-parity", 2) as lab:
         a, b = lab.hosts
-        inventory_a = single_host_inventory(lab, a, work / "inventory-a.yml")
-        inventory_b = single_host_inventory(lab, b, work / "inventory-b.yml")
+        roles = ("model-server", "gateway")
+        inventory_a = single_host_inventory(lab, a, work / "inventory-a.yml", roles)
+        inventory_b = single_host_inventory(lab, b, work / "inventory-b.yml", roles)
+        site_file = str(dev_site.prepare(work / "site", lab, "gemma-3-270m-q4_k_m").site_file)
         on(lab, b, EGRESS_RULES)
         start = time.monotonic()
-        first = deploy(work, inventory_a, "demo-1", "--engine", "pyinfra")
+        first = deploy(work, inventory_a, "demo-1", "--engine", "pyinfra", "--site", site_file)
         print(
             f"\npyinfra engine: first deploy (appliance deploy, one host) {time.monotonic() - start:.1f} s"
         )
         assert first["hosts"][0]["status"] == "converged", first  # type: ignore[index]
         start = time.monotonic()
-        second = deploy(work, inventory_b, "demo-1", "--engine", "ansible")
+        second = deploy(work, inventory_b, "demo-1", "--engine", "ansible", "--site", site_file)
         took = time.monotonic() - start
         assert second["hosts"][0]["status"] == "converged", second  # type: ignore[index]
         print(f"ansible engine: first deploy (appliance deploy, one host) {took:.1f} s")
@@ -135,9 +149,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def test_both_engines_leave_the_same_host_state(site: Site) -> None:
-    # The same plan for both hosts (identical lab hosts): the same files, digests, units.
-    assert site.desired_a.rendered == site.desired_b.rendered
+    # The same plan for both hosts (identical lab hosts): the same files, digests, units; only
+    # the files that name the host itself differ (its ruleset; its names in the gateway's unit).
     assert site.desired_a.release_files == site.desired_b.release_files
+    own = {ra.path for ra, rb in zip(site.desired_a.rendered, site.desired_b.rendered, strict=True)
+           if ra != rb}  # fmt: skip
+    assert {p.rsplit("/", 1)[-1] for p in own} == {"nftables.nft", "appliance-gateway.service"}
+    own |= {"/etc/appliance/nftables.nft", "/etc/systemd/system/appliance-gateway.service"}
     a = read_state(site.lab, site.a, site.desired_a)
     b = read_state(site.lab, site.b, site.desired_b)
 
@@ -147,23 +165,35 @@ def test_both_engines_leave_the_same_host_state(site: Site) -> None:
     assert "/opt/appliance/releases/1 555 d " in a.paths
     assert "/opt/appliance/releases/1/.sha256sums 444 f " in a.paths
     assert "/etc/appliance/releases/1/appliance-model.service 644 f " in a.paths
+    assert "/etc/appliance/releases/1/gateway.yaml 644 f " in a.paths
+    assert [
+        p for p in a.paths if p.startswith("/opt/appliance/releases/1/gateway-venv/bin/python ")
+    ]
     assert not [p for p in a.paths if ".staging-" in p]
 
     assert a.digests.keys() == b.digests.keys()
     differing = sorted(p for p in a.digests if a.digests[p] != b.digests[p])
-    assert [p for p in differing if not NONDETERMINISTIC.search(p)] == []
-    assert set(differing) <= a.pyc.keys() and len(a.pyc) > 100
+    assert [p for p in differing if not NONDETERMINISTIC.search(p) and p not in own] == []
+    assert set(differing) - own <= a.pyc.keys() and len(a.pyc) > 100
     assert a.pyc == b.pyc  # .pyc files: identical but for the source mtime
     print(
         f"\nparity: {len(a.paths)} paths, {len(a.digests)} files, {len(differing)} .pyc differ in mtime only"
     )
     for rendered in site.desired_b.rendered:  # the Ansible host's renderings are the plan's bytes
         assert b.digests[rendered.path] == rendered.sha256
+    for rendered in site.desired_a.rendered:  # and the pyinfra host's
+        assert a.digests[rendered.path] == rendered.sha256
     for f in site.desired_b.release_files:
         assert b.digests[f.path] == f.sha256
 
-    assert a.units == b.units == ("enabled", "active")
-    assert a.probe == b.probe
+    assert (
+        a.units
+        == b.units
+        == ("enabled", "active", "enabled", "active", "enabled", "firewall-loaded")
+    )
+    assert {k: v for k, v in a.probe.items() if k != "files"} == {
+        k: v for k, v in b.probe.items() if k != "files"
+    }
     assert a.probe["current"] == "/opt/appliance/releases/1"
     assert diff(site.desired_a, a.probe) == diff(site.desired_b, b.probe) == []
 
@@ -184,7 +214,8 @@ def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> 
     started = on(lab, b, "systemctl show -p ActiveEnterTimestampMonotonic appliance-model")
 
     start = time.monotonic()
-    again = deploy(site.work, site.inventory_b, "demo-1", "--engine", "ansible")
+    again = deploy(site.work, site.inventory_b, "demo-1", "--engine", "ansible", "--site",
+                   str(site.work / "site" / "site.yaml"))  # fmt: skip
     cli = time.monotonic() - start
     assert again["hosts"][0]["status"] == "unchanged", again  # type: ignore[index]
 
@@ -197,7 +228,8 @@ def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> 
     # Plain ansible-playbook with the inventory and host_vars `deploy --emit-ansible` writes
     # (playbooks/README.md); the command it prints is the one run here.
     emitted = appliance("deploy", "--profile", "cpu-llamacpp", "--bundle", "demo-1", "--trust", "keys/root.json",
-                        "--inventory", site.inventory_b, "--emit-ansible", tmp_path / "run", "--json", cwd=site.work)  # fmt: skip
+                        "--inventory", site.inventory_b, "--emit-ansible", tmp_path / "run", "--json",
+                        "--site", site.work / "site" / "site.yaml", cwd=site.work)  # fmt: skip
     command = json.loads(emitted.stdout)["command"]
     assert command.startswith(
         f"ANSIBLE_CONFIG={tmp_path / 'run' / 'ansible.cfg'} ansible-playbook -i "

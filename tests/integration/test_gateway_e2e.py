@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,7 +47,9 @@ MODEL_PORT = 8080
 
 def drops(lab: Lab) -> int:
     out = helpers.on(lab, lab.hosts[0], "nft list counter inet appliance drop_in")
-    return int(out.split("packets")[1].split()[0])
+    found = re.search(r"\bpackets (\d+)", out)
+    assert found, out
+    return int(found.group(1))
 
 
 def direct(address: str, port: int) -> str:
@@ -85,11 +89,14 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
                 "max_tokens": 4,
                 "messages": [{"role": "user", "content": "hi"}],
             }
-            with httpx.Client(base_url=url, verify=str(cafile), timeout=30) as client:
+            with httpx.Client(
+                base_url=url, verify=ssl.create_default_context(cafile=str(cafile)), timeout=30
+            ) as client:
                 refused = client.post("/v1/chat/completions", json=body)
                 assert refused.status_code == 401, refused.text
                 assert refused.json()["error"]["code"] == "missing_token"
-                assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+                # RFC 6750 3.1: a request without credentials gets the challenge, no error code.
+                assert refused.headers["www-authenticate"] == 'Bearer realm="appliance"'
                 # Signed by the realm's key, right issuer and audience, but no role for the model.
                 issuer = running.issuer
                 caller = issuer.authenticate(dev_site.CALLER, site.secrets.secret(dev_site.CALLER))
@@ -100,6 +107,7 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
                                         headers={"Authorization": f"Bearer {roleless}"})  # fmt: skip
                 assert forbidden.status_code == 403, forbidden.text
                 assert forbidden.json()["error"]["code"] == "model_not_allowed"
+                assert 'error="insufficient_scope"' in forbidden.headers["www-authenticate"]
                 listed = client.get("/v1/models", headers={"Authorization": f"Bearer {token}"})
                 assert [m["id"] for m in listed.json()["data"]] == [MODEL]
 
@@ -117,7 +125,9 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
             records = [json.loads(line) for line in log.splitlines()]
             by_status = {r["status"]: r for r in records}
             assert {200, 401, 403} <= by_status.keys()
-            assert by_status[200]["client_id"] == dev_site.CALLER and by_status[200]["stream"]
+            [streamed] = [r for r in records if r["status"] == 200 and r["stream"]]
+            assert streamed["client_id"] == dev_site.CALLER and streamed["model"] == MODEL
+            assert streamed["route"] == "/v1/chat/completions" and streamed["tokens_out"] > 1
             assert by_status[403]["reason"] == "model_not_allowed"
             assert token not in log and roleless not in log
 
