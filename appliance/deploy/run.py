@@ -461,11 +461,14 @@ def _finish(
             return result
         remote.switch_current(host, desired.release_dir)
         journal.record("activate", "done", current=desired.release_dir)
-        result.status = "unchanged" if previous == verified.version else "converged"
+        # Changes were applied (a host with none is not converged at all): "converged", also when
+        # the release was already current (its configuration changed, or a run was resumed).
+        result.status = "converged"
+        serving = "serving" if previous != verified.version else "reconfigured, serving"
         result.message = (
-            f"serving release {verified.version} on 127.0.0.1:{_port(plan)}"
+            f"{serving} release {verified.version} on 127.0.0.1:{_port(plan)}"
             if desired.gateway_port is None
-            else f"serving release {verified.version} through the gateway on "
+            else f"{serving} release {verified.version} through the gateway on "
             f"https://{host.address}:{desired.gateway_port}"
         )
         result.audit_hash = remote.append_audit(host, {**record, "result": "ok"})["hash"]

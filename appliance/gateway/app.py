@@ -1,6 +1,7 @@
 """The gateway's ASGI app: authenticate, authorise, rate-limit, proxy, audit.
 
-A call to a model route goes: token (``tokens``) -> rate limit (per client id)
+A call to a model route goes: the address's refusal budget (``ratelimit``) -> token
+(``tokens``) -> rate limit (per client id)
 -> bounded body -> ``model`` field against the caller's roles -> the model
 server (streaming answers forwarded chunk by chunk as they arrive) -> one audit
 record. Every refusal is an OpenAI-style JSON error whose ``code`` is the
@@ -39,7 +40,7 @@ from appliance.gateway.jwks import (
     KeyStore,
     UrlJwksSource,
 )
-from appliance.gateway.ratelimit import RateLimiter, retry_after
+from appliance.gateway.ratelimit import RateLimiter, RefusalLimiter, retry_after
 from appliance.gateway.reasons import Reason, RefusedError
 from appliance.gateway.tokens import Caller, TokenValidator
 from appliance.gateway.upstream import (
@@ -142,6 +143,7 @@ class Gateway:
         )
         self.validator = TokenValidator(t, self.keys, self.clock)
         self.limiter = RateLimiter(config.rate_limits, self.clock)
+        self.refusals = RefusalLimiter(config.rate_limits.refused_per_address, self.clock)
         self.upstream_key = read_api_key(config.upstream.api_key_file)
         self.audit = AuditLog(
             config.audit.path,
@@ -171,7 +173,19 @@ class Gateway:
         values = request.headers.getlist("authorization")
         if len(values) > 1:
             raise RefusedError(Reason.MALFORMED_HEADER, "more than one Authorization header")
-        caller = await self.validator.caller(values[0] if values else None)
+        peer = call.peer
+        if peer is not None and (held := self.refusals.wait(peer)) is not None:
+            raise RefusedError(
+                Reason.RATE_LIMITED,
+                f"address {peer} sent too many requests with refused tokens; retry in {held:.1f} s",
+                retry_after=held,
+            )
+        try:
+            caller = await self.validator.caller(values[0] if values else None)
+        except RefusedError as exc:
+            if peer is not None and exc.reason.is_token_problem:
+                self.refusals.refused(peer)
+            raise
         call.subject, call.client_id = caller.subject, caller.client_id
         wait = self.limiter.take(caller.client_id)
         if wait is not None:

@@ -183,6 +183,9 @@ class RateLimit(_Strict):
 class RateLimits(_Strict):
     default: RateLimit = RateLimit(requests_per_s=5, burst=20)
     clients: dict[str, RateLimit] = {}  # client id -> its own bucket
+    # Per peer address, spent only by requests whose token was refused (401): past it, the
+    # address is answered 429 before its token is parsed.
+    refused_per_address: RateLimit = RateLimit(requests_per_s=1, burst=30)
 
     def for_client(self, client_id: str) -> RateLimit:
         return self.clients.get(client_id, self.default)

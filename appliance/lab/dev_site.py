@@ -65,8 +65,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def prepare(directory: Path, lab: Lab, model: str, *, issuer_port: int | None = None) -> DevSite:
-    """Write the lab site's files under ``directory`` (secrets and keys kept between runs)."""
+def prepare(
+    directory: Path,
+    lab: Lab,
+    model: str,
+    *,
+    issuer_port: int | None = None,
+    rate_limit: tuple[float, int] | None = None,
+) -> DevSite:
+    """Write the lab site's files under ``directory`` (secrets and keys kept between runs).
+
+    ``rate_limit`` (requests per second, burst) replaces the gateway's default
+    per-client limit (``bench/gateway-lab`` sends 64 streams from one client).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     port = issuer_port or _free_port()
     access = AccessConfig(
@@ -84,11 +95,13 @@ def prepare(directory: Path, lab: Lab, model: str, *, issuer_port: int | None = 
     issuer = _issuer(realm_file, directory, port)
     jwks = directory / "realm-jwks.json"
     jwks.write_text(json.dumps(issuer.jwks(), indent=2) + "\n")
-    site = {
+    site: dict[str, object] = {
         "schema_version": 1,
         "network": {"site_cidrs": [lab.subnet], "admin_cidrs": [f"{lab.gateway}/32"]},
         "tokens": {"issuer": issuer.issuer, "audience": issuer.api_client, "jwks_file": jwks.name},
     }
+    if rate_limit is not None:
+        site["gateway"] = {"rate_limit": {"requests_per_s": rate_limit[0], "burst": rate_limit[1]}}
     site_file = directory / "site.yaml"
     site_file.write_text(
         f"# A lab site: tokens from the {BANNER}.\n" + json.dumps(site, indent=2) + "\n"

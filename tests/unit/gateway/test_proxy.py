@@ -356,3 +356,52 @@ async def test_a_connection_closed_as_it_is_reused_is_retried_once(
     await app.state.gateway.aclose()
     assert response.status_code == status
     assert len(upstream.received) == (1 if status == 200 else 0)
+
+
+async def test_an_address_sending_refused_tokens_is_held_off_before_parsing(
+    site: Site, upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    config = site.config(rate_limits={"refused_per_address": {"requests_per_s": 1, "burst": 3}})
+    gateway = await open_gateway(config, upstream, clock)
+    try:
+        bad = "Bearer not.a.token"
+        for _ in range(3):
+            refused = await gateway.chat(bad.removeprefix("Bearer "))
+            assert (refused.status_code, refused.json()["error"]["code"]) == (
+                401,
+                "malformed_token",
+            )
+        # The budget is spent: even a good token from this address waits, and is not parsed.
+        held = await gateway.chat(site.token())
+        assert (held.status_code, held.json()["error"]["code"]) == (429, "rate_limited")
+        assert held.headers["retry-after"] == "1"
+        record = site.audit_records()[-1]
+        assert (record["status"], record["reason"], record["client_id"]) == (
+            429,
+            "rate_limited",
+            None,
+        )
+        assert "refused tokens" in record["detail"]
+        assert upstream.received == []
+        clock.advance(1.0)  # one refusal earned back: heard again
+        assert (await gateway.chat(site.token())).status_code == 200
+        # A 403 (valid token, model not granted) is not a token problem: it spends nothing.
+        for _ in range(5):
+            assert (await gateway.chat(site.token(), model="not-granted")).status_code == 403
+        assert (await gateway.chat(site.token())).status_code == 200
+    finally:
+        await gateway.client.aclose()
+        await gateway.state.aclose()
+
+
+def test_refusal_buckets_are_bounded() -> None:
+    from appliance.gateway.config import RateLimit
+    from appliance.gateway.ratelimit import MAX_ADDRESSES, RefusalLimiter
+
+    clock = FakeClock()
+    limiter = RefusalLimiter(RateLimit(requests_per_s=1, burst=1), clock)
+    for i in range(MAX_ADDRESSES + 10):
+        limiter.refused(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter) == MAX_ADDRESSES
+    assert limiter.wait("10.0.0.0") is None  # the oldest was forgotten
+    assert limiter.wait(f"10.0.{(MAX_ADDRESSES + 9) // 256}.{(MAX_ADDRESSES + 9) % 256}") == 1.0
