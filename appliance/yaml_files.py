@@ -70,13 +70,27 @@ def load_model(
     ``doc`` where the format is documented.
     """
     data = load_yaml(path, what, error)
+    return validate_model(data, model, what, error, source=str(path), expected=expected, doc=doc)
+
+
+def validate_model(
+    data: Any,
+    model: type[M],
+    what: str,
+    error: type[InputError],
+    *,
+    source: str,
+    expected: str,
+    doc: str,
+) -> M:
+    """Parsed YAML or JSON from ``source`` validated into ``model``; every problem in one ``error``."""
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise error(f"{path}: expected a YAML mapping with {expected}; found {found}")
+        raise error(f"{source}: expected a YAML mapping with {expected}; found {found}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(
-            f"{path}: invalid {what}:\n{format_validation_error(exc, model)}",
+            f"{source}: invalid {what}:\n{format_validation_error(exc, model)}",
             hint=f"The format is documented in {doc}.",
         ) from exc

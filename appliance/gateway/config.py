@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from appliance.errors import InputError
-from appliance.schema_errors import format_validation_error
-from appliance.yaml_files import load_yaml
+from appliance.yaml_files import load_yaml, validate_model
 
 CONFIG_SCHEMA_VERSION = 1
 DOC = "docs/gateway.md"
@@ -242,18 +241,8 @@ class GatewayConfig(_Strict):
 
 def parse_config(data: Any, source: str = "gateway config") -> GatewayConfig:
     """A validated config from parsed YAML/JSON; every problem in one message."""
-    if not isinstance(data, dict):
-        found = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise GatewayConfigError(
-            f"{source}: expected a mapping with schema_version, tls, tokens and access; found {found}"
-        )
-    try:
-        return GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        raise GatewayConfigError(
-            f"{source}: invalid gateway config:\n{format_validation_error(exc, GatewayConfig)}",
-            hint=f"The format is documented in {DOC}.",
-        ) from exc
+    return validate_model(data, GatewayConfig, "gateway config", GatewayConfigError, source=source,
+                          expected="schema_version, tls, tokens and access", doc=DOC)  # fmt: skip
 
 
 def load_config(path: Path) -> GatewayConfig:

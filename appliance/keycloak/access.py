@@ -26,11 +26,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.keycloak.errors import AccessConfigError
-from appliance.schema_errors import format_validation_error
-from appliance.yaml_files import load_model
+from appliance.yaml_files import load_model, validate_model
 
 ACCESS_SCHEMA_VERSION = 1
 DEFAULT_REALM = "appliance"
@@ -120,18 +119,8 @@ class AccessConfig(_Strict):
 
 
 def parse_access(data: Any, *, where: str) -> AccessConfig:
-    if not isinstance(data, dict):
-        found = "nothing" if data is None else f"a {type(data).__name__}"
-        raise AccessConfigError(
-            f"{where}: expected a mapping with schema_version and callers; found {found}"
-        )
-    try:
-        return AccessConfig.model_validate(data)
-    except ValidationError as exc:
-        raise AccessConfigError(
-            f"{where}: invalid access file:\n{format_validation_error(exc, AccessConfig)}",
-            hint=f"The format is documented in {DOC}.",
-        ) from exc
+    return validate_model(data, AccessConfig, "access file", AccessConfigError, source=where,
+                          expected="schema_version and callers", doc=DOC)  # fmt: skip
 
 
 def load_access(path: Path) -> AccessConfig:

@@ -31,7 +31,7 @@ BAD = {
     "wrong_schema_version": "`schema_version` has an unknown value: expected one of 1, found number 2",
     "duplicate_key": "duplicate key 'tokens' (first given at line 3)",
     "log_prompts_string": "`audit.log_prompts`",
-    "not_a_mapping": "expected a mapping with schema_version, tls, tokens and access; found a list",
+    "not_a_mapping": "expected a YAML mapping with schema_version, tls, tokens and access; found a list",
 }
 
 

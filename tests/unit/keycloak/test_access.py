@@ -71,7 +71,7 @@ def test_defaults() -> None:
 
 
 def test_parse_refuses_non_mappings() -> None:
-    with pytest.raises(AccessConfigError, match="t: expected a mapping"):
+    with pytest.raises(AccessConfigError, match="t: expected a YAML mapping"):
         parse_access(["x"], where="t")
 
 
