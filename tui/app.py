@@ -2,21 +2,26 @@
 
 ``build_app(backend, options=...)`` gives the app a ``Backend`` (the real core,
 or a test's fake) and the command line's starting values; the first screen is
-Hardware. ``run`` is what the CLI calls: the real core, a real terminal.
-The app's return value is an exit code as the CLI's: 0, 5 when a host failed,
-130 after a cancelled deploy.
+Hardware. The site file (``--site``) is loaded there, before the app starts:
+no screen asks for it, so a bad one is the CLI's error exit (2, the CLI's
+words), not a dialog in a run that could not use it. ``run`` is what the CLI
+calls: the real core, a real terminal. The app's return value is an exit code
+as the CLI's: 0, 5 when a host failed, 130 after a cancelled deploy.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 
 from tui.backend import Backend, CoreBackend
 from tui.session import AppOptions, Session
+
+if TYPE_CHECKING:
+    from appliance.deploy.site import Site
 
 
 class ApplianceApp(App[int]):
@@ -25,10 +30,10 @@ class ApplianceApp(App[int]):
     ENABLE_COMMAND_PALETTE = False  # every action is a visible key or button
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", "Quit", priority=True)]
 
-    def __init__(self, backend: Backend, options: AppOptions) -> None:
+    def __init__(self, backend: Backend, options: AppOptions, site: Site | None = None) -> None:
         super().__init__()
         self.backend = backend
-        self.session = Session(options)
+        self.session = Session(options, site=site)
         self.exit_code = 0
 
     def on_mount(self) -> None:
@@ -46,7 +51,9 @@ class ApplianceApp(App[int]):
 
 
 def build_app(backend: Backend, *, options: AppOptions) -> ApplianceApp:
-    return ApplianceApp(backend, options)
+    """The app; raises ``SiteFileError`` (exit 2) when ``options.site`` cannot be used."""
+    site = None if options.site is None else backend.load_site(options.site)
+    return ApplianceApp(backend, options, site)
 
 
 def run(

@@ -1,7 +1,8 @@
 """Every core operation the TUI needs, behind one small ABC.
 
 ``CoreBackend`` calls the real core (detection, profiles, plan, bundle
-verification, inventory, lab list, SSH reachability, deploy, smoke test);
+verification, inventory, site file, lab list, SSH reachability, deploy,
+smoke test);
 the tests use an in-memory ``FakeBackend`` (``tests/tui/fake_backend.py``)
 built from the same core data types. Long operations are the core's event
 generators, returned as they are: the screens drain them in worker threads.
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Final, Literal
 if TYPE_CHECKING:
     from appliance.bundle.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
+    from appliance.deploy.site import Site
     from appliance.deploy.smoke import ChatAnswer
     from appliance.events import Event
     from appliance.facts import HostFacts
@@ -67,6 +69,10 @@ class Backend(ABC):
         """Lab hosts on this machine (``appliance lab list``)."""
 
     @abstractmethod
+    def load_site(self, path: Path) -> Site:
+        """The site file (``appliance deploy --site``); raises ``SiteFileError``."""
+
+    @abstractmethod
     def load_inventory(self, path: Path) -> Inventory: ...
 
     @abstractmethod
@@ -75,9 +81,18 @@ class Backend(ABC):
 
     @abstractmethod
     def review(
-        self, verified: VerifiedBundle, inventory: Inventory, *, profile: str, force: bool
+        self,
+        verified: VerifiedBundle,
+        inventory: Inventory,
+        *,
+        profile: str,
+        force: bool,
+        site: Site | None,
     ) -> Generator[Event, None, list[HostResult]]:
-        """The dry run: per host, the difference between the plan and the host now."""
+        """The dry run: per host, the difference between the plan and the host now.
+
+        With ``site``, the gateway and the host's firewall are part of the plan.
+        """
 
     @abstractmethod
     def deploy(
@@ -87,6 +102,7 @@ class Backend(ABC):
         *,
         profile: str,
         force: bool,
+        site: Site | None,
         cancel: threading.Event,
     ) -> Generator[Event, None, list[HostResult]]:
         """Converge the hosts; a set ``cancel`` stops at the next safe point (``Cancelled``)."""
@@ -155,19 +171,30 @@ class CoreBackend(Backend):
 
         return load_inventory(path)
 
+    def load_site(self, path: Path) -> Site:
+        from appliance.deploy.site import load_site
+
+        return load_site(path)
+
     def reachable(self, host: HostEntry) -> tuple[bool, str]:
         from appliance.deploy.remote import reachable
 
         return reachable(host)
 
     def review(
-        self, verified: VerifiedBundle, inventory: Inventory, *, profile: str, force: bool
+        self,
+        verified: VerifiedBundle,
+        inventory: Inventory,
+        *,
+        profile: str,
+        force: bool,
+        site: Site | None,
     ) -> Generator[Event, None, list[HostResult]]:
         from appliance.deploy.run import deploy
 
         return deploy(
             verified, inventory, self.profiles(), profile=profile, engine=ENGINE, dry_run=True,
-            force=force,
+            force=force, site=site,
         )  # fmt: skip
 
     def deploy(
@@ -177,6 +204,7 @@ class CoreBackend(Backend):
         *,
         profile: str,
         force: bool,
+        site: Site | None,
         cancel: threading.Event,
     ) -> Generator[Event, None, list[HostResult]]:
         import getpass
@@ -185,7 +213,7 @@ class CoreBackend(Backend):
 
         return deploy(
             verified, inventory, self.profiles(), profile=profile, engine=ENGINE, dry_run=False,
-            force=force, operator=getpass.getuser(), cancel=cancel,
+            force=force, operator=getpass.getuser(), cancel=cancel, site=site,
         )  # fmt: skip
 
     def smoke_test(self, host: HostEntry, *, port: int) -> ChatAnswer:

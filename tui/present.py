@@ -18,6 +18,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from appliance.bundle.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
+    from appliance.deploy.site import Site
     from appliance.errors import ApplianceError
     from appliance.facts import HostFacts
     from appliance.fit import Estimate, FitReport
@@ -27,14 +28,47 @@ if TYPE_CHECKING:
 
 GIB = 1 << 30
 
-# How an operator gets a token for the endpoint. One place, so it changes once
-# when the gateway and Keycloak arrive with the security stack.
-TOKEN_HOWTO = (
-    "No token yet: there is no gateway in this release, so nothing issues or checks "
-    "tokens. The model server listens only on each host's loopback (127.0.0.1), "
-    "reachable from this machine through SSH (ssh -L PORT:127.0.0.1:PORT USER@HOST). "
-    "The gateway, with Keycloak-issued tokens, comes with the security stack."
+# What a deploy lays down, and how its endpoint is reached: one place, worded here only.
+SITE_NONE = "No site file: model server only, on each host's loopback"
+
+# Done, without a site file: the gateway exists, it was not asked for.
+NO_GATEWAY_TITLE = "No gateway: how to reach the model server"
+NO_GATEWAY_HOWTO = (
+    "This deploy was made without a site file, so only the model server was laid down: "
+    "it listens on each host's loopback (127.0.0.1), nothing there checks a token, and it "
+    "is reachable from this machine through SSH only "
+    "(ssh -L PORT:127.0.0.1:PORT USER@HOST, then http://127.0.0.1:PORT/v1). "
+    "For the authenticating gateway (TLS, tokens from the site's Keycloak realm) and each "
+    "host's firewall, deploy again with a site file: appliance tui --site FILE "
+    "(or appliance deploy --site FILE)."
 )
+TOKEN_TITLE = "How a caller gets a token"
+
+
+def site_line(site: Site | None) -> str:
+    """Whether the deploy lays down the gateway and the firewall (the plan review says it)."""
+    if site is None:
+        return SITE_NONE
+    return f"Site file: {site.path}; gateway and firewall will be laid down"
+
+
+def token_howto(issuer: str, audience: str) -> str:
+    """How a caller of the gateway gets a token, and what to trust and where calls are audited."""
+    from appliance.deploy.gateway_layer import GATEWAY_AUDIT, GATEWAY_CERT
+
+    return (
+        "A caller is a client of the site's realm (its client id and the secret made for it "
+        "on site, never sent from here). It asks the realm for a token with the "
+        "client-credentials grant: POST grant_type=client_credentials with HTTP basic auth "
+        f"CLIENT_ID:SECRET to {issuer}/protocol/openid-connect/token. The gateway accepts "
+        f"tokens issued by {issuer} for audience {audience}, sent as "
+        "'Authorization: Bearer TOKEN'.\n"
+        f"Trust the gateway's certificate, {GATEWAY_CERT} on each host: made there at first "
+        "start unless the site put its own there. Copy it to the caller (or trust the site CA "
+        "that signed the site's own certificate).\n"
+        f"Each call is recorded in {GATEWAY_AUDIT} on the host."
+    )
+
 
 # Deploy outcome per host, as a word first (colour only repeats it).
 STATUS_WORDS: dict[str, tuple[str, str]] = {
@@ -324,6 +358,22 @@ def host_outcome(result: HostResult) -> Text:
         status_word(result.status),
         f" {result.status}: {result.message}",
     )
+
+
+def host_access(result: HostResult, address: str, model_endpoint: str | None = None) -> list[str]:
+    """Where a deployed host is reached: the gateway (with a site file) or the loopback server."""
+    loopback = model_endpoint or f"http://127.0.0.1:{result.port}/v1 on {result.host}"
+    if result.gateway_port is None:
+        return [] if result.port is None else [f"  endpoint: {loopback} (the host's loopback only)"]
+    lines = [f"  endpoint: https://{address}:{result.gateway_port}/v1 (the gateway: TLS, token)"]
+    lines.append(
+        "  firewall loaded (the release's nftables ruleset)"
+        if result.firewall
+        else "  !! no firewall loaded"
+    )
+    if result.port is not None:
+        lines.append(f"  model server: {loopback}")
+    return lines
 
 
 def summary_line(results: Sequence[HostResult]) -> Text:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from appliance.bundle.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
+    from appliance.deploy.site import Site
     from appliance.facts import HostFacts
     from appliance.inventory import Inventory
     from appliance.model_info import ModelInfo
@@ -30,6 +31,7 @@ class AppOptions:
     bundle: Path | None = None
     trust: Path | None = None
     inventory: Path | None = None
+    site: Path | None = None  # the site file: with it, the gateway and firewall are laid down too
 
 
 STEPS = ("Hardware", "Profile", "Bundle", "Targets", "Plan", "Deploy", "Done")
@@ -38,6 +40,7 @@ STEPS = ("Hardware", "Profile", "Bundle", "Targets", "Plan", "Deploy", "Done")
 @dataclass
 class Session:
     options: AppOptions
+    site: Site | None = None  # options.site, loaded before the app starts; fixed for the run
     hosts: tuple[HostFacts, ...] = ()
     facts_source: str = ""
     model: ModelInfo | None = None

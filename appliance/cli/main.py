@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tui.add_argument("--state", type=Path, help="trust state directory (rollback protection)")
     tui.add_argument("--profiles-dir", type=Path, help="use the profiles in DIR")
+    tui.add_argument(
+        "--site",
+        type=Path,
+        metavar="FILE",
+        help="site file: also lay down the gateway and each host's firewall (docs/gateway.md)",
+    )
     from appliance.cli import bundle_cmds, deploy_cmds, lab_cmds
 
     COMMANDS.update(bundle_cmds.register(sub))
@@ -178,7 +184,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
         bundle=getattr(args, "bundle", None),
         trust=getattr(args, "trust", None),
         inventory=getattr(args, "inventory", None),
+        site=getattr(args, "site", None),
     )
+    # A bad site file raises SiteFileError before the app starts: main() prints it, exit 2.
     return run(
         options,
         state=getattr(args, "state", None),

@@ -17,7 +17,7 @@ from textual.widgets import Input
 
 from appliance.bundle.verify import VerifiedBundle
 from appliance.model_info import ModelInfo, load_model_info
-from tests.tui.fake_backend import FakeBackend, verified_demo_bundle
+from tests.tui.fake_backend import SITE_FILE, FakeBackend, verified_demo_bundle
 from tui.app import ApplianceApp, build_app
 from tui.session import AppOptions
 
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SIZE = (80, 24)
 GEMMA = "models/gemma-3-270m-q4_k_m.gguf"  # what the operator types; the fake maps it
 MISTRAL = "models/mistral-7b-instruct-v0.3"  # ditto: the checked-in config.json fixture
+SITE = "site/site.yaml"  # ditto: tests/tui/fixtures/site.yaml
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,9 @@ def gemma() -> ModelInfo:
 @pytest.fixture
 def fake(demo_bundle: VerifiedBundle, gemma: ModelInfo) -> FakeBackend:
     mistral = load_model_info(ROOT / "tests/fixtures/models/mistral-7b-instruct-v0.3")
-    return FakeBackend(demo_bundle, gemma, models={GEMMA: gemma, MISTRAL: mistral})
+    return FakeBackend(
+        demo_bundle, gemma, models={GEMMA: gemma, MISTRAL: mistral}, sites={SITE: SITE_FILE}
+    )
 
 
 AppFactory = Callable[..., ApplianceApp]

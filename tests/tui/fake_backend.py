@@ -6,7 +6,9 @@ Everything a screen shows is a real core value: ``HostFacts`` read from
 ``verify_bundle`` from a small bundle signed with fixed Ed25519 keys (so keyids,
 digests and dates are the same on every run), and dry-run changes from the real
 ``desired_state`` + ``diff`` against an empty host. What stays fake is what
-needs hosts: SSH reachability, the deploy's convergence, the smoke test.
+needs hosts: SSH reachability, the deploy's convergence, the smoke test. The
+site file is read by the real ``load_site``; with a site, every host's result
+has the gateway's port and a loaded firewall, as the core reports them.
 
 On demand it fails (``fail={"verify": SomeError(...)}``: the operation raises
 that error) and is slow (``slow_deploy=True``: the deploy waits after its
@@ -44,6 +46,7 @@ from appliance.bundle.trust import new_root, sign_metadata, to_bytes, write_atom
 from appliance.bundle.verify import VerifiedBundle, verify_bundle
 from appliance.deploy.desired import desired_state, diff
 from appliance.deploy.run import HostResult
+from appliance.deploy.site import Site, load_site
 from appliance.deploy.smoke import ChatAnswer
 from appliance.errors import ApplianceError, Cancelled, DoesNotFitError
 from appliance.events import Event, Finished, Progress, Started, drain
@@ -52,6 +55,7 @@ from appliance.facts_io import load_facts
 from appliance.inventory import HostEntry, Inventory, load_inventory
 from appliance.lab import LabHostInfo, LabInfo
 from appliance.model_info import ModelInfo
+from appliance.netpolicy.model import GATEWAY_PORT
 from appliance.plan import Plan, build_plan
 from appliance.profiles import Profile, load_profiles
 from tui.backend import Backend
@@ -63,6 +67,7 @@ SHARD = 64 * 1024
 PART = 96 * 1024
 MODEL_FILE = "models/gemma-3-270m-q4_k_m.gguf"
 LAB_INVENTORY = Path("/run/appliance/lab/rehearsal/inventory.yml")
+SITE_FILE = Path(__file__).resolve().parent / "fixtures" / "site.yaml"
 ANSWER = "Because the data, the prompts and the answers never leave the site."
 
 
@@ -184,6 +189,7 @@ class FakeBackend(Backend):
         default_factory=lambda: {str(LAB_INVENTORY): lab_inventory()}
     )
     lab_list: list[LabInfo] = field(default_factory=lambda: [lab_info()])
+    sites: dict[str, Path] = field(default_factory=dict)  # path text -> site file
     unreachable: dict[str, str] = field(default_factory=dict)  # host -> what SSH said
     failing_hosts: set[str] = field(default_factory=set)  # deploy reports them failed
     fail: dict[str, ApplianceError] = field(default_factory=dict)  # operation -> error
@@ -242,6 +248,13 @@ class FakeBackend(Backend):
             return self.inventories[str(path)]
         return load_inventory(path)
 
+    def load_site(self, path: Path) -> Site:
+        self._enter("site", path=path)
+        if str(path) in self.sites:  # read for real, shown as the operator typed it
+            site = load_site(self.sites[str(path)])
+            return Site(path, site.config, site.jwks, site.jwks_ca)
+        return load_site(path)
+
     # --- what needs hosts, faked --------------------------------------------------------------
 
     def verify(self, bundle: Path, trust: Path) -> Generator[Event, None, VerifiedBundle]:
@@ -264,7 +277,9 @@ class FakeBackend(Backend):
             return False, f"{who}: {self.unreachable[host.name]}"
         return True, f"{who}: ok (Debian GNU/Linux 12 (bookworm))"
 
-    def _changes(self, inventory: Inventory, profile: str, force: bool) -> dict[str, HostResult]:
+    def _changes(
+        self, inventory: Inventory, profile: str, force: bool, site: Site | None
+    ) -> dict[str, HostResult]:
         plan = build_plan(
             self.profiles(), load_facts(self.facts), facts_source="fake", requested=profile,
             model=self.bundle_model,
@@ -278,14 +293,23 @@ class FakeBackend(Backend):
         for host in inventory.with_role("model-server"):
             kind = plan.selection.profile.engine.kind
             desired = desired_state(self.verified, plan.commands[0], host, engine=kind)
-            results[host.name] = HostResult(host.name, changes=diff(desired, {}), port=8080)
+            results[host.name] = HostResult(
+                host.name, changes=diff(desired, {}), port=8080,
+                gateway_port=None if site is None else GATEWAY_PORT, firewall=site is not None,
+            )  # fmt: skip
         return results
 
     def review(
-        self, verified: VerifiedBundle, inventory: Inventory, *, profile: str, force: bool
+        self,
+        verified: VerifiedBundle,
+        inventory: Inventory,
+        *,
+        profile: str,
+        force: bool,
+        site: Site | None,
     ) -> Generator[Event, None, list[HostResult]]:
-        self._enter("review", profile=profile, force=force)
-        results = self._changes(inventory, profile, force)
+        self._enter("review", profile=profile, force=force, site=site and site.path)
+        results = self._changes(inventory, profile, force, site)
         yield Started("deploy", total_items=len(results))
         for i, name in enumerate(results, start=1):
             yield Progress("plan", 0, None, i, len(results), name)
@@ -299,11 +323,13 @@ class FakeBackend(Backend):
         *,
         profile: str,
         force: bool,
+        site: Site | None,
         cancel: threading.Event,
     ) -> Generator[Event, None, list[HostResult]]:
-        self._enter("deploy", profile=profile, force=force)
+        self._enter("deploy", profile=profile, force=force, site=site and site.path)
         self.cancel_event = cancel
-        results = self._changes(inventory, profile, force)
+        results = self._changes(inventory, profile, force, site)
+        addresses = {h.name: h.address for h in inventory.hosts}
         hosts = list(results)
         yield Started("deploy", total_items=len(hosts))
         for i, name in enumerate(hosts, start=1):
@@ -326,7 +352,12 @@ class FakeBackend(Backend):
                 result.status, result.message = "failed", "release 3 failed its health check"
             else:
                 result.status = "converged"
-                result.message = f"serving release {verified.version} on 127.0.0.1:8080"
+                result.message = (
+                    f"serving release {verified.version} on 127.0.0.1:8080"
+                    if result.gateway_port is None
+                    else f"serving release {verified.version} through the gateway on "
+                    f"https://{addresses[name]}:{result.gateway_port}"
+                )
             result.audit_hash = hashlib.sha256(f"audit {name}".encode()).hexdigest()
             yield Progress("deploy", 0, None, 0, len(hosts), f"{name}: {result.status}")
         serving = len(hosts) - len(self.failing_hosts & set(hosts))

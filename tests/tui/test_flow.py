@@ -6,7 +6,7 @@ import pytest
 
 from tests.tui.conftest import AppFactory, screen_text, settle, walk_to
 from tests.tui.fake_backend import ANSWER, FakeBackend
-from tui.present import TOKEN_HOWTO
+from tui.present import NO_GATEWAY_HOWTO
 
 pytestmark = [pytest.mark.tui, pytest.mark.anyio]
 
@@ -25,14 +25,14 @@ async def test_happy_path_from_detection_to_a_working_endpoint(
         assert ANSWER in text and "smoke test: OK gemma-3-270m-q4_k_m answered" in text
         for result in app.session.results or []:
             assert f"audit record: {result.audit_hash}" in text
-        assert TOKEN_HOWTO in text
+        assert NO_GATEWAY_HOWTO in text  # no site file: no gateway, and how to get one
         await pilot.press("ctrl+n")  # Quit
         await settle(pilot)
     assert app.return_value == 0
     # Every decision went through the core, in order, with what the operator chose.
     order = [name for name, _ in fake.calls if name not in ("reach", "labs", "smoke")]
     assert order == ["detect", "model", "plan", "verify", "inventory", "review", "deploy"]
-    assert fake.called("deploy") == [{"profile": "cpu-llamacpp", "force": False}]
+    assert fake.called("deploy") == [{"profile": "cpu-llamacpp", "force": False, "site": None}]
     assert {c["host"] for c in fake.called("smoke")} == {"rehearsal-1", "rehearsal-2"}
 
 

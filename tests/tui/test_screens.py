@@ -110,8 +110,8 @@ async def test_overriding_a_profile_that_does_not_fit_needs_confirmation_and_for
         await settle(pilot)
         assert app.screen.STEP == "Bundle" and app.session.force is True  # type: ignore[attr-defined]
         await walk_to(pilot, "Done")
-    assert fake.called("review") == [{"profile": "cpu-llamacpp", "force": True}]
-    assert fake.called("deploy") == [{"profile": "cpu-llamacpp", "force": True}]
+    assert fake.called("review") == [{"profile": "cpu-llamacpp", "force": True, "site": None}]
+    assert fake.called("deploy") == [{"profile": "cpu-llamacpp", "force": True, "site": None}]
 
 
 async def test_choosing_another_profile_replans_and_a_mismatch_is_confirmed(

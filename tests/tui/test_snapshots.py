@@ -18,7 +18,7 @@ import pytest
 from textual.pilot import Pilot
 
 from appliance.errors import ThresholdError
-from tests.tui.conftest import MISTRAL, ROOT, AppFactory, freeze_cursors, settle, walk_to
+from tests.tui.conftest import MISTRAL, ROOT, SITE, AppFactory, freeze_cursors, settle, walk_to
 from tests.tui.fake_backend import FakeBackend
 
 pytestmark = pytest.mark.tui
@@ -88,6 +88,11 @@ def test_plan_review(snap_compare: Compare, make_app: AppFactory) -> None:
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=at("Plan"))
 
 
+def test_plan_review_with_site(snap_compare: Compare, make_app: AppFactory) -> None:
+    app = make_app(site=Path(SITE))
+    assert snap_compare(app, terminal_size=SIZE, run_before=at("Plan"))
+
+
 def test_deploy_confirmation(snap_compare: Compare, make_app: AppFactory) -> None:
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=at("Plan", "ctrl+n"))
 
@@ -116,6 +121,18 @@ def test_deploy_cancelled(snap_compare: Compare, make_app: AppFactory, fake: Fak
 
 def test_done(snap_compare: Compare, make_app: AppFactory) -> None:
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=at("Done"))
+
+
+def test_done_with_site(snap_compare: Compare, make_app: AppFactory) -> None:
+    """Scrolled to the end: the last host's gateway and firewall, and how to get a token."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await at("Done")(pilot)
+        pilot.app.screen.query_one("#done-body").scroll_end(animate=False)
+        await settle(pilot)
+
+    app = make_app(site=Path(SITE))
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
 def test_help(snap_compare: Compare, make_app: AppFactory) -> None:

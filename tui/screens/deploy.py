@@ -89,11 +89,11 @@ the host locks, and leaves the journal: deploying again resumes.
         self.query_one("#back", Button).disabled = True
         self.query_one("#next", Button).disabled = True
         self.set_status("deploying (c: cancel)")
-        cancel, force = self.cancel, session.force
+        cancel, force, site = self.cancel, session.force, session.site
         self.stream(
             "deploy",
             lambda: self.backend.deploy(
-                verified, inventory, profile=profile, force=force, cancel=cancel
+                verified, inventory, profile=profile, force=force, site=site, cancel=cancel
             ),
         )
 

@@ -1,9 +1,11 @@
 """Step 7, Done: per host the outcome, the endpoint, the smoke-test answer and the audit record.
 
 The smoke test is the core's ``appliance.deploy.smoke.chat``: one question to
-the model server through an SSH tunnel, asked from this machine. How to obtain
-a token is ``tui.present.TOKEN_HOWTO`` (one place, it changes with the
-gateway).
+the model server through an SSH tunnel, asked from this machine. With a site
+file each host also shows the gateway's endpoint and its firewall, and the
+screen says how a caller gets a token (``tui.present.token_howto``); without
+one, how to reach the loopback-only server and how to get the gateway
+(``tui.present.NO_GATEWAY_HOWTO``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from textual.containers import VerticalScroll
 from textual.widgets import Label, Static
 
 from tui.messages import Answered
-from tui.present import TOKEN_HOWTO, host_outcome, summary_line
+from tui.present import (
+    NO_GATEWAY_HOWTO,
+    NO_GATEWAY_TITLE,
+    TOKEN_TITLE,
+    host_access,
+    host_outcome,
+    summary_line,
+    token_howto,
+)
 from tui.screens.base import StepScreen
 
 if TYPE_CHECKING:
@@ -31,10 +41,13 @@ SERVING = ("converged", "unchanged")
 class DoneScreen(StepScreen):
     STEP = "Done"
     ABOUT = """
-What was deployed, per host: the outcome, the endpoint the model server
-listens on, the answer of the smoke test (one question asked from this machine
-through an SSH tunnel), and the id of the audit record the deploy wrote on the
-host (check the chain with `appliance audit verify --inventory FILE`).
+What was deployed, per host: the outcome, the endpoint (with a site file, the
+gateway's https://ADDRESS:8443/v1 and the loaded firewall; without, the model
+server on the host's loopback), the answer of the smoke test (one question
+asked the model server from this machine through an SSH tunnel), and the id of
+the audit record the deploy wrote on the host (check the chain with
+`appliance audit verify --inventory FILE`). Below: how a caller gets a token
+for the gateway, or, without a site file, how to reach the model server.
 """
     NEXT_LABEL = "Quit"
 
@@ -44,19 +57,27 @@ host (check the chain with `appliance audit verify --inventory FILE`).
             yield Static(summary_line(results), id="summary")
             for result in results:
                 yield Static(self.host_text(result), id=f"host-{result.host}", classes="host-done")
-            yield Label(Text("How to obtain a token", "bold"))
-            yield Static(TOKEN_HOWTO, id="token")
+            site = self.session.site
+            if site is not None and any(r.gateway_port is not None for r in results):
+                tokens = site.config.tokens
+                yield Label(Text(TOKEN_TITLE, "bold"))
+                yield Static(token_howto(tokens.issuer, tokens.audience), id="token", markup=False)
+            else:
+                yield Label(Text(NO_GATEWAY_TITLE, "bold"))
+                yield Static(NO_GATEWAY_HOWTO, id="token", markup=False)
 
-    @staticmethod
     def host_text(
-        result: HostResult, answer: ChatAnswer | None = None, smoke: Text | str | None = None
+        self, result: HostResult, answer: ChatAnswer | None = None, smoke: Text | str | None = None
     ) -> Text:
+        inventory = self.session.inventory
+        entry = (
+            next((h for h in inventory.hosts if h.name == result.host), None) if inventory else None
+        )
+        address = entry.address if entry is not None else result.host
         lines = [host_outcome(result)]
-        if result.port is not None:
-            endpoint = (
-                answer.endpoint if answer else f"http://127.0.0.1:{result.port}/v1 on {result.host}"
-            )
-            lines.append(Text(f"  endpoint: {endpoint} (the host's loopback only)"))
+        lines += [
+            Text(line) for line in host_access(result, address, answer.endpoint if answer else None)
+        ]
         lines.append(Text(f"  audit record: {result.audit_hash or 'none written'}"))
         if answer is not None:
             lines.append(Text.assemble("  smoke test: ", ("OK", "bold green"), f" {answer.model} answered "

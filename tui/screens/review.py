@@ -15,7 +15,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Label, Static
 
 from tui.messages import Answered, EventEmitted
-from tui.present import host_changes
+from tui.present import host_changes, site_line
 from tui.screens.base import StepScreen
 from tui.screens.dialogs import ConfirmDialog
 
@@ -31,8 +31,10 @@ The dry run: for every model-server host, appliance reads the host's facts
 over SSH, plans the chosen profile with the bundle's model (a model that does
 not fit stops here unless you overrode the profile), and lists what would
 change: directories, release files with their digests, the virtualenv, the
-unit and environment files, the active release. Nothing is changed until you
-confirm the deploy.
+unit and environment files, the active release. With a site file (--site),
+also the authenticating gateway (TLS on port 8443 of each host's address) and
+each host's nftables firewall; without one, the model server alone, on each
+host's loopback. Nothing is changed until you confirm the deploy.
 """
 
     def __init__(self) -> None:
@@ -51,6 +53,7 @@ confirm the deploy.
             f"{len(inventory.with_role('model-server'))} model server(s)",
             id="review-head",
         )
+        yield Static(site_line(session.site), id="review-site")
         with VerticalScroll(id="changes"):
             yield Static("Asking the hosts...", id="review-wait")
 
@@ -71,7 +74,9 @@ confirm the deploy.
         self.set_status("dry run: planning each host")
         self.stream(
             "review",
-            lambda: self.backend.review(verified, inventory, profile=profile, force=session.force),
+            lambda: self.backend.review(
+                verified, inventory, profile=profile, force=session.force, site=session.site
+            ),
         )
 
     def on_event_emitted(self, message: EventEmitted) -> None:
@@ -122,6 +127,7 @@ confirm the deploy.
         ]
         body = (
             "\n".join(lines)
+            + f"\n\n{site_line(self.session.site)}"
             + f"\n\nDeploy {verified.name} version {verified.version} to {len(results)} host(s)? "
             "Hosts are locked while it runs; Cancel stops at the next safe point."
         )
