@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from appliance.bundle.format import FILES_DIR, TARGETS_FILE
+from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR
 from appliance.bundle.verify import VerifiedBundle
 from appliance.engine_args import NodeCommand
 from appliance.inventory import HostEntry
@@ -43,6 +44,7 @@ NFT_TABLE = "inet appliance"
 NFT_BOOT_UNIT = "appliance-nftables.service"
 RELEASE_ETC = f"{ETC}/releases"  # per release: its unit and environment, kept for rollback
 DIRECTORIES = (ROOT, RELEASES, ETC, RELEASE_ETC, STATE, LOG)
+GATEWAY_VENV = "gateway-venv"  # in the release, from the bundle's gateway wheels
 TEMPLATES = Path(__file__).resolve().parents[2] / "playbooks" / "templates"
 
 
@@ -192,17 +194,21 @@ def desired_state(
             hashlib.sha256(manifest.read_bytes()).hexdigest(),
         ),
     )  # fmt: skip
-    wheels = verified.payload.wheels
-    venvs: tuple[VenvSpec, ...] = ()
-    if wheels is not None:
-        venvs = (
-            VenvSpec(
-                f"{release_dir}/venv",
-                f"{release_dir}/{FILES_DIR}/wheels",
-                tuple(wheels.requirements),
-                tuple(f"{release_dir}/{FILES_DIR}/{w}" for w in wheels.no_deps),
-            ),
+    # The release is the bundle installed, whatever the site: every wheel set becomes its venv
+    # (so a release laid down without --site can get the gateway later without being rewritten).
+    venvs = tuple(
+        VenvSpec(
+            f"{release_dir}/{name}",
+            f"{release_dir}/{FILES_DIR}/{wheels_dir}",
+            tuple(wheels.requirements),
+            tuple(f"{release_dir}/{FILES_DIR}/{w}" for w in wheels.no_deps),
         )
+        for name, wheels_dir, wheels in (
+            ("venv", WHEELS_DIR, verified.payload.wheels),
+            (GATEWAY_VENV, GATEWAY_WHEELS_DIR, verified.payload.gateway),
+        )
+        if wheels is not None
+    )
     model = verified.payload.model
     etc = release_etc(verified.version)
     variables: dict[str, Any] = {

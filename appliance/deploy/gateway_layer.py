@@ -2,9 +2,10 @@
 
 ``secure(desired, ...)`` returns the model server's ``HostDesired`` plus:
 
-- a second virtualenv in the release, ``gateway-venv``, from the bundle's
-  gateway wheels (the appliance wheel without its dependencies, then the
-  gateway's pinned closure), so the gateway's code is the release's;
+- the gateway's virtualenv is already part of the release
+  (``desired_state`` makes ``gateway-venv`` from the bundle's gateway wheels
+  for every release: the gateway's pinned closure, then the appliance wheel
+  without its dependencies), so the gateway's code is the release's;
 - the gateway's configuration (``gateway.yaml``: the plan's model behind
   the role that grants it, the site's issuer and keys), its unit
   (``appliance-gateway.service``: a dynamic user, TLS key made on the host at
@@ -24,16 +25,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from appliance.bundle.format import FILES_DIR
-from appliance.bundle.payload import GATEWAY_WHEELS_DIR
 from appliance.bundle.verify import VerifiedBundle
 from appliance.deploy.desired import (
+    GATEWAY_VENV,
     NFT_BOOT_UNIT,
     RULESET_PATH,
     UNIT_NAME,
     HostDesired,
     RenderedFile,
-    VenvSpec,
     release_etc,
     render,
 )
@@ -103,7 +102,7 @@ def gateway_vars(
     }
     variables = {k: json.dumps(v, sort_keys=True) for k, v in values.items()}
     variables |= {
-        "gateway_python": f"{release_dir}/gateway-venv/bin/python",
+        "gateway_python": f"{release_dir}/{GATEWAY_VENV}/bin/python",
         "gateway_config": f"{etc}/gateway.yaml",
         "gateway_cert_names": " ".join(f"--name {n}" for n in names),
         "ruleset_path": RULESET_PATH,
@@ -142,14 +141,8 @@ def secure(
     network = site.config.network
     bound = build_site(network.site_cidrs, network.admin_cidrs, inventory)
     ruleset = host_rulesets(policy_for_plan(plan), bound)[f"host-{desired.host.name}.nft"]
-    release_dir = desired.release_dir
-    files = f"{release_dir}/{FILES_DIR}"
-    venv = VenvSpec(
-        f"{release_dir}/gateway-venv",
-        f"{files}/{GATEWAY_WHEELS_DIR}",
-        tuple(wheels.requirements),
-        tuple(f"{files}/{w}" for w in wheels.no_deps),
-    )
+    # desired_state made the gateway's venv from the bundle's gateway wheels (every release has it).
+    assert any(v.path.endswith(f"/{GATEWAY_VENV}") for v in desired.venvs)
     variables = desired.template_vars | gateway_vars(
         plan, verified, site, desired.host.name, desired.host.address
     )
@@ -172,7 +165,6 @@ def secure(
     return replace(
         desired,
         rendered=desired.rendered + tuple(rendered),
-        venvs=(*desired.venvs, venv),
         units=(UNIT_NAME, GATEWAY_UNIT),
         boot_units=(NFT_BOOT_UNIT,),
         firewall=rendered[2],
