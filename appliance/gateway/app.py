@@ -42,6 +42,7 @@ from appliance.gateway.jwks import (
 )
 from appliance.gateway.ratelimit import RateLimiter, RefusalLimiter, retry_after
 from appliance.gateway.reasons import Reason, RefusedError
+from appliance.gateway.sso import make_sso_client, sso_routes
 from appliance.gateway.tokens import Caller, TokenValidator
 from appliance.gateway.upstream import (
     SseTally,
@@ -83,10 +84,11 @@ class Call:
     usage: Usage = field(default_factory=Usage)
     first_byte_ms: float | None = None
     prompt: Any = None
+    event: str = "gateway.call"  # "gateway.sso" for a request relayed to Keycloak
 
     def record(self, now: float, *, with_prompt: bool) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "event": "gateway.call",
+            "event": self.event,
             "request_id": self.request_id,
             "method": self.method,
             "route": self.route,
@@ -130,6 +132,7 @@ class Gateway:
         upstream_transport: Any = None,
         clock: Clock | None = None,
         keys_source: JwksSource | None = None,
+        sso_transport: Any = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -152,16 +155,20 @@ class Gateway:
             fsync_batch=config.audit.fsync_batch,
         )
         self.client = make_client(config.upstream, upstream_transport)
+        self.sso_client = None if config.sso is None else make_sso_client(config.sso, sso_transport)
         self._health: tuple[float, bool, str] | None = None
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        if self.sso_client is not None:
+            await self.sso_client.aclose()
         self.audit.close()
 
     # --- the steps of a call -----------------------------------------------------------
 
-    def start(self, request: Request) -> Call:
+    def start(self, request: Request, *, event: str = "gateway.call") -> Call:
         return Call(
+            event=event,
             request_id=secrets.token_hex(8),
             method=request.method,
             route=request.url.path[:MAX_ROUTE_CHARS],
@@ -173,13 +180,8 @@ class Gateway:
         values = request.headers.getlist("authorization")
         if len(values) > 1:
             raise RefusedError(Reason.MALFORMED_HEADER, "more than one Authorization header")
+        self.check_refusal_budget(call)
         peer = call.peer
-        if peer is not None and (held := self.refusals.wait(peer)) is not None:
-            raise RefusedError(
-                Reason.RATE_LIMITED,
-                f"address {peer} sent too many requests with refused tokens; retry in {held:.1f} s",
-                retry_after=held,
-            )
         try:
             caller = await self.validator.caller(values[0] if values else None)
         except RefusedError as exc:
@@ -195,6 +197,17 @@ class Gateway:
                 retry_after=wait,
             )
         return caller
+
+    def check_refusal_budget(self, call: Call) -> None:
+        """Refuse (429) an address that has spent its budget of refused credentials."""
+        peer = call.peer
+        if peer is not None and (held := self.refusals.wait(peer)) is not None:
+            raise RefusedError(
+                Reason.RATE_LIMITED,
+                f"address {peer} sent too many requests with refused credentials; "
+                f"retry in {held:.1f} s",
+                retry_after=held,
+            )
 
     def allowed_models(self, caller: Caller) -> frozenset[str]:
         return self.config.access.models_for(caller.roles)
@@ -432,11 +445,11 @@ def create_app(
     upstream_transport: Any = None,
     clock: Clock | None = None,
     keys_source: JwksSource | None = None,
+    sso_transport: Any = None,
 ) -> Starlette:
     """The gateway app; ``app.state.gateway`` holds its state (``aclose()`` when not served by uvicorn)."""
-    gateway = Gateway(
-        config, upstream_transport=upstream_transport, clock=clock, keys_source=keys_source
-    )
+    gateway = Gateway(config, upstream_transport=upstream_transport, clock=clock,
+                      keys_source=keys_source, sso_transport=sso_transport)  # fmt: skip
 
     async def generation(request: Request) -> Response:
         call = gateway.start(request)
@@ -542,6 +555,7 @@ def create_app(
         *(Route(path, generation, methods=["POST"]) for path in GENERATION_ROUTES),
         Route("/v1/models", models, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        *(sso_routes(gateway, config.sso) if config.sso is not None else ()),
     ]
     app = Starlette(
         routes=routes,

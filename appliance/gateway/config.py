@@ -69,14 +69,7 @@ class Upstream(_Strict):
     @field_validator("url")
     @classmethod
     def _plain_http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected an http:// or https:// URL with a host")
-        if parts.query or parts.fragment:
-            raise ValueError("the URL must not have a query or fragment")
-        if parts.path not in ("", "/"):
-            raise ValueError("give the server's base URL; the gateway adds `/v1/...` itself")
-        return value.rstrip("/")
+        return _base_url(value, "/v1/...")
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +91,40 @@ class Upstream(_Strict):
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
+
+
+def _base_url(value: str, added: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ValueError("the URL must not carry credentials")
+    if parts.query or parts.fragment:
+        raise ValueError("the URL must not have a query or fragment")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"give the server's base URL; the gateway adds `{added}` itself")
+    return value.rstrip("/")
+
+
+class Sso(_Strict):
+    """Keycloak behind the gateway: callers' discovery, key and token requests are relayed to it.
+
+    Only the realm's three public endpoints are relayed (``/realms/<realm>/...``:
+    ``.well-known/openid-configuration``, ``protocol/openid-connect/certs``,
+    ``protocol/openid-connect/token``); Keycloak's admin console and every other
+    path stay unreachable from the site network.
+    """
+
+    url: str = "http://127.0.0.1:8180"  # Keycloak's internal HTTP listener (KEYCLOAK_PORT)
+    realm: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "appliance"
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http_url(cls, value: str) -> str:
+        return _base_url(value, "/realms/...")
 
 
 class Tokens(_Strict):
@@ -237,6 +264,7 @@ class GatewayConfig(_Strict):
     rate_limits: RateLimits = RateLimits()
     limits: Limits = Limits()
     audit: Audit = Audit()
+    sso: Sso | None = None  # relay callers' token requests to Keycloak (docs/gateway.md)
 
 
 def parse_config(data: Any, source: str = "gateway config") -> GatewayConfig:

@@ -381,7 +381,7 @@ async def test_an_address_sending_refused_tokens_is_held_off_before_parsing(
             "rate_limited",
             None,
         )
-        assert "refused tokens" in record["detail"]
+        assert "refused credentials" in record["detail"]
         assert upstream.received == []
         clock.advance(1.0)  # one refusal earned back: heard again
         assert (await gateway.chat(site.token())).status_code == 200
