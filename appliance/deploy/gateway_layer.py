@@ -99,6 +99,7 @@ def gateway_vars(
         "gateway_rate_limit": {"requests_per_s": limit.requests_per_s, "burst": limit.burst},
         "gateway_audit_path": GATEWAY_AUDIT,
         "gateway_log_prompts": site.config.gateway.log_prompts,
+        "gateway_sso": None if site.config.sso is None else site.config.sso.model_dump(),
     }
     variables = {k: json.dumps(v, sort_keys=True) for k, v in values.items()}
     variables |= {
@@ -108,6 +109,15 @@ def gateway_vars(
         "ruleset_path": RULESET_PATH,
     }
     return variables
+
+
+def _check_gateway_config(rendered: RenderedFile, site: Site) -> None:
+    """The rendered config through the gateway's own schema, before any host is touched."""
+    import yaml
+
+    from appliance.gateway.config import parse_config
+
+    parse_config(yaml.safe_load(rendered.content), f"the gateway config made from {site.path}")
 
 
 def _check_roles(desired: HostDesired) -> None:
@@ -154,6 +164,7 @@ def secure(
         RenderedFile(f"{etc}/nftables.nft", "nftables.nft.j2", render("nftables.nft.j2", variables)),
         RenderedFile(f"{etc}/{NFT_BOOT_UNIT}", f"{NFT_BOOT_UNIT}.j2", render(f"{NFT_BOOT_UNIT}.j2", variables)),
     ]  # fmt: skip
+    _check_gateway_config(rendered[0], site)
     if site.jwks is not None:
         variables["gateway_jwks"] = site.jwks
         rendered.append(RenderedFile(f"{etc}/gateway-jwks.json", "gateway-jwks.json.j2",

@@ -259,7 +259,7 @@ systemctl enable {NFT_BOOT_UNIT} >/dev/null 2>&1
 
 def gateway_healthy(host: HostEntry, port: int, cafile: str, *, timeout: int = 60) -> bool:
     """Poll the gateway's /healthz over TLS on the host's loopback (its certificate checked)."""
-    return _poll_ok(host, f"https://127.0.0.1:{port}/healthz", timeout, cafile=cafile)
+    return poll_ok(host, f"https://127.0.0.1:{port}/healthz", timeout, cafile=cafile)
 
 
 def read_file(host: HostEntry, path: str) -> str:
@@ -281,10 +281,10 @@ def release_port(host: HostEntry, version: int) -> int | None:
 
 def health_check(host: HostEntry, port: int, *, timeout: int = 180) -> bool:
     """Poll the model server's /v1/models on the host's loopback until it answers 200."""
-    return _poll_ok(host, f"http://127.0.0.1:{port}/v1/models", timeout)
+    return poll_ok(host, f"http://127.0.0.1:{port}/v1/models", timeout)
 
 
-def _poll_ok(host: HostEntry, url: str, timeout: int, *, cafile: str | None = None) -> bool:
+def poll_ok(host: HostEntry, url: str, timeout: int, *, cafile: str | None = None) -> bool:
     """On ``host``: GET ``url`` every second until it answers 200 (True) or ``timeout`` s pass."""
     context = "None" if cafile is None else f"ssl.create_default_context(cafile={cafile!r})"
     script = f"""python3 - <<'EOF'

@@ -23,6 +23,9 @@ types are refused)::
     gateway:
       log_prompts: false                # true records prompts in the gateway's audit log
       rate_limit: {requests_per_s: 5, burst: 20}   # per calling client
+    sso:                                # optional: Keycloak behind the gateway, which relays
+      url: http://127.0.0.1:8180        # callers' discovery, key-set and token requests to it
+      realm: appliance                  # (the issuer is then https://<gateway>/realms/<realm>)
 
 Relative paths resolve against the site file's directory. Files named here
 are read when the deploy plans (a missing or malformed one stops it before
@@ -89,11 +92,17 @@ class SiteGateway(_Strict):
     rate_limit: SiteRateLimit = SiteRateLimit()
 
 
+class SiteSso(_Strict):
+    url: str = "http://127.0.0.1:8180"  # Keycloak's internal listener, as the gateway reaches it
+    realm: str = "appliance"
+
+
 class SiteConfig(_Strict):
     schema_version: Literal[1]
     network: SiteNetwork
     tokens: SiteTokens
     gateway: SiteGateway = SiteGateway()
+    sso: SiteSso | None = None
 
 
 class Site:

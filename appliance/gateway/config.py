@@ -126,6 +126,15 @@ class Sso(_Strict):
     def _plain_http_url(cls, value: str) -> str:
         return _base_url(value, "/realms/...")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        # Before the field check, so the message never echoes the URL (and its password).
+        url = data.get("url") if isinstance(data, dict) else None
+        if isinstance(url, str) and "@" in urlsplit(url).netloc:
+            raise ValueError("`sso.url` must not carry credentials")
+        return data
+
 
 class Tokens(_Strict):
     """How bearer tokens are validated: offline, against the realm's JWKS."""

@@ -132,6 +132,23 @@ def test_the_gateway_config_is_one_the_gateway_accepts(
     assert json.loads(jwks.content) == JWKS
 
 
+def test_sso_relay_from_the_site_file_and_bad_values_refused_before_any_host(
+    verified: VerifiedBundle, plan: Plan, tmp_path: Path
+) -> None:
+    with_sso = SITE + "sso: {url: 'http://127.0.0.1:8180', realm: appliance}\n"
+    d = secured(verified, plan, load_site(write_site(tmp_path, with_sso)), host())
+    config = parse_config(
+        yaml.safe_load(next(r for r in d.rendered if r.path.endswith("/gateway.yaml")).content)
+    )
+    assert config.sso is not None and (config.sso.url, config.sso.realm) == (
+        "http://127.0.0.1:8180",
+        "appliance",
+    )
+    bad = SITE + "sso: {url: 'http://127.0.0.1:8180/auth'}\n"
+    with pytest.raises(InputError, match=r"(?s)gateway config made from .*site\.yaml.*sso\.url"):
+        secured(verified, plan, load_site(write_site(tmp_path, bad)), host())
+
+
 def test_units_venvs_and_firewall_of_a_secured_host(
     verified: VerifiedBundle, plan: Plan, tmp_path: Path
 ) -> None:

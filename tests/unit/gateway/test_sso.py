@@ -207,3 +207,11 @@ def test_the_client_a_token_request_names() -> None:
     )
     assert client_named({"authorization": "Basic !!!"}, b"") is None
     assert client_named({}, b"\xff") is None
+
+
+def test_an_sso_url_with_credentials_is_refused_without_echoing_them(site: Site) -> None:
+    from appliance.gateway.config import GatewayConfigError
+
+    with pytest.raises(GatewayConfigError) as caught:
+        site.config(sso={"url": "http://admin:hunter2@127.0.0.1:8180"})
+    assert "must not carry credentials" in str(caught.value) and "hunter2" not in str(caught.value)
