@@ -113,6 +113,7 @@ def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown
             raise DeploymentError(
                 f"{host.name}: release {to} did not become healthy; release {current} re-activated"
             )
+        remote.apply_firewall(host, to)  # that release's ruleset, if it has one
         remote.switch_current(host, f"{RELEASES}/{to}")
         remote.append_audit(
             host,

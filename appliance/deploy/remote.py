@@ -18,6 +18,7 @@ import os
 import shlex
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -240,10 +241,13 @@ def apply_firewall(host: HostEntry, version: int) -> bool:
     try:
         run(host, confirm_script(), timeout=SSH_TIMEOUT + 10)
     except DeploymentError as exc:
+        # Give the host the time to put its previous ruleset back, so what follows (a rollback,
+        # the audit record) can reach it again.
+        time.sleep(FIREWALL_REVERT_AFTER + 5)
         raise DeploymentError(
             f"{host.name}: after loading release {version}'s firewall ruleset, a new SSH connection "
             f"failed ({exc.message.removeprefix(host.name + ': ')}); the host puts its previous "
-            f"ruleset back by itself within {FIREWALL_REVERT_AFTER} s",
+            f"ruleset back by itself within {FIREWALL_REVERT_AFTER} s (it has by now)",
             hint="Check network.admin_cidrs in the site file: it must hold the address this "
             "deployer connects from.",
         ) from exc
