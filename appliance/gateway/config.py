@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -54,45 +54,6 @@ class Tls(_Strict):
     key_file: Path
 
 
-class Upstream(_Strict):
-    """The model server (llama.cpp or vLLM OpenAI routes), on loopback or the internal network."""
-
-    url: str = "http://127.0.0.1:8081"
-    # The model server's own API key (`--api_key` / `--api-key`), read from this file;
-    # the caller's token is never forwarded.
-    api_key_file: Path | None = None
-    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
-    # Between two chunks of a response: a long generation is fine, a silent server is not.
-    read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
-    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 256
-
-    @field_validator("url")
-    @classmethod
-    def _plain_http_url(cls, value: str) -> str:
-        return _base_url(value, "/v1/...")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_credentials(cls, data: Any) -> Any:
-        # A model-level check, so the error message does not echo the URL (and its password).
-        url = data.get("url") if isinstance(data, dict) else None
-        if isinstance(url, str) and "@" in urlsplit(url).netloc:
-            raise ValueError(
-                "`upstream.url` must not carry credentials (put the model server's key in `api_key_file`)"
-            )
-        return data
-
-    @property
-    def is_loopback(self) -> bool:
-        host = urlsplit(self.url).hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-
-
 def _base_url(value: str, added: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -106,7 +67,59 @@ def _base_url(value: str, added: str) -> str:
     return value.rstrip("/")
 
 
-class Sso(_Strict):
+class _Service(_Strict):
+    """A server the gateway talks to, named by its base URL (``url``)."""
+
+    url: str
+    _section: ClassVar[str]
+    _added: ClassVar[str]  # what the gateway appends to the base URL
+    _credentials_hint: ClassVar[str] = ""
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http_url(cls, value: str) -> str:
+        return _base_url(value, cls._added)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        # Before the field check, so the message never echoes the URL (and its password).
+        url = data.get("url") if isinstance(data, dict) else None
+        if isinstance(url, str) and "@" in urlsplit(url).netloc:
+            raise ValueError(
+                f"`{cls._section}.url` must not carry credentials{cls._credentials_hint}"
+            )
+        return data
+
+
+class Upstream(_Service):
+    """The model server (llama.cpp or vLLM OpenAI routes), on loopback or the internal network."""
+
+    url: str = "http://127.0.0.1:8081"
+    # The model server's own API key (`--api_key` / `--api-key`), read from this file;
+    # the caller's token is never forwarded.
+    api_key_file: Path | None = None
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Between two chunks of a response: a long generation is fine, a silent server is not.
+    read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 256
+
+    _section: ClassVar[str] = "upstream"
+    _added: ClassVar[str] = "/v1/..."
+    _credentials_hint: ClassVar[str] = " (put the model server's key in `api_key_file`)"
+
+    @property
+    def is_loopback(self) -> bool:
+        host = urlsplit(self.url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+class Sso(_Service):
     """Keycloak behind the gateway: callers' discovery, key and token requests are relayed to it.
 
     Only the realm's three public endpoints are relayed (``/realms/<realm>/...``:
@@ -121,19 +134,8 @@ class Sso(_Strict):
     read_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
     max_body_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
 
-    @field_validator("url")
-    @classmethod
-    def _plain_http_url(cls, value: str) -> str:
-        return _base_url(value, "/realms/...")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_credentials(cls, data: Any) -> Any:
-        # Before the field check, so the message never echoes the URL (and its password).
-        url = data.get("url") if isinstance(data, dict) else None
-        if isinstance(url, str) and "@" in urlsplit(url).netloc:
-            raise ValueError("`sso.url` must not carry credentials")
-        return data
+    _section: ClassVar[str] = "sso"
+    _added: ClassVar[str] = "/realms/..."
 
 
 class Tokens(_Strict):
