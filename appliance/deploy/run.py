@@ -444,7 +444,7 @@ def _finish(
                 result.status, result.message = (
                     "rolled-back",
                     (
-                        f"release {verified.version} failed its health check ({problem}); "
+                        f"release {verified.version} could not be activated ({problem}); "
                         f"release {previous} is active again"
                         + ("" if healthy else " but is not healthy either")
                     ),
@@ -452,12 +452,11 @@ def _finish(
             else:
                 result.status, result.message = (
                     "failed",
-                    f"release {verified.version} failed its health check: {problem}",
+                    f"release {verified.version} could not be activated: {problem}",
                 )
             journal.record("activate", "failed")
-            result.audit_hash = remote.append_audit(host, {**record, "result": result.status})[
-                "hash"
-            ]
+            entry = {**record, "result": result.status, "error": result.message}
+            result.audit_hash = remote.append_audit(host, entry)["hash"]
             return result
         remote.switch_current(host, desired.release_dir)
         journal.record("activate", "done", current=desired.release_dir)

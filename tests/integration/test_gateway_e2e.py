@@ -197,3 +197,27 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
         assert row["gateway"] == "active" and row["firewall"] is True and row["healthy"]
         # No file the deploy wrote holds the client secret.
         assert secret not in remote.run(host, "cat /etc/appliance/releases/1/*")
+
+        # A site file whose admin network leaves out this deployer: the new ruleset would cut SSH.
+        # The deploy notices (a new SSH connection fails), the host puts the previous ruleset back
+        # by itself, and the deploy fails with the reason (exit 5); the host still serves.
+        locked_out = json.loads(site_file.read_text())
+        locked_out["network"]["admin_cidrs"] = [f"{lab.subnet.rsplit('.', 1)[0]}.200/32"]
+        bad_site = tmp_path / "site" / "site-locked-out.yaml"
+        bad_site.write_text(json.dumps(locked_out))
+        failed = helpers.deploy(
+            tmp_path, lab.inventory, "demo-1", "--site", str(bad_site), expect=5
+        )
+        outcome = failed["hosts"][0]  # type: ignore[index]
+        assert outcome["status"] == "failed" and "new SSH connection failed" in outcome["message"]
+        ruleset = remote.run(host, "nft list table inet appliance")
+        assert f"{lab.gateway}" in ruleset  # the previous ruleset (SSH from here) is loaded again
+        with httpx.Client(base_url=url, verify=tls, timeout=30) as client:
+            fresh = client.post(
+                discovery["token_endpoint"], data=grant, auth=(dev_site.CALLER, secret)
+            )
+        assert chat_through_gateway(
+            url, fresh.json()["access_token"], cafile, model=MODEL, max_tokens=8
+        ).text.strip()
+        record = json.loads(remote.run(host, "tail -n 1 /var/log/appliance/audit.jsonl"))
+        assert record["result"] == "failed" and "new SSH connection failed" in record["error"]
