@@ -263,7 +263,8 @@ systemctl enable {NFT_BOOT_UNIT} >/dev/null 2>&1
 
 def gateway_healthy(host: HostEntry, port: int, cafile: str, *, timeout: int = 60) -> bool:
     """Poll the gateway's /healthz over TLS on the host's loopback (its certificate checked)."""
-    return poll_ok(host, f"https://127.0.0.1:{port}/healthz", timeout, cafile=cafile)
+    return poll_ok(host, f"https://127.0.0.1:{port}/healthz", timeout, cafile=cafile,
+                   unit=SERVICES[1])  # fmt: skip
 
 
 def read_file(host: HostEntry, path: str) -> str:
@@ -284,15 +285,32 @@ def release_port(host: HostEntry, version: int) -> int | None:
 
 
 def health_check(host: HostEntry, port: int, *, timeout: int = 180) -> bool:
-    """Poll the model server's /v1/models on the host's loopback until it answers 200."""
-    return poll_ok(host, f"http://127.0.0.1:{port}/v1/models", timeout)
+    """Poll the model server's /v1/models on the host's loopback until it answers 200.
+
+    False as soon as systemd restarts the model server during the wait (it crashed).
+    """
+    return poll_ok(host, f"http://127.0.0.1:{port}/v1/models", timeout, unit=UNIT_NAME)
 
 
-def poll_ok(host: HostEntry, url: str, timeout: int, *, cafile: str | None = None) -> bool:
-    """On ``host``: GET ``url`` every second until it answers 200 (True) or ``timeout`` s pass."""
+def poll_ok(
+    host: HostEntry, url: str, timeout: int, *, cafile: str | None = None, unit: str | None = None
+) -> bool:
+    """On ``host``: GET ``url`` every second until it answers 200 (True) or ``timeout`` s pass.
+
+    With ``unit``, give up at once when systemd restarts that unit during the
+    wait (its ``NRestarts`` grows): a server that crashes on start (a port
+    taken, a bad argument) is not waited on for the whole timeout.
+    """
     context = "None" if cafile is None else f"ssl.create_default_context(cafile={cafile!r})"
     script = f"""python3 - <<'EOF'
-import ssl, time, urllib.request
+import ssl, subprocess, time, urllib.request
+def restarts():
+    if {unit!r} is None:
+        return 0
+    out = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", {unit!r}],
+                         capture_output=True, text=True).stdout.strip()
+    return int(out) if out.isdigit() else 0
+before = restarts()
 deadline = time.monotonic() + {timeout}
 while time.monotonic() < deadline:
     try:
@@ -301,6 +319,8 @@ while time.monotonic() < deadline:
                 print("healthy"); break
     except Exception:
         pass
+    if restarts() > before:
+        print("restarted"); break
     time.sleep(1)
 else:
     print("unhealthy")

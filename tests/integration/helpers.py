@@ -7,10 +7,14 @@ the model server listens on the host's loopback only.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,19 +44,31 @@ def appliance(
     return result
 
 
+# Built once per test session (keys and signed demo-cpu bundles), then copied into each test's
+# directory (copied: the verifier refuses hard-linked bundle files); a build costs much more.
+_BUILT = Path(tempfile.gettempdir()) / f"appliance-it-bundles-{os.getpid()}"
+
+
 def build_demo_bundles(work: Path, versions: tuple[int, ...] = (1,)) -> None:
     """Keys (``work/keys``) and the signed demo-cpu bundles ``work/demo-<v>``."""
-    subprocess.run([sys.executable, str(ROOT / "scripts/build-llamacpp-wheelhouse")], check=True, timeout=1800,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-    appliance("keys", "generate", "--out", "keys", cwd=work)
+    if not _BUILT.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts/build-llamacpp-wheelhouse")], check=True,
+                       timeout=1800, stdout=subprocess.DEVNULL)  # fmt: skip
+        _BUILT.mkdir(parents=True)
+        atexit.register(shutil.rmtree, _BUILT, True)
+        appliance("keys", "generate", "--out", "keys", cwd=_BUILT)
     for version in versions:
-        recipe = (ROOT / "bundles/demo-cpu.yaml").read_text()
-        (work / f"demo-{version}.yaml").write_text(
-            recipe.replace("version: 1\n", f"version: {version}\n")
-        )
-        appliance("bundle", "build", "--recipe", work / f"demo-{version}.yaml", "--out",
-                  f"demo-{version}", cwd=work)  # fmt: skip
-        appliance("bundle", "sign", f"demo-{version}", "--key", "keys/signer.key", cwd=work)
+        if not (_BUILT / f"demo-{version}").exists():
+            recipe = (ROOT / "bundles/demo-cpu.yaml").read_text()
+            (_BUILT / f"demo-{version}.yaml").write_text(
+                recipe.replace("version: 1\n", f"version: {version}\n")
+            )
+            appliance("bundle", "build", "--recipe", _BUILT / f"demo-{version}.yaml", "--out",
+                      f"demo-{version}", cwd=_BUILT)  # fmt: skip
+            appliance("bundle", "sign", f"demo-{version}", "--key", "keys/signer.key", cwd=_BUILT)
+        shutil.copytree(_BUILT / f"demo-{version}", work / f"demo-{version}")
+    if not (work / "keys").exists():
+        shutil.copytree(_BUILT / "keys", work / "keys")
 
 
 def single_host_inventory(

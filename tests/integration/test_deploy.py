@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,27 +39,8 @@ nft 'add rule inet egress_probe out oifname != "lo" meta l4proto != tcp ct state
 
 @pytest.fixture(scope="module")
 def site(lab_host: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Path]]:
-    subprocess.run([sys.executable, str(ROOT / "scripts/build-llamacpp-wheelhouse")], check=True, timeout=1800,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
     work = tmp_path_factory.mktemp("deploy")
-    appliance("keys", "generate", "--out", "keys", cwd=work)
-    for version in (1, 2):
-        recipe = (
-            (ROOT / "bundles/demo-cpu.yaml")
-            .read_text()
-            .replace("version: 1\n", f"version: {version}\n")
-        )
-        (work / f"demo-{version}.yaml").write_text(recipe)
-        appliance(
-            "bundle",
-            "build",
-            "--recipe",
-            work / f"demo-{version}.yaml",
-            "--out",
-            f"demo-{version}",
-            cwd=work,
-        )
-        appliance("bundle", "sign", f"demo-{version}", "--key", "keys/signer.key", cwd=work)
+    helpers.build_demo_bundles(work, (1, 2))
     run_on(lab_host, lab_host.hosts[0], EGRESS_RULES)
     yield lab_host, work
 
