@@ -9,6 +9,7 @@ turned off (the site is disconnected); no secret is ever put on a command line
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -211,3 +212,14 @@ def _llamacpp(
     elif not model.has_chat_template:
         argv += ["--chat_format", CHAT_FORMAT_BY_ARCH.get(model.model_type, "chatml")]
     return NodeCommand(host, "single", tuple(argv), dict(OFFLINE_ENV))
+
+
+def argv_port(argv: Sequence[str]) -> int | None:
+    """The port an engine command line listens on (its ``--port``), or ``None``.
+
+    Read from the plan's command and from a release's kept unit alike.
+    """
+    if "--port" in argv and argv.index("--port") + 1 < len(argv):
+        value = argv[argv.index("--port") + 1]
+        return int(value) if value.isdigit() else None
+    return None

@@ -42,6 +42,7 @@ UNIT_PATH = f"{SYSTEMD_DIR}/{UNIT_NAME}"  # the active unit: a copy of one relea
 RULESET_PATH = f"{ETC}/nftables.nft"  # = appliance.netpolicy.nftables.RULESET_PATH
 NFT_TABLE = "inet appliance"
 NFT_BOOT_UNIT = "appliance-nftables.service"
+GATEWAY_UNIT = "appliance-gateway.service"  # with --site (deploy/gateway_layer.py)
 RELEASE_ETC = f"{ETC}/releases"  # per release: its unit and environment, kept for rollback
 DIRECTORIES = (ROOT, RELEASES, ETC, RELEASE_ETC, STATE, LOG)
 GATEWAY_VENV = "gateway-venv"  # in the release, from the bundle's gateway wheels

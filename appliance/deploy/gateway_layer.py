@@ -27,8 +27,10 @@ from typing import Any
 
 from appliance.bundle.verify import VerifiedBundle
 from appliance.deploy.desired import (
+    GATEWAY_UNIT,
     GATEWAY_VENV,
     NFT_BOOT_UNIT,
+    RELEASES,
     RULESET_PATH,
     UNIT_NAME,
     HostDesired,
@@ -37,11 +39,13 @@ from appliance.deploy.desired import (
     render,
 )
 from appliance.deploy.site import Site
+from appliance.engine_args import argv_port
 from appliance.errors import InputError
 from appliance.inventory import Inventory
 from appliance.plan import Plan
 
-GATEWAY_UNIT = "appliance-gateway.service"
+__all__ = ["GATEWAY_AUDIT", "GATEWAY_CERT", "GATEWAY_UNIT", "gateway_vars", "secure"]
+
 GATEWAY_STATE = (
     "/var/lib/appliance-gateway"  # the unit's StateDirectory: its TLS key and certificate
 )
@@ -52,7 +56,8 @@ GATEWAY_AUDIT = "/var/log/appliance-gateway/audit.jsonl"  # the unit's LogsDirec
 
 def _loopback_port(plan: Plan) -> int:
     argv = plan.commands[0].argv
-    if "--port" not in argv:
+    port = argv_port(argv)
+    if port is None:
         raise InputError("the engine command has no --port; the gateway cannot reach it")
     host = argv[argv.index("--host") + 1] if "--host" in argv else ""
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -61,7 +66,7 @@ def _loopback_port(plan: Plan) -> int:
             " expected loopback, where the gateway on the same host is its only client",
             hint="Multi-node layouts with a separate gateway host are not laid down by this release.",
         )
-    return int(argv[argv.index("--port") + 1])
+    return port
 
 
 def _roles(plan: Plan, verified: VerifiedBundle) -> dict[str, list[str]]:
@@ -80,7 +85,7 @@ def gateway_vars(
     from appliance.netpolicy.model import GATEWAY_PORT
 
     etc = release_etc(verified.version)
-    release_dir = f"/opt/appliance/releases/{verified.version}"
+    release_dir = f"{RELEASES}/{verified.version}"
     tokens = site.config.tokens
     limit = site.config.gateway.rate_limit
     names = list(dict.fromkeys([host_name, host_address, "localhost", "127.0.0.1"]))
@@ -136,7 +141,7 @@ def secure(
     """``desired`` plus the gateway (venv, config, unit) and the host's firewall ruleset."""
     from dataclasses import replace
 
-    from appliance.netpolicy.model import build_site, policy_for_plan
+    from appliance.netpolicy.model import GATEWAY_PORT, build_site, policy_for_plan
     from appliance.netpolicy.nftables import host_rulesets
 
     wheels = verified.payload.gateway
@@ -179,6 +184,6 @@ def secure(
         units=(UNIT_NAME, GATEWAY_UNIT),
         boot_units=(NFT_BOOT_UNIT,),
         firewall=rendered[2],
-        gateway_port=json.loads(variables["gateway_port"]),
+        gateway_port=GATEWAY_PORT,
         template_vars=variables,
     )

@@ -17,6 +17,7 @@ from appliance.deploy import remote
 from appliance.deploy.desired import (
     CURRENT,
     ETC,
+    GATEWAY_UNIT,
     NFT_BOOT_UNIT,
     NFT_TABLE,
     RELEASES,
@@ -54,7 +55,7 @@ def status(host: HostEntry) -> HostStatus:
     try:
         current = remote.current_version(host)
         releases = releases_on(host)
-        gateway_unit = remote.SERVICES[1]
+        gateway_unit = GATEWAY_UNIT
         states = remote.run(
             host,
             f"systemctl is-enabled {UNIT_NAME} 2>/dev/null; systemctl is-active {UNIT_NAME} 2>/dev/null; "

@@ -26,6 +26,7 @@ from typing import Any
 from appliance.audit import GENESIS, chain_record
 from appliance.deploy.desired import (
     CURRENT,
+    GATEWAY_UNIT,
     NFT_BOOT_UNIT,
     RELEASE_ETC,
     ROOT,
@@ -34,6 +35,7 @@ from appliance.deploy.desired import (
     UNIT_NAME,
     active_unit_path,
 )
+from appliance.engine_args import argv_port
 from appliance.errors import DeploymentError
 from appliance.inventory import HostEntry
 
@@ -188,7 +190,7 @@ def current_version(host: HostEntry) -> int | None:
 
 
 # The services a release may have, in start order; the model server is always one of them.
-SERVICES = (UNIT_NAME, "appliance-gateway.service")
+SERVICES = (UNIT_NAME, GATEWAY_UNIT)
 
 
 def activate(host: HostEntry, version: int) -> None:
@@ -264,7 +266,7 @@ systemctl enable {NFT_BOOT_UNIT} >/dev/null 2>&1
 def gateway_healthy(host: HostEntry, port: int, cafile: str, *, timeout: int = 60) -> bool:
     """Poll the gateway's /healthz over TLS on the host's loopback (its certificate checked)."""
     return poll_ok(host, f"https://127.0.0.1:{port}/healthz", timeout, cafile=cafile,
-                   unit=SERVICES[1])  # fmt: skip
+                   unit=GATEWAY_UNIT)  # fmt: skip
 
 
 def read_file(host: HostEntry, path: str) -> str:
@@ -277,10 +279,7 @@ def release_port(host: HostEntry, version: int) -> int | None:
     text = run(host, f"cat {RELEASE_ETC}/{version}/{UNIT_NAME} 2>/dev/null; true", timeout=30)
     for line in text.splitlines():
         if line.startswith("ExecStart="):
-            argv = shlex.split(line.removeprefix("ExecStart="))
-            if "--port" in argv and argv.index("--port") + 1 < len(argv):
-                value = argv[argv.index("--port") + 1]
-                return int(value) if value.isdigit() else None
+            return argv_port(shlex.split(line.removeprefix("ExecStart=")))
     return None
 
 

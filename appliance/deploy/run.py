@@ -38,6 +38,7 @@ from appliance.deploy.desired import (
 from appliance.deploy.site import Site
 from appliance.detect.cpu import parse_cpuinfo
 from appliance.detect.host import parse_os_release
+from appliance.engine_args import argv_port
 from appliance.errors import ApplianceError, Cancelled, DeploymentError, DoesNotFitError, InputError
 from appliance.events import Event, Finished, Progress, Started, Warned
 from appliance.facts import CpuFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
@@ -209,11 +210,10 @@ def emit_ansible(
 
 
 def _port(plan: Plan) -> int:
-    argv = plan.commands[0].argv
-    for flag in ("--port",):
-        if flag in argv:
-            return int(argv[argv.index(flag) + 1])
-    raise DeploymentError("the engine command has no --port")
+    port = argv_port(plan.commands[0].argv)
+    if port is None:
+        raise DeploymentError("the engine command has no --port")
+    return port
 
 
 def deploy(

@@ -38,6 +38,7 @@ sent from here.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -105,16 +106,14 @@ class SiteConfig(_Strict):
     sso: SiteSso | None = None
 
 
+@dataclass(frozen=True, slots=True)
 class Site:
     """A loaded site file: its settings and the content of the files it names."""
 
-    def __init__(
-        self, path: Path, config: SiteConfig, jwks: str | None, jwks_ca: str | None
-    ) -> None:
-        self.path = path
-        self.config = config
-        self.jwks = jwks  # the realm's key set, as laid down on the hosts
-        self.jwks_ca = jwks_ca
+    path: Path
+    config: SiteConfig
+    jwks: str | None  # the realm's key set, as laid down on the hosts
+    jwks_ca: str | None
 
 
 def _read(base: Path, name: str, key: str) -> tuple[Path, str]:

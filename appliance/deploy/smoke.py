@@ -34,7 +34,8 @@ class ChatAnswer:
     endpoint: str  # where the server listens, as seen on its host
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on this machine's loopback (for a tunnel or a local listener)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -43,7 +44,7 @@ def _free_port() -> int:
 @contextmanager
 def tunnel(host: HostEntry, port: int, *, timeout: float = 20) -> Iterator[str]:
     """Forward a free local port to ``127.0.0.1:port`` on ``host``; yields the local base URL."""
-    local = _free_port()
+    local = free_port()
     argv = [*ssh_options(host), "-N", "-o", "ExitOnForwardFailure=yes",
             "-L", f"{local}:127.0.0.1:{port}", f"{host.ssh.user}@{host.address}"]  # fmt: skip
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.deploy.smoke import free_port
 from appliance.keycloak.access import AccessConfig, CallerSpec
 from appliance.keycloak.realm import Served, build_realm, caller_ids, render_realm_import
 from appliance.keycloak.site_secrets import ClientSecrets, ensure_client_secrets, write_private
@@ -59,12 +60,6 @@ class DevSite:
         return f"http://{ISSUER_HOST}:{self.issuer_port}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((ISSUER_HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def prepare(
     directory: Path,
     lab: Lab,
@@ -79,7 +74,7 @@ def prepare(
     per-client limit (``bench/gateway-lab`` sends 64 streams from one client).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    port = issuer_port or _free_port()
+    port = issuer_port or free_port()
     access = AccessConfig(
         schema_version=1,
         environment="lab",

@@ -228,11 +228,18 @@ class Gateway:
         return await self.client.post("/v1/chat/completions", json=payload, headers=headers)
 
 
-async def open_gateway(config: GatewayConfig, upstream: FakeUpstream, clock: FakeClock) -> Gateway:
-    app = create_app(config, upstream_transport=httpx.ASGITransport(app=upstream.app), clock=clock)
+async def open_gateway(
+    config: GatewayConfig,
+    upstream: FakeUpstream,
+    clock: FakeClock,
+    *,
+    sso_transport: Any = None,
+    base_url: str = "https://gateway.test",
+) -> Gateway:
+    app = create_app(config, upstream_transport=httpx.ASGITransport(app=upstream.app), clock=clock,
+                     sso_transport=sso_transport)  # fmt: skip
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=("10.0.0.7", 50000)),
-        base_url="https://gateway.test",
+        transport=httpx.ASGITransport(app=app, client=("10.0.0.7", 50000)), base_url=base_url
     )
     return Gateway(app, client)
 

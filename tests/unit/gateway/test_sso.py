@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from appliance.gateway.app import create_app
 from appliance.gateway.sso import client_named
-from tests.unit.gateway.conftest import FakeClock, FakeUpstream, Gateway, Site
+from tests.unit.gateway.conftest import FakeClock, FakeUpstream, Gateway, Site, open_gateway
 
 pytestmark = pytest.mark.anyio
 REALM = "/realms/appliance"
@@ -58,15 +58,13 @@ class FakeKeycloak:
         self.app = Starlette(routes=[Route("/{path:path}", answer, methods=["GET", "POST"])])
 
 
-async def open_with_sso(site: Site, upstream: FakeUpstream, clock: FakeClock, keycloak: Any,
-                        **sso: Any) -> Gateway:  # fmt: skip
-    config = site.config(sso={"url": "http://127.0.0.1:8180", **sso},
+async def open_with_sso(
+    site: Site, upstream: FakeUpstream, clock: FakeClock, keycloak: Any
+) -> Gateway:
+    config = site.config(sso={"url": "http://127.0.0.1:8180"},
                          rate_limits={"refused_per_address": {"requests_per_s": 1, "burst": 3}})  # fmt: skip
-    app = create_app(config, upstream_transport=httpx.ASGITransport(app=upstream.app), clock=clock,
-                     sso_transport=keycloak)  # fmt: skip
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.0.0.7", 50000)),
-                               base_url="https://gw.site.example:8443")  # fmt: skip
-    return Gateway(app, client)
+    return await open_gateway(config, upstream, clock, sso_transport=keycloak,
+                              base_url="https://gw.site.example:8443")  # fmt: skip
 
 
 @pytest.fixture
