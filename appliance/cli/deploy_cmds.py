@@ -61,7 +61,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )  # fmt: skip
     data = [
         {"host": r.host, "status": r.status, "message": r.message, "audit": r.audit_hash,
-         "gateway_port": r.gateway_port, "firewall": r.firewall,
+         "gateway_port": r.gateway_port, "firewall": r.firewall, "keycloak": r.keycloak,
          "changes": [{"kind": c.kind, "target": c.target, "detail": c.detail} for c in r.changes]}
         for r in results
     ]  # fmt: skip
@@ -74,8 +74,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     else:
         for result in results:
             print(f"{result.host:20s} {result.status.upper():12s} {result.message}")
+            if result.keycloak is not None:
+                print(keycloak_note(result.keycloak))
     failed = [r for r in results if r.status in ("failed", "rolled-back")]
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
+
+
+def keycloak_note(keycloak: dict[str, str]) -> str:
+    """Where Keycloak's secrets are (never what they are)."""
+    return (
+        f"  Keycloak: issuer {keycloak['issuer']}\n"
+        f"  Keycloak's bootstrap admin password: in {keycloak['admin_password_file']} (0600; on "
+        f"the host {keycloak['admin_password_file_on_host']}, 0600)\n"
+        f"  Callers' client secrets: in {keycloak['client_secrets_file']} (0600): hand each caller "
+        "its own, out of band"
+    )
 
 
 def _emit_ansible(
@@ -153,10 +166,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         print(
             f"{r.host:20s} release {r.current} (on host: {list(r.releases)}), unit {r.enabled}/{r.active}, {health}; "
-            f"gateway {r.gateway}, firewall {'loaded' if r.firewall else 'not loaded'}; {audit}"
+            f"gateway {r.gateway}, firewall {'loaded' if r.firewall else 'not loaded'}"
+            + ("" if r.keycloak == "absent" else f", keycloak {r.keycloak}")
+            + f"; {audit}"
         )
     bad = [r for r in rows if not r.reachable or r.healthy is False or not r.audit_ok
-           or r.gateway not in ("absent", "active")]  # fmt: skip
+           or r.gateway not in ("absent", "active") or r.keycloak not in ("absent", "active")]  # fmt: skip
     return ExitCode.DEPLOYMENT_FAILED if bad else ExitCode.OK
 
 

@@ -45,7 +45,13 @@ from typing import Any
 
 import yaml
 
-from appliance.deploy.desired import HostDesired, HostOutcome, checklist, venv_command
+from appliance.deploy.desired import (
+    HostDesired,
+    HostOutcome,
+    checklist,
+    dist_command,
+    staging_commands,
+)
 from appliance.errors import Cancelled, DeploymentError
 from appliance.events import Event, Progress, Warned
 from appliance.inventory import Inventory, ansible_ini
@@ -121,8 +127,29 @@ def host_vars(desired: HostDesired) -> dict[str, Any]:
             for f in desired.release_files
         ],
         "appliance_checksums": checklist(desired),
-        # The same shell the pyinfra engine runs (desired.venv_command), so the venvs are the same.
-        "appliance_venvs": [venv_command(v, desired.release_dir, staging) for v in desired.venvs],
+        # The same shell the pyinfra engine runs (desired.staging_commands): the same venvs and
+        # unpacked runtimes.
+        "appliance_staging_commands": staging_commands(desired, staging),
+        "appliance_users": [
+            {"name": u.name, "home": u.home, "shell": u.shell} for u in desired.users
+        ],
+        "appliance_owned_dirs": [
+            {"path": o.path, "owner": o.owner, "mode": f"{o.mode:04o}"} for o in desired.owned_dirs
+        ],
+        "appliance_dists": [
+            {"path": d.path, "marker": d.marker, "command": dist_command(d)} for d in desired.dists
+        ],
+        # Local private files (0600), copied as they are: no secret is a variable.
+        "appliance_secret_files": [
+            {
+                "src": str(f.source.absolute()),
+                "path": f.path,
+                "owner": f.owner,
+                "mode": f"{f.mode:04o}",
+                "sha256": f.sha256,
+            }
+            for f in desired.secret_files
+        ],
         "appliance_rendered": [
             {"path": r.path, "template": r.template, "mode": f"{r.mode:04o}", "sha256": r.sha256}
             for r in desired.rendered

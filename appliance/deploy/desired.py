@@ -43,6 +43,14 @@ RULESET_PATH = f"{ETC}/nftables.nft"  # = appliance.netpolicy.nftables.RULESET_P
 NFT_TABLE = "inet appliance"
 NFT_BOOT_UNIT = "appliance-nftables.service"
 GATEWAY_UNIT = "appliance-gateway.service"  # with --site (deploy/gateway_layer.py)
+KEYCLOAK_UNIT = (
+    "appliance-keycloak.service"  # with sso.install in the site (deploy/keycloak_layer.py)
+)
+JAVA_ARTIFACT = "java-runtime"  # a bundle artifact unpacked into every release that carries it
+JAVA_DIR = "runtime/java"  # in the release: JAVA_HOME of the services that need Java
+UNPACKED_MARKER = (
+    ".appliance-unpacked"  # written last into a distribution unpacked outside a release
+)
 RELEASE_ETC = f"{ETC}/releases"  # per release: its unit and environment, kept for rollback
 DIRECTORIES = (ROOT, RELEASES, ETC, RELEASE_ETC, STATE, LOG)
 GATEWAY_VENV = "gateway-venv"  # in the release, from the bundle's gateway wheels
@@ -77,6 +85,59 @@ class VenvSpec:
     no_deps: tuple[str, ...] = ()  # wheel files installed after, without their dependencies
 
 
+@dataclass(frozen=True, slots=True)
+class UnpackSpec:
+    """A signed archive of the release, unpacked into the release while it is staged."""
+
+    archive: str  # absolute path on the host, in the release
+    path: str  # absolute path on the host, in the release
+
+
+@dataclass(frozen=True, slots=True)
+class DistSpec:
+    """A signed archive of the release unpacked outside it, once, because its program writes
+    into its own tree (Keycloak's ``kc.sh build``): root-owned but for ``writable`` (relative
+    directories handed to ``owner``). Unpacked beside ``path`` and renamed into place with its
+    marker, so a half-unpacked tree is never taken for a whole one."""
+
+    archive: str
+    path: str
+    owner: str
+    writable: tuple[str, ...]
+
+    @property
+    def marker(self) -> str:
+        return f"{self.path}/{UNPACKED_MARKER}"
+
+
+@dataclass(frozen=True, slots=True)
+class SystemUser:
+    """A system user and its group of the same name, no login, no home created."""
+
+    name: str
+    home: str
+    shell: str = "/usr/sbin/nologin"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedDir:
+    path: str
+    owner: str  # user and group
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFile:
+    """A file holding secrets, uploaded from a private local file: never rendered, never in
+    the engines' variables or logs; ``sha256`` (of secrets of 256 bits) tells nothing."""
+
+    path: str
+    source: Path  # 0600 on this machine (appliance.keycloak.site_secrets)
+    sha256: str
+    owner: str = "root"
+    mode: int = 0o600
+
+
 @dataclass(frozen=True)
 class HostDesired:
     host: HostEntry
@@ -93,6 +154,15 @@ class HostDesired:
     gateway_port: int | None = None  # the gateway's TLS port, when the release has one
     directories: tuple[str, ...] = DIRECTORIES
     template_vars: dict[str, Any] = field(default_factory=dict)
+    unpacks: tuple[UnpackSpec, ...] = ()  # into the release while staged (the Java runtime)
+    # Keycloak (deploy/keycloak_layer.py): its user, directories, distribution and secrets.
+    users: tuple[SystemUser, ...] = ()
+    owned_dirs: tuple[OwnedDir, ...] = ()
+    dists: tuple[DistSpec, ...] = ()
+    secret_files: tuple[SecretFile, ...] = ()
+    keycloak_health: str | None = None  # Keycloak's readiness URL on the host's loopback
+    # Where a Keycloak laid down here is reached and where its secrets are (paths, never values).
+    keycloak: dict[str, str] | None = None
 
     @property
     def current_target(self) -> str:
@@ -145,6 +215,49 @@ def venv_command(spec: VenvSpec, release_dir: str, staging: str) -> str:
     if spec.no_deps:
         command += f" && {pip} --no-deps {' '.join(staged(w) for w in spec.no_deps)}"
     return command
+
+
+def unpack_argv(archive: str, destination: str) -> tuple[str, ...]:
+    """GNU tar arguments unpacking a signed distribution archive into ``destination``.
+
+    The archive's bytes are verified (signed SHA-256) before this runs; tar still
+    gets no chance to restore owners or modes, and the top directory is stripped.
+    """
+    return (
+        "tar", "--extract", "--gzip", "--file", archive, "--directory", destination,
+        "--strip-components=1", "--no-same-owner", "--no-same-permissions",
+        "--no-overwrite-dir", "--delay-directory-restore",
+    )  # fmt: skip
+
+
+def staging_commands(desired: HostDesired, staging: str) -> list[str]:
+    """Shell run in the release's staging directory after its files are checked: the
+    virtualenvs, then the archives unpacked into the release. Both engines run these very
+    commands (one each; each starts with ``rm -rf <what it makes>``, so a rerun starts clean)."""
+    commands = [venv_command(spec, desired.release_dir, staging) for spec in desired.venvs]
+    for spec in desired.unpacks:
+        archive = staging + spec.archive.removeprefix(desired.release_dir)
+        path = staging + spec.path.removeprefix(desired.release_dir)
+        commands.append(
+            f"rm -rf {shlex.quote(path)} && mkdir -p {shlex.quote(path)} && "
+            + shlex.join(unpack_argv(archive, path))
+        )
+    return commands
+
+
+def dist_command(spec: DistSpec) -> str:
+    """Shell unpacking ``spec`` beside its place and renaming it there; nothing if done."""
+    q = shlex.quote
+    partial = f"{spec.path}.partial"
+    writable = " ".join(q(f"{partial}/{w}") for w in spec.writable)
+    return (
+        f"[ -e {q(spec.marker)} ] && exit 0; "
+        f"rm -rf {q(partial)} && mkdir -p {q(partial)} && "
+        f"{shlex.join(unpack_argv(spec.archive, partial))} && "
+        f"mkdir -p {writable} && chown -R {q(spec.owner)}:{q(spec.owner)} {writable} && "
+        f"touch {q(partial + '/' + UNPACKED_MARKER)} && rm -rf {q(spec.path)} && "
+        f"mv -T {q(partial)} {q(spec.path)}"
+    )
 
 
 def checklist(desired: HostDesired) -> str:
@@ -210,6 +323,12 @@ def desired_state(
         )
         if wheels is not None
     )
+    # A Java runtime in the bundle is unpacked into the release (read-only, like the venvs).
+    unpacks = tuple(
+        UnpackSpec(f"{release_dir}/{FILES_DIR}/{a.path}", f"{release_dir}/{JAVA_DIR}")
+        for a in verified.payload.artifacts
+        if a.name == JAVA_ARTIFACT and a.path.endswith(".tar.gz")
+    )
     model = verified.payload.model
     etc = release_etc(verified.version)
     variables: dict[str, Any] = {
@@ -233,8 +352,9 @@ def desired_state(
         ),
     )
     return HostDesired(
-        host, verified.version, release_dir, files, rendered, venvs, template_vars=variables
-    )
+        host, verified.version, release_dir, files, rendered, venvs, template_vars=variables,
+        unpacks=unpacks,
+    )  # fmt: skip
 
 
 # --- actual state --------------------------------------------------------------------
@@ -242,6 +362,7 @@ def desired_state(
 
 def _probed_files(desired: HostDesired) -> list[str]:
     paths = [f.path for f in desired.release_files] + [f.path for f in desired.rendered]
+    paths += [f.path for f in desired.secret_files]
     paths += [active_unit_path(u) for u in (*desired.units, *desired.boot_units)]
     if desired.firewall is not None:
         paths.append(RULESET_PATH)
@@ -270,6 +391,14 @@ def probe_script(desired: HostDesired) -> str:
         lines.append(f'[ -x {q(v.path)}/bin/python ] && echo "venv${{t}}"{q(v.path)}')
     for d in desired.directories:
         lines.append(f'[ -d {q(d)} ] && echo "dir${{t}}"{q(d)}')
+    for user in desired.users:
+        lines.append(f'getent passwd {q(user.name)} >/dev/null && echo "user${{t}}"{q(user.name)}')
+    for path in [o.path for o in desired.owned_dirs] + [f.path for f in desired.secret_files]:
+        lines.append(
+            f'[ -e {q(path)} ] && echo "owner${{t}}"{q(path)}"${{t}}$(stat -c "%U %a" {q(path)})"'
+        )
+    for marker in [u.path for u in desired.unpacks] + [d.marker for d in desired.dists]:
+        lines.append(f'[ -e {q(marker)} ] && echo "unpacked${{t}}"{q(marker)}')
     for p in _probed_files(desired):
         lines.append(
             f'[ -f {q(p)} ] && echo "file${{t}}"{q(p)}"${{t}}$(sha256sum {q(p)} | cut -d" " -f1)"'
@@ -282,7 +411,7 @@ def probe_script(desired: HostDesired) -> str:
 class Change:
     kind: Literal[
         "create-dir", "put-file", "render", "venv", "activate", "firewall", "switch-current",
-        "enable", "start",
+        "enable", "start", "user", "unpack", "put-secret",
     ]  # fmt: skip
     target: str
     detail: str
@@ -292,6 +421,22 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
     changes: list[Change] = []
     dirs = actual.get("dirs", {})
     changes += [Change("create-dir", d, "missing") for d in desired.directories if not dirs.get(d)]
+    users = actual.get("users", {})
+    changes += [
+        Change("user", u.name, "missing system user")
+        for u in desired.users
+        if not users.get(u.name)
+    ]
+    owners = actual.get("owners", {})
+    for o in desired.owned_dirs:
+        if owners.get(o.path) != f"{o.owner} {o.mode:o}":
+            changes.append(
+                Change(
+                    "create-dir",
+                    o.path,
+                    f"{o.owner}, {o.mode:04o}: found {owners.get(o.path) or 'missing'}",
+                )
+            )
     files = actual.get("files", {})
     for f in desired.release_files:
         found = files.get(f.path, "")
@@ -311,6 +456,26 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
     for v in desired.venvs:
         if not venvs.get(v.path):
             changes.append(Change("venv", v.path, f"create offline from {v.wheels_dir}"))
+    unpacked = actual.get("unpacked", {})
+    for u in desired.unpacks:
+        if not unpacked.get(u.path):
+            changes.append(Change("unpack", u.path, f"from {u.archive}"))
+    for d in desired.dists:
+        if not unpacked.get(d.marker):
+            changes.append(Change("unpack", d.path, f"from {d.archive}"))
+    for s in desired.secret_files:
+        found, owner = files.get(s.path, ""), owners.get(s.path, "")
+        if found != s.sha256 or owner != f"{s.owner} {s.mode:o}":
+            what = (
+                "missing"
+                if not found
+                else "content differs"
+                if found != s.sha256
+                else f"found {owner}"
+            )
+            changes.append(
+                Change("put-secret", s.path, f"{what} (from {s.source}, {s.owner}, {s.mode:04o})")
+            )
     for unit in (*desired.units, *desired.boot_units):
         path = active_unit_path(unit)
         if files.get(path, "") != desired.unit_file_of(unit).sha256:
@@ -345,7 +510,7 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
 def parse_probe(output: str) -> dict[str, Any]:
     """The facts ``probe_script`` printed, as ``diff`` reads them."""
     state: dict[str, Any] = {"current": "", "nft": False, "units": {}, "venvs": {}, "dirs": {},
-                             "files": {}}  # fmt: skip
+                             "files": {}, "users": {}, "owners": {}, "unpacked": {}}  # fmt: skip
     for line in output.splitlines():
         kind, _, rest = line.partition("\t")
         fields = rest.split("\t")
@@ -355,8 +520,12 @@ def parse_probe(output: str) -> dict[str, Any]:
             state["nft"] = fields[-1] == "true"
         elif kind == "unit" and len(fields) == 3:
             state["units"][fields[0]] = {"enabled": fields[1], "active": fields[2]}
-        elif kind in ("venv", "dir"):
+        elif kind in ("venv", "dir", "user"):
             state[kind + "s"][fields[0]] = True
+        elif kind == "unpacked":
+            state["unpacked"][fields[0]] = True
+        elif kind == "owner" and len(fields) == 2:
+            state["owners"][fields[0]] = fields[1]
         elif kind == "file" and len(fields) == 2:
             state["files"][fields[0]] = fields[1]
     return state

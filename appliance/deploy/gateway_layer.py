@@ -104,7 +104,9 @@ def gateway_vars(
         "gateway_rate_limit": {"requests_per_s": limit.requests_per_s, "burst": limit.burst},
         "gateway_audit_path": GATEWAY_AUDIT,
         "gateway_log_prompts": site.config.gateway.log_prompts,
-        "gateway_sso": None if site.config.sso is None else site.config.sso.model_dump(),
+        "gateway_sso": None
+        if site.config.sso is None
+        else site.config.sso.model_dump(include={"url", "realm"}),
     }
     variables = {k: json.dumps(v, sort_keys=True) for k, v in values.items()}
     variables |= {

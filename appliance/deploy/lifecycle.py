@@ -18,6 +18,7 @@ from appliance.deploy.desired import (
     CURRENT,
     ETC,
     GATEWAY_UNIT,
+    KEYCLOAK_UNIT,
     NFT_BOOT_UNIT,
     NFT_TABLE,
     RELEASES,
@@ -28,6 +29,7 @@ from appliance.deploy.desired import (
 )
 from appliance.errors import DeploymentError
 from appliance.inventory import HostEntry
+from appliance.keycloak.service import KEYCLOAK_USER
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class HostStatus:
     message: str = ""
     gateway: str = "absent"  # the gateway unit's state: active, failed, ... or absent
     firewall: bool = False  # the appliance's nftables table is loaded
+    keycloak: str = "absent"  # the Keycloak unit's state, or absent
 
 
 def releases_on(host: HostEntry) -> tuple[int, ...]:
@@ -55,12 +58,14 @@ def status(host: HostEntry) -> HostStatus:
     try:
         current = remote.current_version(host)
         releases = releases_on(host)
-        gateway_unit = GATEWAY_UNIT
+        optional = " ".join(
+            f"if [ -f {active_unit_path(unit)} ]; then systemctl is-active {unit}; else echo absent; fi;"
+            for unit in (GATEWAY_UNIT, KEYCLOAK_UNIT)
+        )
         states = remote.run(
             host,
             f"systemctl is-enabled {UNIT_NAME} 2>/dev/null; systemctl is-active {UNIT_NAME} 2>/dev/null; "
-            f"if [ -f {active_unit_path(gateway_unit)} ]; then systemctl is-active {gateway_unit}; "
-            f"else echo absent; fi; nft list table {NFT_TABLE} >/dev/null 2>&1 && echo loaded; true",
+            f"{optional} nft list table {NFT_TABLE} >/dev/null 2>&1 && echo loaded; true",
             timeout=30,
         ).split()
         audit = verify_chain(
@@ -70,14 +75,14 @@ def status(host: HostEntry) -> HostStatus:
         return HostStatus(
             host.name, False, None, (), "unknown", "unknown", None, 0, False, exc.message
         )
-    enabled, active, gateway = [*states, "unknown", "unknown", "unknown"][:3]
-    firewall = "loaded" in states[3:]
+    enabled, active, gateway, keycloak = [*states, *["unknown"] * 4][:4]
+    firewall = "loaded" in states[4:]
     healthy = None
     if current is not None and active == "active":
         port = remote.release_port(host, current)
         healthy = remote.health_check(host, port, timeout=10) if port else None
     return HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit.ok,
-                      "; ".join(audit.problems), gateway, firewall)  # fmt: skip
+                      "; ".join(audit.problems), gateway, firewall, keycloak)  # fmt: skip
 
 
 def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown") -> str:
@@ -141,11 +146,14 @@ systemctl daemon-reload
 nft delete table {NFT_TABLE} 2>/dev/null || true
 if [ -d {ROOT} ]; then chmod -R u+w {ROOT}; fi
 rm -rf {ROOT} {ETC} {STATE} {gateway_dirs}
+if getent passwd {KEYCLOAK_USER} >/dev/null; then userdel {KEYCLOAK_USER}; fi
+if getent group {KEYCLOAK_USER} >/dev/null; then groupdel {KEYCLOAK_USER}; fi
 {f"rm -rf {logs}" if purge else "true"}
 """, timeout=120)  # fmt: skip
     left = remote.run(
         host,
         f"ls -d {ROOT} {ETC} {STATE} {CURRENT} {unit_files} {gateway_dirs} 2>/dev/null; "
+        f"getent passwd {KEYCLOAK_USER} >/dev/null && echo 'user {KEYCLOAK_USER}'; "
         f"nft list table {NFT_TABLE} >/dev/null 2>&1 && echo 'nftables table {NFT_TABLE}'; true",
         timeout=30,
     ).splitlines()

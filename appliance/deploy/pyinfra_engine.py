@@ -11,7 +11,10 @@ What it lays down (and nothing else; activation, health and ``current`` are
   made read-only and renamed to ``releases/<v>`` in one step; an existing
   release is checked, never rewritten;
 - the release's rendered unit and environment files under
-  ``/etc/appliance/releases/<v>/``.
+  ``/etc/appliance/releases/<v>/``;
+- with Keycloak: its system user and group, its owned directories, its
+  distribution unpacked outside the release (``desired.dist_command``), and
+  the secret files uploaded from their private local copies (0600).
 
 All hosts run in one pyinfra state (parallel); a failing host does not stop
 the others and is reported as failed. Each finished operation is reported per
@@ -31,7 +34,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from appliance.deploy.desired import HostDesired, HostOutcome, checklist, venv_command
+from appliance.deploy.desired import (
+    HostDesired,
+    HostOutcome,
+    checklist,
+    dist_command,
+    staging_commands,
+)
 from appliance.errors import Cancelled
 from appliance.events import Event, Progress, Warned
 
@@ -171,7 +180,7 @@ def converge(
 def _add_host_ops(state: Any, host: Any, desired: HostDesired) -> None:
     """Plan one host's operations (facts are read here, so this can fail per host)."""
     from pyinfra.api.operation import add_op
-    from pyinfra.facts.files import Directory
+    from pyinfra.facts.files import Directory, File
     from pyinfra.operations import files, server
 
     staging = f"{desired.release_dir.rsplit('/', 1)[0]}/.staging-{desired.version}"
@@ -185,6 +194,15 @@ def _add_host_ops(state: Any, host: Any, desired: HostDesired) -> None:
             mode="755",
             host=host,
         )
+    for user in desired.users:
+        add_op(state, server.group, name=f"group {user.name}", group=user.name, system=True,
+               host=host)  # fmt: skip
+        add_op(state, server.user, name=f"system user {user.name}", user=user.name, group=user.name,
+               home=user.home, shell=user.shell, system=True, create_home=False, ensure_home=False,
+               host=host)  # fmt: skip
+    for owned in desired.owned_dirs:
+        add_op(state, files.directory, name=f"directory {owned.path}", path=owned.path, present=True,
+               user=owned.owner, group=owned.owner, mode=f"{owned.mode:o}", host=host)  # fmt: skip
     release_present = bool(host.get_fact(Directory, path=desired.release_dir))
     check = shlex.quote(f"{staging if not release_present else desired.release_dir}/.sha256sums")
     if not release_present:
@@ -195,8 +213,7 @@ def _add_host_ops(state: Any, host: Any, desired: HostDesired) -> None:
         add_op(state, files.put, name="checksums", src=io.StringIO(checklist(desired)),
                dest=f"{staging}/.sha256sums", mode="644", host=host)  # fmt: skip
         commands = [f"cd {shlex.quote(staging)} && sha256sum --quiet --strict -c {check}"]
-        for spec in desired.venvs:
-            commands.append(venv_command(spec, desired.release_dir, staging))
+        commands += staging_commands(desired, staging)
         commands.append(
             f"chmod -R a-w {shlex.quote(staging)} && mv -T {shlex.quote(staging)} {shlex.quote(desired.release_dir)}"
         )
@@ -210,6 +227,15 @@ def _add_host_ops(state: Any, host: Any, desired: HostDesired) -> None:
     else:
         add_op(state, server.shell, name=f"check release {desired.version}",
                commands=[f"cd {shlex.quote(desired.release_dir)} && sha256sum --quiet --strict -c .sha256sums"], host=host)  # fmt: skip
+    for dist in desired.dists:
+        if not host.get_fact(File, path=dist.marker):
+            add_op(state, server.shell, name=f"unpack {dist.path}", commands=[dist_command(dist)],
+                   host=host)  # fmt: skip
+    # Secret files come from private local files; pyinfra compares digests, never shows content.
+    for secret in desired.secret_files:
+        add_op(state, files.put, name=f"secret file {secret.path}", src=str(secret.source),
+               dest=secret.path, user=secret.owner, group=secret.owner, mode=f"{secret.mode:o}",
+               create_remote_dir=False, host=host)  # fmt: skip
     for rendered in desired.rendered:
         add_op(state, files.put, name=f"render {rendered.path}", src=io.StringIO(rendered.content),
                dest=rendered.path, mode=f"{rendered.mode:o}", create_remote_dir=True, host=host)  # fmt: skip

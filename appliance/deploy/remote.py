@@ -27,6 +27,7 @@ from appliance.audit import GENESIS, chain_record
 from appliance.deploy.desired import (
     CURRENT,
     GATEWAY_UNIT,
+    KEYCLOAK_UNIT,
     NFT_BOOT_UNIT,
     RELEASE_ETC,
     ROOT,
@@ -190,7 +191,7 @@ def current_version(host: HostEntry) -> int | None:
 
 
 # The services a release may have, in start order; the model server is always one of them.
-SERVICES = (UNIT_NAME, GATEWAY_UNIT)
+SERVICES = (UNIT_NAME, KEYCLOAK_UNIT, GATEWAY_UNIT)
 
 
 def activate(host: HostEntry, version: int) -> None:
@@ -267,6 +268,15 @@ def gateway_healthy(host: HostEntry, port: int, cafile: str, *, timeout: int = 6
     """Poll the gateway's /healthz over TLS on the host's loopback (its certificate checked)."""
     return poll_ok(host, f"https://127.0.0.1:{port}/healthz", timeout, cafile=cafile,
                    unit=GATEWAY_UNIT)  # fmt: skip
+
+
+# Keycloak's first start builds its optimised server, then imports the realm: minutes, not seconds.
+KEYCLOAK_START_TIMEOUT = 300
+
+
+def keycloak_healthy(host: HostEntry, url: str, *, timeout: int = KEYCLOAK_START_TIMEOUT) -> bool:
+    """Poll Keycloak's readiness (its management port, on the host's loopback)."""
+    return poll_ok(host, url, timeout, unit=KEYCLOAK_UNIT)
 
 
 def read_file(host: HostEntry, path: str) -> str:

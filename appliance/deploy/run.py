@@ -119,6 +119,7 @@ class HostResult:
     port: int | None = None  # the model server's port on the host's loopback
     gateway_port: int | None = None  # the gateway's TLS port on the host's address, if laid down
     firewall: bool = False  # whether the release's nftables ruleset is loaded
+    keycloak: dict[str, str] | None = None  # its issuer and where its secrets are (paths only)
 
 
 def plan_host(
@@ -131,7 +132,8 @@ def plan_host(
     site: Site | None = None,
     inventory: Inventory | None = None,
 ) -> tuple[Plan, HostDesired]:
-    """The host's plan and desired state; with ``site``, the gateway and firewall too."""
+    """The host's plan and desired state; with ``site``, the gateway and firewall too (and
+    Keycloak, when the site says ``sso.install``)."""
     model = verified.payload.model
     if model is None:
         raise InputError("the bundle carries no model; nothing to serve")
@@ -156,9 +158,12 @@ def plan_host(
     if site is not None:
         from appliance.deploy.gateway_layer import secure
 
-        desired = secure(
-            desired, plan, verified, site, inventory or Inventory(schema_version=1, hosts=[host])
-        )
+        inventory = inventory or Inventory(schema_version=1, hosts=[host])
+        desired = secure(desired, plan, verified, site, inventory)
+        if site.config.sso is not None and site.config.sso.install is not None:
+            from appliance.deploy.keycloak_layer import install_keycloak
+
+            desired = install_keycloak(desired, plan, verified, site, inventory)
     return plan, desired
 
 
@@ -255,6 +260,7 @@ def deploy(
         results[host.name].port = _port(planned[host.name][0])
         results[host.name].gateway_port = desired.gateway_port
         results[host.name].firewall = desired.firewall is not None
+        results[host.name].keycloak = desired.keycloak
         results[host.name].changes = diff(
             desired, parse_probe(remote.run(host, probe_script(desired), timeout=120))
         )
@@ -384,13 +390,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _unhealthy(host: HostEntry, planned: tuple[Plan, HostDesired], *, timeout: int) -> str | None:
+def _unhealthy(
+    host: HostEntry, planned: tuple[Plan, HostDesired], *, timeout: int, starting: bool = False
+) -> str | None:
     """Why the host's active release does not serve (``None``: it does, through its gateway)."""
     from appliance.deploy.gateway_layer import GATEWAY_CERT
 
     plan, desired = planned
     if not remote.health_check(host, _port(plan), timeout=timeout):
         return "the model server does not answer: see journalctl -u appliance-model"
+    if desired.keycloak_health is not None and not remote.keycloak_healthy(
+        host,
+        desired.keycloak_health,
+        timeout=remote.KEYCLOAK_START_TIMEOUT if starting else timeout,
+    ):
+        return f"Keycloak is not ready ({desired.keycloak_health}): see journalctl -u appliance-keycloak"
     if desired.gateway_port is not None and not remote.gateway_healthy(
         host, desired.gateway_port, GATEWAY_CERT, timeout=timeout
     ):
@@ -401,7 +415,7 @@ def _unhealthy(host: HostEntry, planned: tuple[Plan, HostDesired], *, timeout: i
 def _activate(host: HostEntry, planned: tuple[Plan, HostDesired], version: int) -> str | None:
     """Activate release ``version`` (units, then its firewall); why it does not serve, if so."""
     remote.activate(host, version)
-    problem = _unhealthy(host, planned, timeout=60)
+    problem = _unhealthy(host, planned, timeout=60, starting=True)
     if problem is None and planned[1].firewall is not None:
         try:
             remote.apply_firewall(host, version)
@@ -422,11 +436,12 @@ def _finish(
     plan, desired = planned
     journal = remote.Journal(host, deploy_id)
     result = HostResult(host.name, port=_port(plan), gateway_port=desired.gateway_port,
-                        firewall=desired.firewall is not None)  # fmt: skip
+                        firewall=desired.firewall is not None, keycloak=desired.keycloak)  # fmt: skip
     record = {"event": "deploy", "operator": operator, "engine": engine, "bundle": verified.name,
               "version": verified.version, "content_digest": verified.content_digest, "deploy": deploy_id,
               "gateway_port": desired.gateway_port,
-              "firewall": None if desired.firewall is None else desired.firewall.sha256}  # fmt: skip
+              "firewall": None if desired.firewall is None else desired.firewall.sha256,
+              "keycloak": None if desired.keycloak is None else desired.keycloak["issuer"]}  # fmt: skip
     try:
         ok, message = outcome
         if not ok:

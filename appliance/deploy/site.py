@@ -26,13 +26,19 @@ types are refused)::
     sso:                                # optional: Keycloak behind the gateway, which relays
       url: http://127.0.0.1:8180        # callers' discovery, key-set and token requests to it
       realm: appliance                  # (the issuer is then https://<gateway>/realms/<realm>)
+      install:                          # optional: the deploy lays Keycloak down from the bundle
+        access_file: access.yaml        # callers and what each may call (docs/keycloak.md)
+        secrets_dir: secrets            # on this machine, kept 0700: the callers' client secrets
+                                        # and Keycloak's bootstrap admin, generated here, 0600
 
 Relative paths resolve against the site file's directory. Files named here
 are read when the deploy plans (a missing or malformed one stops it before
 any host is touched) and laid down on the hosts with the release's
 configuration. The file holds no secret: the realm's keys are public, the
 gateway's TLS key is made on the host (or placed there by the site), never
-sent from here.
+sent from here. With ``sso.install`` the secrets are generated on this
+machine into ``secrets_dir`` (0700, files 0600; existing ones kept) and sent
+to the host only as files (0600), never as arguments or in a log.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.errors import InputError
+from appliance.keycloak.access import AccessConfig
 from appliance.yaml_files import load_model
 
 DOC = "appliance/deploy/site.py and docs/gateway.md"
@@ -93,9 +100,16 @@ class SiteGateway(_Strict):
     rate_limit: SiteRateLimit = SiteRateLimit()
 
 
+class SiteKeycloakInstall(_Strict):
+    access_file: Annotated[str, Field(min_length=1)]
+    secrets_dir: Annotated[str, Field(min_length=1)] = "secrets"
+    management_port: Annotated[int, Field(ge=1, le=65535)] = 9000  # /health/ready, loopback
+
+
 class SiteSso(_Strict):
     url: str = "http://127.0.0.1:8180"  # Keycloak's internal listener, as the gateway reaches it
     realm: str = "appliance"
+    install: SiteKeycloakInstall | None = None
 
 
 class SiteConfig(_Strict):
@@ -114,6 +128,8 @@ class Site:
     config: SiteConfig
     jwks: str | None  # the realm's key set, as laid down on the hosts
     jwks_ca: str | None
+    access: AccessConfig | None = None  # with sso.install: who may call what
+    secrets_dir: Path | None = None  # with sso.install: where the site's secrets are (0700)
 
 
 def _read(base: Path, name: str, key: str) -> tuple[Path, str]:
@@ -178,4 +194,67 @@ def load_site(path: Path) -> Site:
             raise SiteFileError(
                 f"tokens.jwks_ca_file: {ca_path}: expected PEM certificates, found none"
             )
-    return Site(path, config, jwks, jwks_ca)
+    if config.sso is None or config.sso.install is None:
+        return Site(path, config, jwks, jwks_ca)
+    access = _check_install(config, config.sso, config.sso.install, base)
+    return Site(path, config, jwks, jwks_ca, access, base / config.sso.install.secrets_dir)
+
+
+def _check_install(
+    config: SiteConfig, sso: SiteSso, install: SiteKeycloakInstall, base: Path
+) -> AccessConfig:
+    """What laying Keycloak down needs of the rest of the site file; the access file, loaded."""
+    from urllib.parse import urlsplit
+
+    from appliance.keycloak.access import load_access
+
+    def refuse(problem: str, hint: str) -> SiteFileError:
+        return SiteFileError(f"sso.install: {problem}", hint=hint)
+
+    url = urlsplit(sso.url)
+    if (
+        url.scheme != "http"
+        or url.hostname != "127.0.0.1"
+        or url.port is None
+        or url.path.strip("/")
+    ):
+        raise refuse(
+            f"expected sso.url http://127.0.0.1:PORT (Keycloak laid down on the gateway's host "
+            f"listens on its loopback), found {sso.url!r}",
+            "Set sso.url to http://127.0.0.1:8180.",
+        )
+    if url.port == install.management_port:
+        raise refuse(
+            f"Keycloak's HTTP port and management port are both {url.port}",
+            "Use another sso.install.management_port (default 9000).",
+        )
+    issuer = urlsplit(config.tokens.issuer)
+    expected = f"{issuer.scheme}://{issuer.netloc}/realms/{sso.realm}"
+    if issuer.scheme != "https" or not issuer.hostname or config.tokens.issuer != expected:
+        raise refuse(
+            f"expected tokens.issuer https://GATEWAY[:PORT]/realms/{sso.realm} (Keycloak's issuer "
+            f"as callers reach it, through the gateway), found {config.tokens.issuer!r}",
+            "Set tokens.issuer to the gateway's address followed by /realms/<realm>.",
+        )
+    certs = f"{sso.url.rstrip('/')}/realms/{sso.realm}/protocol/openid-connect/certs"
+    if config.tokens.jwks_url != certs:
+        raise refuse(
+            f"expected tokens.jwks_url {certs} (the keys of the Keycloak laid down here), "
+            f"found {config.tokens.jwks_url!r}",
+            "A realm's keys are made by Keycloak at its first start: the gateway reads them "
+            "from its certs URL.",
+        )
+    access = load_access(base / install.access_file)
+    if access.realm != sso.realm:
+        raise refuse(
+            f"the access file {install.access_file} is for realm {access.realm!r}, "
+            f"sso.realm is {sso.realm!r}",
+            "Make them the same realm.",
+        )
+    if access.api_client != config.tokens.audience:
+        raise refuse(
+            f"the access file's api_client is {access.api_client!r}, tokens.audience is "
+            f"{config.tokens.audience!r}",
+            "The gateway accepts tokens for the realm's API client: make them the same.",
+        )
+    return access

@@ -31,13 +31,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from appliance.deploy.desired import RenderedFile
+from appliance.deploy.desired import (
+    JAVA_ARTIFACT,
+    JAVA_DIR,
+    KEYCLOAK_UNIT,
+    RenderedFile,
+)
 from appliance.keycloak.errors import KeycloakArtifactError, KeycloakSettingsError
 
 if TYPE_CHECKING:
     from appliance.bundle.payload import ArtifactEntry, Payload
 
-UNIT_NAME = "appliance-keycloak.service"
+UNIT_NAME = KEYCLOAK_UNIT
 UNIT_TEMPLATE = "appliance-keycloak.service.j2"
 ENV_TEMPLATE = "keycloak.env.j2"
 ENV_FILE_NAME = "keycloak.env"
@@ -45,9 +50,7 @@ KEYCLOAK_USER = "appliance-keycloak"
 DIST_ROOT = "/var/lib/appliance/keycloak-dist"
 STATE_DIR = "/var/lib/appliance/keycloak"
 ADMIN_ENV_PATH = "/etc/appliance/keycloak/keycloak-admin.env"
-JAVA_SUBDIR = "runtime/java"
 KEYCLOAK_ARTIFACT = "keycloak"
-JAVA_ARTIFACT = "java-runtime"
 DEFAULT_HTTP_PORT = 8180
 DEFAULT_MANAGEMENT_PORT = 9000
 
@@ -122,19 +125,6 @@ def keycloak_artifacts(payload: Payload) -> tuple[ArtifactEntry, ArtifactEntry]:
     return found[KEYCLOAK_ARTIFACT], found[JAVA_ARTIFACT]
 
 
-def unpack_argv(archive: str, destination: str) -> tuple[str, ...]:
-    """GNU tar arguments unpacking a signed distribution archive into ``destination``.
-
-    The archive's bytes are verified (signed SHA-256) before this runs; tar still
-    gets no chance to restore owners, and the top directory is stripped.
-    """
-    return (
-        "tar", "--extract", "--gzip", "--file", archive, "--directory", destination,
-        "--strip-components=1", "--no-same-owner", "--no-same-permissions",
-        "--no-overwrite-dir", "--delay-directory-restore",
-    )  # fmt: skip
-
-
 def build_digest(env: dict[str, str]) -> str:
     text = "\n".join(f"{k}={env[k]}" for k in sorted(env))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -186,25 +176,27 @@ def template_vars(
         "--proxy-headers=xforwarded",
         f"--proxy-trusted-addresses={','.join(settings.trusted_proxies)}",
     ]  # fmt: skip
+    # Names prefixed keycloak_: the Ansible engine renders every template of a host with one
+    # set of variables, shared with the model server's and the gateway's.
     return {
         "release_version": release_version,
         "bundle_name": bundle_name,
         "content_digest": content_digest,
-        "realm_name": realm_name,
-        "realm_digest": realm_digest,
+        "keycloak_realm_name": realm_name,
+        "keycloak_realm_digest": realm_digest,
         "keycloak_user": user,
         "keycloak_home": home,
-        "kc_sh": kc,
-        "java_home": f"{release_dir}/{JAVA_SUBDIR}",
-        "state_dir": state_dir,
-        "env_file": f"{etc_dir}/{ENV_FILE_NAME}",
-        "admin_env_file": admin_env_file,
-        "build_marker": f"{home}/lib/quarkus/.appliance-built-{build}",
-        "import_marker": f"{state_dir}/realm-{realm_digest}.imported",
-        "realm_file": realm_file,
-        "exec_start": shlex.join(start),
-        "env_lines": "\n".join(f"{k}={v}" for k, v in env.items()),
-        "health_url": f"http://{settings.http_host}:{settings.management_port}/health/ready",
+        "keycloak_kc_sh": kc,
+        "keycloak_java_home": f"{release_dir}/{JAVA_DIR}",
+        "keycloak_state_dir": state_dir,
+        "keycloak_env_file": f"{etc_dir}/{ENV_FILE_NAME}",
+        "keycloak_admin_env_file": admin_env_file,
+        "keycloak_build_marker": f"{home}/lib/quarkus/.appliance-built-{build}",
+        "keycloak_import_marker": f"{state_dir}/realm-{realm_digest}.imported",
+        "keycloak_realm_file": realm_file,
+        "keycloak_exec_start": shlex.join(start),
+        "keycloak_env_lines": "\n".join(f"{k}={v}" for k, v in env.items()),
+        "keycloak_health_url": f"http://{settings.http_host}:{settings.management_port}/health/ready",
     }
 
 

@@ -71,6 +71,39 @@ def build_demo_bundles(work: Path, versions: tuple[int, ...] = (1,)) -> None:
         shutil.copytree(_BUILT / "keys", work / "keys")
 
 
+def build_keycloak_bundle(work: Path, version: int = 1) -> str:
+    """``work/demo-kc-<v>``: the demo-cpu bundle plus the STAND-IN Keycloak and Java runtime
+    (``keycloak_standin``: not Keycloak, lab tests only) as its ``keycloak`` and
+    ``java-runtime`` artifacts. Built once per session, like the demo bundles. Its name."""
+    from tests.integration import keycloak_standin
+
+    build_demo_bundles(work, ())
+    name = f"demo-kc-{version}"
+    if not (_BUILT / name).exists():
+        recipe = (ROOT / "bundles/demo-cpu.yaml").read_text()
+        recipe = recipe.replace("version: 1\n", f"version: {version}\n")
+        recipe += keycloak_standin.build(_BUILT / "stand-in")
+        (_BUILT / f"{name}.yaml").write_text(recipe)
+        appliance("bundle", "build", "--recipe", _BUILT / f"{name}.yaml", "--out", name, cwd=_BUILT)
+        appliance("bundle", "sign", name, "--key", "keys/signer.key", cwd=_BUILT)
+    shutil.copytree(_BUILT / name, work / name)
+    return name
+
+
+def sso_site(path: Path, lab: Lab, url: str, access_file: str = "access.yaml") -> Path:
+    """A site file laying Keycloak down (``sso.install``) behind the gateway at ``url``, with the
+    access file and secrets directory ``dev_site.prepare`` wrote beside it."""
+    path.write_text(json.dumps({
+        "schema_version": 1,
+        "network": {"site_cidrs": [lab.subnet], "admin_cidrs": [f"{lab.gateway}/32"]},
+        "tokens": {"issuer": f"{url}/realms/appliance", "audience": "appliance-api",
+                   "jwks_url": "http://127.0.0.1:8180/realms/appliance/protocol/openid-connect/certs"},
+        "sso": {"url": "http://127.0.0.1:8180", "realm": "appliance",
+                "install": {"access_file": access_file, "secrets_dir": "secrets"}},
+    }))  # fmt: skip
+    return path
+
+
 def single_host_inventory(
     lab: Lab, host: LabHost, path: Path, roles: tuple[str, ...] = ("model-server",)
 ) -> Path:

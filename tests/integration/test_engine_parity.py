@@ -2,10 +2,14 @@
 
 Two fresh lab hosts (one lab), each in its own single-host inventory, get the
 same demo-cpu release 1 with the same site file (``deploy --site``): the model
-server, the gateway and the host's firewall. Then both are read by an
-independent checker over plain SSH (neither engine): ``desired.probe_script``,
-every path under ``/opt/appliance`` and ``/etc/appliance`` with its mode, type
-and link target, the sha256 of every file, and the units' states. The two
+server, Keycloak (the bundle's STAND-IN distribution and Java runtime,
+``keycloak_standin``: its system user, its directories, the distribution
+unpacked, the realm import and admin file sent 0600), the gateway and the
+host's firewall. Then both are read by an independent checker over plain SSH
+(neither engine): ``desired.probe_script``, every path under
+``/opt/appliance``, ``/etc/appliance`` and Keycloak's distribution with its
+owner, mode, type and link target, the sha256 of every file, and the units'
+states. The two
 hosts must agree on all of it, but for the files that name the host itself
 (its firewall ruleset, the names in the gateway's certificate request), and
 each host's files must be its plan's bytes. Host B (Ansible) must answer a chat completion with no connection
@@ -41,23 +45,30 @@ from tests.integration.conftest import SESSION, temporary_lab
 from tests.integration.helpers import (
     EGRESS_RULES,
     appliance,
-    build_demo_bundles,
+    build_keycloak_bundle,
     chat,
     deploy,
     on,
     single_host_inventory,
+    sso_site,
 )
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
+BUNDLE = "demo-kc-1"
+SITE_FILE = "site-sso.yaml"
 
 # Read-only: every path with mode, type and link target; the digest of every file; the unit's state.
+# Keycloak's distribution without what the stand-in writes when it runs (its signing key differs).
 STATE_SCRIPT = r"""set -u
+kc=/var/lib/appliance/keycloak-dist
 echo @@paths
-find /opt/appliance /etc/appliance -printf '%p %m %y %l\n' | LC_ALL=C sort
+find /opt/appliance /etc/appliance $kc /var/lib/appliance/keycloak -path "$kc/*/data/stand-in-*" -prune \
+  -o -printf '%p %u %m %y %l\n' | LC_ALL=C sort
 echo @@digests
-find /opt/appliance /etc/appliance /etc/systemd/system/appliance-model.service \
-  /etc/systemd/system/appliance-gateway.service /etc/systemd/system/appliance-nftables.service -type f -print0 \
+find /opt/appliance /etc/appliance $kc /etc/systemd/system/appliance-model.service \
+  /etc/systemd/system/appliance-gateway.service /etc/systemd/system/appliance-nftables.service \
+  /etc/systemd/system/appliance-keycloak.service -path "$kc/*/data/stand-in-*" -prune -o -type f -print0 \
   | LC_ALL=C sort -z | xargs -0 sha256sum
 echo @@pyc
 find /opt/appliance -name '*.pyc' -exec sh -c \
@@ -68,6 +79,9 @@ systemctl is-enabled appliance-model || true
 systemctl is-active appliance-model || true
 systemctl is-enabled appliance-gateway || true
 systemctl is-active appliance-gateway || true
+systemctl is-enabled appliance-keycloak || true
+systemctl is-active appliance-keycloak || true
+getent passwd appliance-keycloak | cut -d: -f1,6,7
 systemctl is-enabled appliance-nftables || true
 nft list table inet appliance >/dev/null && echo firewall-loaded || true
 """
@@ -115,9 +129,9 @@ class Site:
 
 
 def plan_for(work: Path, inventory: Path) -> HostDesired:
-    verified = drain(verify_bundle(work / "demo-1", work / "keys/root.json"))
+    verified = drain(verify_bundle(work / BUNDLE, work / "keys/root.json"))
     loaded = load_inventory(inventory)
-    site = load_site(work / "site" / "site.yaml")
+    site = load_site(work / "site" / SITE_FILE)
     return plan_host(verified, loaded.hosts[0], load_profiles(), "cpu-llamacpp", force=False,
                      site=site, inventory=loaded)[1]  # fmt: skip
 
@@ -125,22 +139,24 @@ def plan_for(work: Path, inventory: Path) -> HostDesired:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("parity")
-    build_demo_bundles(work, (1,))
+    assert build_keycloak_bundle(work) == BUNDLE
     with temporary_lab(f"{SESSION}-parity", 2) as lab:
         a, b = lab.hosts
         roles = ("model-server", "gateway")
         inventory_a = single_host_inventory(lab, a, work / "inventory-a.yml", roles)
         inventory_b = single_host_inventory(lab, b, work / "inventory-b.yml", roles)
-        site_file = str(dev_site.prepare(work / "site", lab, "gemma-3-270m-q4_k_m").site_file)
+        dev_site.prepare(work / "site", lab, "gemma-3-270m-q4_k_m")  # access file, secrets dir
+        # One site file for both: the issuer names the site's gateway, not either host.
+        site_file = str(sso_site(work / "site" / SITE_FILE, lab, "https://llm.lab.example:8443"))
         on(lab, b, EGRESS_RULES)
         start = time.monotonic()
-        first = deploy(work, inventory_a, "demo-1", "--engine", "pyinfra", "--site", site_file)
+        first = deploy(work, inventory_a, BUNDLE, "--engine", "pyinfra", "--site", site_file)
         print(
             f"\npyinfra engine: first deploy (appliance deploy, one host) {time.monotonic() - start:.1f} s"
         )
         assert first["hosts"][0]["status"] == "converged", first  # type: ignore[index]
         start = time.monotonic()
-        second = deploy(work, inventory_b, "demo-1", "--engine", "ansible", "--site", site_file)
+        second = deploy(work, inventory_b, BUNDLE, "--engine", "ansible", "--site", site_file)
         took = time.monotonic() - start
         assert second["hosts"][0]["status"] == "converged", second  # type: ignore[index]
         print(f"ansible engine: first deploy (appliance deploy, one host) {took:.1f} s")
@@ -161,11 +177,17 @@ def test_both_engines_leave_the_same_host_state(site: Site) -> None:
 
     assert a.paths == b.paths  # same file set, modes, types, link targets
     assert len(a.paths) > 1000  # the release, its venv, /etc/appliance
-    assert "/opt/appliance/current 777 l /opt/appliance/releases/1" in a.paths
-    assert "/opt/appliance/releases/1 555 d " in a.paths
-    assert "/opt/appliance/releases/1/.sha256sums 444 f " in a.paths
-    assert "/etc/appliance/releases/1/appliance-model.service 644 f " in a.paths
-    assert "/etc/appliance/releases/1/gateway.yaml 644 f " in a.paths
+    assert "/opt/appliance/current root 777 l /opt/appliance/releases/1" in a.paths
+    assert "/opt/appliance/releases/1 root 555 d " in a.paths
+    assert "/opt/appliance/releases/1/.sha256sums root 444 f " in a.paths
+    assert "/etc/appliance/releases/1/appliance-model.service root 644 f " in a.paths
+    assert "/etc/appliance/releases/1/gateway.yaml root 644 f " in a.paths
+    assert "/opt/appliance/releases/1/runtime/java/bin/java root 555 f " in a.paths
+    kc = "/var/lib/appliance/keycloak-dist/1"
+    assert {f"{kc} root 755 d ", f"{kc}/lib/quarkus appliance-keycloak 755 d ",
+            f"{kc}/data/import/appliance-realm.json appliance-keycloak 600 f ",
+            "/etc/appliance/keycloak/keycloak-admin.env root 600 f ",
+            "/var/lib/appliance/keycloak appliance-keycloak 700 d "} <= set(a.paths)  # fmt: skip
     assert [
         p for p in a.paths if p.startswith("/opt/appliance/releases/1/gateway-venv/bin/python ")
     ]
@@ -186,11 +208,10 @@ def test_both_engines_leave_the_same_host_state(site: Site) -> None:
     for f in site.desired_b.release_files:
         assert b.digests[f.path] == f.sha256
 
-    assert (
-        a.units
-        == b.units
-        == ("enabled", "active", "enabled", "active", "enabled", "firewall-loaded")
-    )
+    assert a.units == b.units == (
+        "enabled", "active", "enabled", "active", "enabled", "active",
+        "appliance-keycloak:/var/lib/appliance/keycloak:/usr/sbin/nologin", "enabled", "firewall-loaded",
+    )  # fmt: skip
     assert {k: v for k, v in a.probe.items() if k != "files"} == {
         k: v for k, v in b.probe.items() if k != "files"
     }
@@ -214,8 +235,8 @@ def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> 
     started = on(lab, b, "systemctl show -p ActiveEnterTimestampMonotonic appliance-model")
 
     start = time.monotonic()
-    again = deploy(site.work, site.inventory_b, "demo-1", "--engine", "ansible", "--site",
-                   str(site.work / "site" / "site.yaml"))  # fmt: skip
+    again = deploy(site.work, site.inventory_b, BUNDLE, "--engine", "ansible", "--site",
+                   str(site.work / "site" / SITE_FILE))  # fmt: skip
     cli = time.monotonic() - start
     assert again["hosts"][0]["status"] == "unchanged", again  # type: ignore[index]
 
@@ -227,9 +248,9 @@ def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> 
 
     # Plain ansible-playbook with the inventory and host_vars `deploy --emit-ansible` writes
     # (playbooks/README.md); the command it prints is the one run here.
-    emitted = appliance("deploy", "--profile", "cpu-llamacpp", "--bundle", "demo-1", "--trust", "keys/root.json",
+    emitted = appliance("deploy", "--profile", "cpu-llamacpp", "--bundle", BUNDLE, "--trust", "keys/root.json",
                         "--inventory", site.inventory_b, "--emit-ansible", tmp_path / "run", "--json",
-                        "--site", site.work / "site" / "site.yaml", cwd=site.work)  # fmt: skip
+                        "--site", site.work / "site" / SITE_FILE, cwd=site.work)  # fmt: skip
     command = json.loads(emitted.stdout)["command"]
     assert command.startswith(
         f"ANSIBLE_CONFIG={tmp_path / 'run' / 'ansible.cfg'} ansible-playbook -i "

@@ -105,7 +105,7 @@ def test_host_vars_describe_the_release_the_pyinfra_engine_lays_down(plan: HostD
          f"{staging}/metadata"}
     )  # fmt: skip
     assert v["appliance_checksums"] == checklist(plan)  # the very bytes pyinfra writes
-    assert v["appliance_venvs"] == [
+    assert v["appliance_staging_commands"] == [
         f"rm -rf {staging}/venv && python3 -m venv {staging}/venv && PIP_NO_INDEX=1 "
         f"{staging}/venv/bin/pip install --quiet --no-index --find-links {staging}/files/wheels "
         "demo==1.0 'extra[x]>=2'"
@@ -116,7 +116,7 @@ def test_host_vars_describe_the_release_the_pyinfra_engine_lays_down(plan: HostD
     ]
     for name, value in plan.template_vars.items():  # top-level, for the templates
         assert v[name] == value
-    assert host_vars(plan)["appliance_venvs"] == []
+    assert host_vars(plan)["appliance_staging_commands"] == []
 
 
 def test_host_vars_file_is_data_never_a_template(plan: HostDesired, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from appliance.bundle.payload import ArtifactEntry, MediaLayout, Payload
+from appliance.deploy.desired import unpack_argv
 from appliance.keycloak.errors import KeycloakArtifactError, KeycloakSettingsError
 from appliance.keycloak.service import (
     ADMIN_ENV_PATH,
@@ -22,7 +23,6 @@ from appliance.keycloak.service import (
     keycloak_artifacts,
     render_keycloak_files,
     template_vars,
-    unpack_argv,
 )
 
 from .conftest import assert_golden_text
