@@ -49,6 +49,11 @@ def site_line(site: Site | None) -> str:
     """Whether the deploy lays down the gateway and the firewall (the plan review says it)."""
     if site is None:
         return SITE_NONE
+    if site.config.sso is not None and site.config.sso.install is not None:
+        return (
+            f"Site file: {site.path}; gateway, firewall and Keycloak (realm "
+            f"{site.config.sso.realm}, from the bundle) will be laid down"
+        )
     return f"Site file: {site.path}; gateway and firewall will be laid down"
 
 
@@ -373,6 +378,10 @@ def host_access(result: HostResult, address: str, model_endpoint: str | None = N
     )
     if result.port is not None:
         lines.append(f"  model server: {loopback}")
+    if result.keycloak is not None:
+        from appliance.deploy.keycloak_layer import secrets_lines
+
+        lines += [f"  {line}" for line in secrets_lines(result.keycloak)]
     return lines
 
 

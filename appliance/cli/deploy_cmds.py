@@ -75,20 +75,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         for result in results:
             print(f"{result.host:20s} {result.status.upper():12s} {result.message}")
             if result.keycloak is not None:
-                print(keycloak_note(result.keycloak))
+                from appliance.deploy.keycloak_layer import secrets_lines
+
+                print("\n".join(f"  {line}" for line in secrets_lines(result.keycloak)))
     failed = [r for r in results if r.status in ("failed", "rolled-back")]
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
-
-
-def keycloak_note(keycloak: dict[str, str]) -> str:
-    """Where Keycloak's secrets are (never what they are)."""
-    return (
-        f"  Keycloak: issuer {keycloak['issuer']}\n"
-        f"  Keycloak's bootstrap admin password: in {keycloak['admin_password_file']} (0600; on "
-        f"the host {keycloak['admin_password_file_on_host']}, 0600)\n"
-        f"  Callers' client secrets: in {keycloak['client_secrets_file']} (0600): hand each caller "
-        "its own, out of band"
-    )
 
 
 def _emit_ansible(

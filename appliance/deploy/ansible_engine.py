@@ -50,7 +50,7 @@ from appliance.deploy.desired import (
     HostOutcome,
     checklist,
     dist_command,
-    staging_commands,
+    staging_command,
 )
 from appliance.errors import Cancelled, DeploymentError
 from appliance.events import Event, Progress, Warned
@@ -127,9 +127,9 @@ def host_vars(desired: HostDesired) -> dict[str, Any]:
             for f in desired.release_files
         ],
         "appliance_checksums": checklist(desired),
-        # The same shell the pyinfra engine runs (desired.staging_commands): the same venvs and
+        # The same shell the pyinfra engine runs (desired.staging_command): the same venvs and
         # unpacked runtimes.
-        "appliance_staging_commands": staging_commands(desired, staging),
+        "appliance_staging_command": staging_command(desired, staging),
         "appliance_users": [
             {"name": u.name, "home": u.home, "shell": u.shell} for u in desired.users
         ],

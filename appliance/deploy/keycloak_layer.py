@@ -50,7 +50,18 @@ from appliance.errors import InputError
 from appliance.inventory import Inventory
 from appliance.plan import Plan
 
-__all__ = ["install_keycloak"]
+__all__ = ["install_keycloak", "secrets_lines"]
+
+
+def secrets_lines(keycloak: dict[str, str]) -> list[str]:
+    """What a deploy says about the Keycloak it laid down: where its secrets are, never what."""
+    return [
+        f"Keycloak: issuer {keycloak['issuer']}",
+        f"Keycloak's bootstrap admin password: in {keycloak['admin_password_file']} (0600; on "
+        f"the host {keycloak['admin_password_file_on_host']}, 0600)",
+        f"Callers' client secrets: in {keycloak['client_secrets_file']} (0600): hand each caller "
+        "its own, out of band",
+    ]
 
 
 def install_keycloak(

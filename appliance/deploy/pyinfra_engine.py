@@ -39,7 +39,7 @@ from appliance.deploy.desired import (
     HostOutcome,
     checklist,
     dist_command,
-    staging_commands,
+    staging_command,
 )
 from appliance.errors import Cancelled
 from appliance.events import Event, Progress, Warned
@@ -213,7 +213,8 @@ def _add_host_ops(state: Any, host: Any, desired: HostDesired) -> None:
         add_op(state, files.put, name="checksums", src=io.StringIO(checklist(desired)),
                dest=f"{staging}/.sha256sums", mode="644", host=host)  # fmt: skip
         commands = [f"cd {shlex.quote(staging)} && sha256sum --quiet --strict -c {check}"]
-        commands += staging_commands(desired, staging)
+        if staged := staging_command(desired, staging):
+            commands.append(staged)
         commands.append(
             f"chmod -R a-w {shlex.quote(staging)} && mv -T {shlex.quote(staging)} {shlex.quote(desired.release_dir)}"
         )

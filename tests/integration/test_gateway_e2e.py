@@ -267,3 +267,11 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
         ).text.strip()
         record = json.loads(remote.run(host, "tail -n 1 /var/log/appliance/audit.jsonl"))
         assert record["result"] == "failed" and "new SSH connection failed" in record["error"]
+
+        # Uninstall takes Keycloak away with the rest: its units, user, distribution and state.
+        appliance("uninstall", "--inventory", lab.inventory, "--yes", cwd=tmp_path)
+        left = remote.run(host, "getent passwd appliance-keycloak; getent group appliance-keycloak; "
+                                f"ls -d {DIST_ROOT} {STATE_DIR} /etc/systemd/system/appliance-*.service "
+                                "2>/dev/null; true")  # fmt: skip
+        assert left == ""
+        assert "inet appliance" not in remote.run(host, "nft list tables")

@@ -98,3 +98,37 @@ def test_a_bad_site_file_stops_before_the_app_starts(make_app: AppFactory, tmp_p
         make_app(site=bad)
     assert "invalid site file" in raised.value.message
     assert "network.admin_cidrs" in raised.value.message
+
+
+def test_with_keycloak_the_review_and_done_say_where_its_secrets_are(tmp_path: Path) -> None:
+    from appliance.deploy.run import HostResult
+    from appliance.deploy.site import load_site
+    from tui.present import host_access, site_line
+
+    (tmp_path / "access.yaml").write_text(
+        '{"schema_version": 1, "callers": [{"client_id": "bot", "description": "b", "models": ["m"]}]}'
+    )
+    (tmp_path / "site.yaml").write_text(
+        (Path(__file__).parent / "fixtures" / "site.yaml").read_text().replace("https://sso.site.example", "https://10.231.7.2:8443")
+        .replace("https://10.231.7.2:8443/realms/appliance/protocol", "http://127.0.0.1:8180/realms/appliance/protocol")
+        + "sso: {install: {access_file: access.yaml}}\n"
+    )  # fmt: skip
+    site = load_site(tmp_path / "site.yaml")
+    assert site_line(site) == (
+        f"Site file: {tmp_path / 'site.yaml'}; gateway, firewall and Keycloak (realm appliance, "
+        "from the bundle) will be laid down"
+    )
+    keycloak = {"issuer": "https://10.231.7.2:8443/realms/appliance",
+                "admin_password_file": f"{tmp_path}/secrets/keycloak-admin.env",
+                "admin_password_file_on_host": "/etc/appliance/keycloak/keycloak-admin.env",
+                "client_secrets_file": f"{tmp_path}/secrets/client-secrets.json"}  # fmt: skip
+    result = HostResult("h", "converged", port=8080, gateway_port=8443, firewall=True,
+                        keycloak=keycloak)  # fmt: skip
+    lines = host_access(result, "10.231.7.2")
+    assert lines[-3:] == [
+        "  Keycloak: issuer https://10.231.7.2:8443/realms/appliance",
+        f"  Keycloak's bootstrap admin password: in {tmp_path}/secrets/keycloak-admin.env (0600; "
+        "on the host /etc/appliance/keycloak/keycloak-admin.env, 0600)",
+        f"  Callers' client secrets: in {tmp_path}/secrets/client-secrets.json (0600): hand each "
+        "caller its own, out of band",
+    ]

@@ -37,6 +37,8 @@ from appliance.deploy.desired import (
     checklist,
     desired_state,
     render,
+    staging_command,
+    staging_commands,
 )
 from appliance.engine_args import NodeCommand
 from appliance.errors import DeploymentError
@@ -87,7 +89,8 @@ def ansible(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_host_vars_describe_the_release_the_pyinfra_engine_lays_down(plan: HostDesired) -> None:
-    v = host_vars(with_venv(plan))
+    d = with_venv(plan)
+    v = host_vars(d)
     staging = "/opt/appliance/releases/.staging-3"
     assert v["appliance_release_dir"] == "/opt/appliance/releases/3"
     assert v["appliance_staging_dir"] == staging
@@ -105,7 +108,8 @@ def test_host_vars_describe_the_release_the_pyinfra_engine_lays_down(plan: HostD
          f"{staging}/metadata"}
     )  # fmt: skip
     assert v["appliance_checksums"] == checklist(plan)  # the very bytes pyinfra writes
-    assert v["appliance_staging_commands"] == [
+    assert v["appliance_staging_command"] == staging_command(d, staging)  # what pyinfra runs
+    assert staging_commands(d, staging) == [
         f"rm -rf {staging}/venv && python3 -m venv {staging}/venv && PIP_NO_INDEX=1 "
         f"{staging}/venv/bin/pip install --quiet --no-index --find-links {staging}/files/wheels "
         "demo==1.0 'extra[x]>=2'"
@@ -116,7 +120,7 @@ def test_host_vars_describe_the_release_the_pyinfra_engine_lays_down(plan: HostD
     ]
     for name, value in plan.template_vars.items():  # top-level, for the templates
         assert v[name] == value
-    assert host_vars(plan)["appliance_staging_commands"] == []
+    assert host_vars(plan)["appliance_staging_command"] == ""
 
 
 def test_host_vars_file_is_data_never_a_template(plan: HostDesired, tmp_path: Path) -> None:

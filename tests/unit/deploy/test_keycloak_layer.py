@@ -312,20 +312,45 @@ def test_the_distribution_is_unpacked_whole_once_and_handed_over_in_part(tmp_pat
     assert not (tmp_path / "dist/5").exists()
 
 
+def staged_java(bundle: VerifiedBundle, for_plan: Plan, staging: Path) -> HostDesired:
+    """The model server's desired state with a Java runtime, its archive in ``staging``."""
+    (staging / "files/artifacts/java-runtime").mkdir(parents=True)
+    archive(staging / "files/artifacts/java-runtime/jre.tar.gz", {"bin/java": "#!/bin/sh\n"})
+    return desired_state(with_keycloak(bundle), for_plan.commands[0], host(), engine="llamacpp")
+
+
 def test_the_java_runtime_is_unpacked_into_the_staged_release(
     verified: VerifiedBundle,  # noqa: F811
     plan: Plan,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    d = desired_state(with_keycloak(verified), plan.commands[0], host(), engine="llamacpp")
-    d = dataclasses.replace(d, venvs=())  # the venvs need wheels; the unpacking is what is tested
     staging = tmp_path / "staging"
-    jre = staging / "files/artifacts/java-runtime"
-    jre.mkdir(parents=True)
-    archive(jre / "jre.tar.gz", {"bin/java": "#!/bin/sh\necho java\n"})
+    d = staged_java(verified, plan, staging)
+    d = dataclasses.replace(d, venvs=())  # the venvs need wheels; the unpacking is what is tested
     (staging / "runtime/java/stale").parent.mkdir(parents=True)
     (staging / "runtime/java/stale").write_text("from an interrupted run")
     [command] = staging_commands(d, str(staging))
     subprocess.run(["sh", "-c", command], check=True, timeout=30)
     assert sorted(p.name for p in (staging / "runtime/java").iterdir()) == ["bin"]
     assert (staging / "runtime/java/bin/java").stat().st_mode & 0o111
+
+
+def test_the_staging_steps_run_side_by_side_and_any_failure_fails_them_all(
+    verified: VerifiedBundle,  # noqa: F811
+    plan: Plan,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from appliance.deploy.desired import staging_command
+
+    staging = tmp_path / "staging"
+    d = staged_java(verified, plan, staging)
+    command = staging_command(d, str(staging))
+    # The venv step fails here (no wheels): the command fails, says which step and why,
+    # while the other step (the Java runtime) still ran.
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120,
+                            check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "staging step 1 of 2 failed:" in result.stderr and "step 2" not in result.stderr
+    assert (staging / "runtime/java/bin/java").exists()
+    nothing = dataclasses.replace(d, venvs=(), unpacks=())
+    assert staging_command(nothing, str(staging)) == ""
