@@ -104,6 +104,9 @@ class DistSpec:
     path: str
     owner: str
     writable: tuple[str, ...]
+    # Of ``writable``, those only ``owner`` may enter (0700): a secret file put there is never
+    # readable by others, not even while an engine uploads it before setting its mode.
+    private: tuple[str, ...] = ()
 
     @property
     def marker(self) -> str:
@@ -271,12 +274,13 @@ def dist_command(spec: DistSpec) -> str:
     q = shlex.quote
     partial = f"{spec.path}.partial"
     writable = " ".join(q(f"{partial}/{w}") for w in spec.writable)
+    private = "".join(f"chmod 0700 {q(f'{partial}/{p}')} && " for p in spec.private)
     return (
         f"[ -e {q(spec.marker)} ] && exit 0; "
         f"rm -rf {q(partial)} && mkdir -p {q(partial)} && "
         f"{shlex.join(unpack_argv(spec.archive, partial))} && "
         f"mkdir -p {writable} && chown -R {q(spec.owner)}:{q(spec.owner)} {writable} && "
-        f"touch {q(partial + '/' + UNPACKED_MARKER)} && rm -rf {q(spec.path)} && "
+        f"{private}touch {q(partial + '/' + UNPACKED_MARKER)} && rm -rf {q(spec.path)} && "
         f"mv -T {q(partial)} {q(spec.path)}"
     )
 

@@ -103,8 +103,7 @@ def install_keycloak(
             "install).",
         )
     archive, _java = keycloak_artifacts(verified.payload)
-    if not desired.unpacks:  # desired_state unpacks the bundle's Java runtime into every release
-        raise InputError(f"bundle {verified.name}: its java-runtime artifact is not a .tar.gz")
+    assert desired.unpacks, "desired_state unpacks the bundle's Java runtime into the release"
     realm = realm_for_plan(plan, site.access, verified.payload.adapters)
     secrets = ensure_client_secrets(site.secrets_dir, realm["realm"], caller_ids(realm))
     admin_env = ensure_admin_env(site.secrets_dir)
@@ -158,6 +157,7 @@ def install_keycloak(
                 home,
                 KEYCLOAK_USER,
                 ("lib/quarkus", "data", "data/import"),
+                private=("data",),  # where the realm import (secrets) goes
             ),
         ),
         secret_files=secret_files,

@@ -118,14 +118,15 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
         }
         assert kc_calls(host) == ["build", "import", "start"]
         modes = remote.run(host, f"stat -c '%n %U %a' {ADMIN_ENV_PATH} {DIST}/data/import/appliance-realm.json "
-                                 f"{STATE_DIR} {DIST} {DIST}/lib/quarkus {DIST}/bin/kc.sh")  # fmt: skip
-        assert modes.split("\n")[:6] == [
+                                 f"{STATE_DIR} {DIST} {DIST}/lib/quarkus {DIST}/bin/kc.sh {DIST}/data")  # fmt: skip
+        assert modes.split("\n")[:7] == [
             f"{ADMIN_ENV_PATH} root 600",
             f"{DIST}/data/import/appliance-realm.json appliance-keycloak 600",
             f"{STATE_DIR} appliance-keycloak 700",
             f"{DIST} root 755",
             f"{DIST}/lib/quarkus appliance-keycloak 755",
             f"{DIST}/bin/kc.sh root 755",
+            f"{DIST}/data appliance-keycloak 700",  # the import file's directory: owner only
         ]
         assert (
             remote.run(host, "getent passwd appliance-keycloak")

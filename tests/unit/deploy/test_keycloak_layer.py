@@ -130,7 +130,7 @@ def test_keycloak_from_the_bundle_and_the_site(
     ]
     assert d.dists == (
         DistSpec(f"{d.release_dir}/files/artifacts/keycloak/keycloak-26.7.4.tar.gz", DIST,
-                 KEYCLOAK_USER, ("lib/quarkus", "data", "data/import")),
+                 KEYCLOAK_USER, ("lib/quarkus", "data", "data/import"), private=("data",)),
     )  # fmt: skip
     realm_file, admin_file = d.secret_files
     assert (realm_file.path, realm_file.owner, realm_file.mode) == (
@@ -291,10 +291,12 @@ def test_the_distribution_is_unpacked_whole_once_and_handed_over_in_part(tmp_pat
     me = pwd.getpwuid(os.getuid()).pw_name
     dest = tmp_path / "dist/4"
     spec = DistSpec(str(archive(tmp_path / "kc.tar.gz", {"bin/kc.sh": "#!/bin/sh\n"})), str(dest),
-                    me, ("lib/quarkus", "data", "data/import"))  # fmt: skip
+                    me, ("lib/quarkus", "data", "data/import"), ("data",))  # fmt: skip
     subprocess.run(["sh", "-c", dist_command(spec)], check=True, timeout=30)
     assert (dest / "bin/kc.sh").read_text() == "#!/bin/sh\n"  # top directory stripped
     assert (dest / "data/import").is_dir() and (dest / "lib/quarkus").is_dir()
+    assert (dest / "data").stat().st_mode & 0o777 == 0o700  # the import's secrets: owner only
+    assert (dest / "lib/quarkus").stat().st_mode & 0o777 == 0o755
     assert Path(spec.marker).exists() and not Path(f"{dest}.partial").exists()
     (dest / "data/kept").write_text("Keycloak's own data")
     subprocess.run(["sh", "-c", dist_command(spec)], check=True, timeout=30)
