@@ -212,20 +212,19 @@ def _check_install(
         return SiteFileError(f"sso.install: {problem}", hint=hint)
 
     url = urlsplit(sso.url)
-    if (
-        url.scheme != "http"
-        or url.hostname != "127.0.0.1"
-        or url.port is None
-        or url.path.strip("/")
-    ):
+    try:
+        port = url.port
+    except ValueError:  # not a port number
+        port = None
+    if url.scheme != "http" or url.hostname != "127.0.0.1" or port is None or url.path.strip("/"):
         raise refuse(
             f"expected sso.url http://127.0.0.1:PORT (Keycloak laid down on the gateway's host "
             f"listens on its loopback), found {sso.url!r}",
             "Set sso.url to http://127.0.0.1:8180.",
         )
-    if url.port == install.management_port:
+    if port == install.management_port:
         raise refuse(
-            f"Keycloak's HTTP port and management port are both {url.port}",
+            f"Keycloak's HTTP port and management port are both {port}",
             "Use another sso.install.management_port (default 9000).",
         )
     issuer = urlsplit(config.tokens.issuer)

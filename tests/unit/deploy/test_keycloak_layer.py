@@ -220,6 +220,7 @@ def test_a_bundle_without_keycloak_or_several_hosts_are_refused(
     ("old", "new", "problem"),
     [
         ("url: http://127.0.0.1:8180", "url: http://10.231.0.2:8180", "expected sso.url http://127.0.0.1:PORT"),
+        ("url: http://127.0.0.1:8180", "url: http://127.0.0.1:99999", "expected sso.url http://127.0.0.1:PORT"),
         (f"issuer: {GATEWAY}/realms/appliance", "issuer: https://sso.example/realms/other",
          r"expected tokens.issuer https://GATEWAY\[:PORT\]/realms/appliance"),
         ("jwks_url: http://127.0.0.1:8180/realms", "jwks_url: https://sso.example/realms",
