@@ -192,6 +192,7 @@ def current_version(host: HostEntry) -> int | None:
 
 # The services a release may have, in start order; the model server is always one of them.
 SERVICES = (UNIT_NAME, KEYCLOAK_UNIT, GATEWAY_UNIT)
+NO_BLOCK = frozenset({KEYCLOAK_UNIT})  # started without waiting: its readiness is polled
 
 
 def activate(host: HostEntry, version: int) -> None:
@@ -211,9 +212,12 @@ def activate(host: HostEntry, version: int) -> None:
         )
     lines.append("systemctl daemon-reload")
     for unit in SERVICES:
+        # `systemctl restart` waits for a unit's ExecStartPre steps; Keycloak's first start builds
+        # its server there (minutes), so it is not waited on here: its readiness is polled after.
+        restart = "restart --no-block" if unit in NO_BLOCK else "restart"
         lines.append(
             f"if [ -f {active_unit_path(unit)} ]; then systemctl enable {unit} >/dev/null 2>&1; "
-            f"systemctl restart {unit}; fi"
+            f"systemctl {restart} {unit}; fi"
         )
     run(host, "\n".join(lines) + "\n", timeout=90)
 

@@ -357,3 +357,20 @@ def test_the_staging_steps_run_side_by_side_and_any_failure_fails_them_all(
     assert (staging / "runtime/java/bin/java").exists()
     nothing = dataclasses.replace(d, venvs=(), unpacks=())
     assert staging_command(nothing, str(staging)) == ""
+
+
+def test_activation_does_not_wait_for_keycloaks_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keycloak's first start builds in ExecStartPre (minutes): `systemctl restart` would block
+    the activation's SSH call past its timeout, so Keycloak alone is started without waiting and
+    its readiness polled after. (The SSH call is replaced by a fake recording the script.)"""
+    from appliance.deploy import remote
+
+    scripts: list[str] = []
+    monkeypatch.setattr(remote, "run", lambda h, script, **kw: scripts.append(script) or "")
+    remote.activate(host(), 4)
+    restarts = re.findall(r"systemctl restart [^;]+", scripts[0])
+    assert restarts == [
+        f"systemctl restart {UNIT_NAME}",
+        f"systemctl restart --no-block {KEYCLOAK_UNIT}",
+        f"systemctl restart {GATEWAY_UNIT}",
+    ]
