@@ -43,14 +43,12 @@ RULESET_PATH = f"{ETC}/nftables.nft"  # = appliance.netpolicy.nftables.RULESET_P
 NFT_TABLE = "inet appliance"
 NFT_BOOT_UNIT = "appliance-nftables.service"
 GATEWAY_UNIT = "appliance-gateway.service"  # with --site (deploy/gateway_layer.py)
-KEYCLOAK_UNIT = (
-    "appliance-keycloak.service"  # with sso.install in the site (deploy/keycloak_layer.py)
-)
+# With sso.install in the site file (deploy/keycloak_layer.py):
+KEYCLOAK_UNIT = "appliance-keycloak.service"
 JAVA_ARTIFACT = "java-runtime"  # a bundle artifact unpacked into every release that carries it
 JAVA_DIR = "runtime/java"  # in the release: JAVA_HOME of the services that need Java
-UNPACKED_MARKER = (
-    ".appliance-unpacked"  # written last into a distribution unpacked outside a release
-)
+# Written last into a distribution unpacked outside a release (DistSpec):
+UNPACKED_MARKER = ".appliance-unpacked"
 RELEASE_ETC = f"{ETC}/releases"  # per release: its unit and environment, kept for rollback
 DIRECTORIES = (ROOT, RELEASES, ETC, RELEASE_ETC, STATE, LOG)
 GATEWAY_VENV = "gateway-venv"  # in the release, from the bundle's gateway wheels
