@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test check lint typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
 
-$(STAMP): pyproject.toml scripts/ensure-system-deps
+# The gateway's pins constrain the dev venv: the gateway is tested with exactly the versions
+# a bundle ships (tests/unit/gateway/test_requirements.py), also on a fresh machine.
+$(STAMP): pyproject.toml scripts/ensure-system-deps appliance/gateway/requirements.txt
 	scripts/ensure-system-deps base
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,models]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+	  -c appliance/gateway/requirements.txt -e '.[dev,models]'
 	touch $@
 
 setup: $(STAMP)

@@ -18,7 +18,6 @@ threshold of root N and by its own threshold.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ from appliance.errors import (
     UnsignedError,
     VerificationError,
 )
+from appliance.input_files import parse_json, read_input
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 S = TypeVar("S", Root, Targets)  # the metadata kinds appliance reads
@@ -96,41 +96,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def strict_json(data: bytes, what: str) -> Any:
-    """Parse JSON, refusing duplicate keys and non-UTF-8 (a second value could hide behind the first)."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise MetadataError(
-                    f"{what}: duplicate JSON key {key!r}; refusing ambiguous metadata"
-                )
-            out[key] = value
-        return out
-
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates)
-    except UnicodeDecodeError as exc:
-        raise MetadataError(f"{what}: not UTF-8 (byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise MetadataError(
-            f"{what}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from exc
+    """Bounded, strict JSON of bundle or trust metadata (duplicate keys, non-UTF-8, depth: refused)."""
+    return parse_json(data, what, error=MetadataError)
 
 
 def read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """Read at most ``limit`` bytes; a larger file is refused before it is parsed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise MetadataError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise MetadataError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise MetadataError(f"{what} {path} is larger than {limit} bytes; refusing to parse it")
-    return data
+    """A regular file (never a link, pipe or device) of at most ``limit`` bytes, or ``MetadataError``."""
+    return read_input(path, what, limit=limit, error=MetadataError, follow_symlinks=False)
 
 
 def describe_cause(exc: BaseException) -> str:
