@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from appliance import __version__
+from appliance import __version__, package_data
 from appliance.bundle.format import describe_mode
 from appliance.bundle.payload import (
     GATEWAY_WHEELS_DIR,
@@ -578,7 +578,7 @@ def fetch_wheels(
 
 # --- the gateway's wheels ------------------------------------------------------------
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the appliance package this code runs from
+PACKAGE_DIR = package_data.PACKAGE_DIR or Path("appliance")  # the package this code runs from
 WHEEL_BUILD_TIMEOUT_S = 300
 _PIN = re.compile(
     r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[0-9][^\s;#]*)"
