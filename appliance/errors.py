@@ -133,6 +133,10 @@ class KeyFileError(InputError):
     """A key file cannot be read, decrypted, or is not an Ed25519 key."""
 
 
+class InstallationError(ApplianceError):
+    """appliance's own files (templates, playbooks, profiles) are missing: a broken install."""
+
+
 class BundleBuildError(ApplianceError):
     """Building a bundle failed (a source, a download, a pinned digest)."""
 

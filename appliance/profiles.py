@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from appliance import package_data
 from appliance.errors import ProfileError
 from appliance.yaml_files import load_model
 
@@ -267,16 +268,8 @@ def _check_vllm_against_match(engine: VllmEngine, gpu: GpuMatch) -> None:
 
 
 def builtin_profiles_dir() -> Path:
-    """The profiles shipped with appliance: the source tree's, else the wheel's copy."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "hardware_profiles", here / "_data" / "hardware_profiles"):
-        if candidate.is_dir():
-            return candidate
-    raise ProfileError(
-        f"the built-in hardware profiles are missing (looked in {here.parent / 'hardware_profiles'} "
-        f"and {here / '_data' / 'hardware_profiles'})",
-        hint="Reinstall appliance, or pass --profiles-dir DIR.",
-    )
+    """The profiles shipped inside the package (``appliance/_data/hardware_profiles``)."""
+    return package_data.require(package_data.PROFILES_DIR, "built-in hardware profiles")
 
 
 def load_profile_file(path: Path) -> Profile:

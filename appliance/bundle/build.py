@@ -10,7 +10,9 @@ build the ``Payload`` and write ``metadata/targets.json`` (unsigned:
 ``appliance bundle sign`` adds signatures). A recipe's ``gateway`` adds the
 gateway's wheels (``sources.fetch_gateway``: the pinned closure of
 ``appliance/gateway/requirements.txt`` and the appliance wheel) under
-``files/gateway-wheels/``.
+``files/gateway-wheels/``; its ``installer`` adds the appliance wheel and its
+dependency closure for the operator's machine (``sources.fetch_installer``)
+under ``files/installer-wheels/``.
 
 Invariants:
 - ``out_dir`` must not exist. Everything is built in a hidden staging
@@ -57,6 +59,7 @@ from appliance.bundle.sources import (
     fetch_adapter,
     fetch_artifact,
     fetch_gateway,
+    fetch_installer,
     fetch_model,
     fetch_wheels,
 )
@@ -201,6 +204,7 @@ def _build(
         + len(recipe.adapters)
         + (recipe.wheels is not None)
         + (recipe.gateway is not None)
+        + (recipe.installer is not None)
         + len(recipe.artifacts)
     )
     done = 0
@@ -234,13 +238,17 @@ def _build(
     if recipe.gateway is not None:
         gateway = fetch_gateway(recipe.gateway, downloads / "gateway")
         yield from fetched(f"{len(gateway.files)} gateway wheels", gateway)
+    installer = None
+    if recipe.installer is not None:
+        installer = fetch_installer(recipe.installer, downloads / "installer")
+        yield from fetched(f"{len(installer.files)} installer wheels", installer)
     artifacts: list[Fetched[ArtifactEntry]] = []
     for art in recipe.artifacts:
         artifact = fetch_artifact(art, downloads / "artifacts")
         artifacts.append(artifact)
         yield from fetched(f"artifact {art.name}", artifact)
 
-    wheel_sets = [w for w in (wheels, gateway) if w is not None]
+    wheel_sets = [w for w in (wheels, gateway, installer) if w is not None]
     plan = _plan([model, *adapters, *wheel_sets, *artifacts])
     sizes = [_size_of(src) for src, _ in plan]
     total = sum(sizes)
@@ -279,6 +287,7 @@ def _build(
         adapters=[a.entry for a in adapters],
         wheels=None if wheels is None else wheels.entry,
         gateway=None if gateway is None else gateway.entry,
+        installer=None if installer is None else installer.entry,
         artifacts=[a.entry for a in artifacts],
         media=MediaLayout(
             part_size=part_size,

@@ -191,7 +191,11 @@ def _record(path: str, target: TargetFile) -> FileRecord:
 def _check_wheel_files(payload: Payload, records: list[FileRecord]) -> None:
     """Every wheel a wheel set names is a signed file: a deploy installs from these paths."""
     listed = {r.path for r in records}
-    for key, wheels in (("wheels", payload.wheels), ("gateway", payload.gateway)):
+    for key, wheels in (
+        ("wheels", payload.wheels),
+        ("gateway", payload.gateway),
+        ("installer", payload.installer),
+    ):
         if wheels is None:
             continue
         missing = [path for path in wheels.files if path not in listed]

@@ -31,6 +31,8 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 WHEELS_DIR = "wheels"  # under files/: the model server's wheels (Payload.wheels)
 GATEWAY_WHEELS_DIR = "gateway-wheels"  # under files/: the gateway's wheels (Payload.gateway)
+# under files/: the appliance for the operator's machine (Payload.installer)
+INSTALLER_WHEELS_DIR = "installer-wheels"
 
 
 class _Strict(BaseModel):
@@ -154,22 +156,30 @@ class Payload(_Strict):
     # The gateway's own virtualenv (python -m appliance.gateway): its pinned dependency
     # closure plus the appliance wheel (no_deps), all under gateway-wheels/.
     gateway: WheelSet | None = None
+    # The appliance itself for the operator's machine: its wheel and dependency closure,
+    # all under installer-wheels/ (pip install --no-index --find-links ... appliance==V).
+    installer: WheelSet | None = None
     artifacts: list[ArtifactEntry] = Field(default_factory=list)
     media: MediaLayout
 
     @model_validator(mode="after")
     def _gateway_wheels_apart(self) -> Payload:
-        if self.gateway is not None:
-            outside = [p for p in self.gateway.files if not p.startswith(f"{GATEWAY_WHEELS_DIR}/")]
+        for key, wheels, directory in (
+            ("gateway", self.gateway, GATEWAY_WHEELS_DIR),
+            ("installer", self.installer, INSTALLER_WHEELS_DIR),
+        ):
+            if wheels is None:
+                continue
+            outside = [p for p in wheels.files if not p.startswith(f"{directory}/")]
             if outside:
                 raise ValueError(
-                    f"gateway files must lie under {GATEWAY_WHEELS_DIR}/; found {', '.join(outside)}"
+                    f"{key} files must lie under {directory}/; found {', '.join(outside)}"
                 )
         return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "gateway")
+        return _without_empty(handler(self), "gateway", "installer")
 
 
 def _without_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:

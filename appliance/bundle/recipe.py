@@ -38,6 +38,12 @@ Schema (``?`` = optional)::
       appliance_wheel?: PATH    a built appliance-<version>-py3-none-any.whl;
                                 default: built from the source checkout this
                                 appliance runs from (pip wheel with hatchling)
+    installer?:                 the appliance itself for the operator's machine: the
+                                appliance wheel and its whole dependency closure
+                                (resolved from the wheel's metadata, not the recipe)
+                                downloaded for that machine, so a site installs or
+                                upgrades its appliance offline from signed media
+      python, platforms, find_links?, no_index?, appliance_wheel?   as in gateway
     artifacts?: [{name, url: https://... | file:///..., sha256, licence, filename?}]
     artifact_sets?: [PATH, ...] files holding `artifacts:` shared by recipes
                                 (bundles/keycloak.yaml); their entries are added to
@@ -51,7 +57,7 @@ Abbreviated commits (7-39 hex digits) are refused: they are ambiguous and the
 Hub does not resolve them.
 
 Relative paths (``local_dir``, ``gguf``, ``hf_cache.cache_dir``, adapter
-``path``, local ``find_links``, ``gateway.appliance_wheel``) resolve against the recipe file's directory;
+``path``, local ``find_links``, ``gateway.appliance_wheel``, ``installer.appliance_wheel``) resolve against the recipe file's directory;
 ``~`` is expanded. Whether they exist is checked when the bundle is built, so
 a recipe can be validated on a machine that does not hold the model.
 
@@ -476,16 +482,46 @@ class GatewaySpec(_WheelTarget):
 
     @model_validator(mode="after")
     def _gateway(self) -> GatewaySpec:
-        major, minor = (int(n) for n in self.python.split("."))
-        if (major, minor) < GATEWAY_MIN_PYTHON:
-            need = ".".join(map(str, GATEWAY_MIN_PYTHON))
-            raise ValueError(f"the gateway needs Python {need} or newer; found {self.python!r}")
-        wheel = self.appliance_wheel
-        if wheel is not None and not APPLIANCE_WHEEL.fullmatch(wheel.name):
+        _check_appliance_target(self.python, self.appliance_wheel, "the gateway")
+        return self
+
+
+def _check_appliance_target(python: str, wheel: Path | None, who: str) -> None:
+    """A set holding the appliance wheel: a Python appliance runs on, a wheel named as one."""
+    major, minor = (int(n) for n in python.split("."))
+    if (major, minor) < GATEWAY_MIN_PYTHON:
+        need = ".".join(map(str, GATEWAY_MIN_PYTHON))
+        raise ValueError(f"{who} needs Python {need} or newer; found {python!r}")
+    if wheel is not None and not APPLIANCE_WHEEL.fullmatch(wheel.name):
+        raise ValueError(
+            "appliance_wheel must name a wheel of appliance, "
+            f"appliance-<version>-py3-none-any.whl; found {wheel.name!r}"
+        )
+
+
+class InstallerSpec(_WheelTarget):
+    """The appliance for the operator's machine: its wheel plus the dependency closure pip
+    resolves from that wheel's own metadata for this target (no requirements in the recipe)."""
+
+    appliance_wheel: RecipePath | None = Field(
+        default=None,
+        description="a built appliance-<version>-py3-none-any.whl; default: built from the "
+        "source checkout the building appliance runs from",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_requirements(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "requirements" in data:
             raise ValueError(
-                "appliance_wheel must name a wheel of appliance, "
-                f"appliance-<version>-py3-none-any.whl; found {wheel.name!r}"
+                "`requirements` is not set in a recipe: the installer's requirements are the "
+                "appliance wheel's own dependencies, resolved for this target"
             )
+        return data
+
+    @model_validator(mode="after")
+    def _installer(self) -> InstallerSpec:
+        _check_appliance_target(self.python, self.appliance_wheel, "the appliance")
         return self
 
 
@@ -511,6 +547,7 @@ class Recipe(_Strict):
     adapters: list[AdapterSpec] = Field(default_factory=list)
     wheels: WheelsSpec | None = None
     gateway: GatewaySpec | None = None
+    installer: InstallerSpec | None = None
     artifacts: list[ArtifactSpec] = Field(default_factory=list)
     artifact_sets: list[RecipePath] = Field(
         default_factory=list,

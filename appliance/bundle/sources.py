@@ -47,10 +47,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from appliance import __version__
+from appliance import __version__, package_data
 from appliance.bundle.format import describe_mode
 from appliance.bundle.payload import (
     GATEWAY_WHEELS_DIR,
+    INSTALLER_WHEELS_DIR,
     WHEELS_DIR,
     AdapterEntry,
     ArtifactEntry,
@@ -63,6 +64,7 @@ from appliance.bundle.recipe import (
     AdapterSpec,
     ArtifactSpec,
     GatewaySpec,
+    InstallerSpec,
     ModelSpec,
     WheelsSpec,
 )
@@ -578,7 +580,7 @@ def fetch_wheels(
 
 # --- the gateway's wheels ------------------------------------------------------------
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the appliance package this code runs from
+PACKAGE_DIR = package_data.PACKAGE_DIR or Path("appliance")  # the package this code runs from
 WHEEL_BUILD_TIMEOUT_S = 300
 _PIN = re.compile(
     r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[0-9][^\s;#]*)"
@@ -817,6 +819,123 @@ def fetch_gateway(
         build_notes={"appliance-wheel": note},
     )
     return Fetched(entry, [*closure.files, (wheel, relpath)], [*closure.notes, *notes])
+
+
+# --- the appliance for the operator's machine (the installer set) ----------------------
+
+# What a wheel must hold to be a whole appliance (not only its gateway): the CLI, the
+# deploy's playbooks and templates, the built-in profiles (appliance/package_data.py).
+INSTALLER_WHEEL_NEEDS = (
+    "appliance/cli/main.py",
+    "appliance/_data/playbooks/deploy.yml",
+    "appliance/_data/playbooks/templates/appliance-model.service.j2",
+    "appliance/_data/hardware_profiles/cpu-llamacpp.yaml",
+)
+
+
+def check_installer_wheel(path: Path) -> list[str]:
+    """Refuse anything but a whole appliance wheel; notes for the operator."""
+    match = APPLIANCE_WHEEL.fullmatch(path.name)
+    if match is None:  # the recipe refuses such names already
+        raise BundleBuildError(
+            "installer.appliance_wheel must be appliance-<version>-py3-none-any.whl; "
+            f"found {path.name!r}"
+        )
+    if not path.is_file():
+        raise BundleBuildError(
+            f"installer.appliance_wheel {path} does not exist or is not a file",
+            hint="Build it with `pip wheel --no-deps -w DIR <appliance checkout>`, or leave "
+            "appliance_wheel out to build it from the checkout this appliance runs from.",
+        )
+    try:
+        with zipfile.ZipFile(path) as wheel:
+            names = set(wheel.namelist())
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise BundleBuildError(f"installer.appliance_wheel {path} is not a wheel: {exc}") from exc
+    missing = [name for name in INSTALLER_WHEEL_NEEDS if name not in names]
+    if missing:
+        raise BundleBuildError(
+            f"installer.appliance_wheel {path} is not a whole appliance: it lacks "
+            f"{', '.join(missing)}",
+            hint="Build the wheel from a checkout of this version (its templates, playbooks "
+            "and profiles ship inside the package since appliance 0.1.0's packaging fix).",
+        )
+    if match["version"] != __version__:
+        return [
+            f"the installer carries appliance {match['version']}; this build is appliance "
+            f"{__version__}"
+        ]
+    return []
+
+
+def fetch_installer(
+    spec: InstallerSpec,
+    dest: Path,
+    *,
+    package_dir: Path = PACKAGE_DIR,
+    python: str = sys.executable,
+    timeout: float = PIP_TIMEOUT_S,
+) -> Fetched[WheelSet]:
+    """The appliance wheel and its whole dependency closure for the operator's machine.
+
+    pip resolves the closure from the wheel file itself (``pip download
+    --only-binary=:all: <the wheel>``): the requirements are the wheel's own,
+    and the appliance wheel can only be that file, never a same-named
+    distribution from an index. Recorded under ``installer-wheels/`` with the
+    one requirement ``appliance==<version>``: installing it is one
+    ``pip install --no-index --find-links files/installer-wheels appliance==<version>``.
+    """
+    if spec.appliance_wheel is not None:
+        notes = check_installer_wheel(spec.appliance_wheel)
+        wheel, note = spec.appliance_wheel, f"given: {spec.appliance_wheel.name}"
+    else:
+        checkout = source_checkout(package_dir)
+        if checkout is None:
+            raise BundleBuildError(
+                "the installer set needs the appliance wheel: the recipe gives no "
+                "installer.appliance_wheel, so it would be built from the source checkout this "
+                f"appliance runs from, but {package_dir} is not in one",
+                hint="Set installer.appliance_wheel to a built appliance-<version>-py3-none-any"
+                ".whl (the one this appliance was installed from will do).",
+            )
+        wheel = build_appliance_wheel(checkout, dest / "appliance", python=python)
+        note, notes = f"built from checkout at {describe_checkout(checkout)}", []
+        check_installer_wheel(wheel)
+    version = wheel.name.split("-")[1]  # the name matched APPLIANCE_WHEEL above
+    closure_spec = WheelsSpec(
+        python=spec.python,
+        platforms=list(spec.platforms),
+        find_links=list(spec.find_links),
+        no_index=spec.no_index,
+        requirements=[str(wheel.absolute())],
+    )
+    closure = fetch_wheels(
+        closure_spec, dest / "closure", prefix=INSTALLER_WHEELS_DIR, python=python,
+        timeout=timeout,
+    )  # fmt: skip
+    relpath = f"{INSTALLER_WHEELS_DIR}/{wheel.name}"
+    saved = {rel: src for src, rel in closure.files}
+    if relpath not in saved or _sha256_of(saved[relpath]) != _sha256_of(wheel):
+        raise BundleBuildError(
+            f"pip download did not save {wheel.name} as given: the installer set would not "
+            "hold the appliance wheel that was built or named"
+        )
+    entry = WheelSet(
+        python=spec.python,
+        platforms=list(spec.platforms),
+        requirements=[f"appliance=={version}"],
+        files=closure.entry.files,
+        build_notes={"appliance-wheel": note},
+    )
+    return Fetched(entry, closure.files, [*closure.notes, *notes])
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as reader:
+        while chunk := reader.read(DOWNLOAD_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --- artifacts -----------------------------------------------------------------------

@@ -346,6 +346,9 @@ def inspect_data(bundle: Path) -> dict[str, Any]:
         "adapters": [a.model_dump(mode="json") for a in payload.adapters],
         "wheels": None if payload.wheels is None else payload.wheels.model_dump(mode="json"),
         "gateway": None if payload.gateway is None else payload.gateway.model_dump(mode="json"),
+        "installer": None
+        if payload.installer is None
+        else payload.installer.model_dump(mode="json"),
         "artifacts": [a.model_dump(mode="json") for a in payload.artifacts],
         "media": {"part_size": payload.media.part_size, "parts": len(payload.media.parts)},
         "files": [{"path": r.path, "length": r.length, "sha256": r.sha256} for r in records],
@@ -405,6 +408,13 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
             f"  gateway wheels for Python {gateway['python']}: {len(gateway['files'])} files, "
             f"{len(gateway['requirements'])} pinned requirements + {no_deps or 'nothing'} (--no-deps)"
             + (f"; {notes}" if notes else "")
+        )
+    installer = data["installer"]
+    if installer:
+        print(
+            f"  installer (the appliance for the operator's machine, Python {installer['python']} "
+            f"{', '.join(installer['platforms'])}): {', '.join(installer['requirements'])}, "
+            f"{len(installer['files'])} wheels; {installer['build_notes'].get('appliance-wheel', '')}"
         )
     print(
         f"  {len(data['files'])} files, {data['total_bytes']} bytes, {data['media']['parts']} media part(s) of {data['media']['part_size']} bytes"

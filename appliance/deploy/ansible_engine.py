@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from appliance import package_data
 from appliance.deploy.desired import (
     HostDesired,
     HostOutcome,
@@ -56,7 +57,7 @@ from appliance.errors import Cancelled, DeploymentError
 from appliance.events import Event, Progress, Warned
 from appliance.inventory import Inventory, ansible_ini
 
-PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
+PLAYBOOKS = package_data.PLAYBOOKS_DIR  # in the package: an installed wheel has them too
 PLAYBOOK = PLAYBOOKS / "deploy.yml"
 RUN_TIMEOUT = 1800  # seconds for the whole run; a wedged host cannot hold a deploy forever
 SSH_TIMEOUT = 10

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance import package_data
 from appliance.bundle.format import FILES_DIR, TARGETS_FILE
 from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR
 from appliance.bundle.verify import VerifiedBundle
@@ -52,7 +53,7 @@ UNPACKED_MARKER = ".appliance-unpacked"
 RELEASE_ETC = f"{ETC}/releases"  # per release: its unit and environment, kept for rollback
 DIRECTORIES = (ROOT, RELEASES, ETC, RELEASE_ETC, STATE, LOG)
 GATEWAY_VENV = "gateway-venv"  # in the release, from the bundle's gateway wheels
-TEMPLATES = Path(__file__).resolve().parents[2] / "playbooks" / "templates"
+TEMPLATES = package_data.TEMPLATES_DIR  # in the package: an installed wheel has them too
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +301,7 @@ def render(template: str, variables: dict[str, Any]) -> str:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+        loader=jinja2.FileSystemLoader(package_data.require(TEMPLATES, "templates")),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # systemd units and env files, not HTML
