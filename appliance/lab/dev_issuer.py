@@ -132,11 +132,12 @@ def load_lab_realm(path: Path) -> Realm:
     except DevIssuerError as exc:
         # The parser's messages name a place or a key, never a value (this file holds secrets).
         detail = exc.message.removeprefix("realm import: ")
-        problem = (
-            "invalid JSON" + detail.removeprefix("not valid JSON")
-            if detail.startswith("not valid JSON")
-            else detail
-        )
+        if detail.startswith("not valid JSON"):
+            problem = "invalid JSON" + detail.removeprefix("not valid JSON")
+        elif detail.startswith("duplicate JSON key"):
+            problem = "duplicate keys: " + detail.removeprefix("duplicate JSON key ")
+        else:
+            problem = detail
     if problem is not None:
         # Raised outside the except block: a JSON error keeps the document, which holds secrets.
         raise DevIssuerError(f"{path}: not a realm import ({problem})")
