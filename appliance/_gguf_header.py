@@ -4,14 +4,17 @@ Why not ``gguf.GGUFReader``: it builds numpy views for every element of every
 metadata array, so the 262k-entry vocabulary of a small Gemma 3 file takes 11-14 s
 on two cores. This reader walks the same bytes with ``struct`` over an ``mmap``,
 skips large arrays (keeping only their length) and reads the same header in well
-under a second. It stays stdlib-only; the GGML type tables (bytes per block) come
+under a second. It needs only the stdlib and ``appliance.input_files`` (the file is
+opened as a regular file only, never blocking); the GGML type tables (bytes per block) come
 from the ``gguf`` package in the caller, so new quantisation types need no change
 here. Tests cross-check this reader against ``GGUFReader`` on generated files.
 
 Invariants: only header bytes are touched (tensor data pages are never read);
 every read is bounds-checked, so a truncated or corrupt file raises
 ``GGUFFormatError`` and never ``struct.error`` / ``IndexError``; counts read from
-the file are checked against the bytes left before looping on them.
+the file are checked against the bytes left before looping on them, and counts
+and string lengths against fixed bounds (a sparse file cannot make it spin or
+allocate gigabytes).
 
 Format (GGUF v2/v3, little- or big-endian): magic ``GGUF``, u32 version, u64 tensor
 count, u64 metadata count, metadata key/value pairs, tensor infos (name, dims,
@@ -26,6 +29,9 @@ from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
+from appliance.errors import ModelFileError
+from appliance.input_files import open_input
+
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -33,6 +39,14 @@ DEFAULT_ALIGNMENT = 32
 # Arrays longer than this keep only their length: the header needs counts of
 # vocabularies and scores, never their contents, and decoding them is the cost.
 _MAX_DECODED_ARRAY = 4096
+
+# Bounds on what a header may claim, far above any real model (a vocabulary has
+# ~10^5 tokens, a chat template ~10^5 bytes, a model ~10^4 tensors) and far below
+# what would exhaust memory or spin for hours on a large sparse file of zeros.
+_MAX_STRING = 16 * 1024 * 1024
+_MAX_METADATA = 65_536
+_MAX_TENSORS = 1_000_000
+_MAX_ARRAY = 16_000_000
 
 # GGUF metadata value type ids (gguf spec; mirrors gguf.GGUFValueType).
 _UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _FLOAT32, _BOOL = 0, 1, 2, 3, 4, 5, 6, 7
@@ -132,6 +146,7 @@ class _Cursor:
 
     def string(self, what: str, *, strict: bool = True) -> str:
         length = self.u64(f"length of {what}")
+        _bounded(length, _MAX_STRING, f"length of {what}")
         self.need(length, what)
         raw = self.buf[self.pos : self.pos + length]
         self.pos += length
@@ -146,6 +161,11 @@ class _Cursor:
         self.pos += length
 
 
+def _bounded(count: int, limit: int, what: str) -> None:
+    if count > limit:
+        raise GGUFFormatError("corrupt", f"{what} is {count}, more than any model has ({limit})")
+
+
 def _read_value(cur: _Cursor, vtype: int, key: str) -> MetaValue:
     if vtype == _STRING:
         # Values (chat templates, names) are free text: replace bad bytes rather
@@ -157,6 +177,7 @@ def _read_value(cur: _Cursor, vtype: int, key: str) -> MetaValue:
     if vtype == _ARRAY:
         item_type = cur.u32(f"array type of {key!r}")
         count = cur.u64(f"array length of {key!r}")
+        _bounded(count, _MAX_ARRAY, f"array length of {key!r}")
         return _read_array(cur, item_type, count, key)
     raise GGUFFormatError("corrupt", f"metadata key {key!r} has unknown value type {vtype}")
 
@@ -205,7 +226,9 @@ def read_gguf_header(path: Path) -> GGUFHeader:
     Raises ``GGUFFormatError`` for a non-GGUF, truncated or corrupt file and lets
     ``OSError`` (missing file, permission denied) through for the caller to word.
     """
-    with path.open("rb") as fh:
+    # Regular files only, opened without blocking: a FIFO or device is never read.
+    fd = open_input(path, "GGUF file", error=ModelFileError)
+    with open(fd, "rb") as fh:
         size = fh.seek(0, 2)
         fh.seek(0)
         first = fh.read(8)
@@ -235,6 +258,8 @@ def _parse(buf: mmap.mmap, size: int) -> GGUFHeader:
         )
     tensor_count = cur.u64("tensor count")
     kv_count = cur.u64("metadata count")
+    _bounded(tensor_count, _MAX_TENSORS, "tensor count")
+    _bounded(kv_count, _MAX_METADATA, "metadata count")
     # Each key/value needs >= 12 bytes and each tensor info >= 24: reject
     # impossible counts before looping on them.
     cur.need(kv_count * 12 + tensor_count * 24, "metadata and tensor directory")

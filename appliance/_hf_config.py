@@ -3,7 +3,8 @@ the parameter count derived from the config when no weights are present.
 
 Pure functions over already-read data, plus ``read_safetensors_totals`` which
 reads only the 8-byte length and JSON header of each safetensors file (never the
-tensor bytes). Errors are raised as ``ConfigError`` / ``SafetensorsError`` carrying
+tensor bytes), opened through ``input_files.open_input`` (regular files only,
+never blocking) and parsed with the bounded ``input_files.parse_json``. Errors are raised as ``ConfigError`` / ``SafetensorsError`` carrying
 expected/found text; ``appliance.model_info`` turns them into ``ModelFileError``.
 
 Invariant: every value either comes from the files or is listed in
@@ -12,13 +13,15 @@ Invariant: every value either comes from the files or is listed in
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 from typing import Any
+
+from appliance.errors import ModelFileError
+from appliance.input_files import open_input, parse_json
 
 # MLP families. Gated (SwiGLU/GeGLU) MLPs have gate, up and down projections;
 # Apertus uses xIELU on a plain up/down MLP (two matrices).
@@ -320,8 +323,9 @@ def pick_safetensors_files(directory: Path, index: Mapping[str, Any] | None) -> 
         if isinstance(weight_map, dict) and weight_map:
             names = sorted({str(v) for v in weight_map.values()})
             return [directory / n for n in names]
-    # Broken symlinks stay in the list so the caller reports them as missing.
-    files = sorted(p for p in directory.glob("*.safetensors") if p.is_file() or p.is_symlink())
+    # Broken symlinks stay in the list so the caller reports them as missing, and
+    # FIFOs, devices and directories so that it refuses them (never skips them).
+    files = sorted(directory.glob("*.safetensors"))
     hf_files = [p for p in files if not p.name.startswith("consolidated")]
     return hf_files or files
 
@@ -350,7 +354,9 @@ def read_safetensors_totals(files: Sequence[Path]) -> SafetensorsTotals:
 
 
 def _read_one_header(path: Path) -> tuple[int, int, dict[str, int]]:
-    with path.open("rb") as fh:
+    # Regular files only, opened without blocking: a FIFO or device is never read.
+    fd = open_input(path, "safetensors file", error=ModelFileError)
+    with open(fd, "rb") as fh:
         size = fh.seek(0, 2)
         fh.seek(0)
         prefix = fh.read(8)
@@ -367,9 +373,10 @@ def _read_one_header(path: Path) -> tuple[int, int, dict[str, int]]:
             )
         raw = fh.read(header_len)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorsError(path, f"header is not valid JSON ({exc})") from exc
+        header = parse_json(raw, "header", error=ModelFileError)
+    except ModelFileError as exc:
+        detail = exc.message.removeprefix("header: ")
+        raise SafetensorsError(path, f"header is not valid JSON ({detail})") from exc
     if not isinstance(header, dict):
         raise SafetensorsError(path, "header is not a JSON object")
 

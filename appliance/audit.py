@@ -14,6 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.errors import InputError
+from appliance.input_files import parse_json
+
 GENESIS = "0" * 64
 
 
@@ -50,9 +53,9 @@ def verify_chain(text: str) -> AuditReport:
             problems.append(f"line {number}: empty line")
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"line {number}: not JSON ({exc.msg})")
+            record = parse_json(line, f"line {number}")
+        except InputError as exc:  # not JSON, duplicate keys, nested too deep
+            problems.append(exc.message.replace(": not valid JSON", ": not JSON", 1))
             continue
         count += 1
         if not isinstance(record, dict) or "hash" not in record or "prev" not in record:

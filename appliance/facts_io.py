@@ -9,6 +9,10 @@ Invariants:
 - Every problem with a file raises ``FactsFileError`` whose message names the
   file, the place (``gpu.gpus[0].memory_total_bytes``), what was expected,
   what was found and what to do; never a traceback.
+- The file is read through ``input_files.read_input`` (regular files only, at most
+  ``LIMITS["facts"]`` bytes, never blocking) and its JSON nests at most
+  ``MAX_JSON_DEPTH`` levels: the facts-specific wording of JSON errors
+  (UTF-16, truncation) is why this module words its own decode errors.
 - Validation is strict: unknown keys, coercion (``"8"`` for 8, ``8.0`` for 8,
   ``true`` for 1) and a different ``schema_version`` are all rejected.
 - The writer is ``appliance.facts.dump_facts_json`` (one writer, no pydantic).
@@ -17,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from appliance.errors import FactsFileError
 from appliance.facts import FACTS_SCHEMA_VERSION, HostFacts
+from appliance.input_files import MAX_JSON_DEPTH, json_depth, read_input
 from appliance.schema_errors import describe_errors, describe_value
 
 _MAX_REPORTED = 5
@@ -58,18 +64,14 @@ def _fail(path: Path, problem: str, hint: str | None = _HINT) -> FactsFileError:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
+    if not os.path.lexists(path):
         raise _fail(
             path,
             "does not exist.",
             "Create it on the host with `appliance detect --json > FILE` and copy it here.",
-        ) from exc
-    except IsADirectoryError as exc:
-        raise _fail(path, "is a directory, expected a JSON file.", None) from exc
-    except OSError as exc:
-        raise _fail(path, f"cannot be read ({exc.strerror or exc}).", None) from exc
+        )
+    # Regular files only, bounded, never blocking (a FIFO or /dev/zero is refused by type).
+    raw = read_input(path, "facts file", limit="facts", error=FactsFileError)
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise _fail(
             path,
@@ -96,7 +98,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"key {key!r} appears twice in one object")
+            raise ValueError(f"duplicate key: key {key!r} appears twice in one object")
         result[key] = value
     return result
 
@@ -109,9 +111,11 @@ def _parse_json(path: Path, text: str) -> Any:
             "Re-run `appliance detect --json > FILE` on the host (check that it exited with 0).",
         )
     try:
-        return json.loads(
+        document = json.loads(
             text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
         )
+    except RecursionError:
+        raise _fail(path, f"is nested deeper than {MAX_JSON_DEPTH} levels; refused.") from None
     except json.JSONDecodeError as exc:
         truncated = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
         where = f"line {exc.lineno}, column {exc.colno}"
@@ -126,6 +130,9 @@ def _parse_json(path: Path, text: str) -> Any:
         raise _fail(path, f"{detail}.") from exc
     except ValueError as exc:
         raise _fail(path, f"is not valid JSON: {exc}.") from exc
+    if json_depth(document) > MAX_JSON_DEPTH:
+        raise _fail(path, f"is nested deeper than {MAX_JSON_DEPTH} levels; refused.")
+    return document
 
 
 def _check_schema_version(path: Path, host: dict[str, Any], where: str) -> None:

@@ -10,6 +10,12 @@ that trickles past its deadline, and reports every problem as the caller's
 error class (``InputError`` for operator input, exit 2; ``MetadataError`` for
 bundle content, exit 4) with what was expected, what was found and what to do.
 
+``open_input`` is the same check for a file read in part (a model's weight
+headers: no size bound, the caller reads what it needs), ``read_opened`` reads
+a descriptor it returned after the caller checked the opened file (the mode of
+a secrets file), and ``input_directory`` refuses a FIFO or device given where a
+directory is expected, by type, without opening it.
+
 ``parse_json`` is the one bounded JSON parser: size from the reader, nesting
 depth bounded (never ``RecursionError``), duplicate keys refused, UTF-8 only,
 no ``NaN``/``Infinity`` constants (not JSON).
@@ -39,7 +45,9 @@ LIMITS: dict[str, int] = {
     "manifest": 64 * MiB,  # metadata/targets.json (bundles/FORMAT.md)
     "state": 16 * MiB,  # the site's accepted versions, journals
     "model-config": 16 * MiB,  # a model's config.json, tokenizer_config.json, index files
-    "text": 1 * MiB,  # small text files (a passphrase file, a token, a requirements list)
+    "text": 1 * MiB,
+    "audit-log": 256
+    * MiB,  # a host's audit log, for `audit verify FILE` (~1 KiB a record)  # small text files (a passphrase file, a token, a requirements list)
 }
 
 MAX_JSON_DEPTH = 64  # no format of the tool nests deeper than ~10
@@ -83,6 +91,26 @@ def read_input(
     ``follow_symlinks=False`` refuses a symbolic link itself (bundle content).
     """
     bound = _limit(limit)
+    fd = open_input(path, what, limit=bound, error=error, follow_symlinks=follow_symlinks)
+    try:
+        return _read_fd(fd, path, what, bound, error, timeout)
+    finally:
+        os.close(fd)
+
+
+def open_input(
+    path: Path,
+    what: str,
+    *,
+    limit: str | int | None = None,
+    error: type[ApplianceError] = InputError,
+    follow_symlinks: bool = True,
+) -> int:
+    """A read-only descriptor on ``path``, checked to be a regular file (of at most ``limit``
+    bytes when given) before and after opening; never blocks. The caller closes it.
+
+    For files read in part (a model's weight headers): ``read_input`` reads whole files.
+    """
     try:
         before = os.stat(path) if follow_symlinks else os.lstat(path)
     except FileNotFoundError:
@@ -96,7 +124,9 @@ def read_input(
             f"{path}: expected the {what} as a regular file, found {file_kind(before.st_mode)}",
             hint="Give the path of the file itself (pipes, devices and directories are not read).",
         )
-    _check_size(path, what, before.st_size, bound, error)
+    bound = None if limit is None else _limit(limit)
+    if bound is not None:
+        _check_size(path, what, before.st_size, bound, error)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
@@ -113,10 +143,46 @@ def read_input(
                 f"(now {file_kind(opened.st_mode)}); refusing to read it",
                 hint="Make sure nothing else writes to it, then run again.",
             )
-        _check_size(path, what, opened.st_size, bound, error)
-        return _read_fd(fd, path, what, bound, error, timeout)
-    finally:
+        if bound is not None:
+            _check_size(path, what, opened.st_size, bound, error)
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def input_directory(path: Path, what: str, *, error: type[ApplianceError] = InputError) -> Path:
+    """``path`` if it is a directory (following symbolic links); otherwise the caller's error
+    naming what was found instead (a FIFO or device given for a directory is never opened)."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        raise error(
+            f"{path}: expected the {what} as a directory: it does not exist",
+            hint="Check the path.",
+        ) from None
+    except OSError as exc:
+        raise error(f"{path}: cannot use the {what}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(found.st_mode):
+        raise error(
+            f"{path}: expected the {what} as a directory, found {file_kind(found.st_mode)}",
+            hint=f"Give the path of the {what} itself.",
+        )
+    return path
+
+
+def read_opened(
+    fd: int,
+    path: Path,
+    what: str,
+    *,
+    limit: str | int,
+    error: type[ApplianceError] = InputError,
+    timeout: float = READ_TIMEOUT_S,
+) -> bytes:
+    """The rest of a descriptor from ``open_input`` (bounded, with a deadline), for a caller that
+    checks the opened file (its mode, its owner) before reading it. The caller closes it."""
+    return _read_fd(fd, path, what, _limit(limit), error, timeout)
 
 
 def _check_size(path: Path, what: str, size: int, bound: int, error: type[ApplianceError]) -> None:

@@ -21,11 +21,11 @@ unreadable file, malformed config, truncated download, wrong file) is raised as
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from appliance._gguf_header import GGUFArray, GGUFFormatError, GGUFHeader, read_gguf_header
 from appliance._hf_config import (
@@ -37,6 +37,9 @@ from appliance._hf_config import (
     read_safetensors_totals,
 )
 from appliance.errors import ModelFileError
+from appliance.input_files import file_kind, open_input, parse_json, read_input
+
+_T = TypeVar("_T")
 
 ModelFormat = Literal["hf", "gguf"]
 
@@ -93,7 +96,8 @@ def load_model_info(path: Path) -> ModelInfo:
         return _load_hf(path)
     if not path.is_file():
         raise ModelFileError(
-            f"{path} is neither a directory nor a regular file.",
+            f"{path} is neither a directory nor a regular file: found "
+            f"{file_kind(path.stat().st_mode)}.",
             hint="Pass a Hugging Face model directory or a .gguf file.",
         )
     prefix = _read_prefix(path, 16)
@@ -151,11 +155,13 @@ def _io_error(path: Path, exc: OSError) -> ModelFileError:
 
 
 def _read_prefix(path: Path, n: int) -> bytes:
+    fd = _os_worded(open_input, path, "model file", error=ModelFileError)
     try:
-        with path.open("rb") as fh:
-            return fh.read(n)
+        return os.read(fd, n)
     except OSError as exc:
         raise _io_error(path, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def _not_gguf_hint(path: Path, prefix: bytes) -> str:
@@ -171,22 +177,24 @@ def _not_gguf_hint(path: Path, prefix: bytes) -> str:
 
 
 def _read_json(path: Path, what: str) -> Any:
+    """A model's JSON file, read and parsed through the one bounded reader and parser."""
+    data = _os_worded(read_input, path, what, limit="model-config", error=ModelFileError)
     try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise _io_error(path, exc) from exc
+        return parse_json(data, str(path), error=ModelFileError)
+    except ModelFileError as exc:
+        exc.hint = f"Restore {what} from the original model repository (it may be truncated)."
+        raise
+
+
+def _os_worded(read: Callable[..., _T], path: Path, *args: Any, **kwargs: Any) -> _T:
+    """``read(path, ...)`` (an ``input_files`` reader) with an operating system error worded
+    for model files (permission denied says how to fix the modes)."""
     try:
-        return json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise ModelFileError(
-            f"{path} is not valid JSON: it is not UTF-8 text (bad byte at offset {exc.start}).",
-            hint=f"Restore {what} from the original model repository.",
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(
-            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
-            hint=f"Restore {what} from the original model repository (it may be truncated).",
-        ) from exc
+        return read(path, *args, **kwargs)
+    except ModelFileError as exc:
+        if isinstance(exc.__cause__, OSError):
+            raise _io_error(path, exc.__cause__) from exc.__cause__
+        raise
 
 
 # --- Hugging Face directories ----------------------------------------------------
@@ -194,7 +202,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 def _load_hf(directory: Path) -> ModelInfo:
     config_path = directory / "config.json"
-    if not config_path.is_file():
+    if not os.path.lexists(config_path):
         raise _missing_config_error(directory)
     raw = _read_json(config_path, "config.json")
     if not isinstance(raw, dict):
@@ -215,8 +223,16 @@ def _load_hf(directory: Path) -> ModelInfo:
 
     assumptions = list(cfg.assumptions)
     index_path = directory / "model.safetensors.index.json"
-    index = _read_index(index_path) if index_path.is_file() else None
+    index = _read_index(index_path) if os.path.lexists(index_path) else None
     files = pick_safetensors_files(directory, index)
+    for weight in files:
+        # A FIFO or device named like a shard is refused, never skipped (and never opened).
+        if weight.exists() and not weight.is_file():
+            raise ModelFileError(
+                f"{weight}: expected a safetensors weight file, found "
+                f"{file_kind(weight.stat().st_mode)}.",
+                hint="Copy the weight files themselves into the model directory.",
+            )
     present = [p for p in files if p.is_file()]
     if present and len(present) < len(files):
         # Part of the weights: a partial copy, or HF-cache symlinks whose blobs
@@ -356,11 +372,11 @@ def _hf_has_chat_template(directory: Path, assumptions: list[str]) -> bool:
     ).is_file():
         return True
     tok_path = directory / "tokenizer_config.json"
-    if not tok_path.is_file():
+    if not os.path.lexists(tok_path):
         return False
     try:
-        tok = json.loads(tok_path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        tok = _read_json(tok_path, "tokenizer_config.json")
+    except ModelFileError:
         # The chat template only informs the serving recipe; an unreadable
         # tokenizer config must not stop the memory fit.
         assumptions.append("tokenizer_config.json unreadable; assumed no chat template")

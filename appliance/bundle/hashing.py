@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.bundle.format import SHARD_SIZE, FileRecord, MediaPart
+from appliance.errors import BundleBuildError
+from appliance.input_files import open_input
 
 CHUNK = 4 * 1024 * 1024
 
@@ -103,7 +105,9 @@ def copy_and_hash(
     shards = _ShardHasher(shard_size)
     buffer = bytearray(CHUNK)
     length = 0
-    with open(src, "rb", buffering=0) as reader:
+    # A source swapped for a FIFO or device after it was listed is refused, never read.
+    source = open_input(src, f"source file for {relpath}", error=BundleBuildError)
+    with open(source, "rb", buffering=0) as reader:
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         with open(fd, "wb", buffering=0) as writer:
             while n := reader.readinto(buffer):

@@ -5,6 +5,8 @@ encrypted with a passphrase, created 0600 with O_EXCL so it is never readable
 by others, not even for an instant) and ``NAME.pub.json`` (the public key in
 the securesystemslib/TUF key format, with its keyid). Passphrases never travel
 on a command line: they come from a file, an environment variable, or a prompt.
+Every key and passphrase file is read through ``input_files`` (regular files
+only, at most ``LIMITS["key"]``/``LIMITS["text"]`` bytes, never blocking).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from appliance.errors import InputError, KeyFileError
+from appliance.input_files import parse_json, read_input, read_text_input
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub.json"
@@ -86,14 +89,12 @@ def generate_key(out_dir: Path, name: str, passphrase: bytes | None = None) -> K
 
 def load_public_key(path: Path) -> tuple[SSlibKey, str]:
     """The public key and its display name from a ``.pub.json`` file."""
+    raw = read_input(path, "public key", limit="key", error=KeyFileError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeyFileError(f"cannot read public key {path}: {exc.strerror or exc}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise KeyFileError(
-            f"{path} is not a public key file (expected JSON from `appliance keys generate`): {exc}"
-        ) from exc
+        data = parse_json(raw, f"public key {path}", error=KeyFileError)
+    except KeyFileError as exc:
+        exc.hint = "Expected the .pub.json written by `appliance keys generate`."
+        raise
     if not isinstance(data, dict) or "keyid" not in data:
         raise KeyFileError(
             f"{path} is not a public key file: expected an object with keyid, keytype, scheme, keyval"
@@ -124,9 +125,9 @@ def _public_crypto(key: SSlibKey, path: Path) -> Any:
 
 def load_signer(path: Path, passphrase: bytes | None = None) -> CryptoSigner:
     """A signer from a private key file. Refuses group/world-readable key files."""
+    pem = read_input(path, "private key", limit="key", error=KeyFileError)
     try:
         st = os.stat(path)
-        pem = path.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"cannot read private key {path}: {exc.strerror or exc}") from exc
     if stat.S_IMODE(st.st_mode) & 0o077:
@@ -158,10 +159,8 @@ def read_passphrase(
 ) -> bytes | None:
     """A passphrase from a file (first line), an environment variable, or a prompt; never argv."""
     if file is not None:
-        try:
-            text = file.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise InputError(f"cannot read passphrase file {file}: {exc.strerror or exc}") from exc
+        # The error names the file and the problem, never the content (a secret).
+        text = read_text_input(file, "passphrase file", limit="text").splitlines()
         if not text or not text[0]:
             raise InputError(f"passphrase file {file} is empty")
         return text[0].encode()

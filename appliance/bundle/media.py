@@ -68,6 +68,7 @@ from appliance.errors import (
     UnsafePathError,
 )
 from appliance.events import Event, Finished, Progress, Started, Warned
+from appliance.input_files import input_directory, parse_json
 
 CHUNK = 4 * 1024 * 1024  # split/join buffer: large reads, flat memory
 CHECK_CHUNK = 1024 * 1024  # per checking thread
@@ -608,12 +609,13 @@ def check_parts(
     found: dict[int, list[_Candidate]] = {}
     seen: set[tuple[int, int]] = set()
     for directory in parts_dirs:
+        input_directory(directory, "parts directory")
         try:
             entries = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            raise InputError(f"parts directory {directory} does not exist") from None
-        except NotADirectoryError:
-            raise InputError(f"{directory} is not a directory") from None
+        except OSError as exc:
+            raise InputError(
+                f"parts directory {directory} cannot be listed: {exc.strerror or exc}"
+            ) from exc
         for entry in entries:
             path = directory / entry
             match = _PART_NAME.match(entry)
@@ -794,8 +796,8 @@ def _read_journal(root_fd: int, key: str, parts: Sequence[MediaPart]) -> int | s
     if len(data) > MAX_JOURNAL_BYTES:
         return "its journal is oversized"
     try:
-        journal = json.loads(data)
-    except ValueError:
+        journal = parse_json(data, JOURNAL_NAME)
+    except InputError:  # not JSON, duplicate keys, too deep: never a RecursionError
         return "its journal is unreadable"
     if not isinstance(journal, dict) or journal.get("journal") != JOURNAL_FORMAT:
         return "its journal has an unknown format"

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import json
 import os
 import re
 import stat
@@ -69,6 +68,7 @@ from appliance.bundle.recipe import (
     WheelsSpec,
 )
 from appliance.errors import BundleBuildError
+from appliance.input_files import open_input, parse_json, read_input
 
 if TYPE_CHECKING:
     import httpx  # imported when used: httpx 0.28 loads click and rich on import
@@ -400,16 +400,12 @@ def gguf_from_package(package: str) -> tuple[Path, str]:
 
 def read_adapter_config(directory: Path) -> dict[str, Any]:
     path = directory / "adapter_config.json"
-    try:
-        raw = json.loads(path.read_bytes())
-    except FileNotFoundError as exc:
+    if not os.path.lexists(path):
         raise BundleBuildError(
             f"{directory} has no adapter_config.json; expected a PEFT adapter directory"
-        ) from exc
-    except OSError as exc:
-        raise BundleBuildError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleBuildError(f"{path} is not valid JSON: {exc}") from exc
+        )
+    data = read_input(path, "adapter config", limit="model-config", error=BundleBuildError)
+    raw = parse_json(data, str(path), error=BundleBuildError)
     if not isinstance(raw, dict):
         raise BundleBuildError(f"{path} must hold a JSON object, found {type(raw).__name__}")
     return raw
@@ -956,8 +952,10 @@ def _chunks_from(url: str, client: httpx.Client | None) -> Generator[bytes, None
         if parts.netloc not in ("", "localhost"):
             raise BundleBuildError(f"{url}: a file URL must be local (file:///path)")
         path = Path(url2pathname(unquote(parts.path)))
+        # A regular file only, opened without blocking: a FIFO or /dev/zero is never read.
+        fd = open_input(path, f"artifact {url}", error=BundleBuildError)
         try:
-            with path.open("rb") as reader:
+            with open(fd, "rb") as reader:
                 while chunk := reader.read(DOWNLOAD_CHUNK):
                     yield chunk
         except OSError as exc:

@@ -204,11 +204,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from appliance.audit import verify_chain
     from appliance.deploy import remote
     from appliance.errors import InputError
+    from appliance.input_files import read_text_input
 
     if (args.file is None) == (args.inventory is None):
         raise InputError("give either an audit log FILE or --inventory FILE")
     sources = (
-        [(str(args.file), args.file.read_text(encoding="utf-8"))]
+        [(str(args.file), read_text_input(args.file, "audit log", limit="audit-log"))]
         if args.file is not None
         else [
             (h.name, remote.run(h, f"cat {remote.AUDIT_LOG} 2>/dev/null; true", timeout=30))

@@ -51,6 +51,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.errors import InputError
+from appliance.input_files import parse_json, read_text_input
 from appliance.keycloak.access import AccessConfig
 from appliance.yaml_files import load_model
 
@@ -132,30 +133,27 @@ class Site:
     secrets_dir: Path | None = None  # with sso.install: where the site's secrets are (0700)
 
 
+_NAMED_FILES = {"jwks_file": "JSON Web Key Set", "jwks_ca_file": "CA certificates"}
+
+
 def _read(base: Path, name: str, key: str) -> tuple[Path, str]:
     path = base / Path(name).expanduser()  # an absolute name stays absolute
     try:
-        size = path.stat().st_size
-        if size > MAX_SITE_FILE:
-            raise SiteFileError(
-                f"tokens.{key}: {path} is {size} bytes; expected at most {MAX_SITE_FILE}"
-            )
-        return path, path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        text = read_text_input(path, _NAMED_FILES[key], limit=MAX_SITE_FILE, error=SiteFileError)
+    except SiteFileError as exc:
         raise SiteFileError(
-            f"tokens.{key}: cannot read {path}: {reason}",
-            hint="Paths in the site file are relative to the site file's directory.",
+            f"tokens.{key}: {exc.message}",
+            hint=f"{exc.hint or ''} Paths in the site file are relative to its directory.".strip(),
         ) from exc
+    return path, text
 
 
 def _check_jwks(path: Path, text: str) -> str:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SiteFileError(
-            f"tokens.jwks_file: {path}: expected a JSON Web Key Set, found invalid JSON ({exc})"
-        ) from exc
+        data = parse_json(text, f"tokens.jwks_file: {path}", error=SiteFileError)
+    except SiteFileError as exc:
+        exc.hint = "Expected a JSON Web Key Set: save the realm's certs URL document unchanged."
+        raise
     keys = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(keys, list) or not keys:
         raise SiteFileError(

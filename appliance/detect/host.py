@@ -29,6 +29,7 @@ from typing import Any
 from appliance import __version__
 from appliance.detect.cpu import UNKNOWN_MODEL, parse_cpuinfo
 from appliance.detect.nvml_probe import PCI_DEVICES_DIR, probe_gpus
+from appliance.errors import InputError
 from appliance.facts import (
     INSTALL_PATHS,
     CpuFacts,
@@ -37,6 +38,10 @@ from appliance.facts import (
     MemoryFacts,
     OsFacts,
 )
+from appliance.input_files import MiB, read_input
+
+# /proc/cpuinfo of a many-core host is about 2 KiB a core.
+_MAX_HOST_FILE = 16 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +110,12 @@ def parse_os_release(text: str) -> str:
 
 
 def _read_text(path: Path) -> str | None:
+    # Through the bounded reader: a FIFO or device at that path never hangs the probe.
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        data = read_input(path, "host file", limit=_MAX_HOST_FILE)
+    except InputError:
         return None
+    return data.decode("utf-8", errors="replace")
 
 
 def _nearest_existing(path: str, exists: Callable[[str], bool]) -> str:

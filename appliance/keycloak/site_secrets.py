@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.input_files import open_input, parse_json, read_opened
 from appliance.keycloak.errors import SiteSecretsError
 
 CLIENT_SECRETS_FILE = "client-secrets.json"
@@ -98,20 +99,12 @@ def write_private(path: Path, text: str) -> None:
 def read_private(path: Path, what: str) -> str:
     """The text of a secrets file that only its owner can read; refuse anything else."""
     path = Path(path)
+    if not os.path.lexists(path):
+        raise SiteSecretsError(f"{path}: {what} not found")
+    # A regular file, not a symbolic link, opened without blocking (a FIFO never hangs).
+    fd = open_input(path, what, limit=MAX_FILE_BYTES, error=SiteSecretsError, follow_symlinks=False)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise SiteSecretsError(f"{path}: {what} not found") from None
-    except OSError as exc:
-        # ELOOP: a symlink, refused by O_NOFOLLOW.
-        raise SiteSecretsError(
-            f"{path}: cannot open {what} ({exc.strerror or exc}); it must be a regular file, "
-            "not a symlink"
-        ) from None
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise SiteSecretsError(f"{path}: {what} must be a regular file")
+        st = os.fstat(fd)
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise SiteSecretsError(
@@ -122,9 +115,9 @@ def read_private(path: Path, what: str) -> str:
             raise SiteSecretsError(
                 f"{path}: {what} belongs to uid {st.st_uid}, not to this user ({os.geteuid()})"
             )
-        data = handle.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise SiteSecretsError(f"{path}: {what} is larger than {MAX_FILE_BYTES} bytes")
+        data = read_opened(fd, path, what, limit=MAX_FILE_BYTES, error=SiteSecretsError)
+    finally:
+        os.close(fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -145,14 +138,20 @@ def _parse_client_secrets(path: Path, text: str) -> ClientSecrets:
             hint="It is written by appliance only; restore it from the site's backup.",
         )
 
-    line = None
+    problem = None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        line = exc.lineno
-    if line is not None:
-        # Raised outside the except block: a JSON error keeps the whole document (.doc).
-        raise refuse(f"invalid JSON at line {line}")
+        data = parse_json(text, "secrets", error=SiteSecretsError)
+    except SiteSecretsError as exc:
+        # The parser's messages name a place or a key, never a value.
+        detail = exc.message.removeprefix("secrets: ")
+        problem = (
+            "invalid JSON" + detail.removeprefix("not valid JSON")
+            if detail.startswith("not valid JSON")
+            else detail
+        )
+    if problem is not None:
+        # Raised outside the except block: the parser's error chains to the whole document.
+        raise refuse(problem)
     if not isinstance(data, dict) or set(data) != {"schema_version", "realm", "clients"}:
         raise refuse("expected the keys schema_version, realm, clients")
     if data["schema_version"] != SECRETS_SCHEMA_VERSION:

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
+from appliance.input_files import parse_json
 from appliance.keycloak.errors import RealmError, SiteSecretsError
 from appliance.keycloak.schema import CallerClient, Realm, validate_realm
 from appliance.keycloak.site_secrets import ensure_private_dir, read_private, write_private
@@ -119,14 +120,6 @@ def check_lab_address(host: str, environ: Mapping[str, str] | None = None) -> No
     )
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise ValueError(f"duplicate keys {dupes}")
-    return dict(pairs)
-
-
 def load_lab_realm(path: Path) -> Realm:
     """The rendered realm import at ``path`` (0600: it holds client secrets), if it is a lab realm."""
     try:
@@ -135,10 +128,16 @@ def load_lab_realm(path: Path) -> Realm:
         raise DevIssuerError(exc.message, hint=exc.hint) from exc
     problem = None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates)
-    except ValueError as exc:
-        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
-        problem = ("duplicate keys" if "duplicate keys" in str(exc) else "invalid JSON") + where
+        data = parse_json(text, "realm import", error=DevIssuerError)
+    except DevIssuerError as exc:
+        # The parser's messages name a place or a key, never a value (this file holds secrets).
+        detail = exc.message.removeprefix("realm import: ")
+        if detail.startswith("not valid JSON"):
+            problem = "invalid JSON" + detail.removeprefix("not valid JSON")
+        elif detail.startswith("duplicate JSON key"):
+            problem = "duplicate keys: " + detail.removeprefix("duplicate JSON key ")
+        else:
+            problem = detail
     if problem is not None:
         # Raised outside the except block: a JSON error keeps the document, which holds secrets.
         raise DevIssuerError(f"{path}: not a realm import ({problem})")

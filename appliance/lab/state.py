@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance.errors import InputError
+from appliance.input_files import parse_json, read_input
 from appliance.lab.errors import LabError
 
 STATE_ROOT = Path("/run/appliance/lab")
@@ -148,9 +150,9 @@ def save_lab(lab: Lab) -> None:
 def load_lab(paths: LabPaths, name: str) -> Lab | None:
     """The lab's record, or None if there is none (or it is unreadable)."""
     try:
-        data = json.loads((paths.state_dir(name) / "lab.json").read_text())
-        return lab_from_json(data, paths)
-    except (OSError, ValueError, KeyError, TypeError):
+        record = read_input(paths.state_dir(name) / "lab.json", "lab record", limit="state")
+        return lab_from_json(parse_json(record, "lab record"), paths)
+    except (InputError, ValueError, KeyError, TypeError):
         return None
 
 

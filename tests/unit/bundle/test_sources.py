@@ -427,7 +427,7 @@ def test_adapter_config_problems(tmp_path: Path) -> None:
     with pytest.raises(BundleBuildError, match="only LoRA adapters can be served"):
         fetch_adapter(adapter_spec(prefix))
     (prefix / "adapter_config.json").write_text("{not json")
-    with pytest.raises(BundleBuildError, match="is not valid JSON"):
+    with pytest.raises(BundleBuildError, match=r"adapter_config\.json: not valid JSON at line 1"):
         fetch_adapter(adapter_spec(prefix))
 
 

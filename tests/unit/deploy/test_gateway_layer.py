@@ -104,7 +104,7 @@ def test_the_site_file_is_strict_and_its_files_are_checked(tmp_path: Path) -> No
         load_site(write_site(tmp_path, jwks={"keys": [{**JWKS["keys"][0], "d": "secret"}]}))
     with pytest.raises(SiteFileError, match="non-empty `keys`"):
         load_site(write_site(tmp_path, jwks={"keys": []}))
-    with pytest.raises(SiteFileError, match=r"cannot read .*missing\.json"):
+    with pytest.raises(SiteFileError, match=r"missing\.json: cannot read"):
         load_site(write_site(tmp_path, SITE.replace("jwks.json", "missing.json")))
     with pytest.raises(SiteFileError, match="jwks_ca_file is the CA of jwks_url"):
         load_site(

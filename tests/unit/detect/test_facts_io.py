@@ -144,7 +144,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
-    with pytest.raises(FactsFileError, match="is a directory"):
+    with pytest.raises(FactsFileError, match="found a directory"):
         load_facts(tmp_path)
 
 

@@ -84,7 +84,7 @@ def test_a_symlinked_secrets_file_is_refused(tmp_path: Path) -> None:
     secrets = ensure_client_secrets(tmp_path / "real", "appliance", ["bot"])
     link = tmp_path / "link.json"
     link.symlink_to(secrets.path)
-    with pytest.raises(SiteSecretsError, match="not a symlink"):
+    with pytest.raises(SiteSecretsError, match="found a symbolic link"):
         load_client_secrets(link)
 
 

@@ -4,6 +4,7 @@ what was expected, what was found and what to do: never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import struct
@@ -156,7 +157,7 @@ def test_index_not_json(tmp_path: Path) -> None:
     write_config(tmp_path, json.dumps(MISTRAL_CFG))
     (tmp_path / "model.safetensors.index.json").write_text('{"metadata": ')
     err = load_error(tmp_path)
-    assert "model.safetensors.index.json is not valid JSON" in err.message
+    assert "model.safetensors.index.json: not valid JSON" in err.message
 
 
 def test_index_lists_missing_shards(
@@ -365,14 +366,14 @@ def test_random_corruption_gives_a_clean_error_or_a_result(
 def test_permission_denied_on_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests often run as root, where chmod 000 does not deny: simulate the OS error.
     d = write_config(tmp_path, json.dumps(MISTRAL_CFG))
-    real = Path.read_bytes
+    real = os.open
 
-    def deny(self: Path) -> bytes:
-        if self.name == "config.json":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    def deny(path: Any, *args: Any, **kwargs: Any) -> int:
+        if Path(path).name == "config.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", deny)
+    monkeypatch.setattr(os, "open", deny)
     err = load_error(d)
     assert f"Permission denied reading {d / 'config.json'}" in err.message
     assert err.hint is not None and "chmod" in err.hint
@@ -384,10 +385,14 @@ def test_permission_denied_on_gguf(
 ) -> None:
     path = make_gguf()
 
-    def deny(self: Path, *args: Any, **kwargs: Any) -> Any:
-        raise PermissionError(13, "Permission denied", str(self))
+    real = os.open
 
-    monkeypatch.setattr(Path, "open", deny)
+    def deny(name: Any, *args: Any, **kwargs: Any) -> int:
+        if Path(name) == path:
+            raise PermissionError(13, "Permission denied", str(name))
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
     err = load_error(path)
     assert f"Permission denied reading {path}" in err.message
 
@@ -424,10 +429,10 @@ def test_permission_denied_for_real(make_gguf: Callable[..., Path]) -> None:
 def test_other_os_errors_are_wrapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = write_config(tmp_path, json.dumps(MISTRAL_CFG))
 
-    def fail(self: Path) -> bytes:
-        raise OSError(5, "Input/output error", str(self))
+    def fail(fd: int, n: int) -> bytes:
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(Path, "read_bytes", fail)
+    monkeypatch.setattr(os, "read", fail)
     err = load_error(d)
     assert "Cannot read" in err.message and "Input/output error" in err.message
 
