@@ -83,6 +83,21 @@ def _field(parent: dict[str, Any], key: str, kind: type, where: str, what: str) 
     return value
 
 
+def _has_float(value: Any) -> bool:
+    """Whether any value under ``value`` is a float (iterative: manifests list up to 10^6 files)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            return True
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+    return False
+
+
 def _float_path(value: Any) -> list[str] | None:
     """The path to the first float under ``value``, or None (built only when one is found)."""
     if isinstance(value, float):
@@ -107,7 +122,7 @@ def check_signed_types(document: Any, what: str) -> None:
             f"{what}: expected a JSON object with `signed` and `signatures`, found {json_type(document)}"
         )
     signed = _field(document, "signed", dict, "", what)
-    found = _float_path(signed)
+    found = _float_path(signed) if _has_float(signed) else None
     if found is not None:
         raise MetadataError(
             f"{what}: field `signed{''.join(found)}` has type {json_type(0.5)}, expected an integer "
