@@ -129,7 +129,7 @@ class TrustState:
         try:
             md = parse_root(read_bounded(path, MAX_ROOT_BYTES, "kept root"), what)
         except VerificationError as exc:
-            raise TrustAnchorError(f"{exc.message}", hint=hint) from exc
+            raise TrustAnchorError(exc.message, hint=hint) from exc
         if md.signed.version != version:
             raise TrustAnchorError(
                 f"{what} declares version {md.signed.version}, expected {version} (its file name)",
@@ -255,11 +255,11 @@ class TrustState:
                 if (self.directory / name).exists() or (self.directory / name).is_symlink()
             ]
             versions = self._kept_versions()
-            backup = self._new_backup_dir() if names else None
-            for name in names:
-                assert backup is not None
-                os.rename(self.directory / name, backup / name)
-            if backup is not None:
+            backup = None
+            if names:
+                backup = self._new_backup_dir()
+                for name in names:
+                    os.rename(self.directory / name, backup / name)
                 _fsync_dir(self.directory)
             result = Reanchored(
                 anchor_version=anchor.signed.version,
