@@ -109,6 +109,10 @@ class RootRotationError(VerificationError):
     """A new trusted root in the bundle is not signed by the old and new thresholds."""
 
 
+class TrustAnchorError(VerificationError):
+    """A root kept in the state directory does not descend from the operator's anchor (``--trust``)."""
+
+
 class UnsafePathError(VerificationError):
     """A path escapes the bundle, collides with another, or is not a plain file."""
 

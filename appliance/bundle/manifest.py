@@ -6,12 +6,17 @@ one shard ``shard_size`` + ``shards``), and the appliance payload under the
 ``appliance`` key of the signed part. Reading is strict and bounded: duplicate
 JSON keys, unknown fields, delegations, unsafe or colliding paths, shard lists
 that do not tile the file, and media layouts that do not tile the content
-stream are all refused before anything else looks at the bundle.
+stream are all refused before anything else looks at the bundle. Types are
+exact: the TUF fields by ``signed_types.py`` (version and lengths integers,
+expiry ``YYYY-MM-DDTHH:MM:SSZ``), ``shard_size`` here, the payload by its
+schema validated strictly (an integer is a JSON integer, never ``true``,
+``"2"`` or ``2.0``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -129,7 +134,10 @@ def bundle_contents(md: Metadata[Targets]) -> tuple[Payload, list[FileRecord]]:
     if PAYLOAD_KEY not in signed.unrecognized_fields:
         raise MetadataError("the manifest has no appliance payload (name, channel, media layout)")
     try:
-        payload = Payload.model_validate(signed.unrecognized_fields[PAYLOAD_KEY])
+        # Strict, from JSON: an integer field takes a JSON integer only (not true, "2" or 2.0).
+        payload = Payload.model_validate_json(
+            json.dumps(signed.unrecognized_fields[PAYLOAD_KEY]), strict=True
+        )
     except ValidationError as exc:
         raise MetadataError(
             f"the manifest's appliance payload is invalid:\n{format_validation_error(exc, Payload)}"

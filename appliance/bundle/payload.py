@@ -1,6 +1,7 @@
 """The appliance payload: what a bundle is, signed inside ``targets.json``.
 
-Strict pydantic models (unknown keys rejected). Stored under the ``appliance``
+Strict pydantic models (unknown keys rejected; read from a manifest in strict mode, so
+an integer field takes a JSON integer only). Stored under the ``appliance``
 key of the targets metadata's signed part, so name, channel, model provenance,
 adapter lineage and the media part digests are all covered by the signatures
 (no mix and match between bundles). Licences are SPDX identifiers.
@@ -15,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -161,6 +163,14 @@ class Payload(_Strict):
     installer: WheelSet | None = None
     artifacts: list[ArtifactEntry] = Field(default_factory=list)
     media: MediaLayout
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_is_an_integer(cls, value: Any) -> Any:
+        # Literal[1] also matches true and 1.0 (they compare equal to 1); a format is an integer.
+        if type(value) is not int:
+            raise ValueError(f"expected the integer 1, found {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _gateway_wheels_apart(self) -> Payload:

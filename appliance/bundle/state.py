@@ -1,12 +1,24 @@
-"""What a site has accepted: the last bundle per name/channel, and its current trusted root.
+"""What a site has accepted: the last bundle per name/channel, and the roots it rotated to.
 
 The state directory (``--state``, on a host ``/var/lib/appliance/trust``) holds
 ``accepted.json`` (per ``name/channel``: version, content digest, when),
-``root.json`` (the newest trusted root after rotations) and ``audit.jsonl``
-(downgrades accepted with ``--allow-downgrade``). Writes are atomic and taken
-under an exclusive lock, and only after a bundle verified completely. A state
-file that cannot be read is a verification failure: freshness must never
-silently reset.
+``roots/N.root.json`` (every root version N this site accepted past its anchor
+through rotations carried by bundles) and ``audit.jsonl`` (downgrades accepted
+with ``--allow-downgrade``, re-anchorings). Writes are atomic and taken under an
+exclusive lock, and only after a bundle verified completely. A state file that
+cannot be read is a verification failure: freshness must never silently reset.
+
+The operator's root (``--trust``) is the anchor; the state never outranks it.
+``root_from(anchor)`` walks the kept chain forward from the anchor's version,
+each step checked like a rotation in a bundle (signed by the previous root's
+root threshold and its own). A kept root of the anchor's version with other
+content, a kept root past the anchor that the walk cannot reach (a gap), a
+step that fails its signatures, a stray file in ``roots/``, or a state in the
+old form (one ``root.json``, no chain) are refused with ``TrustAnchorError``,
+whose hint names the way to re-anchor a site on purpose: ``reanchor`` (``appliance
+trust reanchor``) moves the kept roots into a dated backup directory inside the
+state and appends an audit record; accepted versions stay (rollback protection
+survives a re-anchoring).
 """
 
 from __future__ import annotations
@@ -14,7 +26,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -24,13 +37,25 @@ from typing import Any
 from tuf.api.metadata import Metadata, Root
 
 from appliance.bundle.format import MAX_ROOT_BYTES
-from appliance.bundle.trust import parse_root, read_bounded, strict_json, to_bytes, write_atomic
-from appliance.errors import MetadataError
+from appliance.bundle.trust import (
+    check_rotation,
+    parse_root,
+    read_bounded,
+    signed_digest,
+    strict_json,
+    to_bytes,
+    write_atomic,
+)
+from appliance.errors import MetadataError, TrustAnchorError, VerificationError
 
 ACCEPTED = "accepted.json"
-ROOT = "root.json"
+LEGACY_ROOT = "root.json"  # the old form: one newest root, no chain; refused, re-anchor to move it
+ROOTS_DIR = "roots"
 AUDIT = "audit.jsonl"
 LOCK = ".lock"
+BACKUP_PREFIX = "reanchored-"
+MAX_KEPT_ROOTS = 1000
+_KEPT_NAME = re.compile(r"^([1-9][0-9]{0,9})\.root\.json$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +79,125 @@ class TrustState:
         finally:
             os.close(fd)
 
-    def root(self) -> Metadata[Root] | None:
-        path = self.directory / ROOT
-        if not path.exists():
-            return None
-        return parse_root(read_bounded(path, MAX_ROOT_BYTES, "state root"), f"state root {path}")
+    def reanchor_hint(self, anchor_path: str = "ROOT") -> str:
+        return (
+            f"If {anchor_path} is the root this site must trust from now on (for example after a "
+            f"key compromise), re-anchor on purpose: `appliance trust reanchor --state {self.directory} "
+            f"--trust {anchor_path}` moves the kept roots into {self.directory}/{BACKUP_PREFIX}<time>/ "
+            "and writes an audit record. Otherwise pass the root this state was built from."
+        )
+
+    def kept_roots(self, anchor_path: str = "ROOT") -> dict[int, Path]:
+        """The kept roots by version (``roots/N.root.json``); nothing else may be there."""
+        hint = self.reanchor_hint(anchor_path)
+        legacy = self.directory / LEGACY_ROOT
+        if legacy.exists() or legacy.is_symlink():
+            raise TrustAnchorError(
+                f"the state {self.directory} keeps a trusted root in the old form ({LEGACY_ROOT}, "
+                f"without the chain of rotations from an anchor); expected {ROOTS_DIR}/N.root.json "
+                "for each rotation, so it cannot be checked against the root given with --trust",
+                hint=hint,
+            )
+        roots = self.directory / ROOTS_DIR
+        if not roots.exists() and not roots.is_symlink():
+            return {}
+        if roots.is_symlink() or not roots.is_dir():
+            raise TrustAnchorError(
+                f"{roots} is not a directory (found {'a symbolic link' if roots.is_symlink() else 'a file'})",
+                hint=hint,
+            )
+        found: dict[int, Path] = {}
+        with os.scandir(roots) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # a write_atomic temporary left by a crash: never a kept root
+                match = _KEPT_NAME.match(entry.name)
+                if match is None:
+                    raise TrustAnchorError(
+                        f"{roots} holds {entry.name!r}; expected only N.root.json files (N = 1, 2, ...)",
+                        hint=hint,
+                    )
+                found[int(match[1])] = Path(entry.path)
+                if len(found) > MAX_KEPT_ROOTS:
+                    raise TrustAnchorError(
+                        f"{roots} holds more than {MAX_KEPT_ROOTS} roots", hint=hint
+                    )
+        return found
+
+    def _load_kept(self, path: Path, version: int, hint: str) -> Metadata[Root]:
+        what = f"kept root {path}"
+        try:
+            md = parse_root(read_bounded(path, MAX_ROOT_BYTES, "kept root"), what)
+        except VerificationError as exc:
+            raise TrustAnchorError(exc.message, hint=hint) from exc
+        if md.signed.version != version:
+            raise TrustAnchorError(
+                f"{what} declares version {md.signed.version}, expected {version} (its file name)",
+                hint=hint,
+            )
+        return md
+
+    def root_from(
+        self, anchor: Metadata[Root], anchor_path: str = "ROOT"
+    ) -> tuple[Metadata[Root], list[int]]:
+        """The newest root reachable from ``anchor`` through the kept chain, and the versions walked.
+
+        ``TrustAnchorError`` if a kept root of the anchor's version differs from it, a step
+        fails ``check_rotation``, or a kept root past the anchor is left unreached."""
+        hint = self.reanchor_hint(anchor_path)
+        kept = self.kept_roots(anchor_path)
+        start = anchor.signed.version
+        if start in kept:
+            same = self._load_kept(kept[start], start, hint)
+            if signed_digest(same) != signed_digest(anchor):
+                raise TrustAnchorError(
+                    f"the state {self.directory} keeps a root of version {start} with other content "
+                    f"({signed_digest(same)[:16]}...) than the anchor {anchor_path} "
+                    f"({signed_digest(anchor)[:16]}...); the state did not grow from this anchor",
+                    hint=hint,
+                )
+        current, walked = anchor, []
+        while (path := kept.get(current.signed.version + 1)) is not None:
+            version = current.signed.version + 1
+            new = self._load_kept(path, version, hint)
+            try:
+                check_rotation(current, new, f"kept root {path}")
+            except VerificationError as exc:
+                raise TrustAnchorError(
+                    f"the chain kept in {self.directory} does not descend from the anchor "
+                    f"{anchor_path} (version {start}): {exc.message}",
+                    hint=hint,
+                ) from exc
+            current = new
+            walked.append(version)
+        unreached = sorted(v for v in kept if v > current.signed.version)
+        if unreached:
+            raise TrustAnchorError(
+                f"the state {self.directory} keeps root version(s) {', '.join(map(str, unreached))} "
+                f"that do not chain from the anchor {anchor_path} (version {start}): version "
+                f"{current.signed.version + 1} is missing",
+                hint=hint,
+            )
+        return current, walked
+
+    def keep_roots(self, roots: Sequence[Metadata[Root]]) -> None:
+        """Keep rotated roots, oldest first (a crash leaves a shorter chain, never a gap).
+        The caller holds the lock and has checked each as a rotation from the one before."""
+        if not roots:
+            return
+        directory = self.directory / ROOTS_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for md in sorted(roots, key=lambda m: m.signed.version):
+            path = directory / f"{md.signed.version}.root.json"
+            if path.exists() or path.is_symlink():
+                kept = self._load_kept(path, md.signed.version, self.reanchor_hint())
+                if signed_digest(kept) == signed_digest(md):
+                    continue
+                raise TrustAnchorError(
+                    f"{path} was kept meanwhile with other content than the root version "
+                    f"{md.signed.version} this verification applied; verify again"
+                )
+            write_atomic(path, to_bytes(md), 0o644)
 
     def accepted(self, name: str, channel: str) -> Accepted | None:
         entry = self._load().get(f"{name}/{channel}")
@@ -82,14 +221,10 @@ class TrustState:
             raise MetadataError(f"state file {path} is not a JSON object; restore it from backup")
         return data
 
-    def record(
-        self, name: str, channel: str, version: int, digest: str, root: Metadata[Root] | None
-    ) -> Accepted:
+    def record(self, name: str, channel: str, version: int, digest: str) -> Accepted:
         accepted = Accepted(version, digest, datetime.now(UTC).isoformat(timespec="seconds"))
         data = self._load()
         data[f"{name}/{channel}"] = asdict(accepted)
-        if root is not None:
-            write_atomic(self.directory / ROOT, to_bytes(root), 0o644)
         write_atomic(
             self.directory / ACCEPTED,
             (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(),
@@ -108,3 +243,85 @@ class TrustState:
             handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+    def reanchor(self, anchor: Metadata[Root], anchor_path: str, operator: str) -> Reanchored:
+        """Start the site over from ``anchor`` on purpose: the kept roots (and an old-form
+        ``root.json``) move into ``reanchored-<UTC time>/`` inside the state, accepted versions
+        stay, and an audit record says who did it, from which anchor, and what moved."""
+        with self.locked():
+            names = [
+                name
+                for name in (LEGACY_ROOT, ROOTS_DIR)
+                if (self.directory / name).exists() or (self.directory / name).is_symlink()
+            ]
+            versions = self._kept_versions()
+            backup = None
+            if names:
+                backup = self._new_backup_dir()
+                for name in names:
+                    os.rename(self.directory / name, backup / name)
+                _fsync_dir(self.directory)
+            result = Reanchored(
+                anchor_version=anchor.signed.version,
+                anchor_digest=signed_digest(anchor),
+                moved=tuple(names),
+                backup=backup,
+                previous_versions=tuple(versions),
+            )
+            self.audit(
+                {
+                    "event": "reanchored",
+                    "operator": operator,
+                    "anchor": anchor_path,
+                    "anchor_version": result.anchor_version,
+                    "anchor_digest": result.anchor_digest,
+                    "anchor_root_keyids": sorted(anchor.signed.roles["root"].keyids),
+                    "anchor_targets_keyids": sorted(anchor.signed.roles["targets"].keyids),
+                    "moved": list(names),
+                    "previous_versions": list(versions),
+                    "backup": None if backup is None else backup.name,
+                }
+            )
+        return result
+
+    def _kept_versions(self) -> list[int]:
+        """Versions named by the kept roots, read from the names only (they may be damaged)."""
+        roots = self.directory / ROOTS_DIR
+        if roots.is_symlink() or not roots.is_dir():
+            return []
+        with os.scandir(roots) as entries:
+            return sorted(
+                int(match[1])
+                for entry in entries
+                if (match := _KEPT_NAME.match(entry.name)) is not None
+            )
+
+    def _new_backup_dir(self) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        for attempt in range(1, 100):
+            path = self.directory / f"{BACKUP_PREFIX}{stamp}{'' if attempt == 1 else f'-{attempt}'}"
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:
+                continue
+            return path
+        raise TrustAnchorError(
+            f"cannot make a backup directory in {self.directory}: too many exist for {stamp}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reanchored:
+    anchor_version: int
+    anchor_digest: str
+    moved: tuple[str, ...]  # names moved out of the state directory
+    backup: Path | None  # where they are now
+    previous_versions: tuple[int, ...]  # versions of the kept roots moved aside
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

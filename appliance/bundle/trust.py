@@ -6,31 +6,42 @@ two of its roles: ``root`` (who may change the root itself: rotation) and
 ``timestamp``, which get the same keys and are not used (bundles are offline:
 see bundles/FORMAT.md). Invariants enforced when a root is loaded:
 
-- strict JSON (duplicate keys refused), bounded size, ``_type`` root;
-- no public key listed twice under different keyids (one key must never
-  count twice towards a threshold);
+- strict JSON (duplicate keys refused), bounded size, ``_type`` root, every
+  signed field of exactly its type (``signed_types.py``: a version is an
+  integer, not ``true`` or ``2.0``; an expiry is ``YYYY-MM-DDTHH:MM:SSZ``);
+- every key an Ed25519 key (the only kind appliance makes or accepts) whose
+  public value is exactly 32 bytes of hex; a key's identity is those decoded
+  bytes, not the spelling of its hex nor its keyid, and no key is listed
+  twice (one key must never count twice towards a threshold); every keyid a
+  role names is one of the root's keys, each at most once;
 - 1 <= threshold <= number of keys of the role;
 - signed by its own root threshold.
 
-Rotation (TUF 5.3): root version N+1 is accepted only if signed by the
-threshold of root N and by its own threshold.
+Rotation (TUF 5.3.4): root version N+1 is accepted only if signed by the
+root threshold of root N and by its own (``check_rotation``). The same step
+is used for rotations a bundle carries and for the chain the site's state
+keeps (``state.py``), so a kept root is only ever reached from the anchor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from securesystemslib.signer import Signer, SSlibKey
-from tuf.api.metadata import Metadata, Root, Targets
-from tuf.api.serialization import DeserializationError
+from tuf.api.metadata import Key, Metadata, Root, Targets
+from tuf.api.serialization import DeserializationError, SerializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer, JSONSerializer
 
 from appliance.bundle.format import MAX_ROOT_BYTES
+from appliance.bundle.signed_types import check_signed_types
 from appliance.errors import (
+    ApplianceError,
     BadSignatureError,
     InputError,
     MetadataError,
@@ -44,6 +55,7 @@ from appliance.input_files import parse_json, read_input
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 S = TypeVar("S", Root, Targets)  # the metadata kinds appliance reads
+_ED25519_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def _utc_now() -> datetime:
@@ -53,9 +65,22 @@ def _utc_now() -> datetime:
 def new_root(
     keys: Sequence[SSlibKey], threshold: int, expires: datetime, *, version: int = 1
 ) -> Metadata[Root]:
-    unique = {key.keyval["public"]: key for key in keys}
-    if len(unique) != len(keys):
-        raise InputError("the same public key was given twice; every signer needs their own key")
+    seen: dict[bytes, str] = {}
+    keyids: set[str] = set()
+    for key in keys:
+        identity = key_identity(key, "a public key", InputError)
+        if identity in seen:
+            raise InputError(
+                f"the same public key was given twice (keyids {seen[identity][:12]}... and "
+                f"{key.keyid[:12]}..., one key however its hex is written); every signer needs their own key"
+            )
+        if key.keyid in keyids:
+            raise InputError(
+                f"two different public keys were given with the same keyid {key.keyid[:12]}...; "
+                "check the public key files"
+            )
+        seen[identity] = key.keyid
+        keyids.add(key.keyid)
     if not 1 <= threshold <= len(keys):
         raise InputError(
             f"threshold {threshold} is impossible with {len(keys)} key(s): use 1 to {len(keys)}"
@@ -113,10 +138,10 @@ def describe_cause(exc: BaseException) -> str:
 
 def parse_metadata(data: bytes, what: str, kind: type[S]) -> Metadata[S]:
     """Strictly parsed TUF metadata of one type (``Root``, ``Targets``); ``MetadataError`` otherwise."""
-    strict_json(data, what)
+    check_signed_types(strict_json(data, what), what)
     try:
         md = cast("Metadata[S]", Metadata.from_bytes(data))
-    except (DeserializationError, ValueError, KeyError, TypeError) as exc:
+    except (DeserializationError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MetadataError(
             f"{what}: not valid {kind.type} metadata: {describe_cause(exc)}"
         ) from exc
@@ -137,14 +162,44 @@ def parse_root(data: bytes, what: str) -> Metadata[Root]:
     return md
 
 
+def key_identity(key: Key, what: str, error: type[ApplianceError] = MetadataError) -> bytes:
+    """What makes two keys the same key: the decoded public key, whatever its spelling or keyid.
+
+    Only Ed25519 is accepted (``keys.py`` makes and loads nothing else), as 64 hex digits of
+    either case; anything else is refused with ``error``, so no other encoding can hide a
+    duplicate."""
+    if key.keytype != "ed25519" or key.scheme != "ed25519":
+        raise error(
+            f"{what}: key {key.keyid[:12]}... is {key.keytype}/{key.scheme}; "
+            "appliance accepts only ed25519/ed25519 keys"
+        )
+    public = key.keyval.get("public")
+    if (
+        set(key.keyval) != {"public"}
+        or not isinstance(public, str)
+        or not _ED25519_HEX.match(public)
+    ):
+        raise error(
+            f"{what}: key {key.keyid[:12]}... must have exactly one keyval field `public` holding "
+            "32 bytes as 64 hex digits"
+        )
+    return bytes.fromhex(public)
+
+
 def _check_distinct_keys(root: Root, what: str) -> None:
-    seen: dict[str, str] = {}
+    seen: dict[bytes, str] = {}
     for keyid, key in root.keys.items():
-        other = seen.setdefault(str(key.keyval.get("public")), keyid)
+        other = seen.setdefault(key_identity(key, what), keyid)
         if other != keyid:
             raise MetadataError(
                 f"{what}: the same public key is listed under two keyids ({other[:12]}..., {keyid[:12]}...); "
                 "one key could count twice towards a threshold"
+            )
+    for name, role in root.roles.items():
+        unknown = [keyid for keyid in role.keyids if keyid not in root.keys]
+        if unknown:
+            raise MetadataError(
+                f"{what}: role {name} names keyid {unknown[0][:12]}..., which is not one of the root's keys"
             )
 
 
@@ -163,7 +218,12 @@ def check_signatures(root: Root, role: str, md: Metadata[Any], what: str) -> lis
             f"{what} is signed only by key(s) this site does not trust for {role}: {shown}",
             hint="Check the trusted root (--trust) lists the signers' public keys.",
         )
-    payload = CanonicalJSONSerializer().serialize(md.signed)
+    try:
+        payload = CanonicalJSONSerializer().serialize(md.signed)
+    except SerializationError as exc:
+        raise MetadataError(
+            f"{what} cannot be put in canonical JSON, so it cannot have been signed: {describe_cause(exc)}"
+        ) from exc
     result = root.get_verification_result(role, payload, signatures)
     valid = sorted(result.signed)
     if result.verified:
@@ -194,35 +254,52 @@ def load_trusted_root(path: Path, *, what: str | None = None) -> Metadata[Root]:
     return md
 
 
+def signed_digest(md: Metadata[Any]) -> str:
+    """SHA-256 of the canonical signed part: two roots are the same root iff these are equal."""
+    return hashlib.sha256(CanonicalJSONSerializer().serialize(md.signed)).hexdigest()
+
+
+def check_rotation(current: Metadata[Root], new: Metadata[Root], label: str) -> None:
+    """One step of TUF 5.3.4: ``new`` is version current+1, signed by the root threshold of
+    ``current`` AND by its own; ``RootRotationError`` otherwise."""
+    version = current.signed.version + 1
+    if new.signed.version != version:
+        raise RootRotationError(
+            f"{label} declares version {new.signed.version}, expected {version}"
+        )
+    for signer_root, whose in (
+        (current.signed, f"the current root (version {current.signed.version})"),
+        (new.signed, "itself"),
+    ):
+        try:
+            check_signatures(signer_root, "root", new, label)
+        except VerificationError as exc:
+            raise RootRotationError(
+                f"{label} is not signed by the threshold of {whose}: {exc.message}"
+            ) from exc
+
+
+def walk_rotations(trusted: Metadata[Root], history_dir: Path) -> list[Metadata[Root]]:
+    """The roots ``history_dir/N.root.json`` for N = trusted+1, +2, ... up to the first one
+    missing, each checked by ``check_rotation`` against the one before."""
+    applied: list[Metadata[Root]] = []
+    current = trusted
+    while True:
+        path = history_dir / f"{current.signed.version + 1}.root.json"
+        if not path.exists():
+            return applied
+        label = f"root rotation {path.name}"
+        new = parse_root(read_bounded(path, MAX_ROOT_BYTES, "root rotation"), label)
+        check_rotation(current, new, label)
+        applied.append(new)
+        current = new
+
+
 def apply_rotations(trusted: Metadata[Root], history_dir: Path) -> tuple[Metadata[Root], list[int]]:
     """Walk ``history_dir/N.root.json`` for N = trusted+1, +2, ...; each must be signed by the
     previous root's threshold and its own. Returns the newest root and the versions applied."""
-    applied: list[int] = []
-    current = trusted
-    while True:
-        version = current.signed.version + 1
-        path = history_dir / f"{version}.root.json"
-        if not path.exists():
-            break
-        label = f"root rotation {path.name}"
-        new = parse_root(read_bounded(path, MAX_ROOT_BYTES, "root rotation"), label)
-        if new.signed.version != version:
-            raise RootRotationError(
-                f"{label} declares version {new.signed.version}, expected {version}"
-            )
-        for signer_root, whose in (
-            (current.signed, f"the current root (version {current.signed.version})"),
-            (new.signed, "itself"),
-        ):
-            try:
-                check_signatures(signer_root, "root", new, label)
-            except VerificationError as exc:
-                raise RootRotationError(
-                    f"{label} is not signed by the threshold of {whose}: {exc.message}"
-                ) from exc
-        current = new
-        applied.append(version)
-    return current, applied
+    applied = walk_rotations(trusted, history_dir)
+    return (applied[-1] if applied else trusted), [md.signed.version for md in applied]
 
 
 def check_not_expired(expires: datetime, what: str, now: datetime | None = None) -> None:

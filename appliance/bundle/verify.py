@@ -3,8 +3,11 @@
 Order (each step runs only if every earlier one passed; nothing is recorded
 before the last one passes):
 
-1. trusted root: the site's file (or the newer one kept in the state dir),
-   strictly parsed and signed by its own threshold;
+1. trusted root: the operator's anchor (``--trust``), strictly parsed and
+   signed by its own threshold, then walked forward through the chain of
+   rotations the state keeps (``roots/N.root.json``), each signed by the
+   previous root's and its own threshold; a kept root that does not descend
+   from the anchor is refused (``TrustAnchorError``), never preferred;
 2. root rotations carried by the bundle (``metadata/root/N.root.json``), each
    signed by the previous and its own threshold; the final root not expired;
 3. the manifest: bounded, strict, signed by the root's targets threshold
@@ -17,7 +20,8 @@ before the last one passes):
    jumps refused unless ``allow_version_jump``;
 7. exact file set, no links or special files, sizes;
 8. SHA-256 of every shard, in parallel;
-9. only then: the state records the accepted version (and rotated root).
+9. only then: the state keeps the roots the bundle rotated to (oldest first)
+   and records the accepted version.
 
 ``VerifiedBundle`` can only be built here (a private token guards its
 constructor), so code that deploys must have gone through ``verify_bundle``.
@@ -55,10 +59,10 @@ from appliance.bundle.manifest import (
 from appliance.bundle.payload import Payload
 from appliance.bundle.state import Accepted, TrustState
 from appliance.bundle.trust import (
-    apply_rotations,
     check_not_expired,
     check_signatures,
     load_trusted_root,
+    walk_rotations,
     write_atomic,
 )
 from appliance.errors import (
@@ -108,19 +112,13 @@ class VerifiedBundle:
 
 
 def _trusted_root(trust_path: Path, state: TrustState | None) -> Metadata[Root]:
-    site = load_trusted_root(trust_path)
-    kept = state.root() if state is not None else None
-    if kept is not None and kept.signed.version > site.signed.version:
-        # A rotation accepted earlier (verified against the chain then); it must
-        # still carry its own threshold, so a tampered state file is caught.
-        check_signatures(
-            kept.signed,
-            "root",
-            kept,
-            f"the trusted root kept in {state.directory if state else ''}",
-        )
-        return kept
-    return site
+    """The anchor, walked forward through the chain the state keeps; never a kept root that
+    does not descend from the anchor (``TrustAnchorError``)."""
+    anchor = load_trusted_root(trust_path)
+    if state is None:
+        return anchor
+    newest, _walked = state.root_from(anchor, str(trust_path))
+    return newest
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +136,8 @@ class Checked:
     signers: list[str]
     previous: Accepted | None
     state: TrustState | None
+    # The roots the bundle rotated to past the state's chain, oldest first: kept at step 9.
+    rotations: tuple[Metadata[Root], ...] = ()
 
 
 def check_signed_manifest(
@@ -151,7 +151,9 @@ def check_signed_manifest(
     state = TrustState(state_dir) if state_dir is not None else None
     # 1-2: the root of trust, rotated forward by what the bundle carries.
     trusted = _trusted_root(trust_path, state)
-    root_md, rotated = apply_rotations(trusted, bundle_dir / ROOT_HISTORY_DIR)
+    rotations = walk_rotations(trusted, bundle_dir / ROOT_HISTORY_DIR)
+    rotated = [md.signed.version for md in rotations]
+    root_md = rotations[-1] if rotations else trusted
     root = root_md.signed
     check_not_expired(root.expires, f"the trusted root (version {root.version})", options.now)
     if rotated:
@@ -182,6 +184,7 @@ def check_signed_manifest(
         signers,
         previous,
         state,
+        tuple(rotations),
     )
 
 
@@ -242,13 +245,8 @@ def _accept(checked: Checked, directory: Path) -> VerifiedBundle:
                         "content_digest": checked.digest,
                     }
                 )
-            state.record(
-                payload.name,
-                payload.channel,
-                checked.version,
-                checked.digest,
-                checked.root_md if checked.rotated else None,
-            )
+            state.keep_roots(checked.rotations)
+            state.record(payload.name, payload.channel, checked.version, checked.digest)
     return VerifiedBundle(
         directory=directory,
         name=payload.name,

@@ -259,6 +259,62 @@ def cmd_trust_show(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_trust_reanchor(args: argparse.Namespace) -> int:
+    """Start a site's kept chain over from a new anchor, on purpose, audited."""
+    import getpass
+
+    from appliance.bundle.state import AUDIT, TrustState
+    from appliance.bundle.trust import check_not_expired, load_trusted_root, signed_digest
+    from appliance.errors import InputError
+
+    if not args.state.is_dir() or args.state.is_symlink():
+        raise InputError(
+            f"{args.state} is not a state directory; nothing to re-anchor",
+            hint="Give the directory passed as --state to `bundle verify|install` and `deploy`.",
+        )
+    anchor = load_trusted_root(args.trust)
+    check_not_expired(anchor.signed.expires, f"the new anchor {args.trust}")
+    state = TrustState(args.state)
+    if not args.yes:
+        kept = sorted(name for name in ("root.json", "roots") if (args.state / name).exists())
+        print(
+            f"re-anchor {args.state} to {args.trust} (version {anchor.signed.version}, "
+            f"{signed_digest(anchor)[:16]}...): kept roots {', '.join(kept) or 'none'} move into a dated "
+            "backup inside the state; accepted versions stay",
+            file=sys.stderr,
+        )
+        if args.json or not sys.stdin.isatty():
+            raise InputError("re-anchoring changes what this site trusts: confirm with --yes")
+        if input("Re-anchor? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("appliance: nothing changed", file=sys.stderr)
+            return ExitCode.OK
+    done = state.reanchor(anchor, str(args.trust), getpass.getuser())
+    result = {
+        "reanchored": True,
+        "state": str(args.state),
+        "anchor": str(args.trust),
+        "anchor_version": done.anchor_version,
+        "anchor_digest": done.anchor_digest,
+        "moved": list(done.moved),
+        "previous_versions": list(done.previous_versions),
+        "backup": None if done.backup is None else str(done.backup),
+        "audit": str(args.state / AUDIT),
+    }
+    if args.json:
+        _emit_json(result)
+    else:
+        moved = (
+            f"moved {', '.join(done.moved)} into {done.backup}"
+            if done.backup is not None
+            else "no kept roots to move"
+        )
+        print(
+            f"re-anchored {args.state} to {args.trust} (version {done.anchor_version}): {moved}; "
+            f"recorded in {args.state / AUDIT}"
+        )
+    return ExitCode.OK
+
+
 # --- bundle ----------------------------------------------------------------------------
 
 
@@ -607,6 +663,19 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     show.add_argument("root", type=Path)
     show.add_argument("--json", action="store_true")
     handlers["trust.show"] = cmd_trust_show
+    reanchor = trust.add_parser(
+        "reanchor",
+        help="on purpose (e.g. after a key compromise): start a state's kept roots over from a new anchor",
+    )
+    reanchor.add_argument(
+        "--state", type=Path, required=True, help="the state directory to re-anchor"
+    )
+    reanchor.add_argument(
+        "--trust", type=Path, required=True, help="the new anchor (a self-signed root.json)"
+    )
+    reanchor.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    reanchor.add_argument("--json", action="store_true")
+    handlers["trust.reanchor"] = cmd_trust_reanchor
 
     bundle = sub.add_parser(
         "bundle", help="build, sign, verify, inspect, split and join offline bundles"

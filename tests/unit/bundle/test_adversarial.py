@@ -445,6 +445,138 @@ def absurd_jump(ctx: Ctx) -> Path:
     return ctx.bundle(version=2_000_000)
 
 
+# --- trust anchors, key identity, exact types --------------------------------------------
+
+
+def _mallory_root(ctx: Ctx, version: int) -> Any:
+    """A root the attacker made and signed with their own keys (no trusted signature)."""
+    from appliance.bundle.keys import load_public_key
+
+    pairs = [generate_key(ctx.tmp / "mallory", n) for n in ("m1", "m2")]
+    root = new_root([load_public_key(p.public_path)[0] for p in pairs], 1,
+                    datetime.now(UTC).replace(microsecond=0) + timedelta(days=30), version=version)  # fmt: skip
+    for pair in pairs:
+        sign_metadata(root, load_signer(pair.private_path))
+    return root
+
+
+def planted_state_root(ctx: Ctx) -> Path:
+    """A root in the state, next version, self-signed by the attacker: it must not outrank --trust."""
+    (ctx.state / "roots").mkdir(parents=True)
+    write_atomic(ctx.state / "roots/2.root.json", to_bytes(_mallory_root(ctx, 2)))
+    return ctx.bundle()
+
+
+def old_form_state_root(ctx: Ctx) -> Path:
+    """The old state form: one root.json of a higher version, no chain to check."""
+    ctx.state.mkdir(parents=True)
+    write_atomic(ctx.state / "root.json", to_bytes(_mallory_root(ctx, 9)))
+    return ctx.bundle()
+
+
+def _rotation_v2(ctx: Ctx) -> Any:
+    from appliance.bundle.trust import load_trusted_root
+
+    v2 = rotate_root(load_trusted_root(ctx.trust.root_path), ctx.trust.keys, 2,
+                     datetime.now(UTC).replace(microsecond=0) + timedelta(days=60))  # fmt: skip
+    for signer in ctx.trust.signers[:2]:
+        sign_metadata(v2, signer)
+    return v2
+
+
+def _accept_with_rotation(ctx: Ctx) -> None:
+    """A good bundle carrying rotation 2: the state keeps roots/2.root.json."""
+    b = ctx.bundle(version=1)
+    (b / "metadata/root").mkdir()
+    write_atomic(b / "metadata/root/2.root.json", to_bytes(_rotation_v2(ctx)))
+    code = main(["bundle", "install", str(b), "--trust", str(ctx.trust.root_path), "--state", str(ctx.state),
+                 "--dest", str(ctx.releases / "pre-1"), "--json"])  # fmt: skip
+    assert code == 0 and (ctx.state / "roots/2.root.json").exists()
+
+
+def state_chain_gap(ctx: Ctx) -> Path:
+    _accept_with_rotation(ctx)
+    (ctx.state / "roots/2.root.json").rename(ctx.state / "roots/3.root.json")
+    return ctx.bundle(version=2)
+
+
+def state_chain_tampered(ctx: Ctx) -> Path:
+    _accept_with_rotation(ctx)
+    path = ctx.state / "roots/2.root.json"
+    data = json.loads(path.read_text())
+    data["signed"]["roles"]["targets"]["threshold"] = 1
+    path.write_text(json.dumps(data))
+    return ctx.bundle(version=2, sign_with=1)
+
+
+def state_root_same_version_other_content(ctx: Ctx) -> Path:
+    """The state keeps a root 1 that is not the anchor (version 1) the operator gives."""
+    (ctx.state / "roots").mkdir(parents=True)
+    write_atomic(ctx.state / "roots/1.root.json", to_bytes(_mallory_root(ctx, 1)))
+    return ctx.bundle()
+
+
+def _raw_resign(ctx: Ctx, bundle: Path, mutate: Callable[[dict[str, Any]], None]) -> Path:
+    """Re-sign the signed part exactly as mutated (python-tuf would normalise or refuse it)."""
+    from securesystemslib.formats import encode_canonical
+
+    data = manifest(bundle)
+    mutate(data["signed"])
+    canonical = encode_canonical(data["signed"]).encode()  # type: ignore[union-attr]
+    data["signatures"] = [s.sign(canonical).to_dict() for s in ctx.trust.signers[:2]]
+    (bundle / TARGETS_FILE).write_text(json.dumps(data))
+    return bundle
+
+
+def typed(mutate: Callable[[dict[str, Any]], None]) -> Attack:
+    def attack(ctx: Ctx) -> Path:
+        return _raw_resign(ctx, ctx.bundle(), mutate)
+
+    return attack
+
+
+def version_float(ctx: Ctx) -> Path:
+    """2.0 cannot be signed at all (canonical JSON); it must still be a clean refusal."""
+
+    def mutate(text: str) -> str:
+        data = json.loads(text)
+        data["signed"]["version"] = 2.0
+        return json.dumps(data)
+
+    return rewrite(ctx.bundle(), mutate)
+
+
+def rotation_lists_a_key_twice(ctx: Ctx) -> Path:
+    """A carried rotation lists alice again in upper-case hex under another keyid."""
+    from securesystemslib.formats import encode_canonical
+
+    b = ctx.bundle()
+    signed = json.loads(to_bytes(_rotation_v2(ctx)))["signed"]
+    alice = ctx.trust.keys[0].keyid
+    twin = json.loads(json.dumps(signed["keys"][alice]))
+    twin["keyval"]["public"] = twin["keyval"]["public"].upper()
+    signed["keys"]["a" * 64] = twin
+    for role in signed["roles"].values():
+        role["keyids"].append("a" * 64)
+    canonical = encode_canonical(signed).encode()  # type: ignore[union-attr]
+    sigs = [s.sign(canonical).to_dict() for s in ctx.trust.signers[:2]]
+    (b / "metadata/root").mkdir()
+    (b / "metadata/root/2.root.json").write_text(json.dumps({"signed": signed, "signatures": sigs}))
+    return b
+
+
+def signature_under_alias_keyid(ctx: Ctx) -> Path:
+    """Alice's one signature listed again under a keyid the root does not know: still one."""
+    b = ctx.bundle(sign_with=1)
+
+    def mutate(text: str) -> str:
+        data = json.loads(text)
+        data["signatures"].append({"keyid": "a" * 64, "sig": data["signatures"][0]["sig"]})
+        return json.dumps(data)
+
+    return rewrite(b, mutate)
+
+
 def swapped_after_check(ctx: Ctx) -> Path:
     """The medium changes between the file-set check and the copy: the copy hashes what it writes."""
     b = ctx.bundle()
@@ -526,6 +658,76 @@ CASES: list[tuple[str, Attack, str, str]] = [
         rotation_signed_by_new_keys_only,
         "RootRotationError",
         "current root",
+    ),
+    (
+        "key-listed-twice-in-rotation",
+        rotation_lists_a_key_twice,
+        "MetadataError",
+        "listed under two keyids",
+    ),
+    (
+        "signature-under-alias-keyid",
+        signature_under_alias_keyid,
+        "ThresholdError",
+        "1 valid signature",
+    ),
+    # trust anchors: the state never outranks --trust
+    (
+        "planted-state-root",
+        planted_state_root,
+        "TrustAnchorError",
+        "does not descend from the anchor",
+    ),
+    ("old-form-state-root", old_form_state_root, "TrustAnchorError", "old form (root.json"),
+    ("state-chain-gap", state_chain_gap, "TrustAnchorError", "version 2 is missing"),
+    (
+        "state-chain-tampered",
+        state_chain_tampered,
+        "TrustAnchorError",
+        "does not match the signed content",
+    ),
+    (
+        "state-root-same-version-other-content",
+        state_root_same_version_other_content,
+        "TrustAnchorError",
+        "keeps a root of version 1 with other content",
+    ),
+    # exact types in signed metadata
+    (
+        "version-true",
+        typed(lambda s: s.update(version=True)),
+        "MetadataError",
+        "`signed.version` has type boolean, expected an integer",
+    ),
+    (
+        "version-float",
+        version_float,
+        "MetadataError",
+        "`signed.version` has type number with a fraction",
+    ),
+    (
+        "version-string",
+        typed(lambda s: s.update(version="2")),
+        "MetadataError",
+        "`signed.version` has type string, expected an integer",
+    ),
+    (
+        "expires-malformed",
+        typed(lambda s: s.update(expires="2099-1-1T00:00:00Z")),
+        "MetadataError",
+        "`signed.expires` is not of the form YYYY-MM-DDTHH:MM:SSZ",
+    ),
+    (
+        "length-true",
+        typed(lambda s: s["targets"][CONFIG].update(length=True)),
+        "MetadataError",
+        "length` has type boolean, expected an integer",
+    ),
+    (
+        "part-size-string",
+        typed(lambda s: s["appliance"]["media"].update(part_size="98304")),
+        "MetadataError",
+        "`media.part_size` has the wrong type: expected an integer, found string",
     ),
     # freshness
     ("rollback", rollback, "RollbackError", "older than version 2"),
