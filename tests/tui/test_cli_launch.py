@@ -64,7 +64,8 @@ def test_a_missing_site_file_is_the_cli_error_exit_without_a_traceback(
         text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert result.stderr == f"appliance: error: {raised.value.message}\n"
+    hint = f"appliance: {raised.value.hint}\n" if raised.value.hint else ""
+    assert result.stderr == f"appliance: error: {raised.value.message}\n{hint}"
     assert "missing.yaml: cannot read site file" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
 
