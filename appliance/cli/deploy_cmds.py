@@ -207,6 +207,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     if (args.file is None) == (args.inventory is None):
         raise InputError("give either an audit log FILE or --inventory FILE")
+    if args.reanchor and args.inventory is None:
+        raise InputError("--reanchor moves the anchors of inventory hosts: give --inventory FILE")
     broken = False
     if args.file is not None:
         sources = [(str(args.file), args.file.read_text(encoding="utf-8"), None)]
@@ -231,7 +233,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             )
             continue
         try:
-            checks = audit_anchor.check_host(host, by="audit verify")
+            checks = audit_anchor.check_host(
+                host,
+                by="audit verify --reanchor" if args.reanchor else "audit verify",
+                reanchor=args.reanchor,
+            )
         except ApplianceError as exc:
             broken = True
             print(f"{name}: audit anchors: {exc.message}", file=sys.stderr)
@@ -239,7 +245,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 print(f"  {exc.hint}", file=sys.stderr)
             continue
         for checked in checks:
-            if checked.problem is not None:
+            if checked.problem is not None and not checked.reanchored:
                 broken = True
                 print(f"{name}: {checked.describe()}", file=sys.stderr)
             else:
@@ -308,6 +314,12 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     av.add_argument("file", type=Path, nargs="?", help="a local copy of audit.jsonl")
     av.add_argument(
         "--inventory", type=Path, help="read each host's /var/log/appliance/audit.jsonl"
+    )
+    av.add_argument(
+        "--reanchor",
+        action="store_true",
+        help="after a rotation or removal you made on purpose: report, then anchor each "
+        "host's logs as they are now (a cut found is shown, not failed)",
     )
     handlers["audit.verify"] = cmd_audit_verify
     return handlers

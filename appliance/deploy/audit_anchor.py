@@ -91,8 +91,12 @@ class LogCheck:
     observed: Observed
     problem: str | None  # truncation found, or None
     moved_to: Anchor | None  # the new anchor, when it moved
+    reanchored: bool = False  # moved (or dropped) on the operator's word despite a problem
 
     def describe(self) -> str:
+        if self.problem is not None and self.reanchored:
+            now = "dropped" if self.moved_to is None else f"now at record {self.moved_to.records}"
+            return f"{self.log} log: re-anchored on request ({now}) although: {self.problem}"
         if self.problem is not None:
             return f"{self.log} log: TRUNCATED: {self.problem}"
         if not self.observed.exists:
@@ -153,8 +157,17 @@ def line_hash(line: str) -> str | None:
     return value if isinstance(value, str) and _HASH.fullmatch(value) else None
 
 
-def check(log: str, anchor: Anchor | None, observed: Observed, *, by: str, now: str) -> LogCheck:
-    """Compare what was seen with the anchor; move the anchor only if nothing was cut."""
+def check(
+    log: str,
+    anchor: Anchor | None,
+    observed: Observed,
+    *,
+    by: str,
+    now: str,
+    reanchor: bool = False,
+) -> LogCheck:
+    """Compare what was seen with the anchor; move the anchor only if nothing was cut
+    (or, with ``reanchor``, to whatever is there now: an operator's decision)."""
     problem: str | None = None
     if anchor is not None:
         since = f"anchored on {anchor.at} by {anchor.by}"
@@ -176,11 +189,11 @@ def check(log: str, anchor: Anchor | None, observed: Observed, *, by: str, now: 
                 f"{anchor.last_hash[:12]}...): the log was cut and written again, or replaced"
             )
     moved: Anchor | None = None
-    if problem is None and observed.exists and observed.records > 0:
+    if (problem is None or reanchor) and observed.exists and observed.records > 0:
         last = line_hash(observed.last_line)
-        if last is not None and (anchor is None or observed.records >= anchor.records):
+        if last is not None and (reanchor or anchor is None or observed.records >= anchor.records):
             moved = Anchor(observed.records, last, now, by)
-    return LogCheck(log, anchor, observed, problem, moved)
+    return LogCheck(log, anchor, observed, problem, moved, reanchor)
 
 
 # --- the anchor file ---------------------------------------------------------------------------
@@ -302,8 +315,11 @@ def _now() -> str:
 # --- on a host -----------------------------------------------------------------------------
 
 
-def check_host(host: HostEntry, *, by: str, path: Path | None = None) -> list[LogCheck]:
-    """Check every log of ``host`` against this machine's anchors and move those that passed.
+def check_host(
+    host: HostEntry, *, by: str, path: Path | None = None, reanchor: bool = False
+) -> list[LogCheck]:
+    """Check every log of ``host`` against this machine's anchors and move those that passed
+    (``reanchor``: move all of them to what is there now, drop those of absent logs).
 
     Raises ``AuditAnchorError`` (anchor file unusable) or ``DeploymentError`` (SSH).
     """
@@ -319,10 +335,12 @@ def check_host(host: HostEntry, *, by: str, path: Path | None = None) -> list[Lo
             observed = parse_observation(
                 remote.run(host, observe_script(log_path, position), timeout=120)
             )
-            results.append(check(log, anchor, observed, by=by, now=_now()))
+            results.append(check(log, anchor, observed, by=by, now=_now(), reanchor=reanchor))
         moved = {r.log: r.moved_to for r in results if r.moved_to is not None}
-        if moved:
-            anchors[key] = {**mine, **moved}
+        dropped = {r.log for r in results if reanchor and r.moved_to is None and r.anchor}
+        if moved or dropped:
+            kept = {log: a for log, a in mine.items() if log not in dropped}
+            anchors[key] = {**kept, **moved}
             try:
                 _save(path, anchors)
             except OSError as exc:

@@ -275,3 +275,26 @@ def test_the_anchor_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert audit_anchor.anchors_path() == Path(os.path.expanduser("~")) / (
         ".local/state/appliance/audit-anchors.json"
     )
+
+
+def test_reanchor_after_a_rotation_on_purpose(
+    host: Host, inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert verify(inventory, capsys)[0] == 0
+    host.paths["gateway"].unlink()  # moved aside by the operator
+    host.write("deploy", host.lines("deploy")[:3])
+    code = main(["audit", "verify", "--inventory", str(inventory), "--reanchor"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "deploy log: re-anchored on request (now at record 3) although: it has 3" in out
+    assert "gateway log: re-anchored on request (dropped) although: the log is gone" in out
+    assert list(audit_anchor.load(audit_anchor.anchors_path())["gpu1@10.0.0.5"]) == ["deploy"]
+    code, out, err = verify(inventory, capsys)
+    assert code == 0, err
+
+
+def test_reanchor_needs_an_inventory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "audit.jsonl"
+    copy.write_text("\n".join(chain(1)) + "\n")
+    assert main(["audit", "verify", str(copy), "--reanchor"]) == 2
+    assert "give --inventory" in capsys.readouterr().err
