@@ -3,8 +3,9 @@
 Each record carries ``prev`` (the previous record's ``hash``; 64 zeros for the
 first) and ``hash`` = SHA-256 of the record's canonical JSON without ``hash``.
 Editing a record breaks its hash; removing or reordering records breaks the
-chain of ``prev``. (Cutting records off the end leaves a valid, shorter chain:
-compare the last hash with one kept elsewhere, e.g. from ``deploy --json``.)
+chain of ``prev``. Cutting records off the end leaves a valid, shorter chain:
+that is found by comparing with an anchor (count and last hash) kept where the
+log's writer cannot rewrite it, ``appliance/deploy/audit_anchor.py`` (docs/audit.md).
 """
 
 from __future__ import annotations

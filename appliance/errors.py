@@ -117,6 +117,10 @@ class UnsafePathError(VerificationError):
     """A path escapes the bundle, collides with another, or is not a plain file."""
 
 
+class AuditAnchorError(VerificationError):
+    """This machine's audit anchors (appliance/deploy/audit_anchor.py) cannot be read or written."""
+
+
 class FileSetError(VerificationError):
     """Files missing from, or extra to, the signed manifest."""
 

@@ -44,6 +44,7 @@ from appliance.bundle.format import (
     FileRecord,
     check_no_collisions,
     check_relpath,
+    show_path,
 )
 from appliance.bundle.hashing import PartHasher, copy_and_hash
 from appliance.bundle.payload import (
@@ -307,13 +308,16 @@ def _plan(fetches: Sequence[Fetched[Any]]) -> list[tuple[Path, str]]:
     )  # str order == UTF-8 byte order: the order the manifest and media join use
     seen: dict[str, Path] = {}
     for src, rel in plan:
-        if rel in seen:
-            raise BundleBuildError(f"two sources map to {rel}: {seen[rel]} and {src}")
-        seen[rel] = src
         try:
             check_relpath(rel)
         except UnsafePathError as exc:
-            raise BundleBuildError(f"cannot bundle {src}: {exc.message}") from exc
+            # src holds the hostile name too: shown escaped, like the rule's message.
+            raise BundleBuildError(
+                f"cannot bundle {show_path(str(src))}: {exc.message}", hint=exc.hint
+            ) from exc
+        if rel in seen:
+            raise BundleBuildError(f"two sources map to {rel}: {seen[rel]} and {src}")
+        seen[rel] = src
     try:
         check_no_collisions([rel for _, rel in plan])
     except UnsafePathError as exc:

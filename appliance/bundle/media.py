@@ -83,7 +83,7 @@ MAX_LISTED_FILES = 20  # files named per damaged part before "and N more"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # payload.Name
 _PART_NAME = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<version>[0-9]+)"
-    r"\.part(?P<index>[0-9]+)-of-(?P<count>[0-9]+)$"
+    r"\.part(?P<index>[0-9]+)-of-(?P<count>[0-9]+)\Z"  # \Z: "$" also matches before a final "\n"
 )
 _TEMP_SUFFIX = ".partial"  # split writes ".<part name>.partial", then renames
 
@@ -285,6 +285,7 @@ def _open_source(files_fd: int, relpath: str) -> int:
 def _copy_tree(src_fd: int, dst_fd: int, where: str, budget: list[int]) -> None:
     """Copy a directory's plain files and subdirectories byte for byte (fd to fd)."""
     for name in sorted(os.listdir(src_fd)):
+        check_relpath(name)  # the medium's names obey the bundle's path rules too
         info = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
         if stat.S_ISDIR(info.st_mode):
             os.mkdir(name, 0o755, dir_fd=dst_fd)

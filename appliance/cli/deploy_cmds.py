@@ -202,22 +202,25 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from appliance.audit import verify_chain
-    from appliance.deploy import remote
-    from appliance.errors import InputError
+    from appliance.deploy import audit_anchor, remote
+    from appliance.errors import ApplianceError, InputError
     from appliance.input_files import read_text_input
 
     if (args.file is None) == (args.inventory is None):
         raise InputError("give either an audit log FILE or --inventory FILE")
-    sources = (
-        [(str(args.file), read_text_input(args.file, "audit log", limit="audit-log"))]
-        if args.file is not None
-        else [
-            (h.name, remote.run(h, f"cat {remote.AUDIT_LOG} 2>/dev/null; true", timeout=30))
+    if args.reanchor and args.inventory is None:
+        raise InputError("--reanchor moves the anchors of inventory hosts: give --inventory FILE")
+    broken = False
+    if args.file is not None:
+        sources = [
+            (str(args.file), read_text_input(args.file, "audit log", limit="audit-log"), None)
+        ]
+    else:
+        sources = [
+            (h.name, remote.run(h, f"cat {remote.AUDIT_LOG} 2>/dev/null; true", timeout=30), h)
             for h in _hosts(args)
         ]
-    )
-    broken = False
-    for name, text in sources:
+    for name, text, host in sources:
         report = verify_chain(text)
         if report.ok:
             print(f"{name}: {report.records} records, chain intact, last hash {report.last_hash}")
@@ -226,6 +229,33 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             print(f"{name}: TAMPERED ({len(report.problems)} problem(s)):", file=sys.stderr)
             for problem in report.problems:
                 print(f"  {problem}", file=sys.stderr)
+        if host is None:
+            print(
+                f"{name}: a local copy: no anchor compared (with --inventory each host's logs "
+                "are compared with this machine's anchors, so records cut off the end show)"
+            )
+            continue
+        try:
+            checks = audit_anchor.check_host(
+                host,
+                by="audit verify --reanchor" if args.reanchor else "audit verify",
+                reanchor=args.reanchor,
+            )
+        except ApplianceError as exc:
+            broken = True
+            print(f"{name}: audit anchors: {exc.message}", file=sys.stderr)
+            if exc.hint:
+                print(f"  {exc.hint}", file=sys.stderr)
+            continue
+        for checked in checks:
+            if checked.problem is not None and not checked.reanchored:
+                broken = True
+                print(f"{name}: {checked.describe()}", file=sys.stderr)
+            else:
+                print(f"{name}: {checked.describe()}")
+    if args.inventory is not None:
+        print(f"anchors: {audit_anchor.anchors_path()}")
+    print(audit_anchor.WHAT_IT_PROVES)
     return ExitCode.VERIFICATION_FAILED if broken else ExitCode.OK
 
 
@@ -279,10 +309,20 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     audit = sub.add_parser("audit", help="the hash-chained audit log").add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", required=True
     )
-    av = audit.add_parser("verify", help="detect edited, removed or reordered records")
+    av = audit.add_parser(
+        "verify",
+        help="detect edited, removed, reordered records and, with --inventory, records cut off "
+        "the end (compared with this machine's anchors)",
+    )
     av.add_argument("file", type=Path, nargs="?", help="a local copy of audit.jsonl")
     av.add_argument(
         "--inventory", type=Path, help="read each host's /var/log/appliance/audit.jsonl"
+    )
+    av.add_argument(
+        "--reanchor",
+        action="store_true",
+        help="after a rotation or removal you made on purpose: report, then anchor each "
+        "host's logs as they are now (a cut found is shown, not failed)",
     )
     handlers["audit.verify"] = cmd_audit_verify
     return handlers

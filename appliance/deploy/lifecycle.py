@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from appliance.audit import verify_chain
-from appliance.deploy import remote
+from appliance.deploy import audit_anchor, remote
 from appliance.deploy.desired import (
     CURRENT,
     ETC,
@@ -27,7 +27,7 @@ from appliance.deploy.desired import (
     UNIT_NAME,
     active_unit_path,
 )
-from appliance.errors import DeploymentError
+from appliance.errors import ApplianceError, DeploymentError
 from appliance.inventory import HostEntry
 from appliance.keycloak.service import KEYCLOAK_USER
 
@@ -47,6 +47,7 @@ class HostStatus:
     gateway: str = "absent"  # the gateway unit's state: active, failed, ... or absent
     firewall: bool = False  # the appliance's nftables table is loaded
     keycloak: str = "absent"  # the Keycloak unit's state, or absent
+    audit_anchor: str = ""  # the logs checked against this machine's anchors (audit_anchor.py)
 
 
 def releases_on(host: HostEntry) -> tuple[int, ...]:
@@ -75,14 +76,24 @@ def status(host: HostEntry) -> HostStatus:
         return HostStatus(
             host.name, False, None, (), "unknown", "unknown", None, 0, False, exc.message
         )
+    audit_ok, audit_message, anchor_lines = audit.ok, list(audit.problems), []
+    try:
+        for checked in audit_anchor.check_host(host, by="status"):
+            anchor_lines.append(checked.describe())
+            if checked.problem is not None:
+                audit_ok = False
+                audit_message.append(checked.describe())
+    except ApplianceError as exc:  # the anchor file is unusable, or SSH failed meanwhile
+        audit_ok = False
+        audit_message.append(f"audit anchors: {exc.message}")
     enabled, active, gateway, keycloak = [*states, *["unknown"] * 4][:4]
     firewall = "loaded" in states[4:]
     healthy = None
     if current is not None and active == "active":
         port = remote.release_port(host, current)
         healthy = remote.health_check(host, port, timeout=10) if port else None
-    return HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit.ok,
-                      "; ".join(audit.problems), gateway, firewall, keycloak)  # fmt: skip
+    return HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit_ok,
+                      "; ".join(audit_message), gateway, firewall, keycloak, "; ".join(anchor_lines))  # fmt: skip
 
 
 def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown") -> str:
@@ -159,6 +170,8 @@ if getent group {KEYCLOAK_USER} >/dev/null; then groupdel {KEYCLOAK_USER}; fi
     ).splitlines()
     if left:
         raise DeploymentError(f"{host.name}: uninstall left {', '.join(left)}")
+    if purge:  # the logs are gone on purpose: their anchors would only report that
+        audit_anchor.forget(host)
     return (
         "removed (audit log kept)"
         if not purge

@@ -178,6 +178,10 @@ def append_audit(host: HostEntry, record: dict[str, Any]) -> dict[str, Any]:
         f"printf '%s\\n' {shlex.quote(line)} >> {AUDIT_LOG} && chmod 0640 {AUDIT_LOG}",
         timeout=30,
     )
+    # Anchor both logs on this machine now, so cutting them later shows (audit_anchor.py).
+    from appliance.deploy import audit_anchor  # it imports this module
+
+    audit_anchor.after_append(host, by=str(record.get("event", "operation")))
     return entry
 
 

@@ -266,6 +266,17 @@ def case_collision(ctx: Ctx) -> Path:
     return resign(ctx, ctx.bundle(), mutate)
 
 
+def colliding(*paths: str) -> Attack:
+    def attack(ctx: Ctx) -> Path:
+        def mutate(s: dict[str, Any]) -> None:
+            for path in paths:
+                add_target(s, path)
+
+        return resign(ctx, ctx.bundle(), mutate)
+
+    return attack
+
+
 def digest_changed_unsigned(ctx: Ctx) -> Path:
     b = ctx.bundle()
     return rewrite(
@@ -747,6 +758,47 @@ CASES: list[tuple[str, Attack, str, str]] = [
     ("over-long-name", signed_path("models/" + "a" * 256), "UnsafePathError", "longer than 255"),
     ("not-nfc", signed_path("models/cafe\u0301.txt"), "UnsafePathError", "NFC"),
     ("case-collision", case_collision, "UnsafePathError", "collide"),
+    # every class of bundles/FORMAT.md "Paths"; messages show code points, never the raw character
+    ("c1-control", signed_path("models/a\x9bb"), "UnsafePathError", "'\\x9b': a control"),
+    ("nel", signed_path("models/a\x85b"), "UnsafePathError", "U+0085 NEL"),
+    ("del", signed_path("models/a\x7fb"), "UnsafePathError", "control character"),
+    ("line-separator", signed_path("models/a\u2028b"), "UnsafePathError", "'\\u2028': a line"),
+    ("paragraph-separator", signed_path("models/a\u2029b"), "UnsafePathError", "paragraph"),
+    (
+        "bidi-override",
+        signed_path("models/evil\u202etxt.exe"),
+        "UnsafePathError",
+        "'\\u202e': a bidi",
+    ),
+    ("bidi-isolate", signed_path("models/a\u2066b"), "UnsafePathError", "bidirectional"),
+    ("bidi-mark", signed_path("models/a\u200fb"), "UnsafePathError", "bidirectional"),
+    ("arabic-letter-mark", signed_path("models/a\u061cb"), "UnsafePathError", "bidirectional"),
+    ("zero-width", signed_path("models/a\u200bb"), "UnsafePathError", "invisible"),
+    ("bom-in-name", signed_path("models/\ufeffx"), "UnsafePathError", "invisible"),
+    ("unassigned", signed_path("models/a\u0378b"), "UnsafePathError", "unassigned"),
+    ("private-use", signed_path("models/a\ue000b"), "UnsafePathError", "private-use"),
+    ("windows-char", signed_path("models/a?b"), "UnsafePathError", '<>"|?*'),
+    ("trailing-dot", signed_path("models/weights."), "UnsafePathError", "ends in a dot"),
+    ("windows-device", signed_path("models/aux.json"), "UnsafePathError", "Windows device name"),
+    (
+        "accented-case",
+        colliding("models/caf\u00e9", "models/CAF\u00c9"),
+        "UnsafePathError",
+        "collide",
+    ),
+    (
+        "full-case-fold",
+        colliding("models/stra\u00dfe", "models/STRASSE"),
+        "UnsafePathError",
+        "collide",
+    ),
+    ("nfkc-fold", colliding("models/\ufb01le", "models/file"), "UnsafePathError", "collide"),
+    (
+        "file-and-folded-dir",
+        colliding("models/Demo"),
+        "UnsafePathError",
+        "as a file and as a directory",
+    ),
     ("symlink-escaping", symlink_to("/etc/passwd"), "UnsafePathError", "symbolic link"),
     ("symlink-inside", symlink_to("model.safetensors"), "UnsafePathError", "symbolic link"),
     ("symlink-chain", symlink_chain, "UnsafePathError", "symbolic link"),
