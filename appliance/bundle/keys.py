@@ -28,7 +28,7 @@ from appliance.input_files import parse_json, read_input, read_text_input
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ from appliance.bundle.trust import (
 from appliance.errors import MetadataError, UnsafePathError
 from appliance.schema_errors import format_validation_error
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 MIN_SHARD_SIZE = 64 * 1024
 MAX_SHARD_SIZE = 4 * 1024**3
 

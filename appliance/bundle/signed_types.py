@@ -32,7 +32,7 @@ from typing import Any
 
 from appliance.errors import MetadataError
 
-_EXPIRES = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
+_EXPIRES = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
 EXPIRES_FORM = "YYYY-MM-DDTHH:MM:SSZ"
 
 

@@ -55,7 +55,7 @@ AUDIT = "audit.jsonl"
 LOCK = ".lock"
 BACKUP_PREFIX = "reanchored-"
 MAX_KEPT_ROOTS = 1000
-_KEPT_NAME = re.compile(r"^([1-9][0-9]{0,9})\.root\.json$")
+_KEPT_NAME = re.compile(r"^([1-9][0-9]{0,9})\.root\.json\Z")
 
 
 @dataclass(frozen=True, slots=True)

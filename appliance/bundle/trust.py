@@ -55,7 +55,7 @@ from appliance.input_files import parse_json, read_input
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 S = TypeVar("S", Root, Targets)  # the metadata kinds appliance reads
-_ED25519_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_ED25519_HEX = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
 def _utc_now() -> datetime:

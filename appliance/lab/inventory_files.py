@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 ALL_ROLES = ("model-server", "gateway", "keycloak")
-_PLAIN = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9_./-]*$")
+_PLAIN = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9_./-]*\Z")
 
 
 @dataclass(frozen=True, slots=True)
