@@ -27,6 +27,12 @@ from appliance.lab.hosts import REQUIRED_COMMANDS
 
 SESSION = f"it{os.getpid()}"  # lab names unique per test session
 
+# Audit anchors (appliance/deploy/audit_anchor.py) of this session's lab hosts: kept apart
+# from the operator's own ~/.local/state, and gone with the session's hosts.
+_ANCHORS = f"/tmp/appliance-{SESSION}-anchors"
+os.environ.setdefault("APPLIANCE_AUDIT_ANCHORS", _ANCHORS)
+atexit.register(shutil.rmtree, _ANCHORS, True)
+
 
 def lab_skip_reason() -> str | None:
     if os.geteuid() != 0:
