@@ -190,8 +190,7 @@ def cmd_trust_init(args: argparse.Namespace) -> int:
     from appliance.bundle.trust import new_root, to_bytes, write_atomic
     from appliance.output_paths import new_file
 
-    _refuse_existing(args.out)
-    new_file(args.out, "--out")
+    new_file(args.out, "--out")  # never overwrites a trusted root
     root = new_root(_public_keys(args.key), args.threshold, _expires(args.expires))
     write_atomic(args.out, to_bytes(root))
     print(
@@ -202,19 +201,11 @@ def cmd_trust_init(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _refuse_existing(path: Path) -> None:
-    from appliance.errors import InputError
-
-    if path.exists():
-        raise InputError(f"{path} already exists; refusing to overwrite a trusted root")
-
-
 def cmd_trust_rotate(args: argparse.Namespace) -> int:
     from appliance.bundle.trust import load_trusted_root, rotate_root, to_bytes, write_atomic
     from appliance.output_paths import new_file
 
-    _refuse_existing(args.out)
-    new_file(args.out, "--out")
+    new_file(args.out, "--out")  # never overwrites a trusted root
     old = load_trusted_root(args.from_root)
     new = rotate_root(old, _public_keys(args.key), args.threshold, _expires(args.expires))
     write_atomic(args.out, to_bytes(new))
