@@ -25,10 +25,13 @@ create with ``O_EXCL``/rename-no-replace and handle their own errors.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import OutputPathError
 
@@ -69,6 +72,8 @@ def _kind(path: Path) -> str | None:
         return None
     except NotADirectoryError:
         return None  # a parent is a file: reported by the parent check
+    except OSError as exc:  # e.g. a parent this user may not enter
+        raise _Unreachable(path, exc) from exc
     if stat.S_ISLNK(mode):
         return "a symbolic link"
     if stat.S_ISDIR(mode):
@@ -76,6 +81,28 @@ def _kind(path: Path) -> str | None:
     if stat.S_ISREG(mode):
         return "a file"
     return "a special file"
+
+
+class _Unreachable(Exception):
+    def __init__(self, path: Path, exc: OSError) -> None:
+        super().__init__(str(exc))
+        self.path, self.exc = path, exc
+
+
+def _reported(check: Callable[..., None]) -> Callable[..., None]:
+    """A path that cannot even be looked at is refused like any other, never a traceback."""
+
+    @functools.wraps(check)
+    def wrapper(path: Path, flag: str, **kwargs: Any) -> None:
+        try:
+            check(path, flag, **kwargs)
+        except _Unreachable as unreachable:
+            raise _fail(flag, path, "a location this user can reach",
+                        f"{unreachable.path} cannot be looked at: {reason(unreachable.exc)}",
+                        hint_for(unreachable.exc, "Choose a location you may read and write."),
+                        ) from unreachable.exc  # fmt: skip
+
+    return wrapper
 
 
 def _fail(flag: str, path: Path, expected: str, found: str, hint: str) -> OutputPathError:
@@ -114,6 +141,7 @@ def _existing_parent(flag: str, path: Path, expected: str, *, create: bool) -> P
     return ancestor
 
 
+@_reported
 def new_directory(path: Path, flag: str, *, create_parents: bool = False) -> None:
     """``path`` will be created as a new directory: nothing there, parent writable."""
     expected = "a new directory (nothing at that path yet)"
@@ -124,6 +152,7 @@ def new_directory(path: Path, flag: str, *, create_parents: bool = False) -> Non
     _probe(flag, path, _existing_parent(flag, path, expected, create=create_parents), expected)
 
 
+@_reported
 def new_file(path: Path, flag: str) -> None:
     """``path`` will be created as a new file: nothing there, parent writable."""
     expected = "a new file (nothing at that path yet)"
@@ -134,6 +163,7 @@ def new_file(path: Path, flag: str) -> None:
     _probe(flag, path, _existing_parent(flag, path, expected, create=False), expected)
 
 
+@_reported
 def replaced_file(path: Path, flag: str) -> None:
     """``path`` is an existing regular file rewritten in place (temp file, then rename)."""
     expected = "an existing file that can be rewritten"
@@ -144,6 +174,7 @@ def replaced_file(path: Path, flag: str) -> None:
     _probe(flag, path, _existing_parent(flag, path, expected, create=False), expected)
 
 
+@_reported
 def writable_directory(path: Path, flag: str, *, create: bool = True) -> None:
     """``path`` is a directory written into; with ``create``, a missing one (and its
     missing parents) is made later, so its nearest existing ancestor must be writable."""
@@ -161,18 +192,22 @@ def writable_directory(path: Path, flag: str, *, create: bool = True) -> None:
     _probe(flag, path, path, expected)
 
 
+@_reported
 def new_or_empty_directory(path: Path, flag: str) -> None:
     """``path`` is created, or (an empty directory) replaced by a rename in its parent."""
     expected = "a new or empty directory"
     if _kind(path) == "a directory":
         try:
-            empty = not any(os.scandir(path))
+            names = sorted(os.listdir(path))
         except OSError as exc:
             raise _fail(flag, path, expected, f"it cannot be read: {reason(exc)}",
                         "Give a directory you may read and write.") from exc  # fmt: skip
-        if not empty:
-            raise _fail(flag, path, expected, "a directory that is not empty",
-                        "Choose a new or empty directory.")  # fmt: skip
+        if names:
+            found = (
+                f"{len(names)} {'entry' if len(names) == 1 else 'entries'} ({', '.join(names[:3])})"
+            )
+            raise _fail(flag, path, expected, found,
+                        "Choose a new or empty directory; nothing there is changed.")  # fmt: skip
         _probe(flag, path, _existing_parent(flag, path, expected, create=False), expected)
         return
     new_directory(path, flag)
