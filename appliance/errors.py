@@ -30,6 +30,14 @@ class InputError(ApplianceError):
     exit_code = ExitCode.USAGE
 
 
+class OutputPathError(InputError):
+    """A place the command would write to is unusable (missing, read-only, not a directory, taken)."""
+
+
+class StateWriteError(OutputPathError):
+    """The trust state could not be written; what was being installed was taken back."""
+
+
 class FactsFileError(InputError):
     """A saved facts file (from ``appliance detect --json``) is unreadable or invalid."""
 

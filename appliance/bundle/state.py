@@ -19,14 +19,25 @@ whose hint names the way to re-anchor a site on purpose: ``reanchor`` (``applian
 trust reanchor``) moves the kept roots into a dated backup directory inside the
 state and appends an audit record; accepted versions stay (rollback protection
 survives a re-anchoring).
+
+All or nothing: a record is prepared first (every new file written to a temp
+file beside its target and fsync-ed, the audit line appended), then committed
+by renames (the kept roots oldest first, then ``accepted.json``). A failure
+while preparing removes the temp files and the audit line; a failure while
+committing removes the roots it had added. Either way the state is
+byte-identical to before and ``StateWriteError`` says why, so a caller that
+put a release in place (install, deploy) can take it back: the accepted
+version is recorded if and only if the release is in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -46,7 +57,7 @@ from appliance.bundle.trust import (
     to_bytes,
     write_atomic,
 )
-from appliance.errors import MetadataError, TrustAnchorError, VerificationError
+from appliance.errors import MetadataError, StateWriteError, TrustAnchorError, VerificationError
 
 ACCEPTED = "accepted.json"
 LEGACY_ROOT = "root.json"  # the old form: one newest root, no chain; refused, re-anchor to move it
@@ -71,8 +82,11 @@ class TrustState:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -180,15 +194,12 @@ class TrustState:
             )
         return current, walked
 
-    def keep_roots(self, roots: Sequence[Metadata[Root]]) -> None:
-        """Keep rotated roots, oldest first (a crash leaves a shorter chain, never a gap).
-        The caller holds the lock and has checked each as a rotation from the one before."""
-        if not roots:
-            return
-        directory = self.directory / ROOTS_DIR
-        directory.mkdir(mode=0o700, exist_ok=True)
+    def _roots_to_keep(self, roots: Sequence[Metadata[Root]]) -> list[Metadata[Root]]:
+        """Of the rotated roots, oldest first, those not kept yet; one kept meanwhile with
+        other content is refused."""
+        new: list[Metadata[Root]] = []
         for md in sorted(roots, key=lambda m: m.signed.version):
-            path = directory / f"{md.signed.version}.root.json"
+            path = self.directory / ROOTS_DIR / f"{md.signed.version}.root.json"
             if path.exists() or path.is_symlink():
                 kept = self._load_kept(path, md.signed.version, self.reanchor_hint())
                 if signed_digest(kept) == signed_digest(md):
@@ -197,7 +208,8 @@ class TrustState:
                     f"{path} was kept meanwhile with other content than the root version "
                     f"{md.signed.version} this verification applied; verify again"
                 )
-            write_atomic(path, to_bytes(md), 0o644)
+            new.append(md)
+        return new
 
     def accepted(self, name: str, channel: str) -> Accepted | None:
         entry = self._load().get(f"{name}/{channel}")
@@ -221,16 +233,57 @@ class TrustState:
             raise MetadataError(f"state file {path} is not a JSON object; restore it from backup")
         return data
 
-    def record(self, name: str, channel: str, version: int, digest: str) -> Accepted:
+    def record(
+        self,
+        name: str,
+        channel: str,
+        version: int,
+        digest: str,
+        roots: Sequence[Metadata[Root]] = (),
+    ) -> Accepted:
+        """Prepare and commit at once (see ``prepare``); the caller holds ``locked()``."""
+        pending = self.prepare(name, channel, version, digest, roots)
+        return pending.commit()
+
+    def prepare(
+        self,
+        name: str,
+        channel: str,
+        version: int,
+        digest: str,
+        roots: Sequence[Metadata[Root]] = (),
+        audit: dict[str, Any] | None = None,
+    ) -> PendingRecord:
+        """Write everything a record needs beside its targets; replace nothing yet.
+        ``roots``: the rotated roots to keep (each already checked as a rotation from the
+        one before). The caller holds ``locked()`` until it commits or aborts."""
         accepted = Accepted(version, digest, datetime.now(UTC).isoformat(timespec="seconds"))
         data = self._load()
         data[f"{name}/{channel}"] = asdict(accepted)
-        write_atomic(
-            self.directory / ACCEPTED,
-            (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(),
-            0o644,
+        pending = PendingRecord(self, accepted)
+        try:
+            for md in self._roots_to_keep(roots):
+                pending.stage(f"{ROOTS_DIR}/{md.signed.version}.root.json", to_bytes(md))
+            pending.stage(ACCEPTED, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+            if audit is not None:
+                pending.audit_size = _size_or_none(self.directory / AUDIT)
+                pending.audited = True
+                self.audit(audit)
+        except BaseException as exc:
+            pending.abort()
+            if isinstance(exc, OSError):
+                raise self._write_error(exc) from exc
+            raise
+        return pending
+
+    def _write_error(self, exc: OSError) -> StateWriteError:
+        from appliance.output_paths import hint_for, reason
+
+        return StateWriteError(
+            f"--state {self.directory}: the trust state could not be written ({reason(exc)}); "
+            "it was left as it was",
+            hint=hint_for(exc, "Check the state directory (a writable directory) and try again."),
         )
-        return accepted
 
     def audit(self, record: dict[str, Any]) -> None:
         line = json.dumps(
@@ -317,6 +370,79 @@ class Reanchored:
     moved: tuple[str, ...]  # names moved out of the state directory
     backup: Path | None  # where they are now
     previous_versions: tuple[int, ...]  # versions of the kept roots moved aside
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+class PendingRecord:
+    """A prepared state record: temp files written, nothing replaced until ``commit``."""
+
+    def __init__(self, state: TrustState, accepted: Accepted) -> None:
+        self.state = state
+        self.accepted = accepted
+        self.staged: list[tuple[Path, Path]] = []  # (temp, target) in commit order
+        self.audited = False  # an audit line was appended (removed again by ``abort``)
+        self.audit_size: int | None = None  # the audit log's size before it (None: no log)
+        self.made_dirs: list[Path] = []  # directories made for staged files (removed by ``abort``)
+
+    def stage(self, target_name: str, data: bytes) -> None:
+        target = self.state.directory / target_name
+        if not target.parent.is_dir():
+            target.parent.mkdir(mode=0o700)
+            self.made_dirs.append(target.parent)
+        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o644)
+        self.staged.append((temp, target))
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def commit(self) -> Accepted:
+        """Rename the temp files into place; on failure put back what was replaced."""
+        replaced: list[tuple[Path, bytes | None]] = []
+        try:
+            for temp, target in self.staged:
+                old = target.read_bytes() if target.exists() else None
+                os.replace(temp, target)
+                replaced.append((target, old))
+            for directory in {target.parent for _, target in self.staged}:
+                _fsync_dir(directory)
+        except BaseException as exc:
+            for target, old in reversed(replaced):
+                if old is None:
+                    target.unlink(missing_ok=True)
+                else:
+                    write_atomic(target, old, 0o644)
+            self.abort()
+            if isinstance(exc, OSError):
+                raise self.state._write_error(exc) from exc
+            raise
+        self.staged, self.audited, self.made_dirs = [], False, []
+        return self.accepted
+
+    def abort(self) -> None:
+        """Remove the temp files and the audit line; the state is as it was."""
+        for temp, _ in self.staged:
+            temp.unlink(missing_ok=True)
+        self.staged = []
+        for directory in reversed(self.made_dirs):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        self.made_dirs = []
+        if self.audited:
+            path = self.state.directory / AUDIT
+            if self.audit_size is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.truncate(path, self.audit_size)
+            self.audited = False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -21,7 +21,11 @@ before the last one passes):
 7. exact file set, no links or special files, sizes;
 8. SHA-256 of every shard, in parallel;
 9. only then: the state keeps the roots the bundle rotated to (oldest first)
-   and records the accepted version.
+   and records the accepted version. The record is prepared beside the state
+   first; an install commits it right after the release's rename and removes
+   the release if the commit fails, so the accepted version is recorded if and
+   only if the release is in place (``deferred_acceptance`` lets a deploy do
+   the same after its hosts).
 
 ``VerifiedBundle`` can only be built here (a private token guards its
 constructor), so code that deploys must have gone through ``verify_bundle``.
@@ -32,7 +36,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,7 +62,7 @@ from appliance.bundle.manifest import (
     targets_path,
 )
 from appliance.bundle.payload import Payload
-from appliance.bundle.state import Accepted, TrustState
+from appliance.bundle.state import Accepted, PendingRecord, TrustState
 from appliance.bundle.trust import (
     check_not_expired,
     check_signatures,
@@ -70,6 +75,7 @@ from appliance.errors import (
     InputError,
     RollbackError,
     SameVersionConflictError,
+    StateWriteError,
     VersionJumpError,
 )
 from appliance.events import Event, Finished, Started, Warned
@@ -99,6 +105,8 @@ class VerifiedBundle:
     records: tuple[FileRecord, ...]
     previous_version: int | None
     _token: object = field(repr=False, compare=False, default=None)
+    # What step 9 needs when the caller records the acceptance later (a deploy).
+    _checked: Checked | None = field(repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if self._token is not _TOKEN:
@@ -229,24 +237,43 @@ def _check_freshness(
         )
 
 
-def _accept(checked: Checked, directory: Path) -> VerifiedBundle:
-    """Step 9: remember the bundle, only after everything passed; then hand out the proof."""
+@contextmanager
+def _state_update(checked: Checked) -> Iterator[PendingRecord | None]:
+    """Step 9, prepared: under the state's lock, the record written beside the state
+    (nothing replaced yet). The caller commits it once the bundle is in place; leaving
+    without a commit (an error, an interrupt) removes every trace of it."""
     payload, previous, state = checked.payload, checked.previous, checked.state
-    if state is not None:
-        with state.locked():
-            if previous is not None and checked.version < previous.version:
-                state.audit(
-                    {
-                        "event": "downgrade-accepted",
-                        "bundle": payload.name,
-                        "channel": payload.channel,
-                        "from": previous.version,
-                        "to": checked.version,
-                        "content_digest": checked.digest,
-                    }
-                )
-            state.keep_roots(checked.rotations)
-            state.record(payload.name, payload.channel, checked.version, checked.digest)
+    if state is None:
+        yield None
+        return
+    audit = None
+    if previous is not None and checked.version < previous.version:
+        audit = {
+            "event": "downgrade-accepted",
+            "bundle": payload.name,
+            "channel": payload.channel,
+            "from": previous.version,
+            "to": checked.version,
+            "content_digest": checked.digest,
+        }
+    with state.locked():
+        pending = state.prepare(
+            payload.name,
+            payload.channel,
+            checked.version,
+            checked.digest,
+            checked.rotations,
+            audit,
+        )
+        try:
+            yield pending
+        finally:
+            pending.abort()  # nothing left to undo after a commit
+
+
+def _proof(checked: Checked, directory: Path, *, deferred: bool = False) -> VerifiedBundle:
+    """The ``VerifiedBundle`` for ``directory``; ``deferred``: step 9 is the caller's."""
+    payload, previous = checked.payload, checked.previous
     return VerifiedBundle(
         directory=directory,
         name=payload.name,
@@ -260,7 +287,19 @@ def _accept(checked: Checked, directory: Path) -> VerifiedBundle:
         records=tuple(checked.records),
         previous_version=previous.version if previous is not None else None,
         _token=_TOKEN,
+        _checked=checked if deferred else None,
     )
+
+
+@contextmanager
+def deferred_acceptance(verified: VerifiedBundle) -> Iterator[PendingRecord | None]:
+    """Step 9 for a bundle verified with ``record=False``: the state record is prepared
+    (state writable, space found) on entry; the caller commits it once the release is
+    in place, or leaves without committing and the state stays as it was."""
+    if verified._checked is None:
+        raise ValueError("deferred_acceptance needs a bundle verified with record=False")
+    with _state_update(verified._checked) as pending:
+        yield pending
 
 
 def _summary(checked: Checked, what: str) -> str:
@@ -276,14 +315,33 @@ def verify_bundle(
     trust_path: Path,
     state_dir: Path | None = None,
     options: VerifyOptions = VerifyOptions(),
+    *,
+    record: bool = True,
 ) -> Generator[Event, None, VerifiedBundle]:
-    """Verify a bundle in place (steps 1-9)."""
+    """Verify a bundle in place (steps 1-9). ``record=False``: the state is only read;
+    the caller records the acceptance with ``deferred_acceptance`` (a deploy, after
+    its hosts serve the release)."""
+    if state_dir is not None and record:
+        from appliance.output_paths import writable_directory
+
+        writable_directory(state_dir, "--state")  # before hashing, not after
     yield Started("verify")
     checked = yield from _check_metadata(bundle_dir, trust_path, state_dir, options)
     yield from contents.verify_contents(
         bundle_dir / FILES_DIR, checked.records, workers=options.workers
     )
-    verified = _accept(checked, bundle_dir)
+    if record:
+        try:
+            with _state_update(checked) as pending:
+                if pending is not None:
+                    pending.commit()
+        except StateWriteError as exc:
+            raise StateWriteError(
+                f"{exc.message}: bundle version {checked.version} verified but was NOT recorded "
+                "as accepted",
+                hint=exc.hint,
+            ) from exc
+    verified = _proof(checked, bundle_dir, deferred=not record)
     yield Finished("verify", _summary(checked, "verified"))
     return verified
 
@@ -297,7 +355,16 @@ def install_bundle(
 ) -> Generator[Event, None, VerifiedBundle]:
     """Verify-before-write: steps 1-7 on the medium, then copy into staging while hashing
     (step 8 on the bytes actually written), rename into ``dest``, and only then step 9.
-    The result describes the installed, read-only copy at ``dest``."""
+    The result describes the installed, read-only copy at ``dest``.
+
+    All or nothing, the state included: the state record is prepared before the
+    rename and committed right after it; if it cannot be written the release is
+    removed again, so ``dest`` exists if and only if the state records it."""
+    from appliance.output_paths import new_directory, writable_directory
+
+    new_directory(dest, "--dest")  # before any hashing
+    if state_dir is not None:
+        writable_directory(state_dir, "--state")
     yield Started("install")
     checked = yield from _check_metadata(bundle_dir, trust_path, state_dir, options)
     if dest.exists() or dest.is_symlink():
@@ -315,11 +382,23 @@ def install_bundle(
         )
         metadata.chmod(0o555)
         staging.chmod(0o555)
-        rename_noreplace(staging, dest)  # dest may have appeared meanwhile: never replace it
+        with _state_update(checked) as pending:
+            rename_noreplace(staging, dest)  # dest may have appeared meanwhile: never replace it
+            try:
+                if pending is not None:
+                    pending.commit()
+            except BaseException:
+                _remove_tree(dest)  # not recorded: not installed
+                raise
+    except StateWriteError as exc:
+        _remove_tree(staging)
+        raise StateWriteError(
+            f"{exc.message}: nothing was installed ({dest} was not left behind)", hint=exc.hint
+        ) from exc
     except BaseException:
         _remove_tree(staging)
         raise
-    verified = _accept(checked, dest)
+    verified = _proof(checked, dest)
     yield Finished("install", _summary(checked, f"installed into {dest}"))
     return verified
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from appliance.cli.argtypes import positive_int
 from appliance.events import Event, Finished, Progress, Started, Warned, drain
 from appliance.exitcodes import ExitCode
 
@@ -128,17 +130,26 @@ def _emit_json(data: Any) -> None:
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from appliance.bundle.keys import generate_key, load_signer
     from appliance.bundle.trust import new_root, sign_metadata, to_bytes, write_atomic
+    from appliance.errors import InputError
+    from appliance.output_paths import writable_directory
 
+    writable_directory(args.out, "--out")
+    root_path = args.out / "root.json"
+    if args.expires is not None and os.path.lexists(root_path):
+        raise InputError(
+            f"--expires sets the expiry of a new one-key trusted root, but {root_path} already "
+            "exists and is left as it is",
+            hint="Drop --expires, or generate the key into another --out directory.",
+        )
     passphrase = _passphrase(args, confirm=True)
     pair = generate_key(args.out, args.name, passphrase)
-    root_path = args.out / "root.json"
     made_root = False
     if not root_path.exists():
         # The simple path: one key is enough to sign and to verify with these files.
         from appliance.bundle.keys import load_public_key
 
         key, _ = load_public_key(pair.public_path)
-        root = new_root([key], 1, _expires(args.expires))
+        root = new_root([key], 1, _expires(args.expires or "1y"))
         sign_metadata(root, load_signer(pair.private_path, passphrase))
         write_atomic(root_path, to_bytes(root))
         made_root = True
@@ -177,9 +188,10 @@ def _public_keys(paths: list[Path]) -> list[Any]:
 
 def cmd_trust_init(args: argparse.Namespace) -> int:
     from appliance.bundle.trust import new_root, to_bytes, write_atomic
+    from appliance.output_paths import new_file
 
+    new_file(args.out, "--out")  # never overwrites a trusted root
     root = new_root(_public_keys(args.key), args.threshold, _expires(args.expires))
-    _refuse_existing(args.out)
     write_atomic(args.out, to_bytes(root))
     print(
         f"wrote {args.out} (version 1, {len(args.key)} keys, threshold {args.threshold}, unsigned): "
@@ -189,19 +201,13 @@ def cmd_trust_init(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _refuse_existing(path: Path) -> None:
-    from appliance.errors import InputError
-
-    if path.exists():
-        raise InputError(f"{path} already exists; refusing to overwrite a trusted root")
-
-
 def cmd_trust_rotate(args: argparse.Namespace) -> int:
     from appliance.bundle.trust import load_trusted_root, rotate_root, to_bytes, write_atomic
+    from appliance.output_paths import new_file
 
+    new_file(args.out, "--out")  # never overwrites a trusted root
     old = load_trusted_root(args.from_root)
     new = rotate_root(old, _public_keys(args.key), args.threshold, _expires(args.expires))
-    _refuse_existing(args.out)
     write_atomic(args.out, to_bytes(new))
     print(
         f"wrote {args.out} (version {new.signed.version}): it needs signatures from {old.signed.roles['root'].threshold} "
@@ -222,7 +228,9 @@ def cmd_trust_sign(args: argparse.Namespace) -> int:
         to_bytes,
         write_atomic,
     )
+    from appliance.output_paths import replaced_file
 
+    replaced_file(args.root, "root")  # signed in place
     root = parse_root(read_bounded(args.root, MAX_ROOT_BYTES, "root"), str(args.root))
     signer = load_signer(args.key, _passphrase(args))
     sign_metadata(root, signer)
@@ -318,15 +326,54 @@ def cmd_trust_reanchor(args: argparse.Namespace) -> int:
 # --- bundle ----------------------------------------------------------------------------
 
 
-def cmd_bundle_build(args: argparse.Namespace) -> int:
-    from appliance.bundle.build import build_bundle, recipe_from_args
-    from appliance.bundle.recipe import load_recipe
+_RECIPE_OWNS = ("--model", "--name", "--channel", "--part-size", "--profile", "--licence")
+_RECIPE_OVERRIDES = ("--version", "--expires")
+
+
+def _flag_values(args: argparse.Namespace, flags: tuple[str, ...]) -> dict[str, Any]:
+    values = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in flags}
+    return {flag: value for flag, value in values.items() if value is not None}
+
+
+def _recipe_with_overrides(args: argparse.Namespace) -> Any:
+    """``--recipe`` plus flags: --version and --expires override the recipe (said on
+    stderr); the flags that describe the content are refused (the recipe says it)."""
+    from datetime import UTC, datetime
+
+    from appliance.bundle.recipe import load_recipe, parse_expiry
     from appliance.errors import InputError
 
+    if refused := _flag_values(args, _RECIPE_OWNS):
+        raise InputError(
+            f"{', '.join(refused)} cannot be combined with --recipe: the recipe {args.recipe} "
+            "says what goes into the bundle",
+            hint="Edit the recipe, or build without --recipe from --model, --name and --version.",
+        )
+    recipe = load_recipe(args.recipe)
+    overrides = _flag_values(args, _RECIPE_OVERRIDES)
+    from appliance.bundle.format import MAX_VERSION
+
+    if overrides.get("--version", 0) > MAX_VERSION:
+        raise InputError(f"--version must be at most {MAX_VERSION}; found {args.version}")
+    if "--expires" in overrides:
+        parse_expiry(overrides["--expires"], datetime.now(UTC))  # refused here if malformed
+    for flag, value in overrides.items():
+        field = flag[2:]
+        print(
+            f"appliance: {flag} {value} overrides the recipe's {field} {getattr(recipe, field)}",
+            file=sys.stderr,
+        )
+    return recipe.model_copy(update={flag[2:]: value for flag, value in overrides.items()})
+
+
+def cmd_bundle_build(args: argparse.Namespace) -> int:
+    from appliance.bundle.build import build_bundle, recipe_from_args
+    from appliance.errors import InputError
+    from appliance.output_paths import new_directory
+
+    new_directory(args.out, "--out")  # before any copying or hashing
     if args.recipe is not None:
-        if args.model is not None:
-            raise InputError("give either --recipe or --model, not both")
-        recipe = load_recipe(args.recipe)
+        recipe = _recipe_with_overrides(args)
     else:
         missing = [
             flag
@@ -342,8 +389,8 @@ def cmd_bundle_build(args: argparse.Namespace) -> int:
                 f"bundle build needs --recipe FILE, or {', '.join(missing)} (with --model)"
             )
         recipe = recipe_from_args(
-            args.model, args.name, args.version, args.channel, args.expires, args.part_size, args.profile or [],
-            licence=args.licence,
+            args.model, args.name, args.version, args.channel or "stable", args.expires or "90d",
+            args.part_size, args.profile or [], licence=args.licence or "NOASSERTION",
         )  # fmt: skip
     out = run_with_progress(build_bundle(recipe, args.out), quiet=args.json)
     if args.json:
@@ -355,12 +402,21 @@ def cmd_bundle_build(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _bundle_metadata_writable(bundle: Path) -> None:
+    """sign and add-signatures rewrite metadata/targets.json in place."""
+    from appliance.bundle.manifest import targets_path
+    from appliance.output_paths import replaced_file
+
+    replaced_file(targets_path(bundle), "bundle")
+
+
 def cmd_bundle_sign(args: argparse.Namespace) -> int:
     from appliance.bundle import contents
     from appliance.bundle.format import FILES_DIR
     from appliance.bundle.keys import load_signer
     from appliance.bundle.manifest import bundle_contents, read_targets, sign_bundle
 
+    _bundle_metadata_writable(args.bundle)  # before re-hashing every file
     signer = load_signer(args.key, _passphrase(args))
     if not args.no_content_check:
         # A signer approves bytes, not just metadata: check the files match first.
@@ -375,6 +431,7 @@ def cmd_bundle_sign(args: argparse.Namespace) -> int:
 def cmd_bundle_add_signatures(args: argparse.Namespace) -> int:
     from appliance.bundle.manifest import add_signatures
 
+    _bundle_metadata_writable(args.bundle)
     added = add_signatures(args.bundle, args.manifests)
     print(
         f"added {len(added)} signature(s) to {args.bundle}: {', '.join(k[:16] for k in added) or 'none new'}",
@@ -481,9 +538,23 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
 def _verify_options(args: argparse.Namespace) -> Any:
     from appliance.bundle.verify import VerifyOptions
 
+    refuse_without_state(args, "--allow-downgrade", "--allow-version-jump")
     return VerifyOptions(
         allow_downgrade=args.allow_downgrade, allow_version_jump=args.allow_version_jump
     )
+
+
+def refuse_without_state(args: argparse.Namespace, *flags: str) -> None:
+    """Freshness is checked against --state only: these flags do nothing without it."""
+    from appliance.errors import InputError
+
+    given = [f for f in flags if getattr(args, f[2:].replace("-", "_"), False)]
+    if given and args.state is None:
+        raise InputError(
+            f"{', '.join(given)} only applies with --state (the versions accepted before); "
+            "without it no version is compared",
+            hint="Add --state DIR, or drop the flag.",
+        )
 
 
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
@@ -545,7 +616,9 @@ def cmd_bundle_split(args: argparse.Namespace) -> int:
     from appliance.bundle.manifest import bundle_contents, read_targets
     from appliance.bundle.media import split_bundle
     from appliance.bundle.recipe import parse_size
+    from appliance.output_paths import writable_directory
 
+    writable_directory(args.out, "--out")
     md = read_targets(args.bundle)
     payload, records = bundle_contents(md)
     part_size = parse_size(args.part_size) if args.part_size else None
@@ -573,7 +646,9 @@ def cmd_bundle_join(args: argparse.Namespace) -> int:
     from appliance.bundle.media import join_parts
     from appliance.bundle.verify import check_signed_manifest
     from appliance.errors import MediaPartError
+    from appliance.output_paths import new_directory
 
+    new_directory(args.out, "--out")  # before checking (hashing) any part
     source = next((d for d in args.parts if (d / METADATA_DIR).is_dir()), None)
     if source is None:
         raise MediaPartError(
@@ -624,7 +699,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     gen.add_argument("--name", default="signer", help="key name (default: signer)")
     gen.add_argument(
-        "--expires", default="1y", help="expiry of the one-key trusted root (default 1y)"
+        "--expires",
+        help="expiry of the one-key trusted root made when --out has none (default 1y)",
     )
     gen.add_argument("--json", action="store_true")
     _passphrase_options(gen)
@@ -686,11 +762,14 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     build.add_argument("--model", type=Path, help="Hugging Face model directory or .gguf file")
     build.add_argument("--name", help="product name")
     build.add_argument(
-        "--version", type=int, help="bundle version (a whole number that only goes up)"
+        "--version",
+        type=positive_int,
+        help="bundle version (a whole number that only goes up); overrides the recipe's",
     )
-    build.add_argument("--channel", default="stable")
+    build.add_argument("--channel", help="release channel (default stable)")
     build.add_argument(
-        "--expires", default="90d", help="expiry: a duration (90d, 12w, 1y) or a date"
+        "--expires",
+        help="expiry: a duration (90d, 12w, 1y) or a date (default 90d); overrides the recipe's",
     )
     build.add_argument(
         "--part-size", help="media part size, e.g. 700M (default: 4 GiB - 1 MiB, FAT32-safe)"
@@ -698,7 +777,7 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     build.add_argument(
         "--profile", action="append", help="hardware profile the bundle is for (repeat)"
     )
-    build.add_argument("--licence", default="NOASSERTION", help="SPDX licence id of the model")
+    build.add_argument("--licence", help="SPDX licence id of the model (default NOASSERTION)")
     build.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     build.add_argument("--json", action="store_true")
     handlers["bundle.build"] = cmd_bundle_build

@@ -8,31 +8,45 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from appliance.exitcodes import ExitCode
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from appliance.bundle.verify import VerifyOptions, verify_bundle
-    from appliance.cli.bundle_cmds import run_with_progress
+    from appliance.cli.bundle_cmds import refuse_without_state, run_with_progress
     from appliance.deploy.run import deploy
     from appliance.deploy.site import load_site
     from appliance.errors import InputError
     from appliance.inventory import load_inventory
     from appliance.profiles import load_profiles
 
+    _refuse_ignored_flags(args)
+    refuse_without_state(args, "--allow-downgrade")
+    _check_outputs(args)
     inventory = load_inventory(args.inventory)
     profiles = load_profiles(args.profiles_dir)
     site = load_site(args.site) if args.site is not None else None
+    if site is not None and site.secrets_dir is not None and args.emit_ansible is None:
+        from appliance.output_paths import writable_directory
+
+        # Keycloak's client secrets are made here before any host is contacted.
+        writable_directory(site.secrets_dir, "sso.install.secrets_dir")
+    # The state is only read here: the acceptance is recorded once a host serves the release.
     verified = run_with_progress(
         verify_bundle(
-            args.bundle, args.trust, args.state, VerifyOptions(allow_downgrade=args.allow_downgrade)
+            args.bundle,
+            args.trust,
+            args.state,
+            VerifyOptions(allow_downgrade=args.allow_downgrade),
+            record=False,
         ),
         quiet=args.json,
     )
     if args.emit_ansible is not None:
         return _emit_ansible(args, verified, inventory, profiles, site)
+    engine: Literal["pyinfra", "ansible"] = args.engine or "pyinfra"
     if not args.dry_run and not args.yes:
         # Show what would change first; then a person confirms, a script says --yes.
         preview = run_with_progress(
@@ -41,7 +55,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 inventory,
                 profiles,
                 profile=args.profile,
-                engine=args.engine,
+                engine=engine,
                 dry_run=True,
                 force=args.force,
                 site=site,
@@ -54,11 +68,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if input("Deploy these changes? [y/N] ").strip().lower() not in ("y", "yes"):
             print("appliance: nothing changed", file=sys.stderr)
             return ExitCode.OK
-    results = run_with_progress(
-        deploy(verified, inventory, profiles, profile=args.profile, engine=args.engine, dry_run=args.dry_run,
-               force=args.force, operator=getpass.getuser(), site=site),
-        quiet=args.json,
-    )  # fmt: skip
+    results = _deploy_and_record(args, verified, inventory, profiles, site, engine)
     data = [
         {"host": r.host, "status": r.status, "message": r.message, "audit": r.audit_hash,
          "gateway_port": r.gateway_port, "firewall": r.firewall, "keycloak": r.keycloak,
@@ -80,6 +90,80 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 print("\n".join(f"  {line}" for line in secrets_lines(result.keycloak)))
     failed = [r for r in results if r.status in ("failed", "rolled-back")]
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
+
+
+_SERVING = ("converged", "unchanged")
+
+
+def _deploy_and_record(
+    args: argparse.Namespace,
+    verified: Any,
+    inventory: Any,
+    profiles: Any,
+    site: Any,
+    engine: Literal["pyinfra", "ansible"],
+) -> list[Any]:
+    """Deploy; with --state, record the acceptance if and only if a host serves the release.
+
+    The record is prepared (written beside the state, nothing replaced) before any host
+    is changed, so a state that cannot be written stops the deploy before it starts; it
+    is committed after the hosts, or dropped when none serves the release."""
+    from appliance.bundle.verify import deferred_acceptance
+    from appliance.cli.bundle_cmds import run_with_progress
+    from appliance.deploy.run import deploy
+
+    def run() -> list[Any]:
+        return run_with_progress(
+            deploy(verified, inventory, profiles, profile=args.profile, engine=engine,
+                   dry_run=args.dry_run, force=args.force, operator=getpass.getuser(), site=site),
+            quiet=args.json,
+        )  # fmt: skip
+
+    if args.dry_run or args.state is None:
+        return run()
+    with deferred_acceptance(verified) as pending:
+        results = run()
+        if pending is not None and any(r.status in _SERVING for r in results):
+            pending.commit()
+    return results
+
+
+def _refuse_ignored_flags(args: argparse.Namespace) -> None:
+    """Flags that would do nothing in this combination are refused, not ignored."""
+    from appliance.errors import InputError
+
+    if args.emit_ansible is not None:
+        ignored = [
+            flag
+            for flag, given in (
+                ("--engine", args.engine is not None),
+                ("--dry-run", args.dry_run),
+                ("--yes", args.yes),
+            )
+            if given
+        ]
+        if ignored:
+            raise InputError(
+                f"{', '.join(ignored)} cannot be combined with --emit-ansible: it writes files for "
+                "ansible-playbook and changes no host",
+                hint=f"Drop {', '.join(ignored)}.",
+            )
+    if args.dry_run and args.yes:
+        raise InputError(
+            "--yes confirms changes, and --dry-run makes none",
+            hint="Drop --yes to preview, or --dry-run to deploy.",
+        )
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every place deploy writes on this machine, checked before anything is hashed or
+    any host contacted."""
+    from appliance.output_paths import new_directory, writable_directory
+
+    if args.emit_ansible is not None:
+        new_directory(args.emit_ansible, "--emit-ansible")
+    if args.state is not None and not args.dry_run:
+        writable_directory(args.state, "--state")
 
 
 def _emit_ansible(
@@ -265,7 +349,9 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     deploy.add_argument("--bundle", type=Path, required=True)
     deploy.add_argument("--trust", type=Path, required=True, help="the site's trusted root")
     deploy.add_argument("--inventory", type=Path, required=True, help="hosts (docs/inventory.md)")
-    deploy.add_argument("--engine", choices=["pyinfra", "ansible"], default="pyinfra")
+    deploy.add_argument(
+        "--engine", choices=["pyinfra", "ansible"], help="how hosts converge (default pyinfra)"
+    )
     deploy.add_argument("--state", type=Path, help="trust state directory (rollback protection)")
     deploy.add_argument("--allow-downgrade", action="store_true")
     deploy.add_argument(

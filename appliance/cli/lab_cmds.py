@@ -55,6 +55,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     from appliance.lab import lab_up
     from appliance.lab.inventory_files import roles_for
 
+    _check_lab_roots(args.name)
     lab = run_lab_operation(lab_up(args.name, args.hosts, network=args.network), quiet=args.json)
     down = f"appliance lab down --name {shlex.quote(lab.name)}"
     hosts = [
@@ -93,6 +94,20 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     print(f"log in             {ssh}")
     print(f"tear down          {down}")
     return ExitCode.OK
+
+
+def _check_lab_roots(name: str) -> None:
+    """The lab writes its state and disks under fixed roots: checked before anything boots."""
+    from appliance.lab.network import check_name
+    from appliance.lab.proc import require_root
+    from appliance.lab.state import LabPaths
+    from appliance.output_paths import writable_directory
+
+    check_name(name)  # the lab's own checks first, in its order
+    require_root()  # the lab's own message first: a non-root user cannot write there anyway
+    paths = LabPaths()
+    writable_directory(paths.state_root, "lab state directory")
+    writable_directory(paths.disk_root, "lab disk directory")
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:

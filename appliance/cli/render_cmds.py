@@ -20,8 +20,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     from appliance.inventory import load_inventory
     from appliance.netpolicy.model import NetworkPolicyError, build_policy, build_site
     from appliance.netpolicy.render import render_files, write_directory
+    from appliance.output_paths import new_or_empty_directory
     from appliance.profiles import get_profile, load_profiles
 
+    new_or_empty_directory(args.out, "--out")
     profile = get_profile(load_profiles(args.profiles_dir), args.profile)
     if args.target == "k8s":
         for option, value in (("--inventory", args.inventory), ("--admin-cidr", args.admin_cidr)):

@@ -81,8 +81,8 @@ def test_a_non_empty_directory_is_refused_and_left_alone(tmp_path: Path) -> None
     (out / "keep.txt").write_text("mine")
     result = run("--profile", "cpu-llamacpp", "--target", "k8s", "--out", out, "--site-cidr",
                  "10.20.0.0/16")  # fmt: skip
-    assert_clean_failure(result, "expected a new or empty directory, found 1 entry (keep.txt)",
-                         "Render into a new directory")  # fmt: skip
+    assert_clean_failure(result, "expected a new or empty directory; found 1 entry (keep.txt)",
+                         "Choose a new or empty directory")  # fmt: skip
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert leftovers(tmp_path) == []
 
@@ -147,7 +147,7 @@ def test_bad_input_with_json_prints_the_error_object(tmp_path: Path) -> None:
 def test_missing_parent_directory(tmp_path: Path) -> None:
     result = run("--profile", "cpu-llamacpp", "--target", "k8s", "--out",
                  tmp_path / "no" / "such" / "dir", "--site-cidr", "10.20.0.0/16")  # fmt: skip
-    assert_clean_failure(result, "expected an existing parent directory", "mkdir -p")
+    assert_clean_failure(result, "its parent directory", "does not exist", "Create ")
 
 
 def test_unwritable_parent_leaves_nothing() -> None:
@@ -164,7 +164,8 @@ def test_unwritable_parent_leaves_nothing() -> None:
         )  # fmt: skip
         if "setpriv" in result.stderr or os.geteuid() != 0:
             pytest.skip(f"cannot switch to nobody here: {result.stderr[-300:]}")
-        assert_clean_failure(result, "could not write the rendering", "nothing was left behind")
+        # Refused before rendering (output_paths probes the parent), not after.
+        assert_clean_failure(result, "cannot be written: permission denied")
         assert list(parent.iterdir()) == []
 
 
