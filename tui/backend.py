@@ -159,7 +159,8 @@ class CoreBackend(Backend):
     def verify(self, bundle: Path, trust: Path) -> Generator[Event, None, VerifiedBundle]:
         from appliance.bundle.verify import VerifyOptions, verify_bundle
 
-        return verify_bundle(bundle, trust, self.state, VerifyOptions())
+        # The state is only read here: the deploy records the acceptance once a host serves it.
+        return verify_bundle(bundle, trust, self.state, VerifyOptions(), record=False)
 
     def labs(self) -> list[LabInfo]:
         from appliance.lab import lab_list
@@ -209,12 +210,13 @@ class CoreBackend(Backend):
     ) -> Generator[Event, None, list[HostResult]]:
         import getpass
 
+        from appliance.deploy.acceptance import deploy_and_accept
         from appliance.deploy.run import deploy
 
-        return deploy(
+        return deploy_and_accept(verified, deploy(
             verified, inventory, self.profiles(), profile=profile, engine=ENGINE, dry_run=False,
             force=force, operator=getpass.getuser(), cancel=cancel, site=site,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def smoke_test(self, host: HostEntry, *, port: int) -> ChatAnswer:
         from appliance.deploy.smoke import chat

@@ -92,9 +92,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
 
 
-_SERVING = ("converged", "unchanged")
-
-
 def _deploy_and_record(
     args: argparse.Namespace,
     verified: Any,
@@ -108,23 +105,16 @@ def _deploy_and_record(
     The record is prepared (written beside the state, nothing replaced) before any host
     is changed, so a state that cannot be written stops the deploy before it starts; it
     is committed after the hosts, or dropped when none serves the release."""
-    from appliance.bundle.verify import deferred_acceptance
     from appliance.cli.bundle_cmds import run_with_progress
+    from appliance.deploy.acceptance import deploy_and_accept
     from appliance.deploy.run import deploy
 
-    def run() -> list[Any]:
-        return run_with_progress(
-            deploy(verified, inventory, profiles, profile=args.profile, engine=engine,
-                   dry_run=args.dry_run, force=args.force, operator=getpass.getuser(), site=site),
-            quiet=args.json,
-        )  # fmt: skip
-
-    if args.dry_run or args.state is None:
-        return run()
-    with deferred_acceptance(verified) as pending:
-        results = run()
-        if pending is not None and any(r.status in _SERVING for r in results):
-            pending.commit()
+    deploying = deploy(verified, inventory, profiles, profile=args.profile, engine=engine,
+                       dry_run=args.dry_run, force=args.force, operator=getpass.getuser(),
+                       site=site)  # fmt: skip
+    if not args.dry_run:
+        deploying = deploy_and_accept(verified, deploying)
+    results: list[Any] = run_with_progress(deploying, quiet=args.json)
     return results
 
 
