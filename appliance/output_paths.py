@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import OutputPathError
+from appliance.input_files import file_kind
 
 _REASONS = {
     errno.EROFS: "it is on a read-only filesystem",
@@ -80,7 +81,7 @@ def _kind(path: Path) -> str | None:
         return "a directory"
     if stat.S_ISREG(mode):
         return "a file"
-    return "a special file"
+    return file_kind(mode)  # a named pipe (FIFO), a character device, ...
 
 
 class _Unreachable(Exception):
