@@ -140,7 +140,10 @@ async def test_url_first_then_the_saved_file(tmp_path: Path, realm_key: SigningK
     )
     assert set(parse_jwks(await source.fetch(), ["RS256"])) == {(realm_key.kid, "RS256")}
     saved.unlink()
-    with pytest.raises(JwksError, match="answered HTTP 500; .*jwks.json: cannot read JWKS file: it does not exist"):
+    with pytest.raises(
+        JwksError,
+        match=r"answered HTTP 500; .*jwks\.json: cannot read JWKS file: it does not exist",
+    ):
         await source.fetch()
 
 
@@ -199,5 +202,7 @@ async def test_missing_file_never_loads(tmp_path: Path) -> None:
 
 async def test_url_source_with_a_missing_ca_file(tmp_path: Path) -> None:
     source = UrlJwksSource(CERTS, ca_file=tmp_path / "absent-ca.pem")
-    with pytest.raises(JwksError, match="absent-ca.pem: cannot read JWKS CA file: it does not exist"):
+    with pytest.raises(
+        JwksError, match=r"absent-ca\.pem: cannot read JWKS CA file: it does not exist"
+    ):
         await source.fetch()
