@@ -6,7 +6,13 @@ A call to a model route goes: the address's refusal budget (``ratelimit``) -> to
 server (streaming answers forwarded chunk by chunk as they arrive) -> one audit
 record. Every refusal is an OpenAI-style JSON error whose ``code`` is the
 ``Reason``; a 401 also carries ``WWW-Authenticate: Bearer ...`` (RFC 6750).
-Every call except ``/healthz`` is audited, refused or not.
+Every call except ``/healthz`` is audited, refused or not; every field a request or a
+token controls is cut (``audit.clip``), so one call writes at most ``MAX_RECORD_BYTES``
+(plus the prompt, bounded by ``audit.max_prompt_bytes``, when prompts are logged).
+A body must arrive within ``limits.body_timeout_s`` of the request's start (else 408,
+and the connection is closed) and be strict, bounded JSON (``input_files.parse_json``:
+nesting, duplicate keys, NaN, non-UTF-8 are 400). Connection caps and header deadlines
+are the server's (``connections``); this app answers over-cap connections health only.
 
 The caller's ``Authorization`` header is never forwarded: the model server sees
 the gateway's own key (``upstream.api_key_file``) or none.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,14 +32,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from appliance.gateway.audit import AuditLog
+from appliance.errors import InputError
+from appliance.gateway.audit import AuditLog, clip
 from appliance.gateway.clock import Clock, SystemClock
 from appliance.gateway.config import GatewayConfig
+from appliance.gateway.connections import ConnectionReport, HealthOnlyWhenOverCap
 from appliance.gateway.jwks import (
     FileJwksSource,
     FirstAnswering,
@@ -41,17 +51,19 @@ from appliance.gateway.jwks import (
     UrlJwksSource,
 )
 from appliance.gateway.ratelimit import RateLimiter, RefusalLimiter, retry_after
-from appliance.gateway.reasons import Reason, RefusedError
+from appliance.gateway.reasons import Reason, RefusedError, error_body
 from appliance.gateway.sso import make_sso_client, sso_routes
 from appliance.gateway.tokens import Caller, TokenValidator
 from appliance.gateway.upstream import (
     SseTally,
+    UpstreamAnswerError,
     Usage,
     make_client,
     read_api_key,
     send,
     usage_from_body,
 )
+from appliance.input_files import parse_json
 
 if TYPE_CHECKING:
     import httpx
@@ -62,7 +74,13 @@ GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
 HEALTH_CACHE_S = 1.0
 HEALTH_TIMEOUT_S = 2.0
 MAX_MODELS_BYTES = 4 * 1024 * 1024
-MAX_ROUTE_CHARS = 256  # of a requested path, in the audit record
+# Bytes (JSON-escaped) a field may take in an audit record; the rest is cut ("...").
+MAX_ROUTE_BYTES = 256
+MAX_METHOD_BYTES = 32
+MAX_NAME_BYTES = 128  # model, subject, client id
+MAX_DETAIL_BYTES = 512
+# What one call's record takes at most, prompt aside (tests/unit/gateway/test_hostile_clients.py).
+MAX_RECORD_BYTES = 2048
 
 
 @dataclass
@@ -85,21 +103,22 @@ class Call:
     first_byte_ms: float | None = None
     prompt: Any = None
     event: str = "gateway.call"  # "gateway.sso" for a request relayed to Keycloak
+    deadline: float = math.inf  # anyio time by which the request's body must have arrived
 
-    def record(self, now: float, *, with_prompt: bool) -> dict[str, Any]:
+    def record(self, now: float, *, with_prompt: bool, max_prompt_bytes: int) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "event": self.event,
             "request_id": self.request_id,
-            "method": self.method,
-            "route": self.route,
-            "peer": self.peer,
-            "subject": self.subject,
-            "client_id": self.client_id,
-            "model": self.model,
+            "method": clip(self.method, MAX_METHOD_BYTES),
+            "route": clip(self.route, MAX_ROUTE_BYTES),
+            "peer": clip(self.peer, MAX_NAME_BYTES),
+            "subject": clip(self.subject, MAX_NAME_BYTES),
+            "client_id": clip(self.client_id, MAX_NAME_BYTES),
+            "model": clip(self.model, MAX_NAME_BYTES),
             "stream": self.stream,
             "status": self.status,
             "reason": self.reason.value if self.reason else None,
-            "detail": self.detail,
+            "detail": clip(self.detail, MAX_DETAIL_BYTES),
             "tokens_in": self.usage.tokens_in,
             "tokens_out": self.usage.tokens_out,
             "usage_source": self.usage.source,
@@ -108,8 +127,14 @@ class Call:
         if self.first_byte_ms is not None:
             entry["first_byte_ms"] = self.first_byte_ms
         if with_prompt and self.prompt is not None:
-            entry["prompt"] = self.prompt
+            entry["prompt"] = _bounded_prompt(self.prompt, max_prompt_bytes)
         return entry
+
+
+def _bounded_prompt(prompt: Any, limit: int) -> Any:
+    """The prompt as sent when its JSON fits ``limit`` bytes; else that JSON, cut, as a string."""
+    text = json.dumps(prompt)
+    return prompt if len(text) <= limit else clip(text, limit)
 
 
 def jwks_source(config: GatewayConfig) -> JwksSource:
@@ -155,6 +180,7 @@ class Gateway:
             fsync_batch=config.audit.fsync_batch,
         )
         self.client = make_client(config.upstream, upstream_transport)
+        self.connection_report = ConnectionReport()
         self.sso_client = None if config.sso is None else make_sso_client(config.sso, sso_transport)
         self._health: tuple[float, bool, str] | None = None
 
@@ -171,9 +197,10 @@ class Gateway:
             event=event,
             request_id=secrets.token_hex(8),
             method=request.method,
-            route=request.url.path[:MAX_ROUTE_CHARS],
+            route=request.url.path,
             peer=request.client.host if request.client else None,
             started=self.clock.monotonic(),
+            deadline=anyio.current_time() + self.config.limits.body_timeout_s,
         )
 
     async def authenticate(self, request: Request, call: Call) -> Caller:
@@ -221,7 +248,10 @@ class Gateway:
 
     def finish(self, call: Call) -> None:
         """Write the call's audit record."""
-        entry = call.record(self.clock.monotonic(), with_prompt=self.config.audit.log_prompts)
+        a = self.config.audit
+        entry = call.record(
+            self.clock.monotonic(), with_prompt=a.log_prompts, max_prompt_bytes=a.max_prompt_bytes
+        )
         self.audit.write(entry)
 
     async def finish_and_sync(self, call: Call) -> None:
@@ -239,6 +269,9 @@ class Gateway:
             headers["www-authenticate"] = 'Bearer realm="appliance", error="insufficient_scope"'
         if exc.retry_after is not None:
             headers["retry-after"] = retry_after(exc.retry_after)
+        if exc.reason in (Reason.BODY_TIMEOUT, Reason.BODY_TOO_LARGE):
+            # The rest of the body is unread: the connection cannot carry another request.
+            headers["connection"] = "close"
         return error_response(exc.reason, exc.detail, headers, status=exc.reason.status)
 
     async def upstream_healthy(self) -> tuple[bool, str]:
@@ -274,24 +307,30 @@ def _www_authenticate(exc: RefusedError) -> str:
 def error_response(
     reason: Reason, message: str, headers: dict[str, str] | None = None, *, status: int
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": reason.error_type, "code": reason.value}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(reason, message), status_code=status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, deadline: float) -> bytes:
+    """The request's body: at most ``limit`` bytes, all of it by ``deadline`` (anyio time)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and len(declared) < 20 and int(declared) > limit:
         raise RefusedError(
             Reason.BODY_TOO_LARGE, f"the body has {declared} bytes; at most {limit} are accepted"
         )
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise RefusedError(
-                    Reason.BODY_TOO_LARGE, f"the body exceeds {limit} bytes, the most accepted"
-                )
+        with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise RefusedError(
+                        Reason.BODY_TOO_LARGE, f"the body exceeds {limit} bytes, the most accepted"
+                    )
+    except TimeoutError as exc:
+        raise RefusedError(
+            Reason.BODY_TIMEOUT,
+            f"the body did not arrive in time ({len(body)} bytes received); send it at once",
+        ) from exc
     except ClientDisconnect as exc:
         raise RefusedError(
             Reason.CLIENT_DISCONNECTED, f"the client went away after {len(body)} bytes of its body"
@@ -299,11 +338,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+class RequestBodyError(InputError):
+    """A request body that is not strict, bounded JSON; answered 400, never raised further."""
+
+
 def parse_generation(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RefusedError(Reason.BAD_REQUEST, f"the body is not JSON: {exc}") from exc
+        payload = parse_json(body, "the body", error=RequestBodyError)
+    except RequestBodyError as exc:
+        raise RefusedError(Reason.BAD_REQUEST, exc.message) from exc
     if not isinstance(payload, dict):
         raise RefusedError(Reason.BAD_REQUEST, "the body must be a JSON object")
     if not isinstance(payload.get("model"), str) or not payload["model"]:
@@ -455,7 +498,7 @@ def create_app(
         call = gateway.start(request)
         try:
             caller = await gateway.authenticate(request, call)
-            body = await read_body(request, config.limits.max_body_bytes)
+            body = await read_body(request, config.limits.max_body_bytes, call.deadline)
             payload = parse_generation(body)
             call.model, call.stream = payload["model"], payload.get("stream") is True
             if config.audit.log_prompts:
@@ -547,8 +590,14 @@ def create_app(
             )
         async with anyio.create_task_group() as group:
             group.start_soon(gateway.audit.sync_periodically)
+            group.start_soon(
+                gateway.connection_report.report_periodically,
+                gateway.audit,
+                config.audit.connection_report_interval_s,
+            )
             yield
             group.cancel_scope.cancel()
+        gateway.connection_report.report(gateway.audit)
         await gateway.aclose()
 
     routes = [
@@ -561,6 +610,7 @@ def create_app(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
+        middleware=[Middleware(HealthOnlyWhenOverCap)],
     )
     # "/v1/models/" is a 404 (audited), not a redirect (which would not be).
     app.router.redirect_slashes = False
@@ -575,10 +625,10 @@ def _model_list(upstream: httpx.Response) -> dict[str, Any]:
             f"the model server answered HTTP {upstream.status_code} to /v1/models",
         )
     try:
-        listing = upstream.json()
-    except ValueError as exc:
+        listing = parse_json(upstream.content, "the model list", error=UpstreamAnswerError)
+    except UpstreamAnswerError as exc:
         raise RefusedError(
-            Reason.UPSTREAM_ERROR, "the model server's model list is not JSON"
+            Reason.UPSTREAM_ERROR, f"the model server's model list is unusable: {exc.message}"
         ) from exc
     if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
         raise RefusedError(Reason.UPSTREAM_ERROR, "the model server's model list has no data array")

@@ -11,7 +11,10 @@ Invariants:
   or ``fsync_interval_s``, whichever comes first), in a worker thread;
 - a file whose last line is damaged is refused at start (fail closed): the
   operator checks it and moves it aside;
-- callers pass only what may be recorded: no token, no key, no secret.
+- callers pass only what may be recorded: no token, no key, no secret;
+- what a request or a token controls is cut with ``clip`` (a bound on the bytes it takes
+  once JSON-escaped), so no request can write more than a small constant to the log;
+- the path must be a regular file (or absent): a FIFO there is refused, never waited on.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,11 +34,40 @@ import anyio
 from appliance.audit import GENESIS, chain_record
 from appliance.errors import InputError
 from appliance.gateway.clock import Clock
+from appliance.input_files import file_kind
 
 log = logging.getLogger("appliance.gateway")
 
 FILE_MODE = 0o640
 _TAIL_BLOCK = 64 * 1024
+# A last line longer than this is damage, not a record (records are bounded: ``clip``).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+CLIPPED = "..."
+
+
+def _escaped_size(char: str) -> int:
+    """Bytes ``json.dumps`` (ensure_ascii) writes for ``char``."""
+    code = ord(char)
+    if 0x20 <= code < 0x7F:
+        return 2 if char in '"\\' else 1
+    if code in (0x08, 0x09, 0x0A, 0x0C, 0x0D):
+        return 2
+    return 12 if code > 0xFFFF else 6
+
+
+def clip(value: str | None, limit: int) -> str | None:
+    """``value`` cut so that it takes at most ``limit`` bytes in the record, marked ``...``."""
+    if value is None:
+        return None
+    if 2 * len(value) <= limit and value.isascii() and value.isprintable():
+        return value  # the common case: short printable ASCII
+    budget = limit - len(CLIPPED)
+    used = 0
+    for index, char in enumerate(value):
+        used += _escaped_size(char)
+        if used > limit or (used > budget and index + 1 < len(value)):
+            return value[:index] + CLIPPED
+    return value
 
 
 class AuditLogError(InputError):
@@ -54,6 +87,11 @@ def last_hash(fd: int, path: Path) -> str:
         tail = os.pread(fd, step, position) + tail
         if b"\n" in tail[:-1]:
             break
+        if len(tail) > MAX_LINE_BYTES:
+            raise AuditLogError(
+                f"{path}: the last line is longer than {MAX_LINE_BYTES} bytes: not a record",
+                hint=f"Check the file with `appliance audit verify {path}`, then move it aside; the gateway starts a new chain.",
+            )
     if not tail.endswith(b"\n"):
         raise AuditLogError(
             f"{path}: the last record is incomplete (no newline at the end)",
@@ -81,14 +119,24 @@ class AuditLog:
         self.clock = clock
         self.fsync_interval_s = fsync_interval_s
         self.fsync_batch = fsync_batch
+        # O_NONBLOCK: a FIFO put at the path must not block the start (it is refused below).
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            self._fd = os.open(path, flags, FILE_MODE)
+            self._fd = os.open(path, flags | os.O_NONBLOCK, FILE_MODE)
         except OSError as exc:
             raise AuditLogError(
                 f"{path}: cannot open the audit log for appending: {exc.strerror or exc}",
-                hint="The directory must exist and be writable by the gateway's user.",
+                hint="The directory must exist and be writable by the gateway's user;"
+                " the path must be a regular file.",
             ) from exc
+        mode = os.fstat(self._fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(self._fd)
+            raise AuditLogError(
+                f"{path}: expected the audit log as a regular file, found {file_kind(mode)}",
+                hint="Give the path of a regular file (or of none: the gateway creates it).",
+            )
+        os.set_blocking(self._fd, True)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -13,7 +13,6 @@ The format is documented in docs/gateway.md.
 from __future__ import annotations
 
 import ipaddress
-import json
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from appliance.errors import InputError
+from appliance.input_files import parse_json, read_input
 from appliance.yaml_files import load_yaml, validate_model
 
 CONFIG_SCHEMA_VERSION = 1
@@ -255,7 +255,27 @@ class Access(_Strict):
 
 
 class Limits(_Strict):
+    """What one client may hold: body size, time to send a request, connections (docs/gateway.md)."""
+
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    # The TLS handshake, then the request line and headers, each within this (slowloris).
+    header_timeout_s: Annotated[float, Field(ge=0.5, le=300)] = 10.0
+    # The whole body, from the end of the headers; an unfinished body is answered 408.
+    body_timeout_s: Annotated[float, Field(ge=0.5, le=3600)] = 60.0
+    # Open connections at once, in total and per client address; past a cap a connection
+    # may only ask GET /healthz (one per address, `health_connections` in all).
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 1024
+    max_connections_per_address: Annotated[int, Field(ge=1, le=100_000)] = 64
+    health_connections: Annotated[int, Field(ge=1, le=1000)] = 16
+
+    @model_validator(mode="after")
+    def _caps_nest(self) -> Limits:
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError(
+                "`max_connections_per_address` must not exceed `max_connections`"
+                f" ({self.max_connections_per_address} > {self.max_connections})"
+            )
+        return self
 
 
 class Audit(_Strict):
@@ -263,6 +283,11 @@ class Audit(_Strict):
     log_prompts: bool = False
     fsync_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     fsync_batch: Annotated[int, Field(ge=1, le=100_000)] = 64
+    # With log_prompts: a prompt whose JSON is longer is recorded cut, as a string.
+    max_prompt_bytes: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] = 64 * 1024
+    # Connection refusals and cuts (caps, timeouts) are counted and written as one summary
+    # record per interval at most, so a flood cannot fill the log through them.
+    connection_report_interval_s: Annotated[float, Field(ge=0.5, le=3600)] = 60.0
 
 
 class GatewayConfig(_Strict):
@@ -285,16 +310,14 @@ def parse_config(data: Any, source: str = "gateway config") -> GatewayConfig:
 
 
 def load_config(path: Path) -> GatewayConfig:
-    """Read ``path`` (``.json`` as JSON, anything else as strict YAML) and validate it."""
+    """Read ``path`` (``.json`` as JSON, anything else as strict YAML) and validate it.
+
+    Read through ``read_input``: a FIFO, device or directory, or a file over 1 MiB, is a
+    ``GatewayConfigError`` (exit 2), never a hang; JSON is parsed strictly and bounded.
+    """
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise GatewayConfigError(
-                f"{path}: cannot read gateway config: {exc.strerror or exc}"
-            ) from exc
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GatewayConfigError(f"{path}: not valid JSON: {exc}") from exc
+        raw = read_input(path, "gateway config", error=GatewayConfigError)
+        data = parse_json(raw, f"{path}", error=GatewayConfigError)
     else:
         data = load_yaml(path, "gateway config", GatewayConfigError)
     return parse_config(data, str(path))

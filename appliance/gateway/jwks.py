@@ -11,11 +11,13 @@ does not answer). The cache:
   (a flood of tokens with invented key ids costs one fetch per interval);
 - is replaced whole on a successful refresh (a key the realm rotated out is
   gone), and kept as it was when a refresh fails.
+A key set is read bounded whatever its source (``MAX_JWKS_BYTES``; a file through
+``input_files.read_input``: a FIFO or directory is refused, never waited on) and
+parsed strictly (``input_files.parse_json``: nesting, duplicate keys, NaN refused).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 from abc import ABC, abstractmethod
@@ -30,6 +32,7 @@ from jwt.exceptions import PyJWTError
 
 from appliance.errors import InputError
 from appliance.gateway.clock import Clock
+from appliance.input_files import parse_json, read_input, read_text_input
 
 log = logging.getLogger("appliance.gateway")
 
@@ -59,16 +62,7 @@ class FileJwksSource(JwksSource):
         self.description = f"file {path}"
 
     async def fetch(self) -> bytes:
-        try:
-            with self.path.open("rb") as f:
-                data = f.read(MAX_JWKS_BYTES + 1)
-        except OSError as exc:
-            raise JwksError(
-                f"cannot read the JWKS file {self.path}: {exc.strerror or exc}"
-            ) from exc
-        if len(data) > MAX_JWKS_BYTES:
-            raise JwksError(f"the JWKS file {self.path} is larger than {MAX_JWKS_BYTES} bytes")
-        return data
+        return read_input(self.path, "JWKS file", limit=MAX_JWKS_BYTES, error=JwksError)
 
 
 class UrlJwksSource(JwksSource):
@@ -83,9 +77,11 @@ class UrlJwksSource(JwksSource):
 
         verify: Any = True
         if self.ca_file is not None:
+            # Read first: OpenSSL would block for ever on a FIFO given as the CA file.
+            pem = read_text_input(self.ca_file, "JWKS CA file", error=JwksError)
             try:
-                verify = ssl.create_default_context(cafile=str(self.ca_file))
-            except (OSError, ssl.SSLError) as exc:
+                verify = ssl.create_default_context(cadata=pem)
+            except (OSError, ssl.SSLError, ValueError) as exc:
                 raise JwksError(f"cannot load the CA file {self.ca_file}: {exc}") from exc
         try:
             async with (
@@ -128,10 +124,7 @@ class FirstAnswering(JwksSource):
 
 def parse_jwks(data: bytes, algorithms: Sequence[str]) -> dict[tuple[str, str], PyJWK]:
     """Usable signature keys by (kid, algorithm); raises ``JwksError`` if there are none."""
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JwksError(f"the key set is not JSON: {exc}") from exc
+    document = parse_json(data, "the key set", error=JwksError)
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise JwksError('the key set has no "keys" array')

@@ -7,6 +7,7 @@ the OpenAI-style error ``code``; scripts and auditors may match on it.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class Reason(StrEnum):
@@ -32,6 +33,9 @@ class Reason(StrEnum):
     # other refusals
     RATE_LIMITED = "rate_limited"  # 429
     BODY_TOO_LARGE = "body_too_large"  # 413
+    BODY_TIMEOUT = "body_timeout"  # 408: the body did not arrive within limits.body_timeout_s
+    HEADER_TIMEOUT = "header_timeout"  # 408: headers not complete within limits.header_timeout_s
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # 503: over a connection cap (health only)
     BAD_REQUEST = "bad_request"  # 400: body not a JSON object, no model
     NOT_FOUND = "not_found"  # 404
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
@@ -62,6 +66,9 @@ _STATUS = {
     Reason.MODEL_NOT_ALLOWED: 403,
     Reason.RATE_LIMITED: 429,
     Reason.BODY_TOO_LARGE: 413,
+    Reason.BODY_TIMEOUT: 408,
+    Reason.HEADER_TIMEOUT: 408,
+    Reason.TOO_MANY_CONNECTIONS: 503,
     Reason.BAD_REQUEST: 400,
     Reason.NOT_FOUND: 404,
     Reason.METHOD_NOT_ALLOWED: 405,
@@ -81,6 +88,7 @@ _TYPE = {
     403: "permission_error",
     429: "rate_limit_error",
     413: "invalid_request_error",
+    408: "invalid_request_error",
     400: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
@@ -89,6 +97,11 @@ _TYPE = {
     503: "server_error",
     500: "server_error",
 }
+
+
+def error_body(reason: Reason, message: str) -> dict[str, Any]:
+    """The OpenAI-style error document of a refusal."""
+    return {"error": {"message": message, "type": reason.error_type, "code": reason.value}}
 
 
 class RefusedError(Exception):

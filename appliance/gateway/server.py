@@ -2,15 +2,22 @@
 
 ``uvicorn_config`` is the one place the server's settings are chosen; the
 entry point (``python -m appliance.gateway``) and the TLS tests both use it.
+uvicorn's own bounds are used where it has them (header bytes, idle keep-alive);
+what it lacks (header and body deadlines, a TLS handshake deadline, connection
+caps per address that keep ``/healthz`` answerable) is ``protocol`` and
+``connections``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import stat
 from typing import TYPE_CHECKING, Any
 
 from appliance.gateway.config import GatewayConfig, GatewayConfigError
+from appliance.gateway.connections import ConnectionGuard
+from appliance.input_files import read_input
 
 if TYPE_CHECKING:
     import uvicorn
@@ -26,15 +33,16 @@ def check_tls_files(config: GatewayConfig) -> None:
     import ssl
 
     key = config.tls.key_file
-    try:
-        mode = key.stat().st_mode
-        config.tls.cert_file.stat()
-    except OSError as exc:
-        raise GatewayConfigError(
-            f"TLS file missing: {exc.filename}: {exc.strerror}",
-            hint="Provide the site's certificate and key, or make them once with "
-            "`python -m appliance.gateway generate-cert --config FILE --name HOST`.",
-        ) from exc
+    for path in (config.tls.cert_file, key):
+        if not path.exists() and not path.is_symlink():
+            raise GatewayConfigError(
+                f"TLS file missing: {path}: No such file or directory",
+                hint="Provide the site's certificate and key, or make them once with "
+                "`python -m appliance.gateway generate-cert --config FILE --name HOST`.",
+            )
+        # Regular and bounded before OpenSSL opens them (it would block on a FIFO).
+        read_input(path, "TLS file", limit="key", error=GatewayConfigError)
+    mode = key.stat().st_mode
     if mode & stat.S_IROTH:
         raise GatewayConfigError(
             f"{key}: the TLS key is readable by everyone (mode {stat.S_IMODE(mode):04o})",
@@ -51,7 +59,12 @@ def check_tls_files(config: GatewayConfig) -> None:
 
 
 def uvicorn_config(config: GatewayConfig, app: Any) -> uvicorn.Config:
+    """The server's settings; ``app`` is ``create_app(config)`` (its connection report is used)."""
     import uvicorn  # lazily: uvicorn loads click
+
+    from appliance.gateway.protocol import bound_protocol
+
+    guard = ConnectionGuard(config.limits, app.state.gateway.connection_report)
 
     return uvicorn.Config(
         app,
@@ -64,7 +77,8 @@ def uvicorn_config(config: GatewayConfig, app: Any) -> uvicorn.Config:
         server_header=False,
         proxy_headers=False,  # the gateway is the edge: X-Forwarded-For is not trusted
         lifespan="on",
-        http="h11",
+        http=bound_protocol(guard),  # uvicorn's h11 protocol, with caps and deadlines
+        loop="none",  # serve() runs the server on protocol.HandshakeBoundedLoop
         h11_max_incomplete_event_size=config.tokens.max_token_bytes + HEADER_ALLOWANCE,
         timeout_graceful_shutdown=30,
         # Longer than clients keep idle connections (httpx: 5 s), so a client drops an idle
@@ -85,4 +99,8 @@ def serve(config: GatewayConfig) -> None:
             "the model server %s is not on loopback: make sure only the gateway can reach it",
             config.upstream.url,
         )
-    uvicorn.Server(uvicorn_config(config, create_app(config))).run()
+    from appliance.gateway.protocol import loop_factory
+
+    server = uvicorn.Server(uvicorn_config(config, create_app(config)))
+    with asyncio.Runner(loop_factory=loop_factory(config.limits.header_timeout_s)) as runner:
+        runner.run(server.serve())

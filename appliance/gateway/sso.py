@@ -108,6 +108,16 @@ def sso_routes(gateway: Gateway, settings: Sso) -> list[Route]:
     ]
 
 
+async def _bounded_answer(answer: httpx.Response) -> bytes:
+    """Keycloak's answer (decoded), read no further than ``MAX_ANSWER_BYTES``."""
+    content = bytearray()
+    async for chunk in answer.aiter_bytes():
+        content += chunk
+        if len(content) > MAX_ANSWER_BYTES:
+            raise RefusedError(Reason.UPSTREAM_ERROR, "Keycloak's answer is larger than expected")
+    return bytes(content)
+
+
 async def _relay(gateway: Gateway, settings: Sso, request: Request) -> Response:
     import httpx
     from starlette.responses import Response
@@ -121,7 +131,7 @@ async def _relay(gateway: Gateway, settings: Sso, request: Request) -> Response:
     try:
         if is_token:
             gateway.check_refusal_budget(call)
-        body = await read_body(request, settings.max_body_bytes) if is_token else b""
+        body = await read_body(request, settings.max_body_bytes, call.deadline) if is_token else b""
         headers = {"accept": "application/json", **forwarded_headers(request, call)}
         if is_token:
             call.client_id = client_named(request.headers, body)
@@ -130,10 +140,15 @@ async def _relay(gateway: Gateway, settings: Sso, request: Request) -> Response:
             )
             if request.headers.get("authorization"):
                 headers["authorization"] = request.headers["authorization"]
+        outgoing = client.build_request(
+            request.method, call.route, content=body or None, headers=headers
+        )
         try:
-            answer = await client.request(
-                request.method, call.route, content=body or None, headers=headers
-            )
+            answer = await client.send(outgoing, stream=True)
+            try:
+                content = await _bounded_answer(answer)
+            finally:
+                await answer.aclose()
         except httpx.TimeoutException as exc:
             raise RefusedError(
                 Reason.UPSTREAM_TIMEOUT, f"Keycloak did not answer in time ({type(exc).__name__})"
@@ -142,8 +157,6 @@ async def _relay(gateway: Gateway, settings: Sso, request: Request) -> Response:
             raise RefusedError(
                 Reason.UPSTREAM_UNAVAILABLE, f"Keycloak cannot be reached ({type(exc).__name__})"
             ) from exc
-        if len(answer.content) > MAX_ANSWER_BYTES:
-            raise RefusedError(Reason.UPSTREAM_ERROR, "Keycloak's answer is larger than expected")
         call.status = answer.status_code
         if answer.status_code >= 400:
             call.reason = Reason.UPSTREAM_ERROR
@@ -152,7 +165,7 @@ async def _relay(gateway: Gateway, settings: Sso, request: Request) -> Response:
                 gateway.refusals.refused(call.peer)
         await gateway.finish_and_sync(call)
         passed = {k: v for k, v in answer.headers.items() if k.lower() in ANSWER_HEADERS}
-        return Response(answer.content, status_code=answer.status_code,
+        return Response(content, status_code=answer.status_code,
                         headers={**passed, "x-request-id": call.request_id})  # fmt: skip
     except RefusedError as exc:
         response = gateway.refusal(call, exc)

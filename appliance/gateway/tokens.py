@@ -16,6 +16,7 @@ verification, never the claim checks; see ``_verified_claims``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +29,14 @@ from appliance.gateway.clock import Clock
 from appliance.gateway.config import Tokens
 from appliance.gateway.jwks import KeyStore
 from appliance.gateway.reasons import Reason, RefusedError
+from appliance.input_files import finite_number
 
 # JWS compact serialisation: three base64url parts. An empty signature passes this
 # shape check so that `alg: none` tokens are refused for their algorithm, by name.
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
+# A time claim beyond this (year 5138) is no time at all (and would lose precision).
+MAX_TIME_S = 1e11
 VERIFIED_CACHE_SIZE = 4096  # tokens whose signature was verified (at most 8 KiB each)
 
 _DECODE_OPTIONS: Any = {
@@ -61,12 +65,31 @@ def _shown(value: Any) -> str:
 
 
 def _number(claims: dict[str, Any], name: str) -> float | None:
+    """A time claim as a finite number of seconds; anything else is a malformed token.
+
+    PyJWT's own checks are off (they run against the injected clock here), and its JSON
+    parser turns ``1e400`` into ``inf`` and accepts ``NaN``: an ``exp`` of ``NaN`` compares
+    false with everything and would never expire. Booleans, strings, non-finite floats and
+    integers too large for a float are refused here, by name.
+    """
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RefusedError(Reason.MALFORMED_TOKEN, f"claim {name} is not a number: {_shown(value)}")
-    return float(value)
+    if not finite_number(value):
+        raise RefusedError(
+            Reason.MALFORMED_TOKEN,
+            f"claim {name} must be a finite number of seconds, found {_shown(value)}",
+        )
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not abs(seconds) < MAX_TIME_S:
+        raise RefusedError(
+            Reason.MALFORMED_TOKEN,
+            f"claim {name} is out of range ({_shown(value)}); expected seconds since 1970",
+        )
+    return seconds
 
 
 class TokenValidator:

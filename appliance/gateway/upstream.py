@@ -5,24 +5,32 @@ model traffic anywhere but the model server), keeps no cookies (nothing passes
 between callers) and sends a request a second time only when a kept-alive
 connection broke before any answer (``send``). Usage (tokens in/out) comes from the answer's ``usage``;
 for a stream, from the last event that carries one, else the number of data
-events is recorded as the output count (``usage_source: "chunks"``).
+events is recorded as the output count (``usage_source: "chunks"``). The model
+server's answers are parsed strictly and bounded (``input_files.parse_json``): a hostile
+or broken server's deep nesting, NaN or huge numbers give no usage, never an error.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance.errors import InputError
 from appliance.gateway.config import GatewayConfigError, Upstream
+from appliance.input_files import parse_json, read_text_input
 
 if TYPE_CHECKING:
     import httpx
 
 MAX_SSE_LINE = 1024 * 1024  # a longer line is not inspected (it is still forwarded)
 KEEPALIVE_S = 2.0
+MAX_COUNT = 2**53  # a token count above this is not a count
+
+
+class UpstreamAnswerError(InputError):
+    """An answer of the model server that is not strict, bounded JSON (never raised further)."""
 
 
 async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
@@ -74,10 +82,9 @@ def make_client(settings: Upstream, transport: Any = None) -> httpx.AsyncClient:
 def read_api_key(path: Path | None) -> str | None:
     if path is None:
         return None
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GatewayConfigError(f"{path}: cannot read the model server's API key: {exc}") from exc
+    key = read_text_input(
+        path, "model server's API key file", limit="key", error=GatewayConfigError
+    ).strip()
     if not key or any(c.isspace() for c in key):
         raise GatewayConfigError(f"{path}: expected one API key on one line")
     return key
@@ -91,7 +98,9 @@ class Usage:
 
 
 def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
 
 
 def usage_of(document: Any) -> Usage | None:
@@ -105,8 +114,8 @@ def usage_of(document: Any) -> Usage | None:
 
 def usage_from_body(body: bytes) -> Usage:
     try:
-        return usage_of(json.loads(body)) or Usage()
-    except (UnicodeDecodeError, ValueError):
+        return usage_of(parse_json(body, "answer", error=UpstreamAnswerError)) or Usage()
+    except UpstreamAnswerError:
         return Usage()
 
 
@@ -132,8 +141,8 @@ class SseTally:
             self.events += 1
             if b'"usage"' in payload:  # parse only the events that may carry usage
                 try:
-                    found = usage_of(json.loads(payload))
-                except (UnicodeDecodeError, ValueError):
+                    found = usage_of(parse_json(payload, "event", error=UpstreamAnswerError))
+                except UpstreamAnswerError:
                     found = None
                 if found is not None:
                     self._usage = found

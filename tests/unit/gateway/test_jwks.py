@@ -83,7 +83,12 @@ def test_a_key_without_alg_serves_each_pinned_algorithm_of_its_type(
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"{", "not JSON"),
+        (b"{", "not valid JSON"),
+        (b'{"keys": [], "keys": []}', "duplicate JSON key"),
+        (b'{"keys": ' + b"[" * 100 + b"]" * 100 + b"}", "nested deeper than 64"),
+        (b'{"keys": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", "nested deeper than 64"),
+        (b'{"keys": [{"kty": NaN}]}', "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
         (b"[]", 'no "keys" array'),
         (b'{"keys": {}}', 'no "keys" array'),
         (b'{"keys": []}', "holds no signature key for RS256"),
@@ -135,7 +140,10 @@ async def test_url_first_then_the_saved_file(tmp_path: Path, realm_key: SigningK
     )
     assert set(parse_jwks(await source.fetch(), ["RS256"])) == {(realm_key.kid, "RS256")}
     saved.unlink()
-    with pytest.raises(JwksError, match="answered HTTP 500; cannot read the JWKS file"):
+    with pytest.raises(
+        JwksError,
+        match=r"answered HTTP 500; .*jwks\.json: cannot read JWKS file: it does not exist",
+    ):
         await source.fetch()
 
 
@@ -170,7 +178,7 @@ async def test_a_failed_refresh_keeps_the_keys(tmp_path: Path, realm_key: Signin
     path.write_text("garbage")
     clock.advance(301)  # stale: re-read, which fails
     assert await keys.key(realm_key.kid, "RS256") is not None
-    assert keys.last_error is not None and "not JSON" in keys.last_error
+    assert keys.last_error is not None and "not valid JSON" in keys.last_error
 
 
 async def test_stale_keys_are_replaced_whole(
@@ -189,10 +197,12 @@ async def test_stale_keys_are_replaced_whole(
 async def test_missing_file_never_loads(tmp_path: Path) -> None:
     keys = store(tmp_path / "absent.json", FakeClock())
     assert await keys.key("any", "RS256") is None
-    assert not keys.loaded and "cannot read the JWKS file" in (keys.last_error or "")
+    assert not keys.loaded and "cannot read JWKS file: it does not exist" in (keys.last_error or "")
 
 
 async def test_url_source_with_a_missing_ca_file(tmp_path: Path) -> None:
     source = UrlJwksSource(CERTS, ca_file=tmp_path / "absent-ca.pem")
-    with pytest.raises(JwksError, match="cannot load the CA file"):
+    with pytest.raises(
+        JwksError, match=r"absent-ca\.pem: cannot read JWKS CA file: it does not exist"
+    ):
         await source.fetch()
