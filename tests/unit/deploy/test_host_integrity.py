@@ -315,3 +315,40 @@ def test_venvs_count_a_few_times_their_wheels(make_bundle: BundleFactory, trust:
     )
     wheels = sum(f.length for f in with_venv.release_files if "/files/wheels/" in f.path)
     assert space_needed(with_venv, {}) == space_needed(d, {}) + 1000 + VENV_FACTOR * wheels
+
+
+# --- cancellation is journaled -------------------------------------------------------------
+
+
+def test_sigterm_is_told_apart_from_ctrl_c_and_journaled_as_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    from appliance.deploy import run
+    from appliance.errors import Cancelled
+    from appliance.inventory import HostEntry
+
+    with pytest.raises(KeyboardInterrupt), run._sigterm_as_interrupt() as seen:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs between bytecodes
+            pass
+    assert seen.sigterm is True
+    with run._sigterm_as_interrupt() as quiet:
+        pass
+    assert quiet.sigterm is False
+
+    sent: list[str] = []  # a fake of the SSH runner: records the scripts it would run
+    monkeypatch.setattr(remote, "run", lambda host, script, **kw: sent.append(script) or "")
+    host = HostEntry(name="lab-1", address="10.0.0.2", roles=["model-server"])
+    for exc, signals, by in [
+        (KeyboardInterrupt(), seen, "SIGTERM"),
+        (KeyboardInterrupt(), quiet, "interrupted (Ctrl-C)"),
+        (Cancelled("x"), quiet, "cancelled by the operator"),
+    ]:
+        sent.clear()
+        run._journal_cancelled([host], "d1", "converge", exc, signals)
+        [script] = sent
+        assert "/var/lib/appliance/journal/d1.jsonl" in script
+        line = json.loads(script.split("printf '%s\\n' ")[1].split(" >> ")[0].strip("'"))
+        assert (line["step"], line["status"], line["by"]) == ("converge", "cancelled", by)
