@@ -196,7 +196,7 @@ def append_audit(host: HostEntry, record: dict[str, Any]) -> dict[str, Any]:
 # does not), then its type if it exists but is not a regular file.
 _AUDIT_TAIL_SCRIPT = f"""if [ -e {AUDIT_LOG} ] && [ ! -f {AUDIT_LOG} ]; then echo "@@notfile"; else
 if [ -s {AUDIT_LOG} ] && [ "$(tail -c 1 {AUDIT_LOG} | wc -l)" = 0 ]; then echo "@@nonewline"; fi
-tail -n 2 {AUDIT_LOG} 2>/dev/null; fi
+tail -n 2 {AUDIT_LOG} 2>/dev/null; fi; true
 """
 
 _REPAIR_AUDIT = (

@@ -98,6 +98,17 @@ def test_the_host_state_is_read_and_checked() -> None:
     assert fresh == remote.HostState(GENESIS, None, None)
 
 
+def test_the_read_only_scripts_succeed_on_a_host_without_any_appliance_state() -> None:
+    # Read-only: they only read /var/log/appliance, /var/lib/appliance, /opt/appliance here.
+    for script in (remote._STATE_SCRIPT, remote._AUDIT_TAIL_SCRIPT):
+        result = sh(script)
+        assert result.returncode == 0, (script, result.stderr)
+    if not Path(remote.AUDIT_LOG).exists() and not Path("/opt/appliance").exists():
+        assert remote.check_host_state("h", sh(remote._STATE_SCRIPT).stdout) == remote.HostState(
+            GENESIS, None, None
+        )
+
+
 @pytest.mark.parametrize(
     ("output", "said", "hint"),
     [
