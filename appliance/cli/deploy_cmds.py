@@ -184,6 +184,8 @@ def _each_host(args: argparse.Namespace, action: Callable[[Any], str]) -> int:
         except ApplianceError as exc:
             failed = True
             print(f"{host.name}: FAILED: {exc.message}", file=sys.stderr)
+            if exc.hint:  # how to repair: as important as what failed
+                print(f"{host.name}: {exc.hint}", file=sys.stderr)
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
 
 
