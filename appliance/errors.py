@@ -74,6 +74,16 @@ class DeploymentError(ApplianceError):
     exit_code = ExitCode.DEPLOYMENT_FAILED
 
 
+class HostStateError(DeploymentError):
+    """A file on a host that an operation depends on (the audit log's tail, the journal, the
+    ``current`` link, a pending switch record, the target release) is damaged: refused before
+    anything was changed, with how to repair it."""
+
+
+class DiskSpaceError(DeploymentError):
+    """A host's filesystem has less free space than the release needs; refused before upload."""
+
+
 # --- bundle verification: one class per kind of failure (all exit 4) -------------
 
 

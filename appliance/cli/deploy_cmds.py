@@ -218,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from appliance.deploy.lifecycle import status
 
-    rows = [status(h) for h in _hosts(args)]
+    rows = [status(h, verify=args.verify) for h in _hosts(args)]
     if args.json:
         sys.stdout.write(json.dumps([asdict(r) for r in rows], indent=2, sort_keys=True) + "\n")
     for r in rows if not args.json else []:
@@ -235,8 +235,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             + ("" if r.keycloak == "absent" else f", keycloak {r.keycloak}")
             + f"; {audit}"
         )
+        for version, problems in sorted(r.integrity.items()):
+            if problems:
+                print(f"  release {version} DIFFERS FROM WHAT WAS INSTALLED:")
+                print("\n".join(f"    {p}" for p in problems))
+        if r.pending_switch:
+            print(f"  PENDING: {r.pending_switch} (the next deploy or rollback records it)")
     bad = [r for r in rows if not r.reachable or r.healthy is False or not r.audit_ok
-           or r.gateway not in ("absent", "active") or r.keycloak not in ("absent", "active")]  # fmt: skip
+           or r.gateway not in ("absent", "active") or r.keycloak not in ("absent", "active")
+           or any(r.integrity.values()) or r.pending_switch]  # fmt: skip
     return ExitCode.DEPLOYMENT_FAILED if bad else ExitCode.OK
 
 
@@ -251,6 +258,8 @@ def _each_host(args: argparse.Namespace, action: Callable[[Any], str]) -> int:
         except ApplianceError as exc:
             failed = True
             print(f"{host.name}: FAILED: {exc.message}", file=sys.stderr)
+            if exc.hint:  # how to repair: as important as what failed
+                print(f"{host.name}: {exc.hint}", file=sys.stderr)
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
 
 
@@ -371,6 +380,12 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     st = sub.add_parser("status", help="release, service and health per host")
     st.add_argument("--inventory", type=Path, required=True)
     st.add_argument("--json", action="store_true")
+    st.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every file of every release, the model's included (slow for big models); "
+        "without it: sizes, mtimes and small files' digests",
+    )
     handlers["status"] = cmd_status
     rb = sub.add_parser("rollback", help="activate the previous release on each host")
     rb.add_argument("--inventory", type=Path, required=True)

@@ -27,6 +27,7 @@ from appliance import package_data
 from appliance.bundle.format import FILES_DIR, TARGETS_FILE
 from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR
 from appliance.bundle.verify import VerifiedBundle
+from appliance.deploy.integrity import check_command, parse_integrity, record_command
 from appliance.engine_args import NodeCommand
 from appliance.inventory import HostEntry
 
@@ -250,10 +251,13 @@ def staging_commands(desired: HostDesired, staging: str) -> list[str]:
 def staging_command(desired: HostDesired, staging: str) -> str:
     """``staging_commands`` as one shell command running them side by side (the two venvs
     take about as long together as the larger alone); it fails, with the tail of each failed
-    step's output, if any of them fails. Empty when there is nothing to run."""
+    step's output, if any of them fails. Then, whatever the release holds, the install record
+    of the whole staging directory (``integrity.record_command``): the last write before the
+    release is made read-only, so what was built on the host is checked like the rest."""
+    record = record_command(staging)
     commands = staging_commands(desired, staging)
     if not commands:
-        return ""
+        return record
     lines = ["logs=$(mktemp -d)"]
     for i, command in enumerate(commands):
         lines.append(f'( {command} ) >"$logs/{i}" 2>&1 & pid{i}=$!')
@@ -264,7 +268,7 @@ def staging_command(desired: HostDesired, staging: str) -> str:
             f'tail -n 20 "$logs/{i}" >&2; }}'
         )
     lines.append('rm -rf "$logs"')
-    lines.append('[ "$failed" = 0 ]')
+    lines.append(f'[ "$failed" = 0 ] && {record}')
     return "\n".join(lines)
 
 
@@ -291,6 +295,11 @@ def checklist(desired: HostDesired) -> str:
         "\n".join(f"{f.sha256}  {f.path.removeprefix(prefix)}" for f in desired.release_files)
         + "\n"
     )
+
+
+def staging_dir(desired: HostDesired) -> str:
+    """Where both engines stage release ``desired.version`` before it is moved into place."""
+    return f"{RELEASES}/.staging-{desired.version}"
 
 
 def release_etc(version: int) -> str:
@@ -427,6 +436,20 @@ def probe_script(desired: HostDesired) -> str:
         lines.append(
             f'[ -f {q(p)} ] && echo "file${{t}}"{q(p)}"${{t}}$(sha256sum {q(p)} | cut -d" " -f1)"'
         )
+    # The release, if there: checked against its install record (venvs included), so a
+    # tampered release is a change to make (desired.diff), not a surprise for the engine.
+    release = q(desired.release_dir)
+    lines.append(
+        f'if [ -d {release} ]; then echo "release${{t}}-${{t}}present"; '
+        f'{check_command([desired.release_dir])} || echo "integrity${{t}}"{release}"${{t}}check failed"; fi'
+    )
+    # Where the release will be staged: its filesystem's free bytes, and what is staged already.
+    lines.append(
+        f'd={q(RELEASES)}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; '
+        "echo \"disk${t}$d${t}$(df -P -B1 \"$d\" | tail -n 1 | tr -s ' ' '\\t')\""
+    )
+    staging = q(staging_dir(desired))
+    lines.append(f'[ -d {staging} ] && echo "staged${{t}}-${{t}}$(du -sb {staging} | cut -f1)"')
     lines.append("true")
     return "\n".join(lines) + "\n"
 
@@ -435,7 +458,7 @@ def probe_script(desired: HostDesired) -> str:
 class Change:
     kind: Literal[
         "create-dir", "put-file", "render", "venv", "activate", "firewall", "switch-current",
-        "enable", "start", "user", "unpack", "put-secret",
+        "enable", "start", "user", "unpack", "put-secret", "reinstall",
     ]  # fmt: skip
     target: str
     detail: str
@@ -462,6 +485,8 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
                 )
             )
     files = actual.get("files", {})
+    if (tampered := release_damage(desired, actual)) is not None:
+        changes.append(Change("reinstall", desired.release_dir, tampered))
     for f in desired.release_files:
         found = files.get(f.path, "")
         if found != f.sha256:
@@ -531,10 +556,75 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
     return changes
 
 
+def release_damage(desired: HostDesired, actual: dict[str, Any]) -> str | None:
+    """Why the release on the host differs from what was installed (``None``: it does not, or
+    it is not there). A release is never rewritten in place: the deploy moves a damaged one
+    aside (the evidence) and stages it again from the verified bundle."""
+    if not actual.get("release"):
+        return None
+    files = actual.get("files", {})
+    problems = [
+        f"{f.path.removeprefix(desired.release_dir + '/')}: "
+        + ("missing" if not files.get(f.path) else "differs from the signed digest")
+        for f in desired.release_files
+        if files.get(f.path) != f.sha256
+    ]
+    integrity = actual.get("integrity", {})
+    if desired.release_dir not in integrity:
+        problems.append("its install record could not be checked (is python3 on the host?)")
+    else:
+        problems += [p for p in integrity[desired.release_dir] if p not in problems]
+    if not problems:
+        return None
+    shown = "; ".join(problems[:5]) + (
+        f"; ... {len(problems) - 5} more" if len(problems) > 5 else ""
+    )
+    return f"release {desired.version} differs from what was installed: {shown}"
+
+
+# Free space a release needs beyond its files: the virtualenvs built from its wheels (unpacked,
+# they take a few times the wheels' size) and room to spare for the install record and logs.
+VENV_FACTOR = 3
+HEADROOM = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DiskShortfall:
+    mount: str
+    filesystem: str
+    needed: int
+    free: int
+
+
+def space_needed(desired: HostDesired, actual: dict[str, Any]) -> int:
+    """Bytes the release still needs on its filesystem (0 when it is in place and intact)."""
+    if actual.get("release") and release_damage(desired, actual) is None:
+        return 0
+    files = sum(f.length for f in desired.release_files)
+    wheels = sum(
+        f.length
+        for f in desired.release_files
+        for v in desired.venvs
+        if f.path.startswith(v.wheels_dir + "/")
+    )
+    staged = min(int(actual.get("staged") or 0), files)
+    return files - staged + VENV_FACTOR * wheels + HEADROOM
+
+
+def disk_shortfall(desired: HostDesired, actual: dict[str, Any]) -> DiskShortfall | None:
+    """The release's filesystem when it has less free space than the release needs."""
+    disk = actual.get("disk")
+    needed = space_needed(desired, actual)
+    if not needed or not disk or disk["free"] >= needed:
+        return None
+    return DiskShortfall(disk["mount"], disk["filesystem"], needed, disk["free"])
+
+
 def parse_probe(output: str) -> dict[str, Any]:
     """The facts ``probe_script`` printed, as ``diff`` reads them."""
     state: dict[str, Any] = {"current": "", "nft": False, "units": {}, "venvs": {}, "dirs": {},
-                             "files": {}, "users": {}, "owners": {}, "unpacked": {}}  # fmt: skip
+                             "files": {}, "users": {}, "owners": {}, "unpacked": {},
+                             "release": False, "disk": None, "staged": 0}  # fmt: skip
     for line in output.splitlines():
         kind, _, rest = line.partition("\t")
         fields = rest.split("\t")
@@ -552,4 +642,13 @@ def parse_probe(output: str) -> dict[str, Any]:
             state["owners"][fields[0]] = fields[1]
         elif kind == "file" and len(fields) == 2:
             state["files"][fields[0]] = fields[1]
+        elif kind == "release":
+            state["release"] = True
+        elif kind == "disk" and len(fields) >= 7 and fields[4].isdigit():
+            # df -P: filesystem, size, used, available, capacity, mount point (may hold blanks)
+            state["disk"] = {"path": fields[0], "filesystem": fields[1], "free": int(fields[4]),
+                             "mount": " ".join(fields[6:])}  # fmt: skip
+        elif kind == "staged" and len(fields) == 2 and fields[1].isdigit():
+            state["staged"] = int(fields[1])
+    state["integrity"] = parse_integrity(output)
     return state

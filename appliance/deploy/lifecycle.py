@@ -10,7 +10,7 @@ down and nothing else; the audit log stays unless ``purge``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from appliance.audit import verify_chain
 from appliance.deploy import audit_anchor, remote
@@ -27,7 +27,7 @@ from appliance.deploy.desired import (
     UNIT_NAME,
     active_unit_path,
 )
-from appliance.errors import ApplianceError, DeploymentError
+from appliance.errors import ApplianceError, DeploymentError, HostStateError
 from appliance.inventory import HostEntry
 from appliance.keycloak.service import KEYCLOAK_USER
 
@@ -44,6 +44,10 @@ class HostStatus:
     audit_records: int
     audit_ok: bool
     message: str = ""
+    # Per release on the host, how it differs from what was installed (empty: intact);
+    # size, mtime and small files' digests, every digest with ``verify`` (deploy/integrity.py).
+    integrity: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    pending_switch: str = ""  # a switch of `current` recorded as intended, never as done
     gateway: str = "absent"  # the gateway unit's state: active, failed, ... or absent
     firewall: bool = False  # the appliance's nftables table is loaded
     keycloak: str = "absent"  # the Keycloak unit's state, or absent
@@ -55,7 +59,9 @@ def releases_on(host: HostEntry) -> tuple[int, ...]:
     return tuple(sorted(int(n) for n in names if n.isdigit()))
 
 
-def status(host: HostEntry) -> HostStatus:
+def status(host: HostEntry, *, verify: bool = False) -> HostStatus:
+    """Release, services, health, audit chain, and each release checked against what was
+    installed (``verify``: every file's digest, the model's included; slow for big models)."""
     try:
         current = remote.current_version(host)
         releases = releases_on(host)
@@ -92,13 +98,36 @@ def status(host: HostEntry) -> HostStatus:
     if current is not None and active == "active":
         port = remote.release_port(host, current)
         healthy = remote.health_check(host, port, timeout=10) if port else None
-    return HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit_ok,
-                      "; ".join(audit_message), gateway, firewall, keycloak, "; ".join(anchor_lines))  # fmt: skip
+    row = HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit_ok,
+                     "; ".join(audit_message), gateway=gateway, firewall=firewall, keycloak=keycloak,
+                     audit_anchor="; ".join(anchor_lines))  # fmt: skip
+    try:
+        found = remote.release_problems(host, [f"{RELEASES}/{v}" for v in releases], full=verify)
+        intent = remote.run(host, f"cat {remote.INTENT} 2>/dev/null; true", timeout=30).strip()
+    except DeploymentError as exc:
+        return replace(row, message="; ".join([*audit_message, exc.message]))
+    pending = ""
+    if intent:
+        try:
+            pending = (
+                f"a switch of current to {json.loads(intent)['to']} was never recorded as done"
+            )
+        except (ValueError, TypeError, KeyError):
+            pending = f"{remote.INTENT} is damaged"
+    return replace(
+        row,
+        integrity={int(r.rsplit("/", 1)[-1]): problems for r, problems in found.items()},
+        pending_switch=pending,
+    )
 
 
 def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown") -> str:
+    """Activate an older release; everything it depends on is checked before anything changes
+    (the audit log's tail, ``current``, a pending switch, the target release against its
+    install record), and the switch is recorded before and after (``remote.switch_recorded``)."""
     remote.acquire_lock(host)
     try:
+        remote.reconcile(host, remote.host_state(host))
         current = remote.current_version(host)
         available = releases_on(host)
         if to is None:
@@ -111,6 +140,16 @@ def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown
         if to not in available:
             raise DeploymentError(
                 f"{host.name}: release {to} is not on the host (has {list(available)})"
+            )
+        target = f"{RELEASES}/{to}"
+        damaged = remote.release_problems(host, [target])[target]
+        if damaged:
+            raise HostStateError(
+                f"{host.name}: release {to} differs from what was installed: "
+                f"{'; '.join(damaged[:5])}; refusing to roll back to it (nothing was changed)",
+                hint=f"Deploy release {to}'s bundle again (`appliance deploy --bundle BUNDLE-{to} "
+                "...`: it sets the damaged copy aside and lays the release down again), or "
+                "roll back `--to` another release.",
             )
         remote.activate(host, to)
         port = remote.release_port(host, to)
@@ -131,9 +170,9 @@ def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown
                 f"{host.name}: release {to} did not become healthy; release {current} re-activated"
             )
         remote.apply_firewall(host, to)  # that release's ruleset, if it has one
-        remote.switch_current(host, f"{RELEASES}/{to}")
-        remote.append_audit(
+        remote.switch_recorded(
             host,
+            target,
             {"event": "rollback", "operator": operator, "from": current, "to": to, "result": "ok"},
         )
         return f"rolled back from {current} to {to}"
@@ -143,7 +182,14 @@ def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown
 
 def uninstall(host: HostEntry, *, purge: bool = False, operator: str = "unknown") -> str:
     remote.acquire_lock(host)
-    entry = remote.append_audit(host, {"event": "uninstall", "operator": operator, "purge": purge})
+    try:
+        # A damaged audit tail is refused here, before anything is removed.
+        entry = remote.append_audit(
+            host, {"event": "uninstall", "operator": operator, "purge": purge}
+        )
+    except BaseException:
+        remote.release_lock(host)
+        raise
     # Read-only releases must be made writable before they can be removed.
     units = (*remote.SERVICES, NFT_BOOT_UNIT)
     unit_files = " ".join(active_unit_path(u) for u in units)

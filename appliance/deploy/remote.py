@@ -23,26 +23,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance.audit import GENESIS, chain_record
+from appliance.audit import GENESIS, chain_record, record_hash
 from appliance.deploy.desired import (
     CURRENT,
     GATEWAY_UNIT,
     KEYCLOAK_UNIT,
+    LOG,
     NFT_BOOT_UNIT,
     RELEASE_ETC,
+    RELEASES,
     ROOT,
     RULESET_PATH,
     STATE,
     UNIT_NAME,
     active_unit_path,
 )
+from appliance.deploy.integrity import check_command, parse_integrity
 from appliance.engine_args import argv_port
-from appliance.errors import DeploymentError
+from appliance.errors import DeploymentError, HostStateError
 from appliance.inventory import HostEntry
 
 LOCK_DIR = f"{STATE}/deploy.lock"
 JOURNAL_DIR = f"{STATE}/journal"
-AUDIT_LOG = "/var/log/appliance/audit.jsonl"
+AUDIT_LOG = f"{LOG}/audit.jsonl"
+# A switch of `current` about to happen (written before it, removed once its audit record is
+# written): an operation finding one reconciles it first (``reconcile``).
+INTENT = f"{STATE}/switch-intent.json"
 SSH_TIMEOUT = 10
 
 
@@ -166,11 +172,14 @@ def _now() -> str:
 
 
 def append_audit(host: HostEntry, record: dict[str, Any]) -> dict[str, Any]:
-    """Append a hash-chained record: each carries the previous record's hash and its own."""
-    last = run(
-        host, f"mkdir -p /var/log/appliance && tail -n 1 {AUDIT_LOG} 2>/dev/null; true", timeout=30
-    ).strip()
-    previous = json.loads(last)["hash"] if last else GENESIS
+    """Append a hash-chained record: each carries the previous record's hash and its own.
+
+    The log's tail is checked first (``audit_tail_hash``): a damaged tail is refused
+    (``HostStateError``) and nothing is appended, never a traceback.
+    """
+    previous = audit_tail_hash(
+        host.name, run(host, f"mkdir -p {LOG}\n{_AUDIT_TAIL_SCRIPT}", timeout=30)
+    )
     entry = chain_record({"at": _now(), "host": host.name, **record}, previous)
     line = json.dumps(entry, sort_keys=True)
     run(
@@ -183,6 +192,216 @@ def append_audit(host: HostEntry, record: dict[str, Any]) -> dict[str, Any]:
 
     audit_anchor.after_append(host, by=str(record.get("event", "operation")))
     return entry
+
+
+# --- host state: read and checked before anything is changed ------------------------------
+
+# The audit log's last two lines, then whether it ends with a newline (a half-written line
+# does not), then its type if it exists but is not a regular file.
+_AUDIT_TAIL_SCRIPT = f"""if [ -e {AUDIT_LOG} ] && [ ! -f {AUDIT_LOG} ]; then echo "@@notfile"; else
+if [ -s {AUDIT_LOG} ] && [ "$(tail -c 1 {AUDIT_LOG} | wc -l)" = 0 ]; then echo "@@nonewline"; fi
+tail -n 2 {AUDIT_LOG} 2>/dev/null; fi; true
+"""
+
+_REPAIR_AUDIT = (
+    f"Look at the end of {AUDIT_LOG} on the host (`appliance audit verify --inventory FILE` "
+    "names the line). Keep the damaged log as evidence and take out the damaged last line: "
+    f"`cp -a {AUDIT_LOG} {AUDIT_LOG}.damaged-$(date +%s) && sed -i '$d' {AUDIT_LOG}`, "
+    "then run the operation again."
+)
+
+
+def audit_tail_hash(host_name: str, tail: str) -> str:
+    """The hash the next audit record chains from, from ``_AUDIT_TAIL_SCRIPT``'s output (pure).
+
+    The last line must be a whole, unedited audit record chained to the line before it;
+    anything else raises ``HostStateError`` (nothing appended: a record chained to garbage
+    would hide the damage).
+    """
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if "@@notfile" in lines:
+        raise HostStateError(
+            f"{host_name}: {AUDIT_LOG} exists but is not a regular file; refusing to change anything",
+            hint=f"Move it aside on the host (`mv {AUDIT_LOG} {AUDIT_LOG}.damaged`) and run again.",
+        )
+    truncated = "@@nonewline" in lines
+    lines = [line for line in lines if not line.startswith("@@")]
+    if not lines:
+        return GENESIS
+    where = f"{host_name}: the last line of {AUDIT_LOG}"
+    if truncated:
+        raise HostStateError(
+            f"{where} is incomplete (no newline: a write was cut); refusing to change anything",
+            hint=_REPAIR_AUDIT,
+        )
+    records: list[dict[str, Any]] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        records.append(record if isinstance(record, dict) else {})
+    last = records[-1]
+    if not isinstance(last.get("hash"), str) or not isinstance(last.get("prev"), str):
+        raise HostStateError(
+            f"{where} is not an audit record (not JSON with hash and prev): "
+            f"{lines[-1][:60]!r}; refusing to change anything",
+            hint=_REPAIR_AUDIT,
+        )
+    if record_hash(last) != last["hash"]:
+        raise HostStateError(
+            f"{where} was edited (its content does not match its hash); refusing to change anything",
+            hint=_REPAIR_AUDIT,
+        )
+    if len(records) == 2 and records[0].get("hash") != last["prev"]:
+        raise HostStateError(
+            f"{where} is not chained to the line before it; refusing to change anything",
+            hint=_REPAIR_AUDIT,
+        )
+    return str(last["hash"])
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """What an operation depends on, read in one SSH call and checked (``check_host_state``)."""
+
+    audit_hash: str  # the hash the next audit record chains from
+    current: str | None  # where `current` points (None: no link)
+    intent: dict[str, Any] | None  # a switch recorded as about to happen, not yet as done
+
+
+_STATE_SCRIPT = f"""echo "@@audit"
+{_AUDIT_TAIL_SCRIPT}echo "@@current"
+if [ -L {CURRENT} ]; then echo "link $(readlink {CURRENT})"; elif [ -e {CURRENT} ]; then echo other; fi
+echo "@@notdir"
+for d in {STATE} {JOURNAL_DIR} {LOG} {RELEASES}; do [ -e "$d" ] && [ ! -d "$d" ] && echo "$d"; done
+echo "@@intent"
+cat {INTENT} 2>/dev/null; true
+"""
+
+
+def check_host_state(host_name: str, output: str) -> HostState:
+    """``_STATE_SCRIPT``'s output checked (pure); ``HostStateError`` with how to repair."""
+    sections: dict[str, list[str]] = {}
+    current_section = ""
+    for line in output.splitlines():
+        if line in ("@@audit", "@@current", "@@notdir", "@@intent"):
+            current_section = line[2:]
+            sections[current_section] = []
+        elif current_section:
+            sections[current_section].append(line)
+    if set(sections) != {"audit", "current", "notdir", "intent"}:
+        raise HostStateError(f"{host_name}: the host's state could not be read (incomplete answer)")
+    for path in filter(None, (line.strip() for line in sections["notdir"])):
+        raise HostStateError(
+            f"{host_name}: {path} is not a directory; refusing to change anything",
+            hint=f"Move it aside on the host (`mv {path} {path}.damaged`) and run again.",
+        )
+    audit = audit_tail_hash(host_name, "\n".join(sections["audit"]))
+    link = " ".join(sections["current"]).strip()
+    current: str | None = None
+    if link:
+        target = link.removeprefix("link ")
+        name = target.removeprefix(RELEASES + "/")
+        if link == "other" or not name.isdigit() or target != f"{RELEASES}/{name}":
+            raise HostStateError(
+                f"{host_name}: {CURRENT} is not a link to a release under {RELEASES} "
+                f"(found {link!r}); refusing to change anything",
+                hint=f"Move it aside on the host (`mv {CURRENT} {CURRENT}.damaged`), then deploy "
+                "or roll back to the release that must serve.",
+            )
+        current = target
+    intent_text = "\n".join(sections["intent"]).strip()
+    intent: dict[str, Any] | None = None
+    if intent_text:
+        try:
+            intent = json.loads(intent_text)
+        except ValueError:
+            intent = None
+        if (
+            not isinstance(intent, dict)
+            or not isinstance(intent.get("to"), str)
+            or not isinstance(intent.get("record"), dict)
+        ):
+            raise HostStateError(
+                f"{host_name}: {INTENT} (a switch of {CURRENT} about to happen) is damaged; "
+                "refusing to change anything",
+                hint=f"Check which release {CURRENT} points at and that it serves, note it, then "
+                f"remove the file on the host (`rm {INTENT}`) and run again.",
+            )
+    return HostState(audit, current, intent)
+
+
+def host_state(host: HostEntry) -> HostState:
+    """Read and check what an operation depends on; read-only. ``HostStateError`` if damaged."""
+    return check_host_state(host.name, run(host, _STATE_SCRIPT, timeout=30))
+
+
+def reconcile_record(intent: dict[str, Any], current: str | None) -> dict[str, Any]:
+    """The audit record that closes a switch found recorded as intended only (pure).
+
+    ``current`` at the intended target: the switch happened and its record was never
+    written (the deployer died between the two); anything else: it did not happen.
+    """
+    done = current == intent["to"]
+    return {
+        **intent["record"],
+        "result": "ok" if done else "interrupted",
+        "reconciled": True,
+        "note": (
+            f"found after an interruption: {CURRENT} had been switched to {intent['to']}"
+            if done
+            else f"found after an interruption: {CURRENT} was not switched to {intent['to']} "
+            f"(it points at {current or 'nothing'})"
+        ),
+    }
+
+
+def reconcile(host: HostEntry, state: HostState) -> HostState:
+    """Close a switch left recorded as intended only (audit record, then the intent removed)."""
+    if state.intent is None:
+        return state
+    entry = append_audit(host, reconcile_record(state.intent, state.current))
+    run(host, f"rm -f {INTENT}", timeout=30)
+    return HostState(entry["hash"], state.current, None)
+
+
+def switch_recorded(host: HostEntry, release_dir: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Switch ``current`` to ``release_dir`` so that it cannot happen unrecorded.
+
+    The intent (where to, and the audit record to write) goes to ``INTENT`` first, then the
+    switch, then the audit record, then the intent is removed. A deployer dying in between
+    leaves the intent: the next operation's ``reconcile`` writes the record it finds missing.
+    """
+    previous = run(host, f"readlink {CURRENT} 2>/dev/null; true", timeout=30).strip()
+    intent = json.dumps({"at": _now(), "to": release_dir, "from": previous or None, "record": record},
+                        sort_keys=True)  # fmt: skip
+    run(host, f"mkdir -p {STATE} && printf '%s\\n' {shlex.quote(intent)} > {INTENT}.tmp && "
+              f"mv -f {INTENT}.tmp {INTENT}", timeout=30)  # fmt: skip
+    switch_current(host, release_dir)
+    entry = append_audit(host, record)
+    run(host, f"rm -f {INTENT}", timeout=30)
+    return entry
+
+
+def release_problems(
+    host: HostEntry, releases: list[str], *, full: bool = False
+) -> dict[str, tuple[str, ...]]:
+    """Per release directory, how it differs from what was installed (empty: intact)."""
+    if not releases:
+        return {}
+    found = parse_integrity(run(host, check_command(releases, full=full) + "; true",
+                                timeout=3600 if full else 300))  # fmt: skip
+    return {r: found.get(r, ("its install record could not be checked",)) for r in releases}
+
+
+def set_aside(host: HostEntry, release_dir: str, deploy_id: str) -> str:
+    """Move a damaged release out of the way (kept as evidence, on the same filesystem: a
+    rename, no copy) so it can be laid down again; where it went."""
+    version = release_dir.rsplit("/", 1)[-1]
+    evidence = f"{RELEASES}/.damaged-{version}-{deploy_id}"
+    run(host, f"mv -T {shlex.quote(release_dir)} {shlex.quote(evidence)}", timeout=60)
+    return evidence
 
 
 # --- activation, health, current -----------------------------------------------------------

@@ -27,21 +27,32 @@ from appliance.bundle.format import FILES_DIR
 from appliance.bundle.verify import VerifiedBundle
 from appliance.deploy import remote
 from appliance.deploy.desired import (
+    RELEASES,
     Change,
+    DiskShortfall,
     HostDesired,
     HostOutcome,
     desired_state,
     diff,
+    disk_shortfall,
     parse_probe,
     probe_script,
+    release_damage,
 )
 from appliance.deploy.site import Site
 from appliance.detect.cpu import parse_cpuinfo
 from appliance.detect.host import parse_os_release
 from appliance.engine_args import argv_port
-from appliance.errors import ApplianceError, Cancelled, DeploymentError, DoesNotFitError, InputError
+from appliance.errors import (
+    ApplianceError,
+    Cancelled,
+    DeploymentError,
+    DiskSpaceError,
+    DoesNotFitError,
+    InputError,
+)
 from appliance.events import Event, Finished, Progress, Started, Warned
-from appliance.facts import CpuFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
+from appliance.facts import CpuFacts, DiskFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
 from appliance.inventory import HostEntry, Inventory
 from appliance.model_info import load_model_info
 from appliance.plan import Plan, build_plan
@@ -58,6 +69,8 @@ echo "@@python"; python3 -c 'import platform; print(platform.python_version())'
 echo "@@nvidia"; ls /dev/nvidiactl 2>/dev/null || true
 echo "@@osrelease"; cat /etc/os-release 2>/dev/null
 echo "@@cpuinfo"; cat /proc/cpuinfo
+echo "@@df"; d=/opt/appliance/releases; while [ ! -d "$d" ]; do d=$(dirname "$d"); done
+echo "$d"; df -P -B1 "$d" | tail -n 1
 """
 
 
@@ -104,9 +117,19 @@ def remote_facts(host: HostEntry) -> HostFacts:
         memory=MemoryFacts(
             int(meminfo.get("MemTotal", "0")) * 1024, int(meminfo.get("MemAvailable", "0")) * 1024
         ),
-        disks=(),
+        disks=_disks(sections.get("df", [])),
         gpu=gpu,
     )
+
+
+def _disks(lines: list[str]) -> tuple[DiskFacts, ...]:
+    """The releases' filesystem from the facts script's ``df -P`` line (nothing if unreadable)."""
+    if len(lines) < 2:
+        return ()
+    fields = lines[1].split()
+    if len(fields) < 6 or not fields[1].isdigit() or not fields[3].isdigit():
+        return ()
+    return (DiskFacts(RELEASES, lines[0], int(fields[1]), int(fields[3])),)
 
 
 @dataclass
@@ -252,7 +275,15 @@ def deploy(
     yield Started("deploy", total_items=len(hosts))
     planned: dict[str, tuple[Plan, HostDesired]] = {}
     results = {h.name: HostResult(h.name) for h in hosts}
+    states: dict[str, remote.HostState] = {}
+    damaged: dict[
+        str, str
+    ] = {}  # host -> why its copy of the release differs from what was installed
+    short: dict[str, DiskShortfall] = {}
     for host in hosts:
+        # What the deploy depends on is read and checked first: a damaged audit log, journal or
+        # `current` is refused here (exit 5, how to repair), before anything is changed.
+        states[host.name] = remote.host_state(host)
         planned[host.name] = plan_host(
             verified, host, profiles, profile, force=force, site=site, inventory=inventory
         )
@@ -261,13 +292,32 @@ def deploy(
         results[host.name].gateway_port = desired.gateway_port
         results[host.name].firewall = desired.firewall is not None
         results[host.name].keycloak = desired.keycloak
-        results[host.name].changes = diff(
-            desired, parse_probe(remote.run(host, probe_script(desired), timeout=120))
-        )
+        actual = parse_probe(remote.run(host, probe_script(desired), timeout=600))
+        results[host.name].changes = diff(desired, actual)
+        if (why := release_damage(desired, actual)) is not None:
+            damaged[host.name] = why
+        if (shortfall := disk_shortfall(desired, actual)) is not None:
+            short[host.name] = shortfall
         yield Progress("plan", 0, None, len(planned), len(hosts), host.name)
     if dry_run:
+        for name, shortfall in short.items():
+            yield Warned("deploy", f"a deploy would be refused: {space_message(name, shortfall)}")
         yield Finished("deploy", "dry run: nothing was changed")
         return list(results.values())
+    if short:
+        raise DiskSpaceError(
+            "; ".join(space_message(name, s) for name, s in short.items())
+            + "; refused before any upload, nothing was changed",
+            hint="Free space on that filesystem (old releases: `appliance status` lists them; "
+            f"set-aside damaged copies are {RELEASES}/.damaged-*) or make it larger, then deploy again.",
+        )
+    # A switch left recorded as intended only on a host with nothing to change is closed too.
+    for host in [h for h in hosts if not results[h.name].changes and states[h.name].intent]:
+        remote.acquire_lock(host)
+        try:
+            remote.reconcile(host, remote.host_state(host))
+        finally:
+            remote.release_lock(host)
     # A converged host is not touched (no upload, no restart): only its health is checked.
     for host in [h for h in hosts if not results[h.name].changes]:
         problem = _unhealthy(host, planned[host.name], timeout=30)
@@ -285,22 +335,27 @@ def deploy(
     deploy_id = uuid.uuid4().hex[:12]
     locked: list[HostEntry] = []
     # SIGTERM while hosts are locked stops like Ctrl-C: engine stopped, locks released, exit 130.
-    with _sigterm_as_interrupt():
+    stage = "lock"
+    with _sigterm_as_interrupt() as signals:
         try:
             for host in hosts:
                 remote.acquire_lock(host)
                 locked.append(host)
-                remote.Journal(host, deploy_id).record(
-                    "converge", "start", version=verified.version, engine=engine
-                )
+                # Under the lock: the state read again (it may have changed since the plan) and
+                # a switch left recorded as intended only is closed before anything else.
+                remote.reconcile(host, remote.host_state(host))
+                journal = remote.Journal(host, deploy_id)
+                journal.record("converge", "start", version=verified.version, engine=engine)
+                if host.name in damaged:
+                    _set_aside(host, planned[host.name][1], damaged[host.name], journal, operator)
+            stage = "converge"
             try:
                 outcomes = yield from _converge(engine, [planned[h.name][1] for h in hosts], cancel)
                 _stop_if_cancelled(cancel, "after the files were laid down, before activation")
-            except Cancelled:
-                for host in locked:
-                    with contextlib.suppress(ApplianceError):
-                        remote.Journal(host, deploy_id).record("converge", "cancelled")
+            except (Cancelled, KeyboardInterrupt) as exc:
+                _journal_cancelled(locked, deploy_id, stage, exc, signals)
                 raise
+            stage = "activate"
             with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
                 for host, result in zip(hosts, pool.map(lambda h: _finish(h, planned[h.name], outcomes[h.name], verified,
                                                                            deploy_id, engine, operator), hosts), strict=True):  # fmt: skip
@@ -308,6 +363,10 @@ def deploy(
                     yield Progress(
                         "deploy", 0, None, 0, len(hosts), f"{host.name}: {result.status}"
                     )
+        except (Cancelled, KeyboardInterrupt) as exc:
+            if stage != "converge":  # the converge stage journals its own cancellation
+                _journal_cancelled(locked, deploy_id, stage, exc, signals)
+            raise
         finally:
             # No yield in here: a generator being closed must not yield.
             unreleased = []
@@ -324,6 +383,47 @@ def deploy(
         f"{len(hosts) - len(failed)} of {len(hosts)} host(s) serving release {verified.version}",
     )
     return list(results.values())
+
+
+def space_message(host: str, shortfall: DiskShortfall) -> str:
+    return (
+        f"{host}: not enough free space for the release on {shortfall.mount} "
+        f"({shortfall.filesystem}): {shortfall.needed} bytes needed "
+        f"({shortfall.needed / 2**30:.2f} GiB), {shortfall.free} bytes free "
+        f"({shortfall.free / 2**30:.2f} GiB)"
+    )
+
+
+def _set_aside(
+    host: HostEntry, desired: HostDesired, why: str, journal: remote.Journal, operator: str
+) -> None:
+    """A damaged copy of the release is moved aside (evidence) so the engine lays it down again
+    from the verified bundle; journaled and audited before the engine runs."""
+    evidence = remote.set_aside(host, desired.release_dir, journal.deploy_id)
+    journal.record("repair", "set-aside", release=desired.release_dir, evidence=evidence, why=why)
+    remote.append_audit(host, {"event": "release-set-aside", "operator": operator,
+                               "deploy": journal.deploy_id, "version": desired.version,
+                               "evidence": evidence, "why": why})  # fmt: skip
+
+
+def _journal_cancelled(
+    hosts: Sequence[HostEntry],
+    deploy_id: str,
+    stage: str,
+    exc: BaseException,
+    signals: _Signals,
+) -> None:
+    """Journal, on every locked host, that the deploy was cancelled, at which stage and how."""
+    how = (
+        "cancelled by the operator"
+        if isinstance(exc, Cancelled)
+        else "SIGTERM"
+        if signals.sigterm
+        else "interrupted (Ctrl-C)"
+    )
+    for host in hosts:
+        with contextlib.suppress(ApplianceError):
+            remote.Journal(host, deploy_id).record(stage, "cancelled", by=how)
 
 
 def _stop_if_cancelled(cancel: threading.Event, where: str) -> None:
@@ -373,19 +473,26 @@ def _converge(
     return {o.name: (o.ok, o.message) for o in outcomes}
 
 
+@dataclass
+class _Signals:
+    sigterm: bool = False  # a SIGTERM arrived (the KeyboardInterrupt it raised was not Ctrl-C)
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _sigterm_as_interrupt() -> Iterator[_Signals]:
     """In the main thread, SIGTERM stops the deploy like Ctrl-C (engine stopped, locks released)."""
+    seen = _Signals()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield seen
         return
 
     def interrupt(signum: int, frame: object) -> None:
+        seen.sigterm = True
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        yield seen
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -473,7 +580,10 @@ def _finish(
             entry = {**record, "result": result.status, "error": result.message}
             result.audit_hash = remote.append_audit(host, entry)["hash"]
             return result
-        remote.switch_current(host, desired.release_dir)
+        journal.record("switch", "start", to=desired.release_dir)
+        result.audit_hash = remote.switch_recorded(
+            host, desired.release_dir, {**record, "result": "ok"}
+        )["hash"]
         journal.record("activate", "done", current=desired.release_dir)
         # Changes were applied (a host with none is not converged at all): "converged", also when
         # the release was already current (its configuration changed, or a run was resumed).
@@ -485,7 +595,6 @@ def _finish(
             else f"{serving} release {verified.version} through the gateway on "
             f"https://{host.address}:{desired.gateway_port}"
         )
-        result.audit_hash = remote.append_audit(host, {**record, "result": "ok"})["hash"]
     except ApplianceError as exc:
         result.status, result.message = "failed", exc.message
         with contextlib.suppress(ApplianceError):  # an unreachable host: the summary says why

@@ -40,6 +40,7 @@ from appliance.deploy.desired import (
     staging_command,
     staging_commands,
 )
+from appliance.deploy.integrity import record_command
 from appliance.engine_args import NodeCommand
 from appliance.errors import DeploymentError
 from appliance.events import drain
@@ -120,7 +121,10 @@ def test_host_vars_describe_the_release_the_pyinfra_engine_lays_down(plan: HostD
     ]
     for name, value in plan.template_vars.items():  # top-level, for the templates
         assert v[name] == value
-    assert host_vars(plan)["appliance_staging_command"] == ""
+    # Nothing to build: the staging step still writes the install record (deploy/integrity.py).
+    assert host_vars(plan)["appliance_staging_command"] == record_command(
+        f"/opt/appliance/releases/.staging-{plan.version}"
+    )
 
 
 def test_host_vars_file_is_data_never_a_template(plan: HostDesired, tmp_path: Path) -> None:
