@@ -150,8 +150,8 @@ def parse_observation(output: str) -> Observed:
 def line_hash(line: str) -> str | None:
     """The ``hash`` a log line carries, or None if it is not an audit record."""
     try:
-        record = json.loads(line)
-    except ValueError:
+        record = parse_json(line, "an audit line", error=AuditAnchorError)
+    except AuditAnchorError:
         return None
     value = record.get("hash") if isinstance(record, dict) else None
     return value if isinstance(value, str) and _HASH.fullmatch(value) else None

@@ -28,6 +28,7 @@ from appliance.deploy.desired import (
     active_unit_path,
 )
 from appliance.errors import ApplianceError, DeploymentError, HostStateError
+from appliance.input_files import parse_json
 from appliance.inventory import HostEntry
 from appliance.keycloak.service import KEYCLOAK_USER
 
@@ -109,10 +110,9 @@ def status(host: HostEntry, *, verify: bool = False) -> HostStatus:
     pending = ""
     if intent:
         try:
-            pending = (
-                f"a switch of current to {json.loads(intent)['to']} was never recorded as done"
-            )
-        except (ValueError, TypeError, KeyError):
+            target = parse_json(intent, remote.INTENT, error=HostStateError)["to"]
+            pending = f"a switch of current to {target} was never recorded as done"
+        except (HostStateError, TypeError, KeyError):
             pending = f"{remote.INTENT} is damaged"
     return replace(
         row,

@@ -41,6 +41,7 @@ from appliance.deploy.desired import (
 from appliance.deploy.integrity import check_command, parse_integrity
 from appliance.engine_args import argv_port
 from appliance.errors import DeploymentError, HostStateError
+from appliance.input_files import parse_json
 from appliance.inventory import HostEntry
 
 LOCK_DIR = f"{STATE}/deploy.lock"
@@ -237,8 +238,8 @@ def audit_tail_hash(host_name: str, tail: str) -> str:
     records: list[dict[str, Any]] = []
     for line in lines:
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = parse_json(line, "an audit line", error=HostStateError)
+        except HostStateError:
             record = None
         records.append(record if isinstance(record, dict) else {})
     last = records[-1]
@@ -315,8 +316,8 @@ def check_host_state(host_name: str, output: str) -> HostState:
     intent: dict[str, Any] | None = None
     if intent_text:
         try:
-            intent = json.loads(intent_text)
-        except ValueError:
+            intent = parse_json(intent_text, str(INTENT), error=HostStateError)
+        except HostStateError:
             intent = None
         if (
             not isinstance(intent, dict)

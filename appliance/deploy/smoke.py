@@ -9,7 +9,6 @@ demo``, the TUI's Done screen and the end-to-end test; every wait is bounded.
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from appliance.deploy.remote import ssh_options
 from appliance.errors import DeploymentError
+from appliance.input_files import parse_json
 from appliance.inventory import HostEntry
 
 PROMPT = "In one sentence: why run a language model on premises?"
@@ -156,7 +156,10 @@ def chat_through_gateway(
             for line in response.iter_lines():
                 if not line.startswith("data:") or line.strip() == "data: [DONE]":
                     continue
-                delta = json.loads(line.removeprefix("data:"))["choices"][0].get("delta", {})
+                event = parse_json(
+                    line.removeprefix("data:"), "a streamed event", error=DeploymentError
+                )
+                delta = event["choices"][0].get("delta", {})
                 text.append(delta.get("content") or "")
                 chunks += 1
     except httpx.HTTPError as exc:
