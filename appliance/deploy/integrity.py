@@ -23,10 +23,11 @@ release with its record and with its ``targets.json``:
 Why this split: hashing a 100 GB model on every ``status`` takes minutes; a
 size and mtime check of it takes microseconds and finds any ordinary edit
 (``touch -r`` can put an mtime back: only the full check finds that). What
-this cannot prove: someone who is root on the host can rewrite a file *and*
-the record; the record's digest goes into the deploy's audit record (and the
-bundle's files are compared with the signed ``targets.json`` copy, whose own
-digest the deployer knows), which narrows, not closes, that gap.
+this cannot prove: someone who is root on the host can rewrite a file of
+the venvs *and* the record together. The bundle's own files are also
+compared with the release's signed ``targets.json`` (sizes here; digests by
+the deploy's probe and ``--verify``), which narrows, not closes, that gap;
+the record's own digest is not kept off the host.
 
 Output lines: ``integrity<TAB>RELEASE<TAB>ok`` or one
 ``integrity<TAB>RELEASE<TAB>PROBLEM`` per problem (at most ``MAX_PROBLEMS``
