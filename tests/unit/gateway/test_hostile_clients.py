@@ -363,6 +363,25 @@ def test_non_finite_time_claims_are_refused(
     assert (record["status"], record["reason"]) == (401, "malformed_token")
 
 
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_a_deeply_nested_token_is_401(quick: Served, realm_key: SigningKey, where: str) -> None:
+    deep = "[" * 2000 + "]" * 2000  # about 5.5 KiB as a token: under the 8 KiB limit
+    claims = quick.site.claims()
+    if where == "payload":  # signed by the realm's key: only the nesting is wrong
+        token = raw_token(realm_key, json.dumps(claims)[:-1] + f', "x": {deep}}}')
+    else:  # the JOSE header is read before any signature is checked
+        header = f'{{"alg": "RS256", "kid": "{realm_key.kid}", "x": {deep}}}'
+        signed = raw_token(realm_key, json.dumps(claims))
+        encoded = base64.urlsafe_b64encode(header.encode()).rstrip(b"=").decode()
+        token = ".".join([encoded, *signed.split(".")[1:]])
+    body = json.dumps({"model": "gemma", "messages": []}).encode()
+    status, _, answer = quick.ask(post("/v1/chat/completions", body, token))
+    error = json.loads(answer)["error"]
+    assert (status, error["code"]) == (401, "malformed_token"), answer
+    assert "recursion" in error["message"] or "nested" in error["message"], answer
+    assert quick.records("gateway.call")[-1]["status"] == 401
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
