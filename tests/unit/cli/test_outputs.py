@@ -202,3 +202,52 @@ def test_permission_denied_for_a_non_root_user(where: str, tmp_path: Path) -> No
         assert "permission denied" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert list(top.iterdir()) == []
+
+
+SSO_SITE = """schema_version: 1
+network: {site_cidrs: [10.231.0.0/24], admin_cidrs: [10.231.0.1/32]}
+tokens:
+  issuer: https://10.231.0.2:8443/realms/appliance
+  jwks_url: http://127.0.0.1:8180/realms/appliance/protocol/openid-connect/certs
+sso:
+  url: http://127.0.0.1:8180
+  realm: appliance
+  install: {access_file: access.yaml, secrets_dir: SECRETS}
+"""
+
+
+@needs_root
+@pytest.mark.usefixtures("no_hashing")
+@pytest.mark.parametrize("condition", ["read-only", "a file in the way"])
+def test_deploy_refuses_an_unusable_secrets_dir_first(
+    condition: str,
+    tmp_path: Path,
+    make_bundle: BundleFactory,
+    trust: Trust,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Keycloak's client secrets are made on this machine before any host is contacted: the
+    site's secrets directory is checked before the bundle is hashed."""
+    bundle = make_bundle()
+    site_dir = tmp_path / "site-files"
+    site_dir.mkdir()
+    (site_dir / "access.yaml").write_text(
+        "schema_version: 1\nrealm: appliance\n"
+        "callers: [{client_id: bot, description: bot, models: [gemma]}]\n"
+    )
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    secrets = ro / "secrets" if condition == "read-only" else site_dir / "access.yaml"
+    (site_dir / "site.yaml").write_text(SSO_SITE.replace("SECRETS", str(secrets)))
+    inventory = Path(__file__).resolve().parents[2] / "fixtures/inventory/good.yaml"
+    argv = ["deploy", "--profile", "cpu-llamacpp", "--bundle", str(bundle), "--trust",
+            str(trust.root_path), "--inventory", str(inventory), "--site",
+            str(site_dir / "site.yaml"), "--dry-run"]  # fmt: skip
+    if condition == "read-only":
+        with read_only(ro):
+            err = _run(argv, tmp_path, capsys)
+        assert "read-only filesystem" in err, err
+    else:
+        err = _run(argv, tmp_path, capsys)
+        assert "not a directory" in err, err
+    assert f"sso.install.secrets_dir {secrets}: expected" in err, err
