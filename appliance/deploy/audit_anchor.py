@@ -4,9 +4,9 @@ Job
     The hash chain (``appliance.audit``) proves no record was edited, inserted or
     reordered, but a log cut short at the end is still a valid chain. An anchor is
     a log's record count and last hash, kept on the deploying machine, where the
-    host cannot rewrite it: ``audit-anchors.json`` in this machine's state
-    directory (``$APPLIANCE_AUDIT_ANCHORS``, else ``$XDG_STATE_HOME/appliance/``,
-    else ``~/.local/state/appliance/``), keyed by host (``name@address``) and log
+    host cannot rewrite it: ``$APPLIANCE_AUDIT_ANCHORS`` (the file's path) if set,
+    else ``audit-anchors.json`` in this machine's state directory
+    (``$XDG_STATE_HOME/appliance/``, else ``~/.local/state/appliance/``), keyed by host (``name@address``) and log
     (``deploy``: /var/log/appliance/audit.jsonl; ``gateway``: the gateway's
     per-call log). Each deploy, rollback and uninstall (after its audit record),
     each ``status`` and each ``audit verify --inventory`` first checks the host's

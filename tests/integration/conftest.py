@@ -30,7 +30,7 @@ SESSION = f"it{os.getpid()}"  # lab names unique per test session
 # Audit anchors (appliance/deploy/audit_anchor.py) of this session's lab hosts: kept apart
 # from the operator's own ~/.local/state, and gone with the session's hosts.
 _ANCHORS = f"/tmp/appliance-{SESSION}-anchors"
-os.environ.setdefault("APPLIANCE_AUDIT_ANCHORS", _ANCHORS)
+os.environ.setdefault("APPLIANCE_AUDIT_ANCHORS", f"{_ANCHORS}/audit-anchors.json")
 atexit.register(shutil.rmtree, _ANCHORS, True)
 
 

@@ -6,7 +6,9 @@ kept on this machine at the last operation does. Real SSH, real host, real CLI.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_cut_audit_log_is_reported(
-    lab_host: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_lab: Callable[[str, int], contextlib.AbstractContextManager[Lab]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A host of its own: the log it cuts must not be the one the session's deploy tests read.
+    with make_lab("anchor", 1) as lab:
+        _cut_and_report(lab, tmp_path, monkeypatch)
+
+
+def _cut_and_report(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(audit_anchor.ENV, str(tmp_path / "state" / "audit-anchors.json"))
-    inventory = single_host_inventory(lab_host, lab_host.hosts[0], tmp_path / "inventory.yml")
+    inventory = single_host_inventory(lab, lab.hosts[0], tmp_path / "inventory.yml")
     host = load_inventory(inventory).hosts[0]
     remote.run(host, f"rm -f {remote.AUDIT_LOG}")
     for n in range(3):  # what deploy, rollback and uninstall do after their work

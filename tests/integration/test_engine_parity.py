@@ -34,6 +34,7 @@ import pytest
 
 from appliance.bundle.verify import verify_bundle
 from appliance.deploy.desired import HostDesired, diff, parse_probe, probe_script
+from appliance.deploy.integrity import RECORD_FILE
 from appliance.deploy.run import plan_host
 from appliance.deploy.site import load_site
 from appliance.events import drain
@@ -100,6 +101,18 @@ class HostState:
     probe: dict[str, object]
 
 
+def install_record(lab: Lab, host: LabHost) -> list[dict[str, object]]:
+    """The release's install record (deploy/integrity.py) less what differs by build time:
+    mtimes, and the digests of .pyc files (they embed their source's mtime)."""
+    text = on(lab, host, f"cat /opt/appliance/releases/1/{RECORD_FILE}")
+    entries = [json.loads(line) for line in text.splitlines() if line]
+    for entry in entries:
+        entry.pop("mtime_ns")
+        if NONDETERMINISTIC.search("/" + str(entry["path"])):
+            entry.pop("sha256", None)
+    return entries
+
+
 def read_state(lab: Lab, host: LabHost, desired: HostDesired) -> HostState:
     sections: dict[str, list[str]] = {}
     current = ""
@@ -111,7 +124,10 @@ def read_state(lab: Lab, host: LabHost, desired: HostDesired) -> HostState:
             sections[current].append(line)
     digests, pyc = ({path: digest for digest, _, path in (ln.partition("  ") for ln in sections[s])}
                     for s in ("digests", "pyc"))  # fmt: skip
-    probe = parse_probe(on(lab, host, probe_script(desired)))
+    # The probe's free space ("disk") is the shared machine's, read at some moment: not host state.
+    probe = {
+        k: v for k, v in parse_probe(on(lab, host, probe_script(desired))).items() if k != "disk"
+    }
     return HostState(tuple(sections["paths"]), digests, pyc, tuple(sections["units"]), probe)
 
 
@@ -172,8 +188,13 @@ def test_both_engines_leave_the_same_host_state(site: Site) -> None:
            if ra != rb}  # fmt: skip
     assert {p.rsplit("/", 1)[-1] for p in own} == {"nftables.nft", "appliance-gateway.service"}
     own |= {"/etc/appliance/nftables.nft", "/etc/systemd/system/appliance-gateway.service"}
+    # The install record holds each host's own mtimes (and .pyc digests): compared below
+    # without them.
+    own.add(f"/opt/appliance/releases/1/{RECORD_FILE}")
     a = read_state(site.lab, site.a, site.desired_a)
     b = read_state(site.lab, site.b, site.desired_b)
+    record_a, record_b = (install_record(site.lab, host) for host in (site.a, site.b))
+    assert record_a == record_b and len(record_a) > 1000
 
     assert a.paths == b.paths  # same file set, modes, types, link targets
     assert len(a.paths) > 1000  # the release, its venv, /etc/appliance
