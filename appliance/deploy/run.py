@@ -49,6 +49,7 @@ from appliance.errors import (
     DeploymentError,
     DiskSpaceError,
     DoesNotFitError,
+    HostStateError,
     InputError,
 )
 from appliance.events import Event, Finished, Progress, Started, Warned
@@ -280,10 +281,20 @@ def deploy(
         str, str
     ] = {}  # host -> why its copy of the release differs from what was installed
     short: dict[str, DiskShortfall] = {}
-    for host in hosts:
-        # What the deploy depends on is read and checked first: a damaged audit log, journal or
-        # `current` is refused here (exit 5, how to repair), before anything is changed.
-        states[host.name] = remote.host_state(host)
+    for host in list(hosts):
+        # What the deploy depends on is read and checked first: a host whose audit log, journal
+        # or `current` is damaged is refused here (failed, with how to repair) before anything
+        # is changed on it; the other hosts go on.
+        try:
+            states[host.name] = remote.host_state(host)
+        except HostStateError as exc:
+            hosts.remove(host)
+            results[host.name].status = "failed"
+            results[host.name].message = exc.message + (f" {exc.hint}" if exc.hint else "")
+            if not dry_run:
+                _audit_refusal(host, exc, verified.version, operator)
+            yield Warned("deploy", exc.message)
+            continue
         planned[host.name] = plan_host(
             verified, host, profiles, profile, force=force, site=site, inventory=inventory
         )
@@ -299,6 +310,9 @@ def deploy(
         if (shortfall := disk_shortfall(desired, actual)) is not None:
             short[host.name] = shortfall
         yield Progress("plan", 0, None, len(planned), len(hosts), host.name)
+    if not hosts:
+        yield Finished("deploy", "no host can be deployed to: each was refused before any change")
+        return list(results.values())
     if dry_run:
         for name, shortfall in short.items():
             yield Warned("deploy", f"a deploy would be refused: {space_message(name, shortfall)}")
@@ -383,6 +397,15 @@ def deploy(
         f"{len(hosts) - len(failed)} of {len(hosts)} host(s) serving release {verified.version}",
     )
     return list(results.values())
+
+
+def _audit_refusal(host: HostEntry, exc: HostStateError, version: int, operator: str) -> None:
+    """The refusal on record in the host's own audit log, where that log can take it (a damaged
+    log is never written to: the refusal is in the deploy's result and on stderr)."""
+    with contextlib.suppress(ApplianceError):
+        remote.append_audit(host, {"event": "deploy", "result": "failed", "version": version,
+                                   "operator": operator, "error": exc.message[:500],
+                                   "stage": "host-state"})  # fmt: skip
 
 
 def space_message(host: str, shortfall: DiskShortfall) -> str:

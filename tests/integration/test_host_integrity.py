@@ -62,9 +62,10 @@ def test_a_garbled_audit_line_is_refused_before_any_change(site: tuple[Lab, Path
     assert "refusing to change anything" in refused.stderr
     assert "sed -i '$d' /var/log/appliance/audit.jsonl" in refused.stderr  # how to repair
     result = deploy(lab, work, "demo-1", expect=5)
-    assert result["error"] == "HostStateError" and "is not an audit record" in str(
-        result["message"]
-    )
+    [refused_host] = result["hosts"]  # type: ignore[misc]
+    assert refused_host["status"] == "failed" and refused_host["changes"] == []
+    assert "is not an audit record" in refused_host["message"]
+    assert "sed -i '$d' /var/log/appliance/audit.jsonl" in refused_host["message"]
     # Nothing changed: current, the audit log, no lock left behind.
     assert current(lab) == "/opt/appliance/releases/2"
     assert on_host(lab, f"sha256sum {AUDIT}") == audit_before

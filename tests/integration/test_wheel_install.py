@@ -14,10 +14,12 @@ then checks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,8 +45,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 def test_the_installed_wheel_plans_a_deploy_on_a_lab_host(
-    lab_host: Lab, installed: Installed, tmp_path: Path
+    make_lab: Callable[[str, int], contextlib.AbstractContextManager[Lab]],
+    installed: Installed,
+    tmp_path: Path,
 ) -> None:
+    # A fresh host of its own: the session's host already serves what other tests deployed.
+    with make_lab("wheel", 1) as lab:
+        _plan_from_the_wheel(lab, installed, tmp_path)
+
+
+def _plan_from_the_wheel(lab_host: Lab, installed: Installed, tmp_path: Path) -> None:
     work = tmp_path / "site"
     work.mkdir()
     assert not in_checkout(work)
