@@ -473,17 +473,23 @@ class GatewaySpec(_WheelTarget):
     @model_validator(mode="before")
     @classmethod
     def _no_requirements(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "requirements" in data:
-            raise ValueError(
-                "`requirements` is not set in a recipe: the gateway's dependencies are pinned "
-                "in appliance/gateway/requirements.txt (the versions it is tested with)"
-            )
-        return data
+        return _refuse_requirements(
+            data,
+            "the gateway's dependencies are pinned in appliance/gateway/requirements.txt "
+            "(the versions it is tested with)",
+        )
 
     @model_validator(mode="after")
     def _gateway(self) -> GatewaySpec:
         _check_appliance_target(self.python, self.appliance_wheel, "the gateway")
         return self
+
+
+def _refuse_requirements(data: Any, why: str) -> Any:
+    """A wheel set holding the appliance takes no `requirements` from a recipe: ``why``."""
+    if isinstance(data, dict) and "requirements" in data:
+        raise ValueError(f"`requirements` is not set in a recipe: {why}")
+    return data
 
 
 def _check_appliance_target(python: str, wheel: Path | None, who: str) -> None:
@@ -512,12 +518,11 @@ class InstallerSpec(_WheelTarget):
     @model_validator(mode="before")
     @classmethod
     def _no_requirements(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "requirements" in data:
-            raise ValueError(
-                "`requirements` is not set in a recipe: the installer's requirements are the "
-                "appliance wheel's own dependencies, resolved for this target"
-            )
-        return data
+        return _refuse_requirements(
+            data,
+            "the installer's requirements are the appliance wheel's own dependencies, "
+            "resolved for this target",
+        )
 
     @model_validator(mode="after")
     def _installer(self) -> InstallerSpec:

@@ -694,33 +694,38 @@ def build_appliance_wheel(
     return built[0]
 
 
-def check_appliance_wheel(path: Path) -> list[str]:
-    """Refuse anything but a wheel of appliance holding the gateway; notes for the operator."""
+def _read_appliance_wheel(path: Path, key: str) -> tuple[str, set[str]]:
+    """(its version, the names it holds) of a wheel given as ``KEY.appliance_wheel``."""
     match = APPLIANCE_WHEEL.fullmatch(path.name)
     if match is None:  # the recipe refuses such names already
         raise BundleBuildError(
-            f"gateway.appliance_wheel must be appliance-<version>-py3-none-any.whl; "
+            f"{key}.appliance_wheel must be appliance-<version>-py3-none-any.whl; "
             f"found {path.name!r}"
         )
     if not path.is_file():
         raise BundleBuildError(
-            f"gateway.appliance_wheel {path} does not exist or is not a file",
+            f"{key}.appliance_wheel {path} does not exist or is not a file",
             hint="Build it with `pip wheel --no-deps -w DIR <appliance checkout>`, or leave "
             "appliance_wheel out to build it from the checkout this appliance runs from.",
         )
     try:
         with zipfile.ZipFile(path) as wheel:
-            names = set(wheel.namelist())
+            return match["version"], set(wheel.namelist())
     except (OSError, zipfile.BadZipFile) as exc:
-        raise BundleBuildError(f"gateway.appliance_wheel {path} is not a wheel: {exc}") from exc
+        raise BundleBuildError(f"{key}.appliance_wheel {path} is not a wheel: {exc}") from exc
+
+
+def check_appliance_wheel(path: Path) -> list[str]:
+    """Refuse anything but a wheel of appliance holding the gateway; notes for the operator."""
+    version, names = _read_appliance_wheel(path, "gateway")
     if "appliance/gateway/__main__.py" not in names:
         raise BundleBuildError(
             f"gateway.appliance_wheel {path} holds no appliance/gateway/__main__.py; "
             "expected a wheel of appliance with the gateway"
         )
-    if match["version"] != __version__:
+    if version != __version__:
         return [
-            f"gateway.appliance_wheel is appliance {match['version']}, but the gateway's pinned "
+            f"gateway.appliance_wheel is appliance {version}, but the gateway's pinned "
             f"dependencies are those of appliance {__version__} (this build): check that they fit"
         ]
     return []
@@ -831,23 +836,7 @@ INSTALLER_WHEEL_NEEDS = (
 
 def check_installer_wheel(path: Path) -> list[str]:
     """Refuse anything but a whole appliance wheel; notes for the operator."""
-    match = APPLIANCE_WHEEL.fullmatch(path.name)
-    if match is None:  # the recipe refuses such names already
-        raise BundleBuildError(
-            "installer.appliance_wheel must be appliance-<version>-py3-none-any.whl; "
-            f"found {path.name!r}"
-        )
-    if not path.is_file():
-        raise BundleBuildError(
-            f"installer.appliance_wheel {path} does not exist or is not a file",
-            hint="Build it with `pip wheel --no-deps -w DIR <appliance checkout>`, or leave "
-            "appliance_wheel out to build it from the checkout this appliance runs from.",
-        )
-    try:
-        with zipfile.ZipFile(path) as wheel:
-            names = set(wheel.namelist())
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise BundleBuildError(f"installer.appliance_wheel {path} is not a wheel: {exc}") from exc
+    version, names = _read_appliance_wheel(path, "installer")
     missing = [name for name in INSTALLER_WHEEL_NEEDS if name not in names]
     if missing:
         raise BundleBuildError(
@@ -856,11 +845,8 @@ def check_installer_wheel(path: Path) -> list[str]:
             hint="Build the wheel from a checkout of this version (its templates, playbooks "
             "and profiles ship inside the package since appliance 0.1.0's packaging fix).",
         )
-    if match["version"] != __version__:
-        return [
-            f"the installer carries appliance {match['version']}; this build is appliance "
-            f"{__version__}"
-        ]
+    if version != __version__:
+        return [f"the installer carries appliance {version}; this build is appliance {__version__}"]
     return []
 
 
