@@ -76,7 +76,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -460,74 +460,61 @@ GATEWAY_MIN_PYTHON = (3, 11)  # the appliance's requires-python
 APPLIANCE_WHEEL = re.compile(r"appliance-(?P<version>[0-9][0-9A-Za-z.+!_]*)-py3-none-any\.whl")
 
 
-class GatewaySpec(_WheelTarget):
+class _ApplianceTarget(_WheelTarget):
+    """A wheel set that holds the appliance wheel itself: no `requirements` in the recipe
+    (``_requirements_from`` says where they come from), a Python the appliance runs on."""
+
+    _who: ClassVar[str]
+    _requirements_from: ClassVar[str]
+
+    appliance_wheel: RecipePath | None = Field(
+        default=None,
+        description="a built appliance-<version>-py3-none-any.whl; default: built from the "
+        "source checkout the building appliance runs from",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_requirements(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "requirements" in data:
+            raise ValueError(f"`requirements` is not set in a recipe: {cls._requirements_from}")
+        return data
+
+    @model_validator(mode="after")
+    def _appliance_target(self) -> Self:
+        major, minor = (int(n) for n in self.python.split("."))
+        if (major, minor) < GATEWAY_MIN_PYTHON:
+            need = ".".join(map(str, GATEWAY_MIN_PYTHON))
+            raise ValueError(f"{self._who} needs Python {need} or newer; found {self.python!r}")
+        wheel = self.appliance_wheel
+        if wheel is not None and not APPLIANCE_WHEEL.fullmatch(wheel.name):
+            raise ValueError(
+                "appliance_wheel must name a wheel of appliance, "
+                f"appliance-<version>-py3-none-any.whl; found {wheel.name!r}"
+            )
+        return self
+
+
+class GatewaySpec(_ApplianceTarget):
     """The gateway's virtualenv: its pinned dependencies (appliance/gateway/requirements.txt,
     not the recipe) for this target, plus the appliance wheel itself."""
 
-    appliance_wheel: RecipePath | None = Field(
-        default=None,
-        description="a built appliance-<version>-py3-none-any.whl; default: built from the "
-        "source checkout the building appliance runs from",
+    _who = "the gateway"
+    _requirements_from = (
+        "the gateway's dependencies are pinned in appliance/gateway/requirements.txt "
+        "(the versions it is tested with)"
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_requirements(cls, data: Any) -> Any:
-        return _refuse_requirements(
-            data,
-            "the gateway's dependencies are pinned in appliance/gateway/requirements.txt "
-            "(the versions it is tested with)",
-        )
 
-    @model_validator(mode="after")
-    def _gateway(self) -> GatewaySpec:
-        _check_appliance_target(self.python, self.appliance_wheel, "the gateway")
-        return self
-
-
-def _refuse_requirements(data: Any, why: str) -> Any:
-    """A wheel set holding the appliance takes no `requirements` from a recipe: ``why``."""
-    if isinstance(data, dict) and "requirements" in data:
-        raise ValueError(f"`requirements` is not set in a recipe: {why}")
-    return data
-
-
-def _check_appliance_target(python: str, wheel: Path | None, who: str) -> None:
-    """A set holding the appliance wheel: a Python appliance runs on, a wheel named as one."""
-    major, minor = (int(n) for n in python.split("."))
-    if (major, minor) < GATEWAY_MIN_PYTHON:
-        need = ".".join(map(str, GATEWAY_MIN_PYTHON))
-        raise ValueError(f"{who} needs Python {need} or newer; found {python!r}")
-    if wheel is not None and not APPLIANCE_WHEEL.fullmatch(wheel.name):
-        raise ValueError(
-            "appliance_wheel must name a wheel of appliance, "
-            f"appliance-<version>-py3-none-any.whl; found {wheel.name!r}"
-        )
-
-
-class InstallerSpec(_WheelTarget):
+class InstallerSpec(_ApplianceTarget):
     """The appliance for the operator's machine: its wheel plus the dependency closure pip
     resolves from that wheel's own metadata for this target (no requirements in the recipe)."""
 
-    appliance_wheel: RecipePath | None = Field(
-        default=None,
-        description="a built appliance-<version>-py3-none-any.whl; default: built from the "
-        "source checkout the building appliance runs from",
+    _who = "the appliance"
+    _requirements_from = (
+        "the installer's requirements are the appliance wheel's own dependencies, "
+        "resolved for this target"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_requirements(cls, data: Any) -> Any:
-        return _refuse_requirements(
-            data,
-            "the installer's requirements are the appliance wheel's own dependencies, "
-            "resolved for this target",
-        )
-
-    @model_validator(mode="after")
-    def _installer(self) -> InstallerSpec:
-        _check_appliance_target(self.python, self.appliance_wheel, "the appliance")
-        return self
 
 
 class ArtifactSpec(_Strict):
