@@ -75,7 +75,7 @@ bench-deploy: setup lab-deps wheelhouse
 
 # Regenerate what the drift tests compare against: JSON Schemas and the saved facts fixtures.
 schemas: setup
-	$(BIN)/python -m appliance.profiles > hardware_profiles/profile.schema.json
+	$(BIN)/python -m appliance.plan.profiles > hardware_profiles/profile.schema.json
 	$(BIN)/python tests/fixtures/facts/regenerate.py   # saved facts fixtures + docs/facts.schema.json
 
 clean:

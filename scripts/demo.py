@@ -68,9 +68,9 @@ def main() -> int:
     from appliance.deploy import remote
     from appliance.deploy.gateway_layer import GATEWAY_AUDIT, GATEWAY_CERT
     from appliance.deploy.smoke import chat_through_gateway
-    from appliance.inventory import load_inventory
     from appliance.lab import dev_site
     from appliance.lab.state import LabPaths, load_lab
+    from appliance.plan.inventory import load_inventory
 
     print(
         "\n==> Keycloak's distribution cannot be fetched on this machine: tokens come from the\n"

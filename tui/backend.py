@@ -25,13 +25,13 @@ if TYPE_CHECKING:
     from appliance.deploy.run import HostResult
     from appliance.deploy.site import Site
     from appliance.deploy.smoke import ChatAnswer
+    from appliance.detect.facts import HostFacts
     from appliance.events import Event
-    from appliance.facts import HostFacts
-    from appliance.inventory import HostEntry, Inventory
     from appliance.lab import LabInfo
-    from appliance.model_info import ModelInfo
-    from appliance.plan import Plan
-    from appliance.profiles import Profile
+    from appliance.model.info import ModelInfo
+    from appliance.plan.inventory import HostEntry, Inventory
+    from appliance.plan.profiles import Profile
+    from appliance.plan.report import Plan
 
 # The TUI deploys with the built-in engine (brief: pyinfra is the default for the TUI).
 ENGINE: Final[Literal["pyinfra"]] = "pyinfra"
@@ -122,7 +122,7 @@ class CoreBackend(Backend):
 
     def detect(self, facts_file: Path | None) -> tuple[tuple[HostFacts, ...], str]:
         if facts_file is not None:
-            from appliance.facts_io import load_facts
+            from appliance.detect.facts_file import load_facts
 
             return load_facts(facts_file), str(facts_file)
         from appliance.detect.host import detect_host
@@ -132,13 +132,13 @@ class CoreBackend(Backend):
 
     def profiles(self) -> dict[str, Profile]:
         if self._profiles is None:
-            from appliance.profiles import load_profiles
+            from appliance.plan.profiles import load_profiles
 
             self._profiles = load_profiles(self.profiles_dir)
         return self._profiles
 
     def load_model(self, path: Path) -> ModelInfo:
-        from appliance.model_info import load_model_info
+        from appliance.model.info import load_model_info
 
         return load_model_info(path)
 
@@ -150,7 +150,7 @@ class CoreBackend(Backend):
         requested: str,
         model: ModelInfo | None,
     ) -> Plan:
-        from appliance.plan import build_plan
+        from appliance.plan.report import build_plan
 
         return build_plan(
             self.profiles(), hosts, facts_source=facts_source, requested=requested, model=model
@@ -168,7 +168,7 @@ class CoreBackend(Backend):
         return lab_list()
 
     def load_inventory(self, path: Path) -> Inventory:
-        from appliance.inventory import load_inventory
+        from appliance.plan.inventory import load_inventory
 
         return load_inventory(path)
 

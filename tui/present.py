@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from appliance.bundle.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
     from appliance.deploy.site import Site
+    from appliance.detect.facts import HostFacts
     from appliance.errors import ApplianceError
-    from appliance.facts import HostFacts
-    from appliance.fit import Estimate, FitReport
-    from appliance.model_info import ModelInfo
-    from appliance.plan import Plan
-    from appliance.selection import Candidate
+    from appliance.model.info import ModelInfo
+    from appliance.plan.fit import Estimate, FitReport
+    from appliance.plan.report import Plan
+    from appliance.plan.selection import Candidate
 
 GIB = 1 << 30
 

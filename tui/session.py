@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from appliance.bundle.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
     from appliance.deploy.site import Site
-    from appliance.facts import HostFacts
-    from appliance.inventory import Inventory
-    from appliance.model_info import ModelInfo
-    from appliance.plan import Plan
+    from appliance.detect.facts import HostFacts
+    from appliance.model.info import ModelInfo
+    from appliance.plan.inventory import Inventory
+    from appliance.plan.report import Plan
 
 
 @dataclass(frozen=True, slots=True)

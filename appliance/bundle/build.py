@@ -377,7 +377,7 @@ def _copy_all(
 
 def _with_model_info(entry: ModelEntry, files_root: Path) -> tuple[ModelEntry, str | None]:
     """Parameter count and checkpoint dtype, read from the bundled copy when it is readable."""
-    from appliance.model_info import load_model_info
+    from appliance.model.info import load_model_info
 
     try:
         info = load_model_info(files_root / entry.path)

@@ -96,7 +96,7 @@ from appliance.schema_errors import format_validation_error
 from appliance.yaml_files import load_yaml
 
 if TYPE_CHECKING:
-    from appliance.profiles import Profile
+    from appliance.plan.profiles import Profile
 
 MIN_PART_SIZE = 1024 * 1024  # MediaLayout.part_size lower bound
 SIZE_EXPECTED = "expected a size such as 700M, 4G, 3.5GiB or a byte count"
@@ -661,7 +661,7 @@ def check_profiles(
     if not recipe.profiles:
         return
     if profiles is None:
-        from appliance.profiles import load_profiles
+        from appliance.plan.profiles import load_profiles
 
         try:
             profiles = load_profiles()

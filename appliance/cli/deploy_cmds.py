@@ -19,8 +19,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from appliance.deploy.run import deploy
     from appliance.deploy.site import load_site
     from appliance.errors import InputError
-    from appliance.inventory import load_inventory
-    from appliance.profiles import load_profiles
+    from appliance.plan.inventory import load_inventory
+    from appliance.plan.profiles import load_profiles
 
     _refuse_ignored_flags(args)
     refuse_without_state(args, "--allow-downgrade")
@@ -198,7 +198,7 @@ def _print_changes(results: list[Any]) -> None:
 
 
 def _hosts(args: argparse.Namespace) -> list[Any]:
-    from appliance.inventory import load_inventory
+    from appliance.plan.inventory import load_inventory
 
     return load_inventory(args.inventory).with_role("model-server")
 

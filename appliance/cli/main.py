@@ -21,7 +21,7 @@ from appliance.errors import ApplianceError
 from appliance.exitcodes import ExitCode
 
 if TYPE_CHECKING:
-    from appliance.facts import HostFacts
+    from appliance.detect.facts import HostFacts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _hosts(facts_path: Path | None) -> tuple[tuple[HostFacts, ...], str]:
     if facts_path is not None:
-        from appliance.facts_io import load_facts
+        from appliance.detect.facts_file import load_facts
 
         return load_facts(facts_path), str(facts_path)
     from appliance.detect.host import detect_host
@@ -100,8 +100,8 @@ def _hosts(facts_path: Path | None) -> tuple[tuple[HostFacts, ...], str]:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from appliance.detect.facts import dump_facts_json
     from appliance.detect.host import detect_host
-    from appliance.facts import dump_facts_json
 
     facts = detect_host()
     if args.json:
@@ -114,7 +114,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from appliance.profiles import load_profiles
+    from appliance.plan.profiles import load_profiles
 
     profiles = load_profiles(args.profiles_dir)
     if args.json:
@@ -128,13 +128,13 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from appliance.model_info import load_model_info
-    from appliance.plan import build_plan, plan_to_json
-    from appliance.profiles import load_profiles
+    from appliance.model.info import load_model_info
+    from appliance.plan.profiles import load_profiles
+    from appliance.plan.report import build_plan, plan_to_json
 
     profiles = load_profiles(args.profiles_dir)
     if args.profile != "auto":
-        from appliance.profiles import get_profile
+        from appliance.plan.profiles import get_profile
 
         get_profile(profiles, args.profile)  # unknown name: fail before detection
     model = load_model_info(args.model) if args.model is not None else None

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from appliance.facts import HostFacts
-from appliance.fit import GIB, Estimate, FitReport
-from appliance.plan import Plan
-from appliance.profiles import LlamaCppEngine, Profile, VllmEngine, format_cc
+from appliance.detect.facts import HostFacts
+from appliance.plan.fit import GIB, Estimate, FitReport
+from appliance.plan.profiles import LlamaCppEngine, Profile, VllmEngine, format_cc
+from appliance.plan.report import Plan
 
 # soft_wrap: long lines are left to the terminal, so piped output is not cut at 80 columns.
 # markup=False: messages are data, a "[0]" in one must print as written.

@@ -17,11 +17,11 @@ from appliance.exitcodes import ExitCode
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from appliance.inventory import load_inventory
     from appliance.netpolicy.model import NetworkPolicyError, build_policy, build_site
     from appliance.netpolicy.render import render_files, write_directory
     from appliance.output_paths import new_or_empty_directory
-    from appliance.profiles import get_profile, load_profiles
+    from appliance.plan.inventory import load_inventory
+    from appliance.plan.profiles import get_profile, load_profiles
 
     new_or_empty_directory(args.out, "--out")
     profile = get_profile(load_profiles(args.profiles_dir), args.profile)

@@ -10,7 +10,7 @@ byte-identical whichever engine ran. Activation, health and ``current`` stay
 Per run, a private directory (removed afterwards) holds what ansible-runner
 and plain ``ansible-playbook`` need:
 
-- ``inventory/hosts.ini``: ``appliance.inventory.ansible_ini`` of the plans'
+- ``inventory/hosts.ini``: ``appliance.plan.inventory.ansible_ini`` of the plans'
   hosts (host keys checked strictly against the inventory's known_hosts);
 - ``inventory/host_vars/<host>.yml``: the plan of that host (release files
   with their local sources and signed digests, directories, venv, rendered
@@ -55,7 +55,7 @@ from appliance.deploy.desired import (
 )
 from appliance.errors import Cancelled, DeploymentError
 from appliance.events import Event, Progress, Warned
-from appliance.inventory import Inventory, ansible_ini
+from appliance.plan.inventory import Inventory, ansible_ini
 
 PLAYBOOKS = package_data.PLAYBOOKS_DIR  # in the package: an installed wheel has them too
 PLAYBOOK = PLAYBOOKS / "deploy.yml"

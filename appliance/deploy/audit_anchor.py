@@ -48,7 +48,7 @@ from appliance.deploy import remote
 from appliance.deploy.gateway_layer import GATEWAY_AUDIT
 from appliance.errors import ApplianceError, AuditAnchorError
 from appliance.input_files import parse_json, read_input
-from appliance.inventory import HostEntry
+from appliance.plan.inventory import HostEntry
 
 FORMAT = 1
 FILE_NAME = "audit-anchors.json"

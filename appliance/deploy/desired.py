@@ -28,8 +28,8 @@ from appliance.bundle.format import FILES_DIR, TARGETS_FILE
 from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR
 from appliance.bundle.verify import VerifiedBundle
 from appliance.deploy.integrity import check_command, parse_integrity, record_command
-from appliance.engine_args import NodeCommand
-from appliance.inventory import HostEntry
+from appliance.plan.engine_args import NodeCommand
+from appliance.plan.inventory import HostEntry
 
 ROOT = "/opt/appliance"
 RELEASES = f"{ROOT}/releases"

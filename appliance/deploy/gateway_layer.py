@@ -39,10 +39,10 @@ from appliance.deploy.desired import (
     render,
 )
 from appliance.deploy.site import Site
-from appliance.engine_args import argv_port
 from appliance.errors import InputError
-from appliance.inventory import Inventory
-from appliance.plan import Plan
+from appliance.plan.engine_args import argv_port
+from appliance.plan.inventory import Inventory
+from appliance.plan.report import Plan
 
 __all__ = ["GATEWAY_AUDIT", "GATEWAY_CERT", "GATEWAY_UNIT", "gateway_vars", "secure"]
 

@@ -47,8 +47,8 @@ from appliance.deploy.desired import (
 )
 from appliance.deploy.site import Site
 from appliance.errors import InputError
-from appliance.inventory import Inventory
-from appliance.plan import Plan
+from appliance.plan.inventory import Inventory
+from appliance.plan.report import Plan
 
 __all__ = ["install_keycloak", "secrets_lines"]
 

@@ -29,8 +29,8 @@ from appliance.deploy.desired import (
 )
 from appliance.errors import ApplianceError, DeploymentError, HostStateError
 from appliance.input_files import parse_json
-from appliance.inventory import HostEntry
 from appliance.keycloak.service import KEYCLOAK_USER
+from appliance.plan.inventory import HostEntry
 
 
 @dataclass(frozen=True, slots=True)

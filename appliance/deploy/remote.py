@@ -39,10 +39,10 @@ from appliance.deploy.desired import (
     active_unit_path,
 )
 from appliance.deploy.integrity import check_command, parse_integrity
-from appliance.engine_args import argv_port
 from appliance.errors import DeploymentError, HostStateError
 from appliance.input_files import parse_json
-from appliance.inventory import HostEntry
+from appliance.plan.engine_args import argv_port
+from appliance.plan.inventory import HostEntry
 
 LOCK_DIR = f"{STATE}/deploy.lock"
 JOURNAL_DIR = f"{STATE}/journal"

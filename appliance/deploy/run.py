@@ -41,8 +41,8 @@ from appliance.deploy.desired import (
 )
 from appliance.deploy.site import Site
 from appliance.detect.cpu import parse_cpuinfo
+from appliance.detect.facts import CpuFacts, DiskFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
 from appliance.detect.host import parse_os_release
-from appliance.engine_args import argv_port
 from appliance.errors import (
     ApplianceError,
     Cancelled,
@@ -53,11 +53,11 @@ from appliance.errors import (
     InputError,
 )
 from appliance.events import Event, Finished, Progress, Started, Warned
-from appliance.facts import CpuFacts, DiskFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
-from appliance.inventory import HostEntry, Inventory
-from appliance.model_info import load_model_info
-from appliance.plan import Plan, build_plan
-from appliance.profiles import Profile
+from appliance.model.info import load_model_info
+from appliance.plan.engine_args import argv_port
+from appliance.plan.inventory import HostEntry, Inventory
+from appliance.plan.profiles import Profile
+from appliance.plan.report import Plan, build_plan
 
 Engine = Literal["pyinfra", "ansible"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from appliance.deploy.remote import ssh_options
 from appliance.errors import DeploymentError
 from appliance.input_files import parse_json
-from appliance.inventory import HostEntry
+from appliance.plan.inventory import HostEntry
 
 PROMPT = "In one sentence: why run a language model on premises?"
 

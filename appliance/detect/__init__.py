@@ -1,1 +1,1 @@
-"""Host detection: raw probes (NVML, psutil, /proc, sysfs) and pure parsers into ``appliance.facts``."""
+"""Host detection: raw probes (NVML, psutil, /proc, sysfs) and pure parsers into ``appliance.detect.facts``."""

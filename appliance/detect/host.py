@@ -1,7 +1,7 @@
 """Collect ``HostFacts`` for this machine: CPU, memory, disks, OS and GPUs.
 
 Job: one call, ``detect_host()``, that gathers everything ``plan`` needs to
-know about a host and returns it as frozen data (``appliance.facts``).
+know about a host and returns it as frozen data (``appliance.detect.facts``).
 
 Invariants:
 - Fast start: this module imports neither pydantic, rich nor argparse
@@ -28,9 +28,7 @@ from typing import Any
 
 from appliance import __version__
 from appliance.detect.cpu import UNKNOWN_MODEL, parse_cpuinfo
-from appliance.detect.nvml_probe import PCI_DEVICES_DIR, probe_gpus
-from appliance.errors import InputError
-from appliance.facts import (
+from appliance.detect.facts import (
     INSTALL_PATHS,
     CpuFacts,
     DiskFacts,
@@ -38,6 +36,8 @@ from appliance.facts import (
     MemoryFacts,
     OsFacts,
 )
+from appliance.detect.nvml_probe import PCI_DEVICES_DIR, probe_gpus
+from appliance.errors import InputError
 from appliance.input_files import MiB, read_input
 
 # /proc/cpuinfo of a many-core host is about 2 KiB a core.

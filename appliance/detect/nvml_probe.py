@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from appliance.facts import GpuFacts, GpuReport, GpuStatus, Link
+from appliance.detect.facts import GpuFacts, GpuReport, GpuStatus, Link
 
 PCI_DEVICES_DIR = Path("/sys/bus/pci/devices")
 NVIDIA_PCI_VENDOR = "0x10de"

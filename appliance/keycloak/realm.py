@@ -50,7 +50,7 @@ from appliance.keycloak.site_secrets import ClientSecrets
 
 if TYPE_CHECKING:
     from appliance.bundle.payload import AdapterEntry
-    from appliance.plan import Plan
+    from appliance.plan.report import Plan
 
 # Brute-force detection (Keycloak's defaults, except a lockout that grows to 15 min).
 BRUTE_FORCE = {
@@ -88,7 +88,7 @@ class Served:
 
 def served_from_plan(plan: Plan, adapters: Iterable[AdapterEntry] = ()) -> Served:
     """The model the plan serves (its served name) and the bundle's adapters."""
-    from appliance.engine_args import served_name
+    from appliance.plan.engine_args import served_name
 
     if plan.model is None:
         raise RealmError(

@@ -43,7 +43,6 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from appliance.events import Event, Finished, Progress, Started, Warned, drain
-from appliance.inventory import ansible_ini, load_inventory
 from appliance.lab.errors import LabError, LabInputError
 from appliance.lab.inventory_files import (
     InventoryHost,
@@ -85,6 +84,7 @@ from appliance.lab.proc import (
 from appliance.lab.rootfs import CACHE_ROOT, ensure_rootfs
 from appliance.lab.ssh import run_on
 from appliance.lab.state import Lab, LabHost, LabPaths, lab_files, lab_names, load_lab, save_lab
+from appliance.plan.inventory import ansible_ini, load_inventory
 
 SSH_WAIT_S = 90.0  # all hosts answer SSH (a boot takes ~1-3 s; slack for a loaded machine)
 BOOT_WAIT_S = 60  # systemd reaches running/degraded after SSH answers

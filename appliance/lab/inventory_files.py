@@ -1,6 +1,6 @@
 """The files a lab hands to the deploy tools: ``inventory.yml`` and ``known_hosts``.
 
-Pure rendering. ``inventory.yml`` follows ``appliance.inventory`` (schema
+Pure rendering. ``inventory.yml`` follows ``appliance.plan.inventory`` (schema
 version 1), written in the documented compact shape; ``hosts.py`` reads it
 back through the strict loader before anyone else does, and renders the
 Ansible INI from it, so the lab can never hand out an inventory the deploy

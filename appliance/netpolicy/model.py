@@ -28,11 +28,11 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Literal
 
 from appliance.errors import InputError
-from appliance.profiles import Profile, VllmEngine
+from appliance.plan.profiles import Profile, VllmEngine
 
 if TYPE_CHECKING:
-    from appliance.inventory import Inventory
-    from appliance.plan import Plan
+    from appliance.plan.inventory import Inventory
+    from appliance.plan.report import Plan
 
 Target = Literal["host", "k8s"]
 Protocol = Literal["tcp", "udp"]

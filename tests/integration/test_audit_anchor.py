@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from appliance.deploy import audit_anchor, remote
-from appliance.inventory import load_inventory
 from appliance.lab.state import Lab
+from appliance.plan.inventory import load_inventory
 from tests.integration.helpers import appliance, single_host_inventory
 
 pytestmark = pytest.mark.integration

@@ -38,10 +38,10 @@ from appliance.deploy.integrity import RECORD_FILE
 from appliance.deploy.run import plan_host
 from appliance.deploy.site import load_site
 from appliance.events import drain
-from appliance.inventory import load_inventory
 from appliance.lab import dev_site
 from appliance.lab.state import Lab, LabHost
-from appliance.profiles import load_profiles
+from appliance.plan.inventory import load_inventory
+from appliance.plan.profiles import load_profiles
 from tests.integration.conftest import SESSION, temporary_lab
 from tests.integration.helpers import (
     EGRESS_RULES,

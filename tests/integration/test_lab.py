@@ -21,13 +21,13 @@ import pytest
 
 from appliance.cli import lab_cmds
 from appliance.events import Event, Started, Warned, drain
-from appliance.inventory import load_inventory
 from appliance.lab import Lab, lab_down, lab_up, run_on
 from appliance.lab.hosts import NSPAWN_PROPAGATE
 from appliance.lab.network import lab_alias, links, netns_names, netns_pids
 from appliance.lab.proc import mounts_under, process_matches
 from appliance.lab.ssh import ssh_argv
 from appliance.lab.state import LabPaths
+from appliance.plan.inventory import load_inventory
 
 from .conftest import SESSION, guarded_teardown, lab_skip_reason
 

@@ -3,7 +3,7 @@
 Uses the cached wheelhouse (scripts/build-llamacpp-wheelhouse builds it once, about
 5 minutes on 2 cores, and is a no-op afterwards), installs it into a fresh venv with
 pip reaching no index (and, where allowed, inside an empty network namespace), then
-runs the server with the command line the plan produces (appliance.engine_args) on
+runs the server with the command line the plan produces (appliance.plan.engine_args) on
 the Gemma 3 270M GGUF and asks it for a chat completion.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.recipe import load_recipe
-from appliance.engine_args import BIND_ADDRESS, OFFLINE_ENV
+from appliance.plan.engine_args import BIND_ADDRESS, OFFLINE_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ def free_port() -> int:
 def server(server_venv: Path, gemma: Path, tmp_path: Path) -> Iterator[str]:
     httpx = pytest.importorskip("httpx")
     port = free_port()
-    # The argv appliance.engine_args builds for the cpu-llamacpp profile, but for the venv.
+    # The argv appliance.plan.engine_args builds for the cpu-llamacpp profile, but for the venv.
     argv = [
         str(server_venv / "bin" / "python"),
         "-m",

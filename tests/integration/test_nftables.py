@@ -30,14 +30,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.inventory import load_inventory
 from appliance.lab import Lab
 from appliance.lab.errors import LabError
 from appliance.lab.ssh import run_on
 from appliance.lab.state import LabHost
 from appliance.netpolicy.model import PolicyModel, build_policy
 from appliance.netpolicy.nftables import RULESET_PATH, apply_script, confirm_script
-from appliance.profiles import load_profiles
+from appliance.plan.inventory import load_inventory
+from appliance.plan.profiles import load_profiles
 
 pytestmark = pytest.mark.integration
 MakeLab = Callable[..., contextlib.AbstractContextManager[Lab]]

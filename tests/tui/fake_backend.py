@@ -1,7 +1,7 @@
 """``FakeBackend``: the core in memory, for the TUI tests. Real data types, no hosts, no SSH.
 
 Everything a screen shows is a real core value: ``HostFacts`` read from
-``tests/fixtures/facts`` by ``appliance.facts_io``, plans from the real
+``tests/fixtures/facts`` by ``appliance.detect.facts_file``, plans from the real
 ``build_plan`` over the real profiles, a ``VerifiedBundle`` made by the real
 ``verify_bundle`` from a small bundle signed with fixed Ed25519 keys (so keyids,
 digests and dates are the same on every run), and dry-run changes from the real
@@ -48,16 +48,16 @@ from appliance.deploy.desired import desired_state, diff
 from appliance.deploy.run import HostResult
 from appliance.deploy.site import Site, load_site
 from appliance.deploy.smoke import ChatAnswer
+from appliance.detect.facts import HostFacts
+from appliance.detect.facts_file import load_facts
 from appliance.errors import ApplianceError, Cancelled, DoesNotFitError
 from appliance.events import Event, Finished, Progress, Started, drain
-from appliance.facts import HostFacts
-from appliance.facts_io import load_facts
-from appliance.inventory import HostEntry, Inventory, load_inventory
 from appliance.lab import LabHostInfo, LabInfo
-from appliance.model_info import ModelInfo
+from appliance.model.info import ModelInfo
 from appliance.netpolicy.model import GATEWAY_PORT
-from appliance.plan import Plan, build_plan
-from appliance.profiles import Profile, load_profiles
+from appliance.plan.inventory import HostEntry, Inventory, load_inventory
+from appliance.plan.profiles import Profile, load_profiles
+from appliance.plan.report import Plan, build_plan
 from tui.backend import Backend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,7 +221,7 @@ class FakeBackend(Backend):
         self._enter("model", path=path)
         if str(path) in self.models:
             return self.models[str(path)]
-        from appliance.model_info import load_model_info
+        from appliance.model.info import load_model_info
 
         return load_model_info(path)
 

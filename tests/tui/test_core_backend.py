@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.model_info import ModelInfo
+from appliance.model.info import ModelInfo
 from tests.tui.conftest import ROOT, screen_text, settle, walk_to
 from tests.tui.fake_backend import build_demo_bundle, fixed_signer
 from tui.app import build_app

@@ -141,7 +141,7 @@ async def test_an_unreadable_model_is_a_dialog_with_the_cli_words(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
     from appliance.errors import ApplianceError
-    from appliance.model_info import load_model_info
+    from appliance.model.info import load_model_info
 
     missing = tmp_path / "nothing-here"
     with pytest.raises(ApplianceError) as expected:
@@ -256,7 +256,7 @@ async def test_targets_from_a_lab_with_reachability_per_host(
 
 async def test_a_bad_inventory_file_is_the_core_error(make_app: AppFactory, tmp_path: Path) -> None:
     from appliance.errors import ApplianceError
-    from appliance.inventory import load_inventory
+    from appliance.plan.inventory import load_inventory
 
     bad = tmp_path / "inventory.yml"
     bad.write_text("schema_version: 1\nhosts: []\nextra: 1\n")

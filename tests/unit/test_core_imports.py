@@ -51,7 +51,7 @@ def is_forbidden(name: str) -> bool:
 
 def test_core_files_are_found() -> None:
     names = {module_name(p) for p in core_files()}
-    assert {"appliance.plan", "appliance.profiles", "appliance.fit"} <= names
+    assert {"appliance.plan.report", "appliance.plan.profiles", "appliance.plan.fit"} <= names
     assert not any(n.startswith("appliance.cli") for n in names)
 
 

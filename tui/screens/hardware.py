@@ -19,8 +19,8 @@ from tui.present import gib, gpu_warnings, host_summary
 from tui.screens.base import StepScreen
 
 if TYPE_CHECKING:
+    from appliance.detect.facts import HostFacts
     from appliance.errors import ApplianceError
-    from appliance.facts import HostFacts
 
 
 class HardwareScreen(StepScreen):
@@ -69,7 +69,7 @@ stated plainly; the next step never falls back to CPU without saying why.
 
     @staticmethod
     def gpu_table(facts: HostFacts) -> DataTable[str]:
-        from appliance.profiles import format_cc
+        from appliance.plan.profiles import format_cc
 
         table: DataTable[str] = DataTable(cursor_type="none", zebra_stripes=True, classes="gpus")
         table.add_columns("#", "name", "memory", "free", "cc", "arch", "MIG", "NVLink")

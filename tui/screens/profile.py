@@ -1,6 +1,6 @@
 """Step 2, Profile: the recommended profile and its evidence, every rejection, the fit report.
 
-The same plan ``appliance plan`` prints (``appliance.plan.build_plan``). The
+The same plan ``appliance plan`` prints (``appliance.plan.report.build_plan``). The
 operator may choose another profile; one that does not match the hardware, or
 under which the model does not fit, needs a confirmation, and the deploy is
 then forced (as ``appliance deploy --force``).
@@ -30,7 +30,7 @@ from tui.screens.dialogs import ConfirmDialog
 
 if TYPE_CHECKING:
     from appliance.errors import ApplianceError
-    from appliance.plan import Plan
+    from appliance.plan.report import Plan
 
 AUTO = "auto"
 

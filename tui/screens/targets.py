@@ -1,6 +1,6 @@
 """Step 4, Targets: an inventory file, or a lab's, and SSH reachability of every host.
 
-The inventory is read by the core's strict loader (``appliance.inventory``);
+The inventory is read by the core's strict loader (``appliance.plan.inventory``);
 labs come from ``appliance lab list``; each host is checked with one SSH login
 (``appliance.deploy.remote.reachable``), in parallel threads, and its answer
 is shown as a word (OK, FAIL) with what SSH said.
@@ -23,8 +23,8 @@ from tui.screens.base import StepScreen
 
 if TYPE_CHECKING:
     from appliance.errors import ApplianceError
-    from appliance.inventory import Inventory
     from appliance.lab import LabInfo
+    from appliance.plan.inventory import Inventory
 
 CHECKING = "checking"
 

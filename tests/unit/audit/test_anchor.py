@@ -19,7 +19,7 @@ from appliance.audit import GENESIS, chain_record
 from appliance.cli.main import main
 from appliance.deploy import audit_anchor, remote
 from appliance.errors import AuditAnchorError
-from appliance.inventory import HostEntry
+from appliance.plan.inventory import HostEntry
 
 HOST = HostEntry(name="gpu1", address="10.0.0.5", roles=["model-server"])
 

@@ -20,7 +20,7 @@ from appliance.bundle.recipe import Recipe, load_recipe, parse_recipe
 from appliance.bundle.sources import Fetched
 from appliance.errors import BundleBuildError, InputError
 from appliance.events import Event, Finished, Progress, Started, Warned, drain
-from appliance.model_info import load_model_info
+from appliance.model.info import load_model_info
 from tests.unit.bundle.test_sources import PROVENANCE, make_adapter, make_wheel
 from tests.unit.model.conftest import SMALL_LLAMA_CONFIG, small_llama_tensors, write_safetensors
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from appliance.cli.main import main
+from appliance.detect.facts_file import load_facts
 from appliance.exitcodes import ExitCode
-from appliance.facts_io import load_facts
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = ROOT / "tests/golden/plan"

@@ -41,10 +41,10 @@ from appliance.deploy.desired import (
     staging_commands,
 )
 from appliance.deploy.integrity import record_command
-from appliance.engine_args import NodeCommand
 from appliance.errors import DeploymentError
 from appliance.events import drain
-from appliance.inventory import HostEntry, SshSettings
+from appliance.plan.engine_args import NodeCommand
+from appliance.plan.inventory import HostEntry, SshSettings
 from tests.unit.bundle.conftest import BundleFactory, Trust
 
 BIN = Path(sys.executable).parent

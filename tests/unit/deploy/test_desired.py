@@ -16,9 +16,9 @@ from appliance.deploy.desired import (
     parse_probe,
     probe_script,
 )
-from appliance.engine_args import NodeCommand
 from appliance.events import drain
-from appliance.inventory import HostEntry
+from appliance.plan.engine_args import NodeCommand
+from appliance.plan.inventory import HostEntry
 from tests.unit.bundle.conftest import BundleFactory, Trust
 
 HOST = HostEntry(name="lab-1", address="10.231.0.2", roles=["model-server"])

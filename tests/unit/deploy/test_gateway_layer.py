@@ -37,8 +37,8 @@ from appliance.deploy.site import Site, SiteFileError, load_site
 from appliance.errors import InputError
 from appliance.events import drain
 from appliance.gateway.config import parse_config
-from appliance.inventory import HostEntry, Inventory
-from appliance.plan import Plan
+from appliance.plan.inventory import HostEntry, Inventory
+from appliance.plan.report import Plan
 from tests.unit.bundle.conftest import BundleFactory, Trust
 from tests.unit.deploy.test_ansible_engine import RECAP, run_render
 from tests.unit.keycloak.conftest import plan_for

@@ -340,7 +340,7 @@ def test_sigterm_is_told_apart_from_ctrl_c_and_journaled_as_cancelled(
 
     from appliance.deploy import run
     from appliance.errors import Cancelled
-    from appliance.inventory import HostEntry
+    from appliance.plan.inventory import HostEntry
 
     with pytest.raises(KeyboardInterrupt), run._sigterm_as_interrupt() as seen:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -43,11 +43,11 @@ from appliance.deploy.gateway_layer import secure
 from appliance.deploy.keycloak_layer import install_keycloak
 from appliance.deploy.site import Site, SiteFileError, load_site
 from appliance.errors import InputError
-from appliance.inventory import HostEntry, Inventory
 from appliance.keycloak.errors import KeycloakArtifactError
 from appliance.keycloak.service import ADMIN_ENV_PATH, KEYCLOAK_USER, STATE_DIR
 from appliance.keycloak.site_secrets import load_client_secrets
-from appliance.plan import Plan
+from appliance.plan.inventory import HostEntry, Inventory
+from appliance.plan.report import Plan
 from tests.unit.deploy.test_gateway_layer import host, plan, verified  # noqa: F401 - fixtures
 
 MODEL = "mistral-7b-instruct-v0.3"

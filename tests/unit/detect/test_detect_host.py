@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__
+from appliance.detect.facts import FACTS_SCHEMA_VERSION, INSTALL_PATHS, DiskFacts
 from appliance.detect.host import detect_host, parse_os_release
-from appliance.facts import FACTS_SCHEMA_VERSION, INSTALL_PATHS, DiskFacts
 from tests.fakes import GiB, fixed_probe
 from tests.fakes.fake_pynvml import ForbiddenNvml, recorded, write_pci_tree
 
@@ -176,7 +176,7 @@ def test_detect_host_does_not_import_pydantic_rich_or_argparse() -> None:
         "import json, sys\n"
         "import appliance.detect.host\n"
         "appliance.detect.host.detect_host()\n"
-        "from appliance.facts import dump_facts_json\n"
+        "from appliance.detect.facts import dump_facts_json\n"
         "print(json.dumps(sorted(m for m in ('pydantic', 'rich', 'argparse', 'textual')"
         " if m in sys.modules)))\n"
     )
@@ -187,7 +187,7 @@ def test_pydantic_check_can_fail() -> None:
     # Guards the guard: reading facts back does import pydantic, and the check sees it.
     loaded = _run(
         "import json, sys\n"
-        "from appliance.facts_io import facts_json_schema\n"
+        "from appliance.detect.facts_file import facts_json_schema\n"
         "facts_json_schema()\n"
         "print(json.dumps(['pydantic'] if 'pydantic' in sys.modules else []))\n"
     )

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from appliance.facts_io import facts_json_schema
+from appliance.detect.facts_file import facts_json_schema
 
 ROOT = Path(__file__).resolve().parents[3]
 REGENERATE = ROOT / "tests" / "fixtures" / "facts" / "regenerate.py"

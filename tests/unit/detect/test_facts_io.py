@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from appliance.detect.facts import HostFacts, dump_facts_json
+from appliance.detect.facts_file import load_facts
 from appliance.detect.host import detect_host
 from appliance.errors import FactsFileError
 from appliance.exitcodes import ExitCode
-from appliance.facts import HostFacts, dump_facts_json
-from appliance.facts_io import load_facts
 
 FACTS = Path(__file__).resolve().parents[2] / "fixtures" / "facts"
 BAD = FACTS / "bad"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.exitcodes import ExitCode
-from appliance.inventory import InventoryError, ansible_ini, load_inventory
+from appliance.plan.inventory import InventoryError, ansible_ini, load_inventory
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures/inventory"
 

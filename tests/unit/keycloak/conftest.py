@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from appliance.bundle.payload import AdapterEntry, AdapterProvenance, TrainingContentSummary
-from appliance.facts_io import load_facts
+from appliance.detect.facts_file import load_facts
 from appliance.keycloak.access import AccessConfig, load_access
-from appliance.model_info import load_model_info
-from appliance.plan import Plan, build_plan
-from appliance.profiles import load_profiles
+from appliance.model.info import load_model_info
+from appliance.plan.profiles import load_profiles
+from appliance.plan.report import Plan, build_plan
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = ROOT / "tests/golden/keycloak"

@@ -24,7 +24,7 @@ from appliance.keycloak.realm import (
 )
 from appliance.keycloak.schema import realm_json_schema, validate_realm
 from appliance.keycloak.site_secrets import ClientSecrets
-from appliance.plan import Plan
+from appliance.plan.report import Plan
 
 from .conftest import adapter, assert_golden, plan_for
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import yaml
 
-from appliance.inventory import Inventory
 from appliance.lab.inventory_files import (
     InventoryHost,
     render_etc_hosts,
@@ -14,6 +13,7 @@ from appliance.lab.inventory_files import (
     render_known_hosts,
     roles_for,
 )
+from appliance.plan.inventory import Inventory
 
 KEY = Path("/run/appliance/lab/lab/id_ed25519")
 KNOWN = Path("/run/appliance/lab/lab/known_hosts")

@@ -19,7 +19,7 @@ import pytest
 
 from appliance.errors import ApplianceError, InputError, ModelFileError
 from appliance.exitcodes import ExitCode
-from appliance.model_info import load_model_info
+from appliance.model.info import load_model_info
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "models"
 MISTRAL_CFG = json.loads((FIXTURES / "mistral-7b-instruct-v0.3" / "config.json").read_text())
@@ -328,7 +328,7 @@ def test_every_truncation_point_gives_a_clean_error(make_gguf: Callable[..., Pat
     # "No traceback ever": cut a valid file at every offset of its header.
     full = make_gguf("full.gguf").read_bytes()
     path = make_gguf("cut.gguf")
-    from appliance._gguf_header import read_gguf_header
+    from appliance.model.gguf_header import read_gguf_header
 
     header_end = read_gguf_header(path).data_offset
     for cut in range(1, header_end + 64):
@@ -342,7 +342,7 @@ def test_random_corruption_gives_a_clean_error_or_a_result(
 ) -> None:
     path = make_gguf()
     full = path.read_bytes()
-    from appliance._gguf_header import read_gguf_header
+    from appliance.model.gguf_header import read_gguf_header
 
     header_end = read_gguf_header(path).data_offset
     rng = random.Random(1234)
@@ -410,7 +410,7 @@ def test_permission_denied_for_real(make_gguf: Callable[..., Path]) -> None:
         # the child gives up root before it reads the file.
         code = (
             "import os, sys; sys.path.insert(0, '.'); from pathlib import Path\n"
-            "from appliance.model_info import load_model_info\n"
+            "from appliance.model.info import load_model_info\n"
             "from appliance.errors import ModelFileError\n"
             "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
             "try: load_model_info(Path(sys.argv[1]))\n"

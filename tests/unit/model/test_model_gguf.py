@@ -10,8 +10,8 @@ from typing import Any
 import gguf
 import pytest
 
-from appliance._gguf_header import GGUFArray, read_gguf_header
-from appliance.model_info import kv_cache_bytes_per_token, load_model_info
+from appliance.model.gguf_header import GGUFArray, read_gguf_header
+from appliance.model.info import kv_cache_bytes_per_token, load_model_info
 
 # conftest's tiny llama: 2 layers, hidden 64, 4 heads x 16, ffn 128, vocab 32.
 H, L, FFN, V = 64, 2, 128, 32

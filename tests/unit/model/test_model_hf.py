@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from appliance.model_info import (
+from appliance.model.info import (
     ModelInfo,
     kv_cache_bytes_per_token,
     load_model_info,

@@ -1,4 +1,4 @@
-"""``appliance.model_info`` stays cheap to import: gguf (~150 ms) and numpy load only
+"""``appliance.model.info`` stays cheap to import: gguf (~150 ms) and numpy load only
 when a GGUF file is read, never for the import or for a Hugging Face directory."""
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ def loaded_after(code: str) -> list[str]:
 
 
 def test_import_loads_neither_gguf_nor_numpy() -> None:
-    assert loaded_after("import appliance.model_info") == []
+    assert loaded_after("import appliance.model.info") == []
 
 
 def test_reading_a_hf_directory_loads_neither() -> None:
     code = (
         "from pathlib import Path\n"
-        "from appliance.model_info import load_model_info\n"
+        "from appliance.model.info import load_model_info\n"
         f"load_model_info(Path({str(FIXTURE)!r}))\n"
     )
     assert loaded_after(code) == []

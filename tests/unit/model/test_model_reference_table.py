@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.model_info import (
+from appliance.model.info import (
     ModelInfo,
     kv_cache_bytes_per_token,
     load_model_info,

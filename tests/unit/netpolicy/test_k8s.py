@@ -20,7 +20,7 @@ from appliance.netpolicy.k8s import (
 )
 from appliance.netpolicy.model import PolicyModel, Site, build_policy, build_site
 from appliance.netpolicy.render import render_files, write_directory
-from appliance.profiles import load_profiles
+from appliance.plan.profiles import load_profiles
 
 from .nca_report import model_edges, nca_edges, parse_connection, run_nca
 

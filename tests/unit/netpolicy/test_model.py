@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.detect.facts_file import load_facts
 from appliance.errors import InputError
 from appliance.exitcodes import ExitCode
-from appliance.facts_io import load_facts
-from appliance.inventory import load_inventory
 from appliance.netpolicy.model import (
     GATEWAY_PORT,
     KEYCLOAK_PORT,
@@ -23,8 +22,9 @@ from appliance.netpolicy.model import (
     describe_site,
     policy_for_plan,
 )
-from appliance.plan import build_plan
-from appliance.profiles import VllmEngine, load_profiles
+from appliance.plan.inventory import load_inventory
+from appliance.plan.profiles import VllmEngine, load_profiles
+from appliance.plan.report import build_plan
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = Path(__file__).parent / "fixtures"

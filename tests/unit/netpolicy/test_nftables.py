@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.inventory import load_inventory
 from appliance.netpolicy.model import NetworkPolicyError, build_policy, build_site
 from appliance.netpolicy.nftables import COUNTERS, apply_script, confirm_script, host_rulesets
-from appliance.profiles import load_profiles
+from appliance.plan.inventory import load_inventory
+from appliance.plan.profiles import load_profiles
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden" / "nftables"

@@ -16,7 +16,7 @@ from appliance import package_data
 from appliance.deploy import ansible_engine, desired
 from appliance.errors import InstallationError
 from appliance.exitcodes import ExitCode
-from appliance.profiles import builtin_profiles_dir
+from appliance.plan.profiles import builtin_profiles_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.facts import HostFacts
-from appliance.facts_io import load_facts
-from appliance.model_info import ModelInfo, load_model_info
-from appliance.profiles import Profile, load_profiles
+from appliance.detect.facts import HostFacts
+from appliance.detect.facts_file import load_facts
+from appliance.model.info import ModelInfo, load_model_info
+from appliance.plan.profiles import Profile, load_profiles
 
 ROOT = Path(__file__).resolve().parents[3]
 FACTS = ROOT / "tests/fixtures/facts"

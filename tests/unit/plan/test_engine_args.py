@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from appliance.engine_args import OFFLINE_ENV
-from appliance.plan import build_plan
-from appliance.profiles import Profile
+from appliance.plan.engine_args import OFFLINE_ENV
+from appliance.plan.profiles import Profile
+from appliance.plan.report import build_plan
 
 from .conftest import facts, model
 

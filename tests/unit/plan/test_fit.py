@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from appliance.fit import GIB, estimate, fit_report
-from appliance.profiles import Profile
+from appliance.plan.fit import GIB, estimate, fit_report
+from appliance.plan.profiles import Profile
 
 from .conftest import facts, model
 

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from appliance.detect.facts import GpuFacts, GpuReport, HostFacts
 from appliance.errors import DoesNotFitError, ProfileError
-from appliance.facts import GpuFacts, GpuReport, HostFacts
-from appliance.profiles import Profile
-from appliance.selection import select_profile
+from appliance.plan.profiles import Profile
+from appliance.plan.selection import select_profile
 
 from .conftest import facts
 

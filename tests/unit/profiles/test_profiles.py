@@ -9,7 +9,7 @@ import pytest
 
 from appliance.errors import ProfileError
 from appliance.exitcodes import ExitCode
-from appliance.profiles import (
+from appliance.plan.profiles import (
     LlamaCppEngine,
     VllmEngine,
     get_profile,

@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
+from appliance.detect.facts import GpuFacts, HostFacts
 from appliance.errors import DoesNotFitError
-from appliance.facts import GpuFacts, HostFacts
-from appliance.profiles import CpuMatch, GpuMatch, Profile, format_cc, get_profile
+from appliance.plan.profiles import CpuMatch, GpuMatch, Profile, format_cc, get_profile
 
 GIB = 1 << 30
 

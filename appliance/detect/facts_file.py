@@ -2,7 +2,7 @@
 
 Job: ``load_facts`` reads a
 file holding one host object or a non-empty list of hosts (a cluster) and
-validates it strictly against ``appliance.facts``; ``facts_json_schema`` is
+validates it strictly against ``appliance.detect.facts``; ``facts_json_schema`` is
 the published schema (``docs/facts.schema.json``, drift-tested).
 
 Invariants:
@@ -15,7 +15,7 @@ Invariants:
   (UTF-16, truncation) is why this module words its own decode errors.
 - Validation is strict: unknown keys, coercion (``"8"`` for 8, ``8.0`` for 8,
   ``true`` for 1) and a different ``schema_version`` are all rejected.
-- The writer is ``appliance.facts.dump_facts_json`` (one writer, no pydantic).
+- The writer is ``appliance.detect.facts.dump_facts_json`` (one writer, no pydantic).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from appliance.detect.facts import FACTS_SCHEMA_VERSION, HostFacts
 from appliance.errors import FactsFileError
-from appliance.facts import FACTS_SCHEMA_VERSION, HostFacts
 from appliance.input_files import MAX_JSON_DEPTH, json_depth, read_input
 from appliance.schema_errors import describe_errors, describe_value
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from appliance.fit import Layout
-from appliance.model_info import ModelInfo
-from appliance.profiles import LlamaCppEngine, Profile, VllmEngine
+from appliance.model.info import ModelInfo
+from appliance.plan.fit import Layout
+from appliance.plan.profiles import LlamaCppEngine, Profile, VllmEngine
 
 RELEASE_ROOT = "/opt/appliance/current"
 BIND_ADDRESS = "127.0.0.1"

@@ -2,7 +2,7 @@
 
 ``load_model_info(path)`` accepts a Hugging Face model directory (``config.json``,
 optionally ``model.safetensors.index.json`` and ``*.safetensors``) or a GGUF file
-(header parsed by ``appliance._gguf_header``, type tables from the ``gguf``
+(header parsed by ``appliance.model.gguf_header``, type tables from the ``gguf``
 package) and returns a frozen ``ModelInfo``. The memory arithmetic that
 the fit report needs (weights per precision, KV cache per token) lives here too,
 next to the numbers it uses.
@@ -12,7 +12,7 @@ number had to be derived under an assumption (e.g. MLP shape of an unknown
 architecture) the assumption is listed in ``assumptions``.
 
 Reading never loads tensor data: safetensors files are read up to their JSON
-header, GGUF files up to their tensor directory (``appliance._gguf_header``).
+header, GGUF files up to their tensor directory (``appliance.model.gguf_header``).
 Importing this module stays cheap: ``gguf`` (and with it numpy) is imported only
 when a GGUF file is actually read. Every failure a user can cause (missing path,
 unreadable file, malformed config, truncated download, wrong file) is raised as
@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from appliance._gguf_header import GGUFArray, GGUFFormatError, GGUFHeader, read_gguf_header
-from appliance._hf_config import (
+from appliance.errors import ModelFileError
+from appliance.input_files import file_kind, open_input, parse_json, read_input
+from appliance.model.gguf_header import GGUFArray, GGUFFormatError, GGUFHeader, read_gguf_header
+from appliance.model.hf_config import (
     ConfigError,
     SafetensorsError,
     config_parameter_count,
@@ -36,8 +38,6 @@ from appliance._hf_config import (
     pick_safetensors_files,
     read_safetensors_totals,
 )
-from appliance.errors import ModelFileError
-from appliance.input_files import file_kind, open_input, parse_json, read_input
 
 _T = TypeVar("_T")
 

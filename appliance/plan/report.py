@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from appliance.engine_args import NodeCommand, engine_commands
-from appliance.facts import HostFacts
-from appliance.fit import GIB, Estimate, FitReport, fit_report
-from appliance.model_info import ModelInfo
-from appliance.profiles import Profile
-from appliance.selection import Selection, select_profile
+from appliance.detect.facts import HostFacts
+from appliance.model.info import ModelInfo
+from appliance.plan.engine_args import NodeCommand, engine_commands
+from appliance.plan.fit import GIB, Estimate, FitReport, fit_report
+from appliance.plan.profiles import Profile
+from appliance.plan.selection import Selection, select_profile
 
 PLAN_SCHEMA_VERSION = 1
 

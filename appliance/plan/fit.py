@@ -20,14 +20,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from appliance.facts import GpuFacts, HostFacts
-from appliance.model_info import (
+from appliance.detect.facts import GpuFacts, HostFacts
+from appliance.model.info import (
     BYTES_PER_PARAM,
     ModelInfo,
     kv_cache_bytes_per_token,
     weights_bytes,
 )
-from appliance.profiles import (
+from appliance.plan.profiles import (
     QUANT_MIN_CC,
     QUANT_PRECISION,
     LlamaCppEngine,

@@ -3,7 +3,7 @@
 These are stdlib dataclasses on purpose: ``appliance detect --json`` builds and
 prints them without importing pydantic (start-up time matters for a probe that
 runs on every host). Reading a saved facts file back (``plan --facts``) goes
-through ``appliance.facts_io``, which validates them strictly with pydantic:
+through ``appliance.detect.facts_file``, which validates them strictly with pydantic:
 ``__pydantic_config__`` below forbids unknown keys and coercion.
 
 Units: bytes for sizes, never GiB floats. The schema is versioned by

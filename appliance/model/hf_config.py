@@ -5,7 +5,7 @@ Pure functions over already-read data, plus ``read_safetensors_totals`` which
 reads only the 8-byte length and JSON header of each safetensors file (never the
 tensor bytes), opened through ``input_files.open_input`` (regular files only,
 never blocking) and parsed with the bounded ``input_files.parse_json``. Errors are raised as ``ConfigError`` / ``SafetensorsError`` carrying
-expected/found text; ``appliance.model_info`` turns them into ``ModelFileError``.
+expected/found text; ``appliance.model.info`` turns them into ``ModelFileError``.
 
 Invariant: every value either comes from the files or is listed in
 ``assumptions`` with the reason it had to be assumed.

@@ -8,7 +8,7 @@ load time, so a profile that loads is a profile that makes sense.
 
 The documented schema is ``hardware_profiles/README.md``; the machine-readable
 one, ``hardware_profiles/profile.schema.json``, is generated from these models
-(``python -m appliance.profiles --schema``) and drift-tested.
+(``python -m appliance.plan.profiles --schema``) and drift-tested.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Planning: hardware profiles, profile selection, fit, engine command lines, the plan report, the inventory."""
