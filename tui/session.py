@@ -3,7 +3,8 @@
 Plain mutable state on the app: each screen reads what earlier steps left
 and writes its own step's outcome. Going back and changing a step clears what
 depended on it (``invalidate_from``), so a later screen never shows an answer
-to a question that is no longer asked.
+to a question that is no longer asked. The order of the steps is the app's
+step table (``tui.app.STEPS``), given to the session as ``steps``.
 """
 
 from __future__ import annotations
@@ -34,12 +35,10 @@ class AppOptions:
     site: Path | None = None  # the site file: with it, the gateway and firewall are laid down too
 
 
-STEPS = ("Hardware", "Profile", "Bundle", "Targets", "Plan", "Deploy", "Done")
-
-
 @dataclass
 class Session:
     options: AppOptions
+    steps: tuple[str, ...]  # the step names, in order (the app's step table)
     site: Site | None = None  # options.site, loaded before the app starts; fixed for the run
     hosts: tuple[HostFacts, ...] = ()
     facts_source: str = ""
@@ -59,14 +58,14 @@ class Session:
 
     def invalidate_from(self, step: str) -> None:
         """Forget the answers of ``step`` and of every step after it."""
-        index = STEPS.index(step)
-        if index <= STEPS.index("Profile"):
+        index = self.steps.index(step)
+        if index <= self.steps.index("Profile"):
             self.plan, self.force = None, False
-        if index <= STEPS.index("Bundle"):
+        if index <= self.steps.index("Bundle"):
             self.verified = None
-        if index <= STEPS.index("Targets"):
+        if index <= self.steps.index("Targets"):
             self.inventory, self.reachability = None, {}
-        if index <= STEPS.index("Plan"):
+        if index <= self.steps.index("Plan"):
             self.review = None
-        if index <= STEPS.index("Deploy"):
+        if index <= self.steps.index("Deploy"):
             self.results = None

@@ -1,35 +1,42 @@
 """What every step screen shares: the step bar, Back/Next, help, and core calls in threads.
 
 Core calls never run on the UI thread. ``call`` runs a function in a worker
-thread and posts ``Answered`` or ``Failed``; ``stream`` drains an event
-generator the same way, posting each event as ``EventEmitted``. An
-``ApplianceError`` becomes an error dialog with the CLI's words; any other
-exception is a bug and ends the app with its traceback, as in the CLI.
+thread and posts the call's own answer message (``tui.messages``: ``Planned``,
+``Verified``, ...) or ``Failed``; ``stream`` drains an event generator the
+same way, posting each event as ``EventEmitted``. An ``ApplianceError``
+becomes an error dialog with the CLI's words; any other exception is a bug
+and ends the app with its traceback, as in the CLI.
+
+Screens never import each other or the app: what they need from the app is
+``tui.installer.Installer``, and a complete step calls ``step_done``; the
+app's step table decides the next screen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Label
 
-from tui.messages import Answered, EventEmitted, Failed
+from tui.messages import Call, EventEmitted, Failed
 from tui.screens.dialogs import ErrorDialog
 from tui.screens.help import HelpScreen
 from tui.widgets.stepbar import StepBar
 
 if TYPE_CHECKING:
-    from appliance.errors import ApplianceError
     from appliance.events import Event
-    from tui.app import ApplianceApp
     from tui.backend import Backend
+    from tui.installer import Installer
     from tui.session import Session
+
+T = TypeVar("T")
 
 
 class StepScreen(Screen[None]):
@@ -48,7 +55,7 @@ class StepScreen(Screen[None]):
     # --- layout ---------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield StepBar(self.STEP)
+        yield StepBar(self.STEP, self.installer.step_names)
         with Vertical(id="body"):
             yield from self.compose_body()
         with Horizontal(id="nav"):
@@ -63,56 +70,70 @@ class StepScreen(Screen[None]):
     # --- shared state -----------------------------------------------------------------------
 
     @property
-    def appliance(self) -> ApplianceApp:
-        return cast("ApplianceApp", self.app)
+    def installer(self) -> Installer:
+        """The app, as the screens see it (``tui.installer.Installer``)."""
+        return cast("Installer", self.app)
 
     @property
     def session(self) -> Session:
-        return self.appliance.session
+        return self.installer.session
 
     @property
     def backend(self) -> Backend:
-        return self.appliance.backend
+        return self.installer.backend
 
     def set_status(self, text: str | Text) -> None:
         self.query_one("#status", Label).update(text)
 
     # --- core calls in worker threads --------------------------------------------------------
 
-    def call(self, what: str, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` in a thread; post ``Answered(what, result)`` or ``Failed(what, error)``."""
+    def call(
+        self,
+        call: Call,
+        fn: Callable[[], T],
+        answer: Callable[[T], Message],
+        *,
+        host: str | None = None,
+    ) -> None:
+        """Run ``fn`` in a thread; post ``answer(result)`` or ``Failed(call, error, host)``."""
         from appliance.errors import ApplianceError
 
         def work() -> None:
             try:
                 result = fn()
             except ApplianceError as exc:
-                self.post_message(Failed(what, exc))
+                self.post_message(Failed(call, exc, host))
             else:
-                self.post_message(Answered(what, result))
+                self.post_message(answer(result))
 
-        self.run_worker(work, thread=True, group=what, name=what)
+        label = call.label(host)
+        self.run_worker(work, thread=True, group=label, name=label)
 
-    def stream(self, what: str, start: Callable[[], Generator[Event, None, Any]]) -> None:
-        """Drain the generator ``start()`` in a thread, posting each event, then the result."""
+    def stream(
+        self,
+        call: Call,
+        start: Callable[[], Generator[Event, None, T]],
+        answer: Callable[[T], Message],
+    ) -> None:
+        """Drain the generator ``start()`` in a thread, posting each event, then the answer."""
         from appliance.events import drain
 
         def emit(event: Event) -> None:
-            self.post_message(EventEmitted(what, event))
+            self.post_message(EventEmitted(call, event))
 
-        def run() -> Any:
+        def run() -> T:
             return drain(start(), emit)
 
-        self.call(what, run)
+        self.call(call, run, answer)
 
     def on_failed(self, message: Failed) -> None:
         message.stop()
-        self.failed(message.what, message.error)
+        self.failed(message)
 
-    def failed(self, what: str, error: ApplianceError) -> None:
+    def failed(self, failure: Failed) -> None:
         """Show a core error; screens extend this to reset their own state."""
-        self.set_status(Text.assemble(("FAILED ", "bold red"), f"{what}: see the error"))
-        self.app.push_screen(ErrorDialog(error))
+        self.set_status(Text.assemble(("FAILED ", "bold red"), f"{failure.label}: see the error"))
+        self.app.push_screen(ErrorDialog(failure.error))
 
     # --- navigation ---------------------------------------------------------------------------
 
@@ -125,7 +146,11 @@ class StepScreen(Screen[None]):
             self.action_back()
 
     def action_next(self) -> None:
-        """Check this step is complete, then go to the next one."""
+        """Check this step is complete, then ``done``."""
+
+    def done(self) -> None:
+        """This step is complete: the app goes on to what follows it."""
+        self.installer.step_done(self.STEP)
 
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 2:  # the default screen, then the first step

@@ -9,19 +9,15 @@ and provenance of the model and adapters are shown.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, ProgressBar, Static
 
-from tui.messages import Answered, EventEmitted
+from tui.messages import Call, EventEmitted, Failed, Verified
 from tui.present import bundle_summary, progress_line
 from tui.screens.base import StepScreen
-
-if TYPE_CHECKING:
-    from appliance.errors import ApplianceError
 
 
 class BundleScreen(StepScreen):
@@ -87,7 +83,7 @@ file. Nothing from a bundle that fails is used.
         self.query_one("#verify-progress", Static).update("")
         self.query_one("#verify", Button).disabled = True
         self.set_status("verifying")
-        self.stream("verify", lambda: self.backend.verify(bundle, trust))
+        self.stream(Call.VERIFY, lambda: self.backend.verify(bundle, trust), Verified)
 
     def on_event_emitted(self, message: EventEmitted) -> None:
         from appliance.events import Finished, Progress, Started, Warned
@@ -113,10 +109,10 @@ file. Nothing from a bundle that fails is used.
         elif isinstance(event, Finished):
             self.finished = event.message
 
-    def on_answered(self, message: Answered) -> None:
+    def on_verified(self, message: Verified) -> None:
         self.verifying = False
         self.query_one("#verify", Button).disabled = False
-        verified = message.result
+        verified = message.verified
         self.session.verified = verified
         if self.finished:
             progress = self.query_one("#verify-progress", Static)
@@ -128,13 +124,13 @@ file. Nothing from a bundle that fails is used.
             Text.assemble(("OK ", "bold green"), f"verified version {verified.version}")
         )
 
-    def failed(self, what: str, error: ApplianceError) -> None:
+    def failed(self, failure: Failed) -> None:
         self.verifying = False
         self.query_one("#verify", Button).disabled = False
         self.query_one("#bundle-result", Static).update(
             Text.assemble(("NOT VERIFIED: ", "bold red"), "nothing from this bundle will be used.")
         )
-        super().failed(what, error)
+        super().failed(failure)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -164,6 +160,4 @@ file. Nothing from a bundle that fails is used.
         if self.session.verified is None:
             self.start_verify()
             return
-        from tui.screens.targets import TargetsScreen
-
-        self.app.push_screen(TargetsScreen())
+        self.done()

@@ -18,15 +18,13 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import Button, RichLog
 
-from tui.messages import Answered, EventEmitted
+from tui.messages import Call, Deployed, EventEmitted, Failed
 from tui.present import status_word, summary_line
 from tui.screens.base import StepScreen
 from tui.screens.dialogs import ConfirmDialog
 from tui.widgets.host_progress import HostProgress
 
 if TYPE_CHECKING:
-    from appliance.deploy.run import HostResult
-    from appliance.errors import ApplianceError
     from appliance.events import Event
 
 CANCELLED = "cancelled — run deploy again to resume"
@@ -91,10 +89,11 @@ the host locks, and leaves the journal: deploying again resumes.
         self.set_status("deploying (c: cancel)")
         cancel, force, site = self.cancel, session.force, session.site
         self.stream(
-            "deploy",
+            Call.DEPLOY,
             lambda: self.backend.deploy(
                 verified, inventory, profile=profile, force=force, site=site, cancel=cancel
             ),
+            Deployed,
         )
 
     def row(self, host: str | None) -> HostProgress | None:
@@ -119,11 +118,11 @@ the host locks, and leaves the journal: deploying again resumes.
             if row := self.row(host):
                 row.update_progress(1, 1, state)
 
-    def on_answered(self, message: Answered) -> None:
+    def on_deployed(self, message: Deployed) -> None:
         from appliance.exitcodes import ExitCode
 
         self.running = False
-        results: list[HostResult] = message.result
+        results = message.results
         self.session.results = results
         for result in results:
             if row := self.row(result.host):
@@ -131,19 +130,20 @@ the host locks, and leaves the journal: deploying again resumes.
         summary = summary_line(results)
         self.query_one("#log", RichLog).write(summary)
         failed = any(r.status in ("failed", "rolled-back") for r in results)
-        self.appliance.exit_code = ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
+        self.installer.exit_code = ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
         self.set_status(summary)
         self.query_one("#next", Button).disabled = False
         self.query_one("#back", Button).disabled = False
         if self.quit_after:
-            self.app.exit(self.appliance.exit_code)
+            self.app.exit(self.installer.exit_code)
 
-    def failed(self, what: str, error: ApplianceError) -> None:
+    def failed(self, failure: Failed) -> None:
         from appliance.exitcodes import ExitCode
 
+        error = failure.error
         self.running = False
         self.query_one("#back", Button).disabled = False
-        self.appliance.exit_code = int(error.exit_code)
+        self.installer.exit_code = int(error.exit_code)
         log = self.query_one("#log", RichLog)
         if error.exit_code == ExitCode.INTERRUPTED:
             log.write(Text.assemble(("!! ", "bold yellow"), error.message))
@@ -152,12 +152,12 @@ the host locks, and leaves the journal: deploying again resumes.
                 row.finish(Text("CANCELLED", "bold yellow"), "stopped at a safe point")
             self.set_status(Text.assemble(("!! ", "bold yellow"), CANCELLED))
             if self.quit_after:
-                self.app.exit(self.appliance.exit_code)
+                self.app.exit(self.installer.exit_code)
             return
         log.write(Text.assemble(("FAIL ", "bold red"), error.message))
-        super().failed(what, error)
+        super().failed(failure)
         if self.quit_after:
-            self.app.exit(self.appliance.exit_code)
+            self.app.exit(self.installer.exit_code)
 
     def action_cancel(self) -> None:
         if not self.running:
@@ -200,9 +200,7 @@ the host locks, and leaves the journal: deploying again resumes.
         if self.session.results is None:
             self.set_status("!! no result: go back to the plan review to deploy again")
             return
-        from tui.screens.done import DoneScreen
-
-        self.app.push_screen(DoneScreen())
+        self.done()
 
     def request_quit(self) -> bool:
         if not self.running:

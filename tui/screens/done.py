@@ -18,7 +18,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Label, Static
 
-from tui.messages import Answered
+from tui.messages import Call, Failed, SmokeAnswered
 from tui.present import (
     NO_GATEWAY_HOWTO,
     NO_GATEWAY_TITLE,
@@ -33,7 +33,6 @@ from tui.screens.base import StepScreen
 if TYPE_CHECKING:
     from appliance.deploy.run import HostResult
     from appliance.deploy.smoke import ChatAnswer
-    from appliance.errors import ApplianceError
 
 SERVING = ("converged", "unchanged")
 
@@ -98,8 +97,10 @@ for the gateway, or, without a site file, how to reach the model server.
             self.show(result, smoke="asking the model one question...")
             host, port = entries[result.host], result.port
             self.call(
-                f"smoke:{result.host}",
+                Call.SMOKE,
                 partial(self.backend.smoke_test, host, port=port),
+                partial(SmokeAnswered, result.host),
+                host=result.host,
             )
         self.set_status("finished; Quit when done")
 
@@ -111,14 +112,14 @@ for the gateway, or, without a site file, how to reach the model server.
     ) -> None:
         self.query_one(f"#host-{result.host}", Static).update(self.host_text(result, answer, smoke))
 
-    def on_answered(self, message: Answered) -> None:
-        name = message.what.removeprefix("smoke:")
-        self.show(self.result(name), answer=message.result)
+    def on_smoke_answered(self, message: SmokeAnswered) -> None:
+        self.show(self.result(message.host), answer=message.answer)
 
-    def failed(self, what: str, error: ApplianceError) -> None:
-        name = what.removeprefix("smoke:")
-        self.show(self.result(name), smoke=Text.assemble(("FAIL ", "bold red"), error.message))
-        super().failed(what, error)
+    def failed(self, failure: Failed) -> None:
+        assert failure.host is not None  # the smoke test is the one call here, about one host
+        smoke = Text.assemble(("FAIL ", "bold red"), failure.error.message)
+        self.show(self.result(failure.host), smoke=smoke)
+        super().failed(failure)
 
     def action_next(self) -> None:
-        self.app.exit(self.appliance.exit_code)
+        self.done()  # the last step: the app ends the run

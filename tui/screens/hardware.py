@@ -14,13 +14,12 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Button, DataTable, Label, Static
 
-from tui.messages import Answered
+from tui.messages import Call, Detected, Failed
 from tui.present import gib, gpu_warnings, host_summary
 from tui.screens.base import StepScreen
 
 if TYPE_CHECKING:
     from appliance.detect.facts import HostFacts
-    from appliance.errors import ApplianceError
 
 
 class HardwareScreen(StepScreen):
@@ -40,10 +39,10 @@ stated plainly; the next step never falls back to CPU without saying why.
         self.query_one("#back", Button).disabled = True  # the first step
         facts = self.session.options.facts
         self.set_status(f"reading {facts}" if facts else "detecting this machine")
-        self.call("detect", lambda: self.backend.detect(facts))
+        self.call(Call.DETECT, lambda: self.backend.detect(facts), lambda r: Detected(*r))
 
-    def on_answered(self, message: Answered) -> None:
-        hosts, source = message.result
+    def on_detected(self, message: Detected) -> None:
+        hosts, source = message.hosts, message.source
         self.session.hosts, self.session.facts_source = hosts, source
         self.session.invalidate_from("Profile")
         self.show(hosts, source)
@@ -92,16 +91,14 @@ stated plainly; the next step never falls back to CPU without saying why.
         table.styles.height = len(links) + 1
         return table
 
-    def failed(self, what: str, error: ApplianceError) -> None:
+    def failed(self, failure: Failed) -> None:
         self.query_one("#loading", Static).update(
             "The hardware could not be read: fix the cause shown, then quit and start again."
         )
-        super().failed(what, error)
+        super().failed(failure)
 
     def action_next(self) -> None:
         if not self.session.hosts:
             self.set_status("!! wait: the hardware has not been read yet")
             return
-        from tui.screens.profile import ProfileScreen
-
-        self.app.push_screen(ProfileScreen())
+        self.done()

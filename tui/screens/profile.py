@@ -17,7 +17,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui.messages import Answered
+from tui.messages import Call, Failed, ModelLoaded, Planned, ProfilesListed
 from tui.present import (
     candidate_label,
     fit_report,
@@ -29,7 +29,6 @@ from tui.screens.base import StepScreen
 from tui.screens.dialogs import ConfirmDialog
 
 if TYPE_CHECKING:
-    from appliance.errors import ApplianceError
     from appliance.plan.report import Plan
 
 AUTO = "auto"
@@ -80,38 +79,41 @@ deploy is forced: the model may run out of memory.
 
     def load_model(self, path: Path) -> None:
         self.set_status(f"reading {path}")
-        self.call("model", lambda: self.backend.load_model(path))
+        self.call(Call.MODEL, lambda: self.backend.load_model(path), ModelLoaded)
 
     def replan(self) -> None:
         session, requested = self.session, self.requested
         self.set_status(f"planning ({requested})")
         self.call(
-            "plan",
+            Call.PLAN,
             lambda: self.backend.plan(
                 session.hosts,
                 facts_source=session.facts_source,
                 requested=requested,
                 model=session.model,
             ),
+            Planned,
         )
 
-    def on_answered(self, message: Answered) -> None:
-        if message.what == "model":
-            self.session.model = message.result
-            self.replan()
-        elif message.what == "plan":
-            self.show_plan(message.result)
-        elif message.what == "profiles":
-            self.show_choices([Option(Text(name), id=name) for name in message.result])
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.session.model = message.model
+        self.replan()
 
-    def failed(self, what: str, error: ApplianceError) -> None:
-        super().failed(what, error)
-        if what == "model":
+    def on_planned(self, message: Planned) -> None:
+        self.show_plan(message.plan)
+
+    def on_profiles_listed(self, message: ProfilesListed) -> None:
+        self.show_choices([Option(Text(name), id=name) for name in message.names])
+
+    def failed(self, failure: Failed) -> None:
+        super().failed(failure)
+        error = failure.error
+        if failure.call is Call.MODEL:
             self.session.model = None
             self.query_one("#model", Static).update(Text("!! the model could not be read", "bold"))
             self.query_one("#fit", Static).update("")
             self.replan()
-        elif what == "plan":
+        elif failure.call is Call.PLAN:
             # No profile matches (exit 3 in the CLI): the operator may still choose one.
             self.session.invalidate_from("Profile")
             self.query_one("#recommended", Static).update(
@@ -120,7 +122,7 @@ deploy is forced: the model may run out of memory.
             self.query_one("#selection", Static).update(
                 "\n".join([error.message, error.hint or ""])
             )
-            self.call("profiles", lambda: sorted(self.backend.profiles()))
+            self.call(Call.PROFILES, lambda: sorted(self.backend.profiles()), ProfilesListed)
 
     # --- display ------------------------------------------------------------------------------
 
@@ -215,6 +217,4 @@ deploy is forced: the model may run out of memory.
         )
 
     def go_on(self) -> None:
-        from tui.screens.bundle import BundleScreen
-
-        self.app.push_screen(BundleScreen())
+        self.done()

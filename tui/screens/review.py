@@ -14,14 +14,13 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Label, Static
 
-from tui.messages import Answered, EventEmitted
+from tui.messages import Call, EventEmitted, Failed, Reviewed
 from tui.present import host_changes, site_line
 from tui.screens.base import StepScreen
 from tui.screens.dialogs import ConfirmDialog
 
 if TYPE_CHECKING:
     from appliance.deploy.run import HostResult
-    from appliance.errors import ApplianceError
 
 
 class ReviewScreen(StepScreen):
@@ -73,10 +72,11 @@ host's loopback. Nothing is changed until you confirm the deploy.
         session.invalidate_from("Plan")
         self.set_status("dry run: planning each host")
         self.stream(
-            "review",
+            Call.REVIEW,
             lambda: self.backend.review(
                 verified, inventory, profile=profile, force=session.force, site=session.site
             ),
+            Reviewed,
         )
 
     def on_event_emitted(self, message: EventEmitted) -> None:
@@ -88,9 +88,9 @@ host's loopback. Nothing is changed until you confirm the deploy.
         elif isinstance(event, Warned):
             self.notify(event.message, title="!! warning", severity="warning")
 
-    def on_answered(self, message: Answered) -> None:
+    def on_reviewed(self, message: Reviewed) -> None:
         self.running = False
-        results: list[HostResult] = message.result
+        results = message.results
         self.session.review = self.shown = results
         container = self.query_one("#changes", VerticalScroll)
         container.remove_children()
@@ -103,13 +103,13 @@ host's loopback. Nothing is changed until you confirm the deploy.
             )
         )
 
-    def failed(self, what: str, error: ApplianceError) -> None:
+    def failed(self, failure: Failed) -> None:
         self.running = False
         self.query_one("#changes", VerticalScroll).remove_children()
         self.query_one("#changes", VerticalScroll).mount(
             Static(Text.assemble(("FAIL ", "bold red"), "the dry run failed; Next tries again."))
         )
-        super().failed(what, error)
+        super().failed(failure)
 
     def action_next(self) -> None:
         if self.running:
@@ -134,8 +134,6 @@ host's loopback. Nothing is changed until you confirm the deploy.
 
         def answered(yes: bool | None) -> None:
             if yes:
-                from tui.screens.deploy import DeployScreen
-
-                self.app.push_screen(DeployScreen())
+                self.done()
 
         self.app.push_screen(ConfirmDialog("Deploy these changes?", body, yes="Deploy"), answered)

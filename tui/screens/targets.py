@@ -18,15 +18,19 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui.messages import Answered
+from tui.messages import Call, Failed, InventoryLoaded, LabsListed, Reached
 from tui.screens.base import StepScreen
 
 if TYPE_CHECKING:
-    from appliance.errors import ApplianceError
     from appliance.lab import LabInfo
     from appliance.plan.inventory import Inventory
 
 CHECKING = "checking"
+
+
+def reached(host: str, answer: tuple[bool, str]) -> Reached:
+    ok, detail = answer
+    return Reached(host, ok, detail)
 
 
 class TargetsScreen(StepScreen):
@@ -63,7 +67,7 @@ them). The model-server hosts must all answer before the plan review.
         ):
             table.add_column(label, key=key)
         self.session.invalidate_from("Targets")  # this screen's table is empty: so is the choice
-        self.call("labs", self.backend.labs)
+        self.call(Call.LABS, self.backend.labs, LabsListed)
         if self.session.options.inventory is not None:
             self.load(self.session.options.inventory)
         else:
@@ -75,24 +79,24 @@ them). The model-server hosts must all answer before the plan review.
         self.query_one("#hosts", DataTable).clear()
         self.query_one("#reach-detail", Static).update("")
         self.set_status(f"reading {path}")
-        self.call("inventory", lambda: self.backend.load_inventory(path))
+        self.call(Call.INVENTORY, lambda: self.backend.load_inventory(path), InventoryLoaded)
 
-    def on_answered(self, message: Answered) -> None:
-        if message.what == "labs":
-            self.show_labs(message.result)
-        elif message.what == "inventory":
-            self.show_inventory(message.result)
-        elif message.what.startswith("reach:"):
-            name = message.what.removeprefix("reach:")
-            ok, detail = message.result
-            if self.session.inventory is None or name not in {
-                h.name for h in self.session.inventory.hosts
-            }:
-                return  # an answer about an inventory no longer shown
-            self.session.reachability[name] = (ok, detail)
-            word = Text("OK", "bold green") if ok else Text("FAIL", "bold red")
-            self.query_one("#hosts", DataTable).update_cell(name, "ssh", word)
-            self.show_details()
+    def on_labs_listed(self, message: LabsListed) -> None:
+        self.show_labs(message.labs)
+
+    def on_inventory_loaded(self, message: InventoryLoaded) -> None:
+        self.show_inventory(message.inventory)
+
+    def on_reached(self, message: Reached) -> None:
+        name, ok, detail = message.host, message.ok, message.detail
+        if self.session.inventory is None or name not in {
+            h.name for h in self.session.inventory.hosts
+        }:
+            return  # an answer about an inventory no longer shown
+        self.session.reachability[name] = (ok, detail)
+        word = Text("OK", "bold green") if ok else Text("FAIL", "bold red")
+        self.query_one("#hosts", DataTable).update_cell(name, "ssh", word)
+        self.show_details()
 
     def show_labs(self, labs: list[LabInfo]) -> None:
         options = self.query_one("#labs", OptionList)
@@ -123,7 +127,12 @@ them). The model-server hosts must all answer before the plan review.
                 host.name, f"{host.address}:{host.ssh.port}", ", ".join(host.roles), CHECKING,
                 key=host.name,
             )  # fmt: skip
-            self.call(f"reach:{host.name}", partial(self.backend.reachable, host))
+            self.call(
+                Call.REACH,
+                partial(self.backend.reachable, host),
+                partial(reached, host.name),
+                host=host.name,
+            )
         table.styles.height = min(len(inventory.hosts) + 1, 12)
         servers = inventory.with_role("model-server")
         self.set_status(
@@ -152,10 +161,10 @@ them). The model-server hosts must all answer before the plan review.
                 else Text.assemble(("OK ", "bold green"), "every host answered over SSH")
             )
 
-    def failed(self, what: str, error: ApplianceError) -> None:
-        if what == "inventory":
+    def failed(self, failure: Failed) -> None:
+        if failure.call is Call.INVENTORY:
             self.session.inventory = None
-        super().failed(what, error)
+        super().failed(failure)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -199,6 +208,4 @@ them). The model-server hosts must all answer before the plan review.
                 )
             )
             return
-        from tui.screens.review import ReviewScreen
-
-        self.app.push_screen(ReviewScreen())
+        self.done()
