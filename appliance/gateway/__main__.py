@@ -59,7 +59,7 @@ def parse(argv: list[str]) -> tuple[str, dict[str, list[str]], set[str]]:
 
 
 def check(config_path: Path) -> str:
-    from appliance.gateway.app import jwks_source
+    from appliance.gateway.calls import jwks_source
     from appliance.gateway.clock import SystemClock
     from appliance.gateway.config import load_config
     from appliance.gateway.jwks import KeyStore
