@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
+from appliance.errors import ApplianceError
 from appliance.input_files import parse_json
 from appliance.keycloak.errors import RealmError, SiteSecretsError
 from appliance.keycloak.schema import CallerClient, Realm, validate_realm
@@ -227,8 +228,9 @@ def load_or_create_key(state: Path, *, new: bool = False) -> SigningKey:
 # --- the issuer ----------------------------------------------------------------------
 
 
-class TokenError(Exception):
-    """An RFC 6749 section 5.2 error response."""
+class TokenError(ApplianceError):
+    """An RFC 6749 section 5.2 error response: answered over HTTP, never raised to a command
+    line (it keeps the root's exit code, ``INTERNAL``, which would mean a bug)."""
 
     def __init__(self, status: int, error: str, description: str) -> None:
         super().__init__(f"{status} {error}: {description}")
