@@ -5,7 +5,8 @@ choice, fit, verification, diff, deploy) is a core call made through
 ``tui.backend.Backend``; long operations are the core's event generators,
 consumed in worker threads whose results come back as messages
 (``tui.messages``). The core never imports this package
-(``tests/unit/test_core_imports.py``); ``appliance tui`` imports it lazily.
+(the import contracts in ``pyproject.toml``, ``tests/unit/test_core_imports.py``);
+``appliance tui`` imports it lazily.
 
 Entry points: ``tui.app.build_app`` (the one factory the CLI and the tests
 use) and ``tui.app.run``.
