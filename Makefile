@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test check lint typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
+.PHONY: setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
 
 # The gateway's pins constrain the dev venv: the gateway is tested with exactly the versions
 # a bundle ships (tests/unit/gateway/test_requirements.py), also on a fresh machine.
@@ -21,6 +21,11 @@ setup: $(STAMP)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The import contracts ([tool.importlinter] in pyproject.toml): the pipeline's layers, and
+# no front end (CLI, TUI, Rich, Textual, argparse) imported by the core.
+imports: setup
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy
@@ -53,8 +58,8 @@ integration: require-root setup lab-deps wheelhouse
 	$(BIN)/pytest tests/integration -m integration -q --durations=10
 test-integration: integration
 
-# Lint, types, unit and TUI tests: no root, no lab (~3 min).
-check: lint typecheck unit tui
+# Lint, import contracts, types, unit and TUI tests: no root, no lab (~3 min).
+check: lint imports typecheck unit tui
 
 # The README's test command; .ci/run calls it. Needs root (lab hosts).
 test: check integration

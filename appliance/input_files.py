@@ -269,8 +269,8 @@ def parse_json(
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in pairs:
-            if key in out:
-                raise _Refused(f"duplicate JSON key {key!r}; refusing an ambiguous document")
+            if key in out:  # raised through json.loads as it is
+                raise error(f"{what}: duplicate JSON key {key!r}; refusing an ambiguous document")
             out[key] = value
         return out
 
@@ -283,8 +283,6 @@ def parse_json(
         text = data
     try:
         value = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=_no_constant)
-    except _Refused as exc:
-        raise error(f"{what}: {exc}") from None
     except RecursionError:
         raise error(f"{what}: JSON nested deeper than {max_depth} levels; refused") from None
     except json.JSONDecodeError as exc:
@@ -296,10 +294,6 @@ def parse_json(
     if json_depth(value, max_depth) > max_depth:
         raise error(f"{what}: JSON nested deeper than {max_depth} levels; refused")
     return value
-
-
-class _Refused(Exception):
-    """Raised inside the JSON parser's hook; turned into the caller's error."""
 
 
 def json_depth(value: Any, stop_after: int = MAX_JSON_DEPTH) -> int:

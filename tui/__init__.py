@@ -7,7 +7,8 @@ consumed in worker threads whose results come back as typed messages, one
 per call (``tui.messages``). The app owns the step table (``tui.app.STEPS``)
 and decides the next screen; screens never import each other or the app
 (they see it through ``tui.installer.Installer``). The core never imports this package
-(``tests/unit/test_core_imports.py``); ``appliance tui`` imports it lazily.
+(the import contracts in ``pyproject.toml``, ``tests/unit/test_core_imports.py``);
+``appliance tui`` imports it lazily.
 
 Entry points: ``tui.app.build_app`` (the one factory the CLI and the tests
 use) and ``tui.app.run``.

@@ -10,7 +10,7 @@ What uvicorn (0.54, h11) offers and what it lacks, and so what is here:
   (a small subclass of uvicorn's h11 protocol) arms a deadline per phase: the
   headers of each request within ``header_timeout_s`` (answered 408, closed),
   the body within ``body_timeout_s`` plus a grace (closed; the app answers 408
-  at ``body_timeout_s`` itself when it reads the body: ``app.read_body``), and
+  at ``body_timeout_s`` itself when it reads the body: ``calls.read_body``), and
   ``protocol.HandshakeBoundedLoop`` gives the TLS handshake ``header_timeout_s``.
 - ``limit_concurrency`` is one global number that answers 503 to every request
   past it, ``/healthz`` included, and knows nothing of addresses. Not used:

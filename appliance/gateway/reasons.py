@@ -9,6 +9,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from appliance.errors import ApplianceError
+
 
 class Reason(StrEnum):
     # 401: no usable credential
@@ -104,8 +106,12 @@ def error_body(reason: Reason, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": reason.error_type, "code": reason.value}}
 
 
-class RefusedError(Exception):
-    """A call refused for ``reason``; ``detail`` says what was expected and found (never a secret)."""
+class RefusedError(ApplianceError):
+    """A call refused for ``reason``; ``detail`` says what was expected and found (never a secret).
+
+    Always answered over HTTP (``calls.Gateway.refusal``), never raised to a command line:
+    it keeps the root's exit code (``INTERNAL``), which would mean a bug.
+    """
 
     def __init__(self, reason: Reason, detail: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}")

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from appliance.gateway.app import Call, Gateway
+    from appliance.gateway.calls import Call, Gateway
 
 WELL_KNOWN = ".well-known/openid-configuration"
 CERTS = "protocol/openid-connect/certs"
@@ -122,7 +122,7 @@ async def _relay(gateway: Gateway, settings: Sso, request: Request) -> Response:
     import httpx
     from starlette.responses import Response
 
-    from appliance.gateway.app import read_body
+    from appliance.gateway.calls import read_body
 
     client = gateway.sso_client
     assert client is not None  # the routes exist only with an `sso` section

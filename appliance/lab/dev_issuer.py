@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
+from appliance.errors import ApplianceError
 from appliance.input_files import parse_json
 from appliance.keycloak.errors import RealmError, SiteSecretsError
 from appliance.keycloak.schema import CallerClient, Realm, validate_realm
@@ -63,6 +64,7 @@ from appliance.keycloak.site_secrets import ensure_private_dir, read_private, wr
 from appliance.lab.errors import LabInputError
 
 if TYPE_CHECKING:
+    import argparse
     import socket
 
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -227,8 +229,9 @@ def load_or_create_key(state: Path, *, new: bool = False) -> SigningKey:
 # --- the issuer ----------------------------------------------------------------------
 
 
-class TokenError(Exception):
-    """An RFC 6749 section 5.2 error response."""
+class TokenError(ApplianceError):
+    """An RFC 6749 section 5.2 error response: answered over HTTP, never raised to a command
+    line (it keeps the root's exit code, ``INTERNAL``, which would mean a bug)."""
 
     def __init__(self, status: int, error: str, description: str) -> None:
         super().__init__(f"{status} {error}: {description}")
@@ -579,7 +582,7 @@ def serve_in_thread(
         sock.close()
 
 
-# --- command line (no argparse: the core never imports it) ------------------------------
+# --- command line (argparse, imported only when it runs: dev_site imports this module) ------
 
 USAGE = (
     "usage: python -m appliance.lab.dev_issuer --realm FILE --listen ADDR:PORT --state DIR\n"
@@ -589,24 +592,44 @@ USAGE = (
 _VALUED = ("--realm", "--listen", "--state", "--hostname", "--tls-cert", "--tls-key")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The issuer's options; errors are raised (``exit_on_error=False``), never printed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m appliance.lab.dev_issuer",
+        add_help=False,  # --help prints USAGE (main)
+        allow_abbrev=False,
+        exit_on_error=False,
+    )
+    parser.add_argument("-h", "--help", action="store_true")
+    for name in _VALUED:
+        parser.add_argument(name, action="append", default=[])
+    parser.add_argument("--new-key", action="store_true")
+    return parser
+
+
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {"--new-key": False}
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        name, eq, inline = arg.partition("=")
-        if name in _VALUED:
-            if not eq:
-                if not args:
-                    raise DevIssuerError(f"{name} needs a value\n{USAGE}")
-                inline = args.pop(0)
-            if name in options:
-                raise DevIssuerError(f"{name} given twice")
-            options[name] = inline
-        elif arg == "--new-key":
-            options["--new-key"] = True
-        else:
-            raise DevIssuerError(f"unknown argument {arg!r}\n{USAGE}")
+    """Options by name (``--realm``: value, ``--new-key``: bool); ``--help`` alone when asked."""
+    import argparse
+
+    try:
+        args, unknown = build_parser().parse_known_args(list(argv))
+    except argparse.ArgumentError as exc:
+        if exc.message == "expected one argument":
+            raise DevIssuerError(f"{exc.argument_name} needs a value\n{USAGE}") from None
+        raise DevIssuerError(f"{exc}\n{USAGE}") from None
+    if args.help:
+        return {"--help": True}
+    if unknown:
+        raise DevIssuerError(f"unknown argument {unknown[0]!r}\n{USAGE}")
+    options: dict[str, Any] = {"--new-key": args.new_key}
+    for name in _VALUED:
+        values = getattr(args, name[2:].replace("-", "_"))
+        if len(values) > 1:
+            raise DevIssuerError(f"{name} given twice")
+        if values:
+            options[name] = values[0]
     missing = [n for n in ("--realm", "--listen", "--state") if n not in options]
     if missing:
         raise DevIssuerError(f"missing {', '.join(missing)}\n{USAGE}")
@@ -619,16 +642,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from appliance.exitcodes import ExitCode
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-h", "--help"):
-        sys.stdout.write(USAGE)
-        return ExitCode.OK
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s dev-issuer %(levelname)s %(message)s",
-    )
     try:
         options = parse_args(args)
+        if options.get("--help"):
+            sys.stdout.write(USAGE)
+            return ExitCode.OK
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s dev-issuer %(levelname)s %(message)s",
+        )
         host, port = parse_listen(options["--listen"])
         check_lab_address(host)
         realm = load_lab_realm(Path(options["--realm"]))

@@ -102,7 +102,7 @@ class GGUFHeader:
     byte_order: str  # "<" or ">"
 
 
-class GGUFFormatError(Exception):
+class GGUFFormatError(ModelFileError):
     """The file is not GGUF, or its header is truncated or corrupt.
 
     ``kind`` is "magic", "version", "truncated" or "corrupt" so callers can word

@@ -70,7 +70,7 @@ _ST_DTYPE_NAMES = {
 _ST_MAX_HEADER = 100_000_000
 
 
-class ConfigError(Exception):
+class ConfigError(ModelFileError):
     """config.json lacks a field or has a wrong value. ``field`` names it."""
 
     def __init__(self, field: str, detail: str) -> None:
@@ -78,7 +78,7 @@ class ConfigError(Exception):
         self.field = field
 
 
-class SafetensorsError(Exception):
+class SafetensorsError(ModelFileError):
     """A safetensors file has a corrupt or truncated header. ``path`` names it."""
 
     def __init__(self, path: Path, detail: str) -> None:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from appliance.audit import verify_chain
-from appliance.gateway.app import MAX_RECORD_BYTES
+from appliance.gateway.calls import MAX_RECORD_BYTES
 from appliance.gateway.certs import generate_self_signed
 from tests.unit.gateway.conftest import FakeClock, SigningKey, Site, free_port, serving
 from tests.unit.gateway.fake_upstream import FakeUpstream
