@@ -16,7 +16,7 @@ and plain ``ansible-playbook`` need:
   with their local sources and signed digests, directories, venv, rendered
   files with the digests they must have, and the template variables as
   top-level variables). The document is tagged ``!unsafe``: values are data,
-  never templates, exactly as when ``desired.render`` renders them;
+  never templates, exactly as when ``deploy.render.render`` renders them;
 - ``ansible.cfg``: pipelining, no fact gathering, one fork per host, SSH
   multiplexing, all temporary and state files inside the directory.
 
@@ -46,13 +46,8 @@ from typing import Any
 import yaml
 
 from appliance import package_data
-from appliance.deploy.desired import (
-    HostDesired,
-    HostOutcome,
-    checklist,
-    dist_command,
-    staging_command,
-)
+from appliance.deploy.host_desired import HostDesired, HostOutcome
+from appliance.deploy.staging import checklist, dist_command, staging_command
 from appliance.errors import Cancelled, DeploymentError
 from appliance.events import Event, Progress, Warned
 from appliance.plan.inventory import Inventory, ansible_ini
@@ -98,7 +93,7 @@ def _check_template_vars(desired: HostDesired) -> None:
         if reserved or not name.isidentifier():
             raise DeploymentError(
                 f"{desired.host.name}: template variable {name!r} cannot be an Ansible host variable",
-                hint="Rename it in appliance.deploy.desired: not ansible_*, appliance_*, template_* "
+                hint="Rename it in appliance.deploy.render: not ansible_*, appliance_*, template_* "
                 "or a name Ansible reserves.",
             )
 
@@ -128,7 +123,7 @@ def host_vars(desired: HostDesired) -> dict[str, Any]:
             for f in desired.release_files
         ],
         "appliance_checksums": checklist(desired),
-        # The same shell the pyinfra engine runs (desired.staging_command): the same venvs and
+        # The same shell the pyinfra engine runs (staging.staging_command): the same venvs and
         # unpacked runtimes.
         "appliance_staging_command": staging_command(desired, staging),
         "appliance_users": [

@@ -34,17 +34,8 @@ from urllib.parse import urlsplit
 
 from appliance.bundle.format import FILES_DIR
 from appliance.bundle.verify import VerifiedBundle
-from appliance.deploy.desired import (
-    GATEWAY_UNIT,
-    KEYCLOAK_UNIT,
-    UNIT_NAME,
-    DistSpec,
-    HostDesired,
-    OwnedDir,
-    SecretFile,
-    SystemUser,
-    release_etc,
-)
+from appliance.deploy.host_desired import DistSpec, HostDesired, OwnedDir, SecretFile, SystemUser
+from appliance.deploy.host_layout import GATEWAY_UNIT, KEYCLOAK_UNIT, UNIT_NAME, release_etc
 from appliance.deploy.site import Site
 from appliance.errors import InputError
 from appliance.plan.inventory import Inventory

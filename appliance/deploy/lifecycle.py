@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from appliance.audit import verify_chain
 from appliance.deploy import audit_anchor, remote
-from appliance.deploy.desired import (
+from appliance.deploy.host_layout import (
     CURRENT,
     ETC,
     GATEWAY_UNIT,

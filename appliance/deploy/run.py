@@ -26,19 +26,18 @@ from typing import Literal
 from appliance.bundle.format import FILES_DIR
 from appliance.bundle.verify import VerifiedBundle
 from appliance.deploy import remote
-from appliance.deploy.desired import (
-    RELEASES,
+from appliance.deploy.host_desired import HostDesired, HostOutcome
+from appliance.deploy.host_layout import RELEASES
+from appliance.deploy.probe import (
     Change,
     DiskShortfall,
-    HostDesired,
-    HostOutcome,
-    desired_state,
     diff,
     disk_shortfall,
     parse_probe,
     probe_script,
     release_damage,
 )
+from appliance.deploy.render import desired_state
 from appliance.deploy.site import Site
 from appliance.detect.cpu import parse_cpuinfo
 from appliance.detect.facts import CpuFacts, DiskFacts, GpuReport, HostFacts, MemoryFacts, OsFacts

@@ -3,7 +3,7 @@
 Parity: ``playbooks/render.yml`` (the very tasks ``deploy.yml`` imports) runs on
 localhost through ``ansible-playbook`` with the generated host_vars, rendered
 paths pointed into a temporary directory; every file must be byte-identical to
-``appliance.deploy.desired.render``. Nothing connects anywhere (connection=local).
+``appliance.deploy.render.render``. Nothing connects anywhere (connection=local).
 """
 
 from __future__ import annotations
@@ -30,17 +30,10 @@ from appliance.deploy.ansible_engine import (
     host_vars,
     write_run_files,
 )
-from appliance.deploy.desired import (
-    HostDesired,
-    RenderedFile,
-    VenvSpec,
-    checklist,
-    desired_state,
-    render,
-    staging_command,
-    staging_commands,
-)
+from appliance.deploy.host_desired import HostDesired, RenderedFile, VenvSpec
 from appliance.deploy.integrity import record_command
+from appliance.deploy.render import desired_state, render
+from appliance.deploy.staging import checklist, staging_command, staging_commands
 from appliance.errors import DeploymentError
 from appliance.events import drain
 from appliance.plan.engine_args import NodeCommand

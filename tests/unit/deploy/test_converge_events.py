@@ -17,7 +17,7 @@ import pytest
 
 from appliance.deploy import pyinfra_engine, run
 from appliance.deploy.ansible_engine import _reporter
-from appliance.deploy.desired import HostDesired, HostOutcome
+from appliance.deploy.host_desired import HostDesired, HostOutcome
 from appliance.errors import Cancelled, DeploymentError
 from appliance.events import Event, Progress, Warned
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from appliance.bundle.payload import ArtifactEntry, MediaLayout, Payload
-from appliance.deploy.desired import unpack_argv
+from appliance.deploy.staging import unpack_argv
 from appliance.keycloak.errors import KeycloakArtifactError, KeycloakSettingsError
 from appliance.keycloak.service import (
     ADMIN_ENV_PATH,
