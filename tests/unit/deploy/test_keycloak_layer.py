@@ -29,6 +29,7 @@ from appliance.deploy.ansible_engine import dump_host_vars
 from appliance.deploy.gateway_layer import secure
 from appliance.deploy.host_desired import DistSpec, HostDesired
 from appliance.deploy.host_layout import GATEWAY_UNIT, KEYCLOAK_UNIT, UNIT_NAME
+from appliance.deploy.keycloak_files import ADMIN_ENV_PATH, KEYCLOAK_USER, STATE_DIR
 from appliance.deploy.keycloak_layer import install_keycloak
 from appliance.deploy.probe import diff, parse_probe, probe_script
 from appliance.deploy.render import desired_state
@@ -36,7 +37,6 @@ from appliance.deploy.site import Site, SiteFileError, load_site
 from appliance.deploy.staging import dist_command, staging_commands
 from appliance.errors import InputError
 from appliance.keycloak.errors import KeycloakArtifactError
-from appliance.keycloak.service import ADMIN_ENV_PATH, KEYCLOAK_USER, STATE_DIR
 from appliance.keycloak.site_secrets import load_client_secrets
 from appliance.plan.inventory import HostEntry, Inventory
 from appliance.plan.report import Plan

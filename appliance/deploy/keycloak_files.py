@@ -20,6 +20,10 @@ named after the build options), the realm is imported with ``kc.sh import``
 when its digest differs from the last import (first start, upgrade, rollback),
 then ``kc.sh start --optimized --import-realm`` listens on the internal address
 only, behind the gateway (plain HTTP, proxy headers from the gateway alone).
+
+The deploy side of Keycloak: ``deploy.keycloak_layer`` adds these files to a
+host's desired state; the realm, the access file and the site's secrets are
+``appliance.keycloak``'s.
 """
 
 from __future__ import annotations
