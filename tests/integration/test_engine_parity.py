@@ -250,7 +250,7 @@ def test_the_ansible_host_serves_and_nothing_left_it(site: Site) -> None:
 
 
 def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> None:
-    from appliance.deploy.ansible_engine import converge
+    from appliance.deploy.engines.ansible import converge
 
     lab, b = site.lab, site.b
     before = read_state(lab, b, site.desired_b)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from appliance.bundle.verify import verify_bundle
-from appliance.deploy.ansible_engine import (
+from appliance.deploy.engines.ansible import (
     PLAYBOOK,
     dump_host_vars,
     host_outcome,
@@ -280,7 +280,7 @@ def test_ansible_renders_the_shared_templates_byte_for_byte(
 def test_converge_reports_an_unreachable_host_and_leaves_signals_alone(
     plan: HostDesired, free_loopback_port: int
 ) -> None:
-    from appliance.deploy.ansible_engine import converge
+    from appliance.deploy.engines.ansible import converge
 
     nobody = HostEntry(name="nobody", address="127.0.0.1", ssh=SshSettings(port=free_loopback_port),
                        roles=["model-server"])  # fmt: skip

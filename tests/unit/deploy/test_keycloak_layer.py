@@ -25,7 +25,7 @@ import pytest
 
 from appliance.bundle.payload import ArtifactEntry
 from appliance.bundle.verify import VerifiedBundle
-from appliance.deploy.ansible_engine import dump_host_vars
+from appliance.deploy.engines.ansible import dump_host_vars
 from appliance.deploy.gateway_layer import secure
 from appliance.deploy.host_desired import DistSpec, HostDesired
 from appliance.deploy.host_layout import GATEWAY_UNIT, KEYCLOAK_UNIT, UNIT_NAME

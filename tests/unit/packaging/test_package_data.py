@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from appliance import package_data
-from appliance.deploy import ansible_engine, render
+from appliance.deploy import render
+from appliance.deploy.engines import ansible as ansible_engine
 from appliance.errors import InstallationError
 from appliance.exitcodes import ExitCode
 from appliance.plan.profiles import builtin_profiles_dir
