@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from appliance.exitcodes import ExitCode
 
@@ -16,6 +16,7 @@ from appliance.exitcodes import ExitCode
 def cmd_deploy(args: argparse.Namespace) -> int:
     from appliance.bundle.verify import VerifyOptions, verify_bundle
     from appliance.cli.bundle_cmds import refuse_without_state, run_with_progress
+    from appliance.deploy.engines import DEFAULT as DEFAULT_ENGINE
     from appliance.deploy.run import deploy
     from appliance.deploy.site import load_site
     from appliance.errors import InputError
@@ -46,7 +47,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     if args.emit_ansible is not None:
         return _emit_ansible(args, verified, inventory, profiles, site)
-    engine: Literal["pyinfra", "ansible"] = args.engine or "pyinfra"
+    engine: str = args.engine or DEFAULT_ENGINE
     if not args.dry_run and not args.yes:
         # Show what would change first; then a person confirms, a script says --yes.
         preview = run_with_progress(
@@ -98,7 +99,7 @@ def _deploy_and_record(
     inventory: Any,
     profiles: Any,
     site: Any,
-    engine: Literal["pyinfra", "ansible"],
+    engine: str,
 ) -> list[Any]:
     """Deploy; with --state, record the acceptance if and only if a host serves the release.
 
@@ -159,11 +160,17 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _emit_ansible(
     args: argparse.Namespace, verified: Any, inventory: Any, profiles: Any, site: Any
 ) -> int:
-    from appliance.deploy.ansible_engine import PLAYBOOK
-    from appliance.deploy.run import emit_ansible
+    from appliance.deploy.engines.ansible import PLAYBOOK, emit_ansible
+    from appliance.deploy.run import plan_host
+    from appliance.errors import InputError
 
-    config = emit_ansible(verified, inventory, profiles, profile=args.profile, force=args.force,
-                          directory=args.emit_ansible, site=site)  # fmt: skip
+    # The same per-host plans as a deploy (facts read over SSH); nothing changes on any host.
+    hosts = inventory.with_role("model-server")
+    if not hosts:
+        raise InputError("the inventory has no host with the model-server role")
+    plans = [plan_host(verified, host, profiles, args.profile, force=args.force, site=site,
+                       inventory=inventory)[1] for host in hosts]  # fmt: skip
+    config = emit_ansible(plans, args.emit_ansible)
     hosts_ini = config.parent / "inventory" / "hosts.ini"
     command = f"ANSIBLE_CONFIG={config} ansible-playbook -i {hosts_ini} {PLAYBOOK}"
     if args.json:
@@ -343,13 +350,16 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    from appliance.deploy.engines import DEFAULT as DEFAULT_ENGINE
+    from appliance.deploy.engines import ENGINES
+
     deploy = sub.add_parser("deploy", help="deploy a verified bundle to the inventory's hosts")
     deploy.add_argument("--profile", required=True, help="hardware profile (see `appliance plan`)")
     deploy.add_argument("--bundle", type=Path, required=True)
     deploy.add_argument("--trust", type=Path, required=True, help="the site's trusted root")
     deploy.add_argument("--inventory", type=Path, required=True, help="hosts (docs/inventory.md)")
     deploy.add_argument(
-        "--engine", choices=["pyinfra", "ansible"], help="how hosts converge (default pyinfra)"
+        "--engine", choices=list(ENGINES), help=f"how hosts converge (default {DEFAULT_ENGINE})"
     )
     deploy.add_argument("--state", type=Path, help="trust state directory (rollback protection)")
     deploy.add_argument("--allow-downgrade", action="store_true")

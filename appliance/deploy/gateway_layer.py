@@ -26,18 +26,17 @@ import json
 from typing import Any
 
 from appliance.bundle.verify import VerifiedBundle
-from appliance.deploy.desired import (
+from appliance.deploy.host_desired import HostDesired, RenderedFile
+from appliance.deploy.host_layout import (
     GATEWAY_UNIT,
     GATEWAY_VENV,
     NFT_BOOT_UNIT,
     RELEASES,
     RULESET_PATH,
     UNIT_NAME,
-    HostDesired,
-    RenderedFile,
     release_etc,
-    render,
 )
+from appliance.deploy.render import render
 from appliance.deploy.site import Site
 from appliance.errors import InputError
 from appliance.plan.engine_args import argv_port

@@ -17,7 +17,7 @@ secured ``HostDesired`` (``gateway_layer.secure``) plus, from the bundle's
   both are *secret files*, sent from the site's secrets directory on this
   machine (0700; generated there once, kept, never printed), never rendered
   by an engine, never in its variables or logs;
-- the unit and environment file of ``appliance.keycloak.service``: build once,
+- the unit and environment file of ``appliance.deploy.keycloak_files``: build once,
   import when the realm changes, start optimised on the host's loopback,
   behind the gateway that relays the realm's public endpoints.
 
@@ -34,17 +34,8 @@ from urllib.parse import urlsplit
 
 from appliance.bundle.format import FILES_DIR
 from appliance.bundle.verify import VerifiedBundle
-from appliance.deploy.desired import (
-    GATEWAY_UNIT,
-    KEYCLOAK_UNIT,
-    UNIT_NAME,
-    DistSpec,
-    HostDesired,
-    OwnedDir,
-    SecretFile,
-    SystemUser,
-    release_etc,
-)
+from appliance.deploy.host_desired import DistSpec, HostDesired, OwnedDir, SecretFile, SystemUser
+from appliance.deploy.host_layout import GATEWAY_UNIT, KEYCLOAK_UNIT, UNIT_NAME, release_etc
 from appliance.deploy.site import Site
 from appliance.errors import InputError
 from appliance.plan.inventory import Inventory
@@ -68,13 +59,7 @@ def install_keycloak(
     desired: HostDesired, plan: Plan, verified: VerifiedBundle, site: Site, inventory: Inventory
 ) -> HostDesired:
     """``desired`` (already secured) plus Keycloak, as ``site.config.sso.install`` asks."""
-    from appliance.keycloak.realm import (
-        caller_ids,
-        realm_digest,
-        realm_for_plan,
-        render_realm_import,
-    )
-    from appliance.keycloak.service import (
+    from appliance.deploy.keycloak_files import (
         ADMIN_ENV_PATH,
         KEYCLOAK_USER,
         STATE_DIR,
@@ -82,6 +67,12 @@ def install_keycloak(
         keycloak_artifacts,
         render_keycloak_files,
         template_vars,
+    )
+    from appliance.keycloak.realm import (
+        caller_ids,
+        realm_digest,
+        realm_for_plan,
+        render_realm_import,
     )
     from appliance.keycloak.site_secrets import (
         ensure_admin_env,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from appliance.audit import verify_chain
 from appliance.deploy import audit_anchor, remote
-from appliance.deploy.desired import (
+from appliance.deploy.host_layout import (
     CURRENT,
     ETC,
     GATEWAY_UNIT,
@@ -27,9 +27,9 @@ from appliance.deploy.desired import (
     UNIT_NAME,
     active_unit_path,
 )
+from appliance.deploy.keycloak_files import KEYCLOAK_USER
 from appliance.errors import ApplianceError, DeploymentError, HostStateError
 from appliance.input_files import parse_json
-from appliance.keycloak.service import KEYCLOAK_USER
 from appliance.plan.inventory import HostEntry
 
 

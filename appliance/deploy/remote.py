@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance.audit import GENESIS, chain_record, record_hash
-from appliance.deploy.desired import (
+from appliance.deploy.host_layout import (
     CURRENT,
     GATEWAY_UNIT,
     KEYCLOAK_UNIT,

@@ -20,25 +20,23 @@ import uuid
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from appliance.bundle.format import FILES_DIR
 from appliance.bundle.verify import VerifiedBundle
-from appliance.deploy import remote
-from appliance.deploy.desired import (
-    RELEASES,
+from appliance.deploy import engines, remote
+from appliance.deploy.host_desired import HostDesired, HostOutcome
+from appliance.deploy.host_layout import RELEASES
+from appliance.deploy.probe import (
     Change,
     DiskShortfall,
-    HostDesired,
-    HostOutcome,
-    desired_state,
     diff,
     disk_shortfall,
     parse_probe,
     probe_script,
     release_damage,
 )
+from appliance.deploy.render import desired_state
 from appliance.deploy.site import Site
 from appliance.detect.cpu import parse_cpuinfo
 from appliance.detect.facts import CpuFacts, DiskFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
@@ -58,8 +56,6 @@ from appliance.plan.engine_args import argv_port
 from appliance.plan.inventory import HostEntry, Inventory
 from appliance.plan.profiles import Profile
 from appliance.plan.report import Plan, build_plan
-
-Engine = Literal["pyinfra", "ansible"]
 
 _FACTS_SCRIPT = r"""echo "@@hostname"; hostname
 echo "@@nproc"; nproc
@@ -191,53 +187,6 @@ def plan_host(
     return plan, desired
 
 
-def emit_ansible(
-    verified: VerifiedBundle,
-    inventory: Inventory,
-    profiles: dict[str, Profile],
-    *,
-    profile: str,
-    force: bool,
-    directory: Path,
-    site: Site | None = None,
-) -> Path:
-    """Write what plain ``ansible-playbook playbooks/deploy.yml`` needs into ``directory``.
-
-    The same per-host plans as ``deploy`` (facts read over SSH; nothing is
-    changed on any host): ``ansible.cfg``, ``inventory/hosts.ini`` and
-    ``inventory/host_vars/<host>.yml``. Written beside ``directory`` and moved
-    into place whole, so a failure leaves nothing half-written. Returns
-    ``directory/ansible.cfg``.
-    """
-    from appliance.deploy.ansible_engine import write_run_files
-
-    if directory.exists():
-        raise InputError(
-            f"--emit-ansible: {directory} already exists; give a new directory (it is created)"
-        )
-    if not directory.parent.is_dir():
-        raise InputError(f"--emit-ansible: the parent directory {directory.parent} does not exist")
-    hosts = inventory.with_role("model-server")
-    if not hosts:
-        raise InputError("the inventory has no host with the model-server role")
-    plans = [plan_host(verified, host, profiles, profile, force=force, site=site,
-                       inventory=inventory)[1] for host in hosts]  # fmt: skip
-    partial = directory.with_name(f".{directory.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        files = write_run_files(plans, partial)
-        # ansible.cfg names its own directory (home, temp, control paths): point it at the final one.
-        files.config.write_text(
-            files.config.read_text().replace(str(partial), str(directory.resolve()))
-        )
-        partial.rename(directory)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return directory / "ansible.cfg"
-
-
 def _port(plan: Plan) -> int:
     port = argv_port(plan.commands[0].argv)
     if port is None:
@@ -251,7 +200,7 @@ def deploy(
     profiles: dict[str, Profile],
     *,
     profile: str,
-    engine: Engine = "pyinfra",
+    engine: str = "pyinfra",
     dry_run: bool = False,
     force: bool = False,
     operator: str = "unknown",
@@ -461,13 +410,10 @@ _CANCEL_GRACE = 10.0
 
 
 def _converge(
-    engine: Engine, plans: Sequence[HostDesired], cancel: threading.Event
+    engine: str, plans: Sequence[HostDesired], cancel: threading.Event
 ) -> Generator[Event, None, dict[str, tuple[bool, str]]]:
     """Run the engine in a worker thread; yield its per-host progress as it comes."""
-    if engine == "ansible":
-        from appliance.deploy.ansible_engine import converge
-    else:
-        from appliance.deploy.pyinfra_engine import converge
+    converge = engines.engine(engine).converge
 
     events: queue.Queue[object] = queue.Queue()
     box: dict[str, object] = {}
@@ -560,7 +506,7 @@ def _finish(
     outcome: tuple[bool, str],
     verified: VerifiedBundle,
     deploy_id: str,
-    engine: Engine,
+    engine: str,
     operator: str,
 ) -> HostResult:
     plan, desired = planned
@@ -627,4 +573,4 @@ def _finish(
     return result
 
 
-__all__ = ["HostResult", "Path", "deploy", "emit_ansible", "plan_host", "remote_facts"]
+__all__ = ["HostResult", "deploy", "plan_host", "remote_facts"]

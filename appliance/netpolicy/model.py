@@ -47,7 +47,7 @@ ROLES: tuple[RoleName, ...] = ("gateway", "model-server", "keycloak")
 
 # Must agree with the services' own defaults (a unit test compares them):
 GATEWAY_PORT = 8443  # appliance.gateway.config.Listen.port: the only listener users reach (TLS)
-KEYCLOAK_PORT = 8180  # appliance.keycloak.service.DEFAULT_HTTP_PORT: behind the gateway
+KEYCLOAK_PORT = 8180  # appliance.deploy.keycloak_files.DEFAULT_HTTP_PORT: behind the gateway
 SSH_PORT = 22
 DNS_PORT = 53
 

@@ -6,7 +6,7 @@ server, Keycloak (the bundle's STAND-IN distribution and Java runtime,
 ``keycloak_standin``: its system user, its directories, the distribution
 unpacked, the realm import and admin file sent 0600), the gateway and the
 host's firewall. Then both are read by an independent checker over plain SSH
-(neither engine): ``desired.probe_script``, every path under
+(neither engine): ``probe.probe_script``, every path under
 ``/opt/appliance``, ``/etc/appliance`` and Keycloak's distribution with its
 owner, mode, type and link target, the sha256 of every file, and the units'
 states. The two
@@ -33,8 +33,9 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.verify import verify_bundle
-from appliance.deploy.desired import HostDesired, diff, parse_probe, probe_script
+from appliance.deploy.host_desired import HostDesired
 from appliance.deploy.integrity import RECORD_FILE
+from appliance.deploy.probe import diff, parse_probe, probe_script
 from appliance.deploy.run import plan_host
 from appliance.deploy.site import load_site
 from appliance.events import drain
@@ -249,7 +250,7 @@ def test_the_ansible_host_serves_and_nothing_left_it(site: Site) -> None:
 
 
 def test_a_second_ansible_deploy_changes_nothing(site: Site, tmp_path: Path) -> None:
-    from appliance.deploy.ansible_engine import converge
+    from appliance.deploy.engines.ansible import converge
 
     lab, b = site.lab, site.b
     before = read_state(lab, b, site.desired_b)

@@ -44,7 +44,8 @@ from appliance.bundle.payload import (
 )
 from appliance.bundle.trust import new_root, sign_metadata, to_bytes, write_atomic
 from appliance.bundle.verify import VerifiedBundle, verify_bundle
-from appliance.deploy.desired import desired_state, diff
+from appliance.deploy.probe import diff
+from appliance.deploy.render import desired_state
 from appliance.deploy.run import HostResult
 from appliance.deploy.site import Site, load_site
 from appliance.deploy.smoke import ChatAnswer

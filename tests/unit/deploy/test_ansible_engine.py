@@ -3,7 +3,7 @@
 Parity: ``playbooks/render.yml`` (the very tasks ``deploy.yml`` imports) runs on
 localhost through ``ansible-playbook`` with the generated host_vars, rendered
 paths pointed into a temporary directory; every file must be byte-identical to
-``appliance.deploy.desired.render``. Nothing connects anywhere (connection=local).
+``appliance.deploy.render.render``. Nothing connects anywhere (connection=local).
 """
 
 from __future__ import annotations
@@ -23,24 +23,17 @@ from typing import Any
 import pytest
 
 from appliance.bundle.verify import verify_bundle
-from appliance.deploy.ansible_engine import (
+from appliance.deploy.engines.ansible import (
     PLAYBOOK,
     dump_host_vars,
     host_outcome,
     host_vars,
     write_run_files,
 )
-from appliance.deploy.desired import (
-    HostDesired,
-    RenderedFile,
-    VenvSpec,
-    checklist,
-    desired_state,
-    render,
-    staging_command,
-    staging_commands,
-)
+from appliance.deploy.host_desired import HostDesired, RenderedFile, VenvSpec
 from appliance.deploy.integrity import record_command
+from appliance.deploy.render import desired_state, render
+from appliance.deploy.staging import checklist, staging_command, staging_commands
 from appliance.errors import DeploymentError
 from appliance.events import drain
 from appliance.plan.engine_args import NodeCommand
@@ -287,7 +280,7 @@ def test_ansible_renders_the_shared_templates_byte_for_byte(
 def test_converge_reports_an_unreachable_host_and_leaves_signals_alone(
     plan: HostDesired, free_loopback_port: int
 ) -> None:
-    from appliance.deploy.ansible_engine import converge
+    from appliance.deploy.engines.ansible import converge
 
     nobody = HostEntry(name="nobody", address="127.0.0.1", ssh=SshSettings(port=free_loopback_port),
                        roles=["model-server"])  # fmt: skip

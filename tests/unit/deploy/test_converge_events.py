@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from appliance.deploy import pyinfra_engine, run
-from appliance.deploy.ansible_engine import _reporter
-from appliance.deploy.desired import HostDesired, HostOutcome
+from appliance.deploy import run
+from appliance.deploy.engines import pyinfra as pyinfra_engine
+from appliance.deploy.engines.ansible import _reporter
+from appliance.deploy.host_desired import HostDesired, HostOutcome
 from appliance.errors import Cancelled, DeploymentError
 from appliance.events import Event, Progress, Warned
 
@@ -181,7 +182,7 @@ def test_pyinfra_never_draws_its_own_spinner(tmp_path: Path) -> None:
 
     out = tmp_path / "seen"
     code = (
-        "import sys, pathlib; from appliance.deploy.pyinfra_engine import _load_pyinfra; _load_pyinfra();"
+        "import sys, pathlib; from appliance.deploy.engines.pyinfra import _load_pyinfra; _load_pyinfra();"
         "import pyinfra.progress as p;"
         f"pathlib.Path({str(out)!r}).write_text(f'{{p.IS_TTY}} {{sys.stdout.isatty()}} {{sys.stderr.isatty()}}')"
     )

@@ -6,16 +6,9 @@ import subprocess
 from pathlib import Path
 
 from appliance.bundle.verify import verify_bundle
-from appliance.deploy.desired import (
-    CURRENT,
-    RELEASES,
-    UNIT_NAME,
-    UNIT_PATH,
-    desired_state,
-    diff,
-    parse_probe,
-    probe_script,
-)
+from appliance.deploy.host_layout import CURRENT, RELEASES, UNIT_NAME, UNIT_PATH
+from appliance.deploy.probe import diff, parse_probe, probe_script
+from appliance.deploy.render import desired_state
 from appliance.events import drain
 from appliance.plan.engine_args import NodeCommand
 from appliance.plan.inventory import HostEntry

@@ -21,19 +21,13 @@ import yaml
 
 from appliance.bundle.payload import WheelSet
 from appliance.bundle.verify import VerifiedBundle, verify_bundle
-from appliance.deploy.desired import (
-    NFT_BOOT_UNIT,
-    RULESET_PATH,
-    UNIT_NAME,
-    HostDesired,
-    desired_state,
-    diff,
-    parse_probe,
-    probe_script,
-    venv_command,
-)
 from appliance.deploy.gateway_layer import GATEWAY_UNIT, secure
+from appliance.deploy.host_desired import HostDesired
+from appliance.deploy.host_layout import NFT_BOOT_UNIT, RULESET_PATH, UNIT_NAME
+from appliance.deploy.probe import diff, parse_probe, probe_script
+from appliance.deploy.render import desired_state
 from appliance.deploy.site import Site, SiteFileError, load_site
+from appliance.deploy.staging import venv_command
 from appliance.errors import InputError
 from appliance.events import drain
 from appliance.gateway.config import parse_config

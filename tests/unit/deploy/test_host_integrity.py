@@ -16,19 +16,8 @@ import pytest
 
 from appliance.audit import GENESIS, chain_record
 from appliance.deploy import remote
-from appliance.deploy.desired import (
-    HEADROOM,
-    RELEASES,
-    HostDesired,
-    ReleaseFile,
-    diff,
-    disk_shortfall,
-    parse_probe,
-    probe_script,
-    release_damage,
-    space_needed,
-    staging_command,
-)
+from appliance.deploy.host_desired import HostDesired, ReleaseFile
+from appliance.deploy.host_layout import RELEASES
 from appliance.deploy.integrity import (
     MAX_PROBLEMS,
     RECORD_FILE,
@@ -36,7 +25,17 @@ from appliance.deploy.integrity import (
     parse_integrity,
     record_command,
 )
+from appliance.deploy.probe import (
+    HEADROOM,
+    diff,
+    disk_shortfall,
+    parse_probe,
+    probe_script,
+    release_damage,
+    space_needed,
+)
 from appliance.deploy.run import space_message
+from appliance.deploy.staging import staging_command
 from appliance.errors import DeploymentError, HostStateError
 from appliance.exitcodes import ExitCode
 from tests.unit.bundle.conftest import BundleFactory, Trust
@@ -317,7 +316,8 @@ def test_disk_space_is_parsed_and_a_shortfall_named(
 
 
 def test_venvs_count_a_few_times_their_wheels(make_bundle: BundleFactory, trust: Trust) -> None:
-    from appliance.deploy.desired import VENV_FACTOR, VenvSpec
+    from appliance.deploy.host_desired import VenvSpec
+    from appliance.deploy.probe import VENV_FACTOR
 
     _, d = desired(make_bundle, trust)
     wheel = ReleaseFile(f"{d.release_dir}/files/wheels/x.whl", Path("/x"), 1000, "0" * 64)

@@ -25,26 +25,18 @@ import pytest
 
 from appliance.bundle.payload import ArtifactEntry
 from appliance.bundle.verify import VerifiedBundle
-from appliance.deploy.ansible_engine import dump_host_vars
-from appliance.deploy.desired import (
-    GATEWAY_UNIT,
-    KEYCLOAK_UNIT,
-    UNIT_NAME,
-    DistSpec,
-    HostDesired,
-    desired_state,
-    diff,
-    dist_command,
-    parse_probe,
-    probe_script,
-    staging_commands,
-)
+from appliance.deploy.engines.ansible import dump_host_vars
 from appliance.deploy.gateway_layer import secure
+from appliance.deploy.host_desired import DistSpec, HostDesired
+from appliance.deploy.host_layout import GATEWAY_UNIT, KEYCLOAK_UNIT, UNIT_NAME
+from appliance.deploy.keycloak_files import ADMIN_ENV_PATH, KEYCLOAK_USER, STATE_DIR
 from appliance.deploy.keycloak_layer import install_keycloak
+from appliance.deploy.probe import diff, parse_probe, probe_script
+from appliance.deploy.render import desired_state
 from appliance.deploy.site import Site, SiteFileError, load_site
+from appliance.deploy.staging import dist_command, staging_commands
 from appliance.errors import InputError
 from appliance.keycloak.errors import KeycloakArtifactError
-from appliance.keycloak.service import ADMIN_ENV_PATH, KEYCLOAK_USER, STATE_DIR
 from appliance.keycloak.site_secrets import load_client_secrets
 from appliance.plan.inventory import HostEntry, Inventory
 from appliance.plan.report import Plan
@@ -343,7 +335,7 @@ def test_the_staging_steps_run_side_by_side_and_any_failure_fails_them_all(
     plan: Plan,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from appliance.deploy.desired import staging_command
+    from appliance.deploy.staging import staging_command
 
     staging = tmp_path / "staging"
     d = staged_java(verified, plan, staging)

@@ -11,8 +11,8 @@ import yaml
 
 from appliance.bundle.recipe import NO_PIN, load_recipe
 from appliance.bundle.sources import fetch_artifact
+from appliance.deploy.keycloak_files import JAVA_ARTIFACT, KEYCLOAK_ARTIFACT
 from appliance.errors import InputError
-from appliance.keycloak.service import JAVA_ARTIFACT, KEYCLOAK_ARTIFACT
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYCLOAK_SET = ROOT / "bundles/keycloak.yaml"

@@ -95,7 +95,7 @@ def test_ports_agree_with_the_services_defaults() -> None:
     from appliance.gateway.config import Listen
 
     assert Listen().port == GATEWAY_PORT
-    keycloak = pytest.importorskip("appliance.keycloak.service")
+    keycloak = pytest.importorskip("appliance.deploy.keycloak_files")
     assert keycloak.DEFAULT_HTTP_PORT == KEYCLOAK_PORT
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from appliance import package_data
-from appliance.deploy import ansible_engine, desired
+from appliance.deploy import render
+from appliance.deploy.engines import ansible as ansible_engine
 from appliance.errors import InstallationError
 from appliance.exitcodes import ExitCode
 from appliance.plan.profiles import builtin_profiles_dir
@@ -33,7 +34,7 @@ def test_no_module_locates_data_relative_to_its_source_file() -> None:
 
 def test_every_data_directory_is_inside_the_imported_package() -> None:
     package = Path(str(package_data.PACKAGE_DIR))
-    for path in (desired.TEMPLATES, ansible_engine.PLAYBOOKS, builtin_profiles_dir()):
+    for path in (render.TEMPLATES, ansible_engine.PLAYBOOKS, builtin_profiles_dir()):
         assert path.is_dir()
         assert path.resolve().is_relative_to(package.resolve())
     assert ansible_engine.PLAYBOOK.is_file()
@@ -42,9 +43,9 @@ def test_every_data_directory_is_inside_the_imported_package() -> None:
 def test_missing_templates_are_an_installation_error_not_template_not_found(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(desired, "TEMPLATES", tmp_path / "gone")
+    monkeypatch.setattr(render, "TEMPLATES", tmp_path / "gone")
     with pytest.raises(InstallationError) as caught:
-        desired.render("appliance-model.service.j2", {})
+        render.render("appliance-model.service.j2", {})
     assert str(tmp_path / "gone") in caught.value.message
     assert caught.value.hint is not None and "Reinstall" in caught.value.hint
     assert caught.value.exit_code == ExitCode.INTERNAL

@@ -103,8 +103,8 @@ def test_the_install_is_the_wheel_and_no_checkout_is_on_the_path(
     installed: Installed, outside: Path
 ) -> None:
     seen = python(installed, (
-        "import json, os, sys, appliance, appliance.package_data as d, appliance.deploy.desired as t,"
-        " appliance.deploy.ansible_engine as a, appliance.plan.profiles as p;"
+        "import json, os, sys, appliance, appliance.package_data as d, appliance.deploy.render as t,"
+        " appliance.deploy.engines.ansible as a, appliance.plan.profiles as p;"
         "print(json.dumps({'file': appliance.__file__, 'path': [os.path.abspath(x) for x in sys.path],"
         " 'templates': str(t.TEMPLATES), 'playbook': str(a.PLAYBOOK),"
         " 'profiles': str(p.builtin_profiles_dir())}))"

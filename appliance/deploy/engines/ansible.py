@@ -16,13 +16,13 @@ and plain ``ansible-playbook`` need:
   with their local sources and signed digests, directories, venv, rendered
   files with the digests they must have, and the template variables as
   top-level variables). The document is tagged ``!unsafe``: values are data,
-  never templates, exactly as when ``desired.render`` renders them;
+  never templates, exactly as when ``deploy.render.render`` renders them;
 - ``ansible.cfg``: pipelining, no fact gathering, one fork per host, SSH
   multiplexing, all temporary and state files inside the directory.
 
-``write_run_files`` produces them for ``ansible-playbook`` (see
-``playbooks/README.md``). Nothing secret goes on a command line: the
-inventory only names the key file. A failing host does not stop the others;
+``emit_ansible`` (``deploy --emit-ansible``) writes them for plain
+``ansible-playbook`` (see ``playbooks/README.md``). Nothing secret goes on a
+command line: the inventory only names the key file. A failing host does not stop the others;
 each one's outcome comes from the run's stats and failure events. Each
 finished task is reported per host (``Progress("converge", host=...)``); a set
 ``cancel`` makes ansible-runner stop ansible-playbook (raising ``Cancelled``);
@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -46,14 +47,9 @@ from typing import Any
 import yaml
 
 from appliance import package_data
-from appliance.deploy.desired import (
-    HostDesired,
-    HostOutcome,
-    checklist,
-    dist_command,
-    staging_command,
-)
-from appliance.errors import Cancelled, DeploymentError
+from appliance.deploy.host_desired import HostDesired, HostOutcome
+from appliance.deploy.staging import checklist, dist_command, staging_command
+from appliance.errors import Cancelled, DeploymentError, InputError
 from appliance.events import Event, Progress, Warned
 from appliance.plan.inventory import Inventory, ansible_ini
 
@@ -98,7 +94,7 @@ def _check_template_vars(desired: HostDesired) -> None:
         if reserved or not name.isidentifier():
             raise DeploymentError(
                 f"{desired.host.name}: template variable {name!r} cannot be an Ansible host variable",
-                hint="Rename it in appliance.deploy.desired: not ansible_*, appliance_*, template_* "
+                hint="Rename it in appliance.deploy.render: not ansible_*, appliance_*, template_* "
                 "or a name Ansible reserves.",
             )
 
@@ -128,7 +124,7 @@ def host_vars(desired: HostDesired) -> dict[str, Any]:
             for f in desired.release_files
         ],
         "appliance_checksums": checklist(desired),
-        # The same shell the pyinfra engine runs (desired.staging_command): the same venvs and
+        # The same shell the pyinfra engine runs (staging.staging_command): the same venvs and
         # unpacked runtimes.
         "appliance_staging_command": staging_command(desired, staging),
         "appliance_users": [
@@ -220,6 +216,37 @@ def write_run_files(plans: Sequence[HostDesired], directory: Path) -> RunFiles:
         paths[plan.host.name].write_text(dump_host_vars(plan))
     (directory / "ansible.cfg").write_text(ansible_cfg(directory, len(plans)))
     return RunFiles(directory / "ansible.cfg", inventory_dir / "hosts.ini", paths)
+
+
+def emit_ansible(plans: Sequence[HostDesired], directory: Path) -> Path:
+    """Write what plain ``ansible-playbook playbooks/deploy.yml`` needs into ``directory``.
+
+    The plans are the same per-host plans as ``deploy``'s (facts read over SSH;
+    nothing is changed on any host): ``ansible.cfg``, ``inventory/hosts.ini``
+    and ``inventory/host_vars/<host>.yml``. Written beside ``directory`` and
+    moved into place whole, so a failure leaves nothing half-written. Returns
+    ``directory/ansible.cfg``.
+    """
+    if directory.exists():
+        raise InputError(
+            f"--emit-ansible: {directory} already exists; give a new directory (it is created)"
+        )
+    if not directory.parent.is_dir():
+        raise InputError(f"--emit-ansible: the parent directory {directory.parent} does not exist")
+    partial = directory.with_name(f".{directory.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        files = write_run_files(plans, partial)
+        # ansible.cfg names its own directory (home, temp, control paths): point it at the final one.
+        files.config.write_text(
+            files.config.read_text().replace(str(partial), str(directory.resolve()))
+        )
+        partial.rename(directory)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return directory / "ansible.cfg"
 
 
 # --- running --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ What it lays down (and nothing else; activation, health and ``current`` are
 - the release's rendered unit and environment files under
   ``/etc/appliance/releases/<v>/``;
 - with Keycloak: its system user and group, its owned directories, its
-  distribution unpacked outside the release (``desired.dist_command``), and
+  distribution unpacked outside the release (``staging.dist_command``), and
   the secret files uploaded from their private local copies (0600).
 
 All hosts run in one pyinfra state (parallel); a failing host does not stop
@@ -34,13 +34,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from appliance.deploy.desired import (
-    HostDesired,
-    HostOutcome,
-    checklist,
-    dist_command,
-    staging_command,
-)
+from appliance.deploy.host_desired import HostDesired, HostOutcome
+from appliance.deploy.staging import checklist, dist_command, staging_command
 from appliance.errors import Cancelled
 from appliance.events import Event, Progress, Warned
 

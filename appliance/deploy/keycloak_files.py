@@ -20,6 +20,10 @@ named after the build options), the realm is imported with ``kc.sh import``
 when its digest differs from the last import (first start, upgrade, rollback),
 then ``kc.sh start --optimized --import-realm`` listens on the internal address
 only, behind the gateway (plain HTTP, proxy headers from the gateway alone).
+
+The deploy side of Keycloak: ``deploy.keycloak_layer`` adds these files to a
+host's desired state; the realm, the access file and the site's secrets are
+``appliance.keycloak``'s.
 """
 
 from __future__ import annotations
@@ -31,12 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from appliance.deploy.desired import (
-    JAVA_ARTIFACT,
-    JAVA_DIR,
-    KEYCLOAK_UNIT,
-    RenderedFile,
-)
+from appliance.deploy.host_desired import RenderedFile
+from appliance.deploy.host_layout import JAVA_ARTIFACT, JAVA_DIR, KEYCLOAK_UNIT
 from appliance.keycloak.errors import KeycloakArtifactError, KeycloakSettingsError
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def template_vars(
 
 def render_keycloak_files(variables: dict[str, Any], etc_dir: str) -> tuple[RenderedFile, ...]:
     """The unit and environment file of one release (no secret in either)."""
-    from appliance.deploy.desired import render
+    from appliance.deploy.render import render
 
     return (
         RenderedFile(f"{etc_dir}/{UNIT_NAME}", UNIT_TEMPLATE, render(UNIT_TEMPLATE, variables)),

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 
 from appliance.bundle.payload import ArtifactEntry, MediaLayout, Payload
-from appliance.deploy.desired import unpack_argv
-from appliance.keycloak.errors import KeycloakArtifactError, KeycloakSettingsError
-from appliance.keycloak.service import (
+from appliance.deploy.keycloak_files import (
     ADMIN_ENV_PATH,
     BUILD_OPTIONS,
     UNIT_NAME,
@@ -24,8 +22,9 @@ from appliance.keycloak.service import (
     render_keycloak_files,
     template_vars,
 )
-
-from .conftest import assert_golden_text
+from appliance.deploy.staging import unpack_argv
+from appliance.keycloak.errors import KeycloakArtifactError, KeycloakSettingsError
+from tests.unit.keycloak.conftest import assert_golden_text
 
 SETTINGS = KeycloakSettings("https://llm.site.example")
 ETC = "/etc/appliance/releases/3"

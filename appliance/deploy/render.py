@@ -1,0 +1,128 @@
+"""The plan as desired state: what each host must end up with.
+
+``desired_state`` turns a ``VerifiedBundle`` (only a verified bundle can get
+here), the plan's engine command and an inventory host into a ``HostDesired``:
+directories, release files with the digests they must have, the virtualenv
+from bundled wheels, the rendered unit and environment files, where
+``current`` points, and the unit's state. The dry run prints how far a host is
+from it (``deploy.probe``), the engines converge hosts to it.
+
+Templates live in ``playbooks/templates`` and are rendered here with one
+strict Jinja2 environment (undefined variables are errors), so both engines
+lay down byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from typing import Any
+
+from appliance import package_data
+from appliance.bundle.format import FILES_DIR, TARGETS_FILE
+from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR
+from appliance.bundle.verify import VerifiedBundle
+from appliance.deploy.host_desired import (
+    HostDesired,
+    ReleaseFile,
+    RenderedFile,
+    UnpackSpec,
+    VenvSpec,
+)
+from appliance.deploy.host_layout import (
+    CURRENT,
+    GATEWAY_VENV,
+    JAVA_ARTIFACT,
+    JAVA_DIR,
+    RELEASES,
+    UNIT_NAME,
+    release_etc,
+)
+from appliance.plan.engine_args import NodeCommand
+from appliance.plan.inventory import HostEntry
+
+TEMPLATES = package_data.TEMPLATES_DIR  # in the package: an installed wheel has them too
+
+
+def render(template: str, variables: dict[str, Any]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(package_data.require(TEMPLATES, "templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # systemd units and env files, not HTML
+    )
+    return env.get_template(template).render(**variables)
+
+
+def _exec_start(command: NodeCommand, release_dir: str) -> str:
+    # The plan's command refers to the moving `current` link; the unit runs one fixed release.
+    argv = [part.replace(CURRENT, release_dir) for part in command.argv]
+    return shlex.join(argv)
+
+
+def desired_state(
+    verified: VerifiedBundle, command: NodeCommand, host: HostEntry, *, engine: str
+) -> HostDesired:
+    release_dir = f"{RELEASES}/{verified.version}"
+    files = tuple(
+        ReleaseFile(
+            f"{release_dir}/{FILES_DIR}/{r.path}", verified.files_dir / r.path, r.length, r.sha256
+        )
+        for r in verified.records
+    )
+    manifest = verified.directory / TARGETS_FILE
+    files += (
+        ReleaseFile(
+            f"{release_dir}/{TARGETS_FILE}", manifest, manifest.stat().st_size,
+            hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        ),
+    )  # fmt: skip
+    # The release is the bundle installed, whatever the site: every wheel set becomes its venv
+    # (so a release laid down without --site can get the gateway later without being rewritten).
+    venvs = tuple(
+        VenvSpec(
+            f"{release_dir}/{name}",
+            f"{release_dir}/{FILES_DIR}/{wheels_dir}",
+            tuple(wheels.requirements),
+            tuple(f"{release_dir}/{FILES_DIR}/{w}" for w in wheels.no_deps),
+        )
+        for name, wheels_dir, wheels in (
+            ("venv", WHEELS_DIR, verified.payload.wheels),
+            (GATEWAY_VENV, GATEWAY_WHEELS_DIR, verified.payload.gateway),
+        )
+        if wheels is not None
+    )
+    # A Java runtime in the bundle is unpacked into the release (read-only, like the venvs).
+    unpacks = tuple(
+        UnpackSpec(f"{release_dir}/{FILES_DIR}/{a.path}", f"{release_dir}/{JAVA_DIR}")
+        for a in verified.payload.artifacts
+        if a.name == JAVA_ARTIFACT and a.path.endswith(".tar.gz")
+    )
+    model = verified.payload.model
+    etc = release_etc(verified.version)
+    variables: dict[str, Any] = {
+        "release_version": verified.version,
+        "bundle_name": verified.name,
+        "content_digest": verified.content_digest[:16],
+        "engine": engine,
+        "model_name": model.name if model is not None else "none",
+        "env_file": f"{etc}/model-server.env",
+        "exec_start": _exec_start(command, release_dir),
+        "release_dir": release_dir,
+        "env_lines": "\n".join(f"{k}={v}" for k, v in sorted(command.env.items())),
+    }
+    unit = render("appliance-model.service.j2", variables)
+    rendered = (
+        RenderedFile(f"{etc}/{UNIT_NAME}", "appliance-model.service.j2", unit),
+        RenderedFile(
+            f"{etc}/model-server.env",
+            "model-server.env.j2",
+            render("model-server.env.j2", variables),
+        ),
+    )
+    return HostDesired(
+        host, verified.version, release_dir, files, rendered, venvs, template_vars=variables,
+        unpacks=unpacks,
+    )  # fmt: skip

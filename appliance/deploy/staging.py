@@ -1,0 +1,122 @@
+"""The shell both engines run to stage a release: checksums, virtualenvs, unpacked archives.
+
+The release is uploaded into ``releases/.staging-<v>`` (``staging_dir``),
+checked there with ``sha256sum -c`` (``checklist``), completed on the host
+(``staging_command``: the offline virtualenvs from the bundled wheels, the
+archives unpacked into the release, then the install record), and only then
+renamed into place. A distribution unpacked outside the release
+(``dist_command``) is renamed into place with its marker. Both engines run
+these very commands, so what they lay down is the same.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from appliance.deploy.host_desired import DistSpec, HostDesired, VenvSpec
+from appliance.deploy.host_layout import RELEASES, UNPACKED_MARKER
+from appliance.deploy.integrity import record_command
+
+
+def venv_command(spec: VenvSpec, release_dir: str, staging: str) -> str:
+    """Shell creating ``spec``'s virtualenv offline, inside the release's staging directory.
+
+    Requirements from the bundled wheels only; then the ``no_deps`` wheels
+    without their dependencies (the appliance wheel of the gateway: its own
+    dependencies are the CLI's, not the gateway's).
+    """
+
+    def staged(path: str) -> str:
+        return shlex.quote(staging + path.removeprefix(release_dir))
+
+    venv, wheels = staged(spec.path), staged(spec.wheels_dir)
+    pip = f"PIP_NO_INDEX=1 {venv}/bin/pip install --quiet --no-index"
+    command = f"rm -rf {venv} && python3 -m venv {venv}"
+    if spec.requirements:
+        reqs = " ".join(shlex.quote(r) for r in spec.requirements)
+        command += f" && {pip} --find-links {wheels} {reqs}"
+    if spec.no_deps:
+        command += f" && {pip} --no-deps {' '.join(staged(w) for w in spec.no_deps)}"
+    return command
+
+
+def unpack_argv(archive: str, destination: str) -> tuple[str, ...]:
+    """GNU tar arguments unpacking a signed distribution archive into ``destination``.
+
+    The archive's bytes are verified (signed SHA-256) before this runs; tar still
+    gets no chance to restore owners or modes, and the top directory is stripped.
+    """
+    return (
+        "tar", "--extract", "--gzip", "--file", archive, "--directory", destination,
+        "--strip-components=1", "--no-same-owner", "--no-same-permissions",
+        "--no-overwrite-dir", "--delay-directory-restore",
+    )  # fmt: skip
+
+
+def staging_commands(desired: HostDesired, staging: str) -> list[str]:
+    """Shell run in the release's staging directory after its files are checked: the
+    virtualenvs, then the archives unpacked into the release. Both engines run these very
+    commands (one each; each starts with ``rm -rf <what it makes>``, so a rerun starts clean)."""
+    commands = [venv_command(spec, desired.release_dir, staging) for spec in desired.venvs]
+    for spec in desired.unpacks:
+        archive = staging + spec.archive.removeprefix(desired.release_dir)
+        path = staging + spec.path.removeprefix(desired.release_dir)
+        commands.append(
+            f"rm -rf {shlex.quote(path)} && mkdir -p {shlex.quote(path)} && "
+            + shlex.join(unpack_argv(archive, path))
+        )
+    return commands
+
+
+def staging_command(desired: HostDesired, staging: str) -> str:
+    """``staging_commands`` as one shell command running them side by side (the two venvs
+    take about as long together as the larger alone); it fails, with the tail of each failed
+    step's output, if any of them fails. Then, whatever the release holds, the install record
+    of the whole staging directory (``integrity.record_command``): the last write before the
+    release is made read-only, so what was built on the host is checked like the rest."""
+    record = record_command(staging)
+    commands = staging_commands(desired, staging)
+    if not commands:
+        return record
+    lines = ["logs=$(mktemp -d)"]
+    for i, command in enumerate(commands):
+        lines.append(f'( {command} ) >"$logs/{i}" 2>&1 & pid{i}=$!')
+    lines.append("failed=0")
+    for i in range(len(commands)):
+        lines.append(
+            f'wait $pid{i} || {{ failed=1; echo "staging step {i + 1} of {len(commands)} failed:" >&2; '
+            f'tail -n 20 "$logs/{i}" >&2; }}'
+        )
+    lines.append('rm -rf "$logs"')
+    lines.append(f'[ "$failed" = 0 ] && {record}')
+    return "\n".join(lines)
+
+
+def dist_command(spec: DistSpec) -> str:
+    """Shell unpacking ``spec`` beside its place and renaming it there; nothing if done."""
+    q = shlex.quote
+    partial = f"{spec.path}.partial"
+    writable = " ".join(q(f"{partial}/{w}") for w in spec.writable)
+    private = "".join(f"chmod 0700 {q(f'{partial}/{p}')} && " for p in spec.private)
+    return (
+        f"[ -e {q(spec.marker)} ] && exit 0; "
+        f"rm -rf {q(partial)} && mkdir -p {q(partial)} && "
+        f"{shlex.join(unpack_argv(spec.archive, partial))} && "
+        f"mkdir -p {writable} && chown -R {q(spec.owner)}:{q(spec.owner)} {writable} && "
+        f"{private}touch {q(partial + '/' + UNPACKED_MARKER)} && rm -rf {q(spec.path)} && "
+        f"mv -T {q(partial)} {q(spec.path)}"
+    )
+
+
+def checklist(desired: HostDesired) -> str:
+    """``sha256sum -c`` input for the release files, relative to the release directory."""
+    prefix = desired.release_dir + "/"
+    return (
+        "\n".join(f"{f.sha256}  {f.path.removeprefix(prefix)}" for f in desired.release_files)
+        + "\n"
+    )
+
+
+def staging_dir(desired: HostDesired) -> str:
+    """Where both engines stage release ``desired.version`` before it is moved into place."""
+    return f"{RELEASES}/.staging-{desired.version}"
