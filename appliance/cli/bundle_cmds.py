@@ -271,7 +271,7 @@ def cmd_trust_reanchor(args: argparse.Namespace) -> int:
     """Start a site's kept chain over from a new anchor, on purpose, audited."""
     import getpass
 
-    from appliance.bundle.state import AUDIT, TrustState
+    from appliance.bundle.site.state import AUDIT, TrustState
     from appliance.bundle.trust import check_not_expired, load_trusted_root, signed_digest
     from appliance.errors import InputError
 
@@ -340,7 +340,7 @@ def _recipe_with_overrides(args: argparse.Namespace) -> Any:
     stderr); the flags that describe the content are refused (the recipe says it)."""
     from datetime import UTC, datetime
 
-    from appliance.bundle.recipe import load_recipe, parse_expiry
+    from appliance.bundle.build.recipe import load_recipe, parse_expiry
     from appliance.errors import InputError
 
     if refused := _flag_values(args, _RECIPE_OWNS):
@@ -367,7 +367,7 @@ def _recipe_with_overrides(args: argparse.Namespace) -> Any:
 
 
 def cmd_bundle_build(args: argparse.Namespace) -> int:
-    from appliance.bundle.build import build_bundle, recipe_from_args
+    from appliance.bundle.build.builder import build_bundle, recipe_from_args
     from appliance.errors import InputError
     from appliance.output_paths import new_directory
 
@@ -411,10 +411,10 @@ def _bundle_metadata_writable(bundle: Path) -> None:
 
 
 def cmd_bundle_sign(args: argparse.Namespace) -> int:
-    from appliance.bundle import contents
     from appliance.bundle.format import FILES_DIR
     from appliance.bundle.keys import load_signer
     from appliance.bundle.manifest import bundle_contents, read_targets, sign_bundle
+    from appliance.bundle.site import contents
 
     _bundle_metadata_writable(args.bundle)  # before re-hashing every file
     signer = load_signer(args.key, _passphrase(args))
@@ -536,7 +536,7 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
 
 
 def _verify_options(args: argparse.Namespace) -> Any:
-    from appliance.bundle.verify import VerifyOptions
+    from appliance.bundle.site.verify import VerifyOptions
 
     refuse_without_state(args, "--allow-downgrade", "--allow-version-jump")
     return VerifyOptions(
@@ -558,7 +558,7 @@ def refuse_without_state(args: argparse.Namespace, *flags: str) -> None:
 
 
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
-    from appliance.bundle.verify import verify_bundle
+    from appliance.bundle.site.verify import verify_bundle
 
     verified = run_with_progress(
         verify_bundle(args.bundle, args.trust, args.state, _verify_options(args)), quiet=args.json
@@ -587,7 +587,7 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_install(args: argparse.Namespace) -> int:
-    from appliance.bundle.verify import install_bundle
+    from appliance.bundle.site.verify import install_bundle
 
     installed = run_with_progress(
         install_bundle(args.bundle, args.trust, args.dest, args.state, _verify_options(args)),
@@ -613,9 +613,9 @@ def cmd_bundle_install(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_split(args: argparse.Namespace) -> int:
+    from appliance.bundle.build.recipe import parse_size
     from appliance.bundle.manifest import bundle_contents, read_targets
     from appliance.bundle.media import split_bundle
-    from appliance.bundle.recipe import parse_size
     from appliance.output_paths import writable_directory
 
     writable_directory(args.out, "--out")
@@ -644,7 +644,7 @@ def cmd_bundle_split(args: argparse.Namespace) -> int:
 def cmd_bundle_join(args: argparse.Namespace) -> int:
     from appliance.bundle.format import METADATA_DIR
     from appliance.bundle.media import join_parts
-    from appliance.bundle.verify import check_signed_manifest
+    from appliance.bundle.site.verify import check_signed_manifest
     from appliance.errors import MediaPartError
     from appliance.output_paths import new_directory
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from appliance import package_data
 from appliance.bundle.format import FILES_DIR, TARGETS_FILE
 from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.integrity import check_command, parse_integrity, record_command
 from appliance.plan.engine_args import NodeCommand
 from appliance.plan.inventory import HostEntry

@@ -33,7 +33,7 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 from appliance.bundle.format import FILES_DIR
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.desired import (
     GATEWAY_UNIT,
     KEYCLOAK_UNIT,

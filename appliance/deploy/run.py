@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from appliance.bundle.format import FILES_DIR
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy import remote
 from appliance.deploy.desired import (
     RELEASES,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.verify import verify_bundle
+from appliance.bundle.site.verify import verify_bundle
 from appliance.deploy.desired import HostDesired, diff, parse_probe, probe_script
 from appliance.deploy.integrity import RECORD_FILE
 from appliance.deploy.run import plan_host

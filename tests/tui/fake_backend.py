@@ -42,8 +42,8 @@ from appliance.bundle.payload import (
     TrainingContentSummary,
     WheelSet,
 )
+from appliance.bundle.site.verify import VerifiedBundle, verify_bundle
 from appliance.bundle.trust import new_root, sign_metadata, to_bytes, write_atomic
-from appliance.bundle.verify import VerifiedBundle, verify_bundle
 from appliance.deploy.desired import desired_state, diff
 from appliance.deploy.run import HostResult
 from appliance.deploy.site import Site, load_site

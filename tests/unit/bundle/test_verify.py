@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.format import FILES_DIR
-from appliance.bundle.verify import VerifiedBundle, VerifyOptions, verify_bundle
+from appliance.bundle.site.verify import VerifiedBundle, VerifyOptions, verify_bundle
 from appliance.errors import (
     RollbackError,
     SameVersionConflictError,
@@ -93,7 +93,7 @@ def test_install_writes_a_read_only_release_in_one_step(
 ) -> None:
     import stat
 
-    from appliance.bundle.verify import install_bundle
+    from appliance.bundle.site.verify import install_bundle
 
     bundle = make_bundle(version=4)
     releases = tmp_path / "releases"

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle import contents, media, verify
+from appliance.bundle import media
+from appliance.bundle.site import contents, verify
 from appliance.cli.main import main
 from tests.unit.bundle.conftest import BundleFactory, Trust
 from tests.unit.mounts import needs_root, read_only, snapshot

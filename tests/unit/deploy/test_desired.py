@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from appliance.bundle.verify import verify_bundle
+from appliance.bundle.site.verify import verify_bundle
 from appliance.deploy.desired import (
     CURRENT,
     RELEASES,

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from appliance.bundle.payload import WheelSet
-from appliance.bundle.verify import VerifiedBundle, verify_bundle
+from appliance.bundle.site.verify import VerifiedBundle, verify_bundle
 from appliance.deploy.desired import (
     NFT_BOOT_UNIT,
     RULESET_PATH,

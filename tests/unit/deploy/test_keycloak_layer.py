@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.payload import ArtifactEntry
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.ansible_engine import dump_host_vars
 from appliance.deploy.desired import (
     GATEWAY_UNIT,

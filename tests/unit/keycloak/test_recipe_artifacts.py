@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.bundle.recipe import NO_PIN, load_recipe
-from appliance.bundle.sources import fetch_artifact
+from appliance.bundle.build.recipe import NO_PIN, load_recipe
+from appliance.bundle.build.sources import fetch_artifact
 from appliance.errors import InputError
 from appliance.keycloak.service import JAVA_ARTIFACT, KEYCLOAK_ARTIFACT
 

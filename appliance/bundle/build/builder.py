@@ -1,7 +1,7 @@
 """Build an unsigned bundle from a recipe (connected side).
 
 ``build_bundle(recipe, out_dir)`` is a generator of events that returns the
-bundle directory. Steps: fetch every source (``appliance.bundle.sources``),
+bundle directory. Steps: fetch every source (``appliance.bundle.build.sources``),
 check every destination path (``check_relpath``, ``check_no_collisions``)
 before anything is copied, copy each file once in manifest order (sorted
 paths) with ``copy_and_hash`` feeding one ``PartHasher``, so file digests,
@@ -38,6 +38,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance import __version__
+from appliance.bundle.build.recipe import Recipe, check_profiles, format_size, parse_recipe
+from appliance.bundle.build.sources import (
+    Fetched,
+    fetch_adapter,
+    fetch_artifact,
+    fetch_gateway,
+    fetch_installer,
+    fetch_model,
+    fetch_wheels,
+)
 from appliance.bundle.format import (
     FAT32_SAFE_PART_SIZE,
     FILES_DIR,
@@ -53,16 +63,6 @@ from appliance.bundle.payload import (
     MediaLayout,
     ModelEntry,
     Payload,
-)
-from appliance.bundle.recipe import Recipe, check_profiles, format_size, parse_recipe
-from appliance.bundle.sources import (
-    Fetched,
-    fetch_adapter,
-    fetch_artifact,
-    fetch_gateway,
-    fetch_installer,
-    fetch_model,
-    fetch_wheels,
 )
 from appliance.errors import BundleBuildError, InputError, ModelFileError, UnsafePathError
 from appliance.events import Event, Finished, Progress, Started, Warned

@@ -32,7 +32,8 @@ from collections.abc import Generator, Sequence
 from functools import partial
 from pathlib import Path
 
-from appliance.bundle.contents import (
+from appliance.bundle.format import FileRecord
+from appliance.bundle.site.contents import (
     PROGRESS_INTERVAL,
     Batch,
     OpenFile,
@@ -48,7 +49,6 @@ from appliance.bundle.contents import (
     thread_buffer,
     validate_records,
 )
-from appliance.bundle.format import FileRecord
 from appliance.errors import DeploymentError, InputError
 from appliance.events import Event, Finished, Progress, Started, Throttle
 

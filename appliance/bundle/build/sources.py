@@ -47,6 +47,15 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from appliance import __version__, package_data
+from appliance.bundle.build.recipe import (
+    APPLIANCE_WHEEL,
+    AdapterSpec,
+    ArtifactSpec,
+    GatewaySpec,
+    InstallerSpec,
+    ModelSpec,
+    WheelsSpec,
+)
 from appliance.bundle.format import describe_mode
 from appliance.bundle.payload import (
     GATEWAY_WHEELS_DIR,
@@ -57,15 +66,6 @@ from appliance.bundle.payload import (
     ModelEntry,
     ModelSource,
     WheelSet,
-)
-from appliance.bundle.recipe import (
-    APPLIANCE_WHEEL,
-    AdapterSpec,
-    ArtifactSpec,
-    GatewaySpec,
-    InstallerSpec,
-    ModelSpec,
-    WheelsSpec,
 )
 from appliance.errors import BundleBuildError
 from appliance.input_files import open_input, parse_json, read_input

@@ -44,7 +44,6 @@ from pathlib import Path
 
 from tuf.api.metadata import Metadata, Root
 
-from appliance.bundle import contents
 from appliance.bundle.format import (
     FILES_DIR,
     MAX_VERSION_JUMP,
@@ -53,7 +52,6 @@ from appliance.bundle.format import (
     TARGETS_FILE,
     FileRecord,
 )
-from appliance.bundle.install import install_files, rename_noreplace
 from appliance.bundle.manifest import (
     bundle_contents,
     content_digest,
@@ -62,7 +60,9 @@ from appliance.bundle.manifest import (
     targets_path,
 )
 from appliance.bundle.payload import Payload
-from appliance.bundle.state import Accepted, PendingRecord, TrustState
+from appliance.bundle.site import contents
+from appliance.bundle.site.install import install_files, rename_noreplace
+from appliance.bundle.site.state import Accepted, PendingRecord, TrustState
 from appliance.bundle.trust import (
     check_not_expired,
     check_signatures,
@@ -111,7 +111,7 @@ class VerifiedBundle:
     def __post_init__(self) -> None:
         if self._token is not _TOKEN:
             raise TypeError(
-                "a VerifiedBundle is only made by appliance.bundle.verify.verify_bundle"
+                "a VerifiedBundle is only made by appliance.bundle.site.verify.verify_bundle"
             )
 
     @property

@@ -21,7 +21,7 @@ Invariants:
   ``2 x workers`` tasks in flight (a task is one shard, or a batch of small
   files), and a file is open only while a worker is on it.
 
-``appliance.bundle.install`` reuses the opening, hashing and scheduling helpers
+``appliance.bundle.site.install`` reuses the opening, hashing and scheduling helpers
 so that install checks files the same way verify does.
 """
 
