@@ -615,7 +615,7 @@ def cmd_bundle_install(args: argparse.Namespace) -> int:
 def cmd_bundle_split(args: argparse.Namespace) -> int:
     from appliance.bundle.build.recipe import parse_size
     from appliance.bundle.manifest import bundle_contents, read_targets
-    from appliance.bundle.media import split_bundle
+    from appliance.bundle.media.split import split_bundle
     from appliance.output_paths import writable_directory
 
     writable_directory(args.out, "--out")
@@ -643,7 +643,7 @@ def cmd_bundle_split(args: argparse.Namespace) -> int:
 
 def cmd_bundle_join(args: argparse.Namespace) -> int:
     from appliance.bundle.format import METADATA_DIR
-    from appliance.bundle.media import join_parts
+    from appliance.bundle.media.join import join_parts
     from appliance.bundle.site.verify import check_signed_manifest
     from appliance.errors import MediaPartError
     from appliance.output_paths import new_directory
