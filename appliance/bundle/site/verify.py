@@ -104,6 +104,9 @@ class VerifiedBundle:
     payload: Payload
     records: tuple[FileRecord, ...]
     previous_version: int | None
+    # The exact bytes of ``metadata/targets.json`` that passed verification: what a
+    # consumer reads the manifest from, never the file again (it may have changed since).
+    manifest_bytes: bytes = field(repr=False)
     _token: object = field(repr=False, compare=False, default=None)
     # What step 9 needs when the caller records the acceptance later (a deploy).
     _checked: Checked | None = field(repr=False, compare=False, default=None)
@@ -286,6 +289,7 @@ def _proof(checked: Checked, directory: Path, *, deferred: bool = False) -> Veri
         payload=payload,
         records=tuple(checked.records),
         previous_version=previous.version if previous is not None else None,
+        manifest_bytes=checked.manifest_bytes,
         _token=_TOKEN,
         _checked=checked if deferred else None,
     )
