@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 if TYPE_CHECKING:
-    from appliance.bundle.verify import VerifiedBundle
+    from appliance.bundle.site.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
     from appliance.deploy.site import Site
     from appliance.deploy.smoke import ChatAnswer
@@ -157,7 +157,7 @@ class CoreBackend(Backend):
         )
 
     def verify(self, bundle: Path, trust: Path) -> Generator[Event, None, VerifiedBundle]:
-        from appliance.bundle.verify import VerifyOptions, verify_bundle
+        from appliance.bundle.site.verify import VerifyOptions, verify_bundle
 
         # The state is only read here: the deploy records the acceptance once a host serves it.
         return verify_bundle(bundle, trust, self.state, VerifyOptions(), record=False)

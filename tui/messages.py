@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from appliance.bundle.verify import VerifiedBundle
+    from appliance.bundle.site.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
     from appliance.deploy.smoke import ChatAnswer
     from appliance.detect.facts import HostFacts

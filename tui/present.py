@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from appliance.bundle.verify import VerifiedBundle
+    from appliance.bundle.site.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
     from appliance.deploy.site import Site
     from appliance.detect.facts import HostFacts

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
+from appliance.bundle.safe_fs import CREATE_FLAGS
 from appliance.errors import InputError, KeyFileError
 from appliance.input_files import parse_json, read_input, read_text_input
 
@@ -42,9 +43,7 @@ class KeyPair:
 def write_private(path: Path, data: bytes) -> None:
     """Create ``path`` 0600 (never wider, not even briefly); refuse to overwrite."""
     try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        fd = os.open(path, CREATE_FLAGS, 0o600)
     except FileExistsError:
         raise InputError(
             f"{path} already exists; refusing to overwrite a key",

@@ -20,7 +20,7 @@ see bundles/FORMAT.md). Invariants enforced when a root is loaded:
 Rotation (TUF 5.3.4): root version N+1 is accepted only if signed by the
 root threshold of root N and by its own (``check_rotation``). The same step
 is used for rotations a bundle carries and for the chain the site's state
-keeps (``state.py``), so a kept root is only ever reached from the anchor.
+keeps (``site/state.py``), so a kept root is only ever reached from the anchor.
 """
 
 from __future__ import annotations

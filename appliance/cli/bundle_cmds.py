@@ -15,6 +15,8 @@ from appliance.cli.argtypes import positive_int
 from appliance.events import Event, Finished, Progress, Started, Warned, drain
 from appliance.exitcodes import ExitCode
 
+Handler = Callable[[argparse.Namespace], int]
+
 T = TypeVar("T")
 
 
@@ -271,7 +273,7 @@ def cmd_trust_reanchor(args: argparse.Namespace) -> int:
     """Start a site's kept chain over from a new anchor, on purpose, audited."""
     import getpass
 
-    from appliance.bundle.state import AUDIT, TrustState
+    from appliance.bundle.site.state import AUDIT, TrustState
     from appliance.bundle.trust import check_not_expired, load_trusted_root, signed_digest
     from appliance.errors import InputError
 
@@ -340,7 +342,7 @@ def _recipe_with_overrides(args: argparse.Namespace) -> Any:
     stderr); the flags that describe the content are refused (the recipe says it)."""
     from datetime import UTC, datetime
 
-    from appliance.bundle.recipe import load_recipe, parse_expiry
+    from appliance.bundle.build.recipe import load_recipe, parse_expiry
     from appliance.errors import InputError
 
     if refused := _flag_values(args, _RECIPE_OWNS):
@@ -367,7 +369,7 @@ def _recipe_with_overrides(args: argparse.Namespace) -> Any:
 
 
 def cmd_bundle_build(args: argparse.Namespace) -> int:
-    from appliance.bundle.build import build_bundle, recipe_from_args
+    from appliance.bundle.build.builder import build_bundle, recipe_from_args
     from appliance.errors import InputError
     from appliance.output_paths import new_directory
 
@@ -411,10 +413,10 @@ def _bundle_metadata_writable(bundle: Path) -> None:
 
 
 def cmd_bundle_sign(args: argparse.Namespace) -> int:
-    from appliance.bundle import contents
     from appliance.bundle.format import FILES_DIR
     from appliance.bundle.keys import load_signer
     from appliance.bundle.manifest import bundle_contents, read_targets, sign_bundle
+    from appliance.bundle.site import contents
 
     _bundle_metadata_writable(args.bundle)  # before re-hashing every file
     signer = load_signer(args.key, _passphrase(args))
@@ -536,7 +538,7 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
 
 
 def _verify_options(args: argparse.Namespace) -> Any:
-    from appliance.bundle.verify import VerifyOptions
+    from appliance.bundle.site.verify import VerifyOptions
 
     refuse_without_state(args, "--allow-downgrade", "--allow-version-jump")
     return VerifyOptions(
@@ -558,7 +560,7 @@ def refuse_without_state(args: argparse.Namespace, *flags: str) -> None:
 
 
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
-    from appliance.bundle.verify import verify_bundle
+    from appliance.bundle.site.verify import verify_bundle
 
     verified = run_with_progress(
         verify_bundle(args.bundle, args.trust, args.state, _verify_options(args)), quiet=args.json
@@ -587,7 +589,7 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_install(args: argparse.Namespace) -> int:
-    from appliance.bundle.verify import install_bundle
+    from appliance.bundle.site.verify import install_bundle
 
     installed = run_with_progress(
         install_bundle(args.bundle, args.trust, args.dest, args.state, _verify_options(args)),
@@ -613,9 +615,9 @@ def cmd_bundle_install(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_split(args: argparse.Namespace) -> int:
+    from appliance.bundle.build.recipe import parse_size
     from appliance.bundle.manifest import bundle_contents, read_targets
-    from appliance.bundle.media import split_bundle
-    from appliance.bundle.recipe import parse_size
+    from appliance.bundle.media.split import split_bundle
     from appliance.output_paths import writable_directory
 
     writable_directory(args.out, "--out")
@@ -643,8 +645,8 @@ def cmd_bundle_split(args: argparse.Namespace) -> int:
 
 def cmd_bundle_join(args: argparse.Namespace) -> int:
     from appliance.bundle.format import METADATA_DIR
-    from appliance.bundle.media import join_parts
-    from appliance.bundle.verify import check_signed_manifest
+    from appliance.bundle.media.join import join_parts
+    from appliance.bundle.site.verify import check_signed_manifest
     from appliance.errors import MediaPartError
     from appliance.output_paths import new_directory
 
@@ -684,14 +686,9 @@ def cmd_bundle_join(args: argparse.Namespace) -> int:
 # --- registration ----------------------------------------------------------------------
 
 
-def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
-    """Add keys/trust/bundle parsers; return {dotted command: handler}."""
-    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-    keys = sub.add_parser("keys", help="signing keys").add_subparsers(
-        dest="subcommand", metavar="SUBCOMMAND", required=True
-    )
-    gen = keys.add_parser(
+def _add_keys_generate(parent: Any) -> Handler:
+    """`appliance keys generate`: its parser under ``parent``; returns its handler."""
+    gen = parent.add_parser(
         "generate", help="create an Ed25519 key pair (and a one-key trusted root)"
     )
     gen.add_argument(
@@ -704,12 +701,12 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     gen.add_argument("--json", action="store_true")
     _passphrase_options(gen)
-    handlers["keys.generate"] = cmd_keys_generate
+    return cmd_keys_generate
 
-    trust = sub.add_parser("trust", help="the trusted root: who may sign bundles").add_subparsers(
-        dest="subcommand", metavar="SUBCOMMAND", required=True
-    )
-    init = trust.add_parser(
+
+def _add_trust_init(parent: Any) -> Handler:
+    """`appliance trust init`: its parser under ``parent``; returns its handler."""
+    init = parent.add_parser(
         "init", help="a new trusted root from public keys and a threshold (unsigned)"
     )
     init.add_argument(
@@ -718,8 +715,12 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     init.add_argument("--threshold", type=int, required=True)
     init.add_argument("--expires", default="1y")
     init.add_argument("--out", type=Path, required=True)
-    handlers["trust.init"] = cmd_trust_init
-    rotate = trust.add_parser(
+    return cmd_trust_init
+
+
+def _add_trust_rotate(parent: Any) -> Handler:
+    """`appliance trust rotate`: its parser under ``parent``; returns its handler."""
+    rotate = parent.add_parser(
         "rotate", help="the next version of a trusted root, with new keys/threshold"
     )
     rotate.add_argument(
@@ -729,17 +730,29 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     rotate.add_argument("--threshold", type=int, required=True)
     rotate.add_argument("--expires", default="1y")
     rotate.add_argument("--out", type=Path, required=True)
-    handlers["trust.rotate"] = cmd_trust_rotate
-    tsign = trust.add_parser("sign", help="add a signature to a trusted root")
+    return cmd_trust_rotate
+
+
+def _add_trust_sign(parent: Any) -> Handler:
+    """`appliance trust sign`: its parser under ``parent``; returns its handler."""
+    tsign = parent.add_parser("sign", help="add a signature to a trusted root")
     tsign.add_argument("root", type=Path)
     tsign.add_argument("--key", type=Path, required=True, help="private key file")
     _passphrase_options(tsign)
-    handlers["trust.sign"] = cmd_trust_sign
-    show = trust.add_parser("show", help="show a trusted root")
+    return cmd_trust_sign
+
+
+def _add_trust_show(parent: Any) -> Handler:
+    """`appliance trust show`: its parser under ``parent``; returns its handler."""
+    show = parent.add_parser("show", help="show a trusted root")
     show.add_argument("root", type=Path)
     show.add_argument("--json", action="store_true")
-    handlers["trust.show"] = cmd_trust_show
-    reanchor = trust.add_parser(
+    return cmd_trust_show
+
+
+def _add_trust_reanchor(parent: Any) -> Handler:
+    """`appliance trust reanchor`: its parser under ``parent``; returns its handler."""
+    reanchor = parent.add_parser(
         "reanchor",
         help="on purpose (e.g. after a key compromise): start a state's kept roots over from a new anchor",
     )
@@ -751,13 +764,12 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     reanchor.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     reanchor.add_argument("--json", action="store_true")
-    handlers["trust.reanchor"] = cmd_trust_reanchor
+    return cmd_trust_reanchor
 
-    bundle = sub.add_parser(
-        "bundle", help="build, sign, verify, inspect, split and join offline bundles"
-    )
-    bsub = bundle.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    build = bsub.add_parser("build", help="build an unsigned bundle from a model (or a recipe)")
+
+def _add_bundle_build(parent: Any) -> Handler:
+    """`appliance bundle build`: its parser under ``parent``; returns its handler."""
+    build = parent.add_parser("build", help="build an unsigned bundle from a model (or a recipe)")
     build.add_argument("--recipe", type=Path, help="recipe YAML (see bundles/)")
     build.add_argument("--model", type=Path, help="Hugging Face model directory or .gguf file")
     build.add_argument("--name", help="product name")
@@ -780,33 +792,53 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     build.add_argument("--licence", help="SPDX licence id of the model (default NOASSERTION)")
     build.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     build.add_argument("--json", action="store_true")
-    handlers["bundle.build"] = cmd_bundle_build
-    sign = bsub.add_parser("sign", help="add your signature to a bundle (checks its files first)")
+    return cmd_bundle_build
+
+
+def _add_bundle_sign(parent: Any) -> Handler:
+    """`appliance bundle sign`: its parser under ``parent``; returns its handler."""
+    sign = parent.add_parser("sign", help="add your signature to a bundle (checks its files first)")
     sign.add_argument("bundle", type=Path)
     sign.add_argument("--key", type=Path, required=True, help="private key file")
     sign.add_argument(
         "--no-content-check", action="store_true", help="sign without re-hashing the files"
     )
     _passphrase_options(sign)
-    handlers["bundle.sign"] = cmd_bundle_sign
-    merge = bsub.add_parser(
+    return cmd_bundle_sign
+
+
+def _add_bundle_add_signatures(parent: Any) -> Handler:
+    """`appliance bundle add-signatures`: its parser under ``parent``; returns its handler."""
+    merge = parent.add_parser(
         "add-signatures", help="merge signatures made on other copies of this bundle"
     )
     merge.add_argument("bundle", type=Path)
     merge.add_argument(
         "manifests", type=Path, nargs="+", help="metadata/targets.json of each other signed copy"
     )
-    handlers["bundle.add-signatures"] = cmd_bundle_add_signatures
-    inspect = bsub.add_parser("inspect", help="show a bundle's manifest (not a verification)")
+    return cmd_bundle_add_signatures
+
+
+def _add_bundle_inspect(parent: Any) -> Handler:
+    """`appliance bundle inspect`: its parser under ``parent``; returns its handler."""
+    inspect = parent.add_parser("inspect", help="show a bundle's manifest (not a verification)")
     inspect.add_argument("bundle", type=Path)
     inspect.add_argument("--json", action="store_true")
-    handlers["bundle.inspect"] = cmd_bundle_inspect
-    verify = bsub.add_parser("verify", help="verify a bundle against the site's trusted root")
+    return cmd_bundle_inspect
+
+
+def _add_bundle_verify(parent: Any) -> Handler:
+    """`appliance bundle verify`: its parser under ``parent``; returns its handler."""
+    verify = parent.add_parser("verify", help="verify a bundle against the site's trusted root")
     verify.add_argument("bundle", type=Path)
     _trust_options(verify)
     verify.add_argument("--json", action="store_true")
-    handlers["bundle.verify"] = cmd_bundle_verify
-    install = bsub.add_parser(
+    return cmd_bundle_verify
+
+
+def _add_bundle_install(parent: Any) -> Handler:
+    """`appliance bundle install`: its parser under ``parent``; returns its handler."""
+    install = parent.add_parser(
         "install", help="verify, then copy into a new read-only release directory"
     )
     install.add_argument("bundle", type=Path)
@@ -815,8 +847,12 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     _trust_options(install)
     install.add_argument("--json", action="store_true")
-    handlers["bundle.install"] = cmd_bundle_install
-    split = bsub.add_parser(
+    return cmd_bundle_install
+
+
+def _add_bundle_split(parent: Any) -> Handler:
+    """`appliance bundle split`: its parser under ``parent``; returns its handler."""
+    split = parent.add_parser(
         "split", help="cut a bundle into media parts (the part layout is signed at build)"
     )
     split.add_argument("bundle", type=Path)
@@ -826,8 +862,12 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     split.add_argument(
         "--part-size", help="must equal the signed part size (default: the signed one)"
     )
-    handlers["bundle.split"] = cmd_bundle_split
-    join = bsub.add_parser(
+    return cmd_bundle_split
+
+
+def _add_bundle_join(parent: Any) -> Handler:
+    """`appliance bundle join`: its parser under ``parent``; returns its handler."""
+    join = parent.add_parser(
         "join", help="check every part, name the bad ones, rebuild the bundle (resumable)"
     )
     join.add_argument(
@@ -842,5 +882,37 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     join.add_argument("--state", type=Path, help="directory remembering accepted versions")
     join.add_argument("--json", action="store_true")
-    handlers["bundle.join"] = cmd_bundle_join
+    return cmd_bundle_join
+
+
+def register(sub: Any) -> dict[str, Handler]:
+    """Add keys/trust/bundle parsers; return {dotted command: handler}."""
+    handlers: dict[str, Handler] = {}
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    handlers["keys.generate"] = _add_keys_generate(keys)
+
+    trust = sub.add_parser("trust", help="the trusted root: who may sign bundles").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    handlers["trust.init"] = _add_trust_init(trust)
+    handlers["trust.rotate"] = _add_trust_rotate(trust)
+    handlers["trust.sign"] = _add_trust_sign(trust)
+    handlers["trust.show"] = _add_trust_show(trust)
+    handlers["trust.reanchor"] = _add_trust_reanchor(trust)
+
+    bundle = sub.add_parser(
+        "bundle", help="build, sign, verify, inspect, split and join offline bundles"
+    )
+    bsub = bundle.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    handlers["bundle.build"] = _add_bundle_build(bsub)
+    handlers["bundle.sign"] = _add_bundle_sign(bsub)
+    handlers["bundle.add-signatures"] = _add_bundle_add_signatures(bsub)
+    handlers["bundle.inspect"] = _add_bundle_inspect(bsub)
+    handlers["bundle.verify"] = _add_bundle_verify(bsub)
+    handlers["bundle.install"] = _add_bundle_install(bsub)
+    handlers["bundle.split"] = _add_bundle_split(bsub)
+    handlers["bundle.join"] = _add_bundle_join(bsub)
     return handlers

@@ -14,7 +14,7 @@ from appliance.exitcodes import ExitCode
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from appliance.bundle.verify import VerifyOptions, verify_bundle
+    from appliance.bundle.site.verify import VerifyOptions, verify_bundle
     from appliance.cli.bundle_cmds import refuse_without_state, run_with_progress
     from appliance.deploy.engines import DEFAULT as DEFAULT_ENGINE
     from appliance.deploy.run import deploy

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from appliance.bundle.verify import VerifiedBundle, deferred_acceptance
+from appliance.bundle.site.verify import VerifiedBundle, deferred_acceptance
 from appliance.deploy.run import HostResult
 from appliance.events import Event
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.host_desired import HostDesired, RenderedFile
 from appliance.deploy.host_layout import (
     GATEWAY_UNIT,

@@ -33,7 +33,7 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 from appliance.bundle.format import FILES_DIR
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.host_desired import DistSpec, HostDesired, OwnedDir, SecretFile, SystemUser
 from appliance.deploy.host_layout import GATEWAY_UNIT, KEYCLOAK_UNIT, UNIT_NAME, release_etc
 from appliance.deploy.site import Site

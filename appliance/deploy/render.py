@@ -21,7 +21,7 @@ from typing import Any
 from appliance import package_data
 from appliance.bundle.format import FILES_DIR, TARGETS_FILE
 from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.host_desired import (
     HostDesired,
     ReleaseFile,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from appliance.bundle.format import FILES_DIR
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy import engines, remote
 from appliance.deploy.host_desired import HostDesired, HostOutcome
 from appliance.deploy.host_layout import RELEASES

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.verify import verify_bundle
+from appliance.bundle.site.verify import verify_bundle
 from appliance.deploy.host_desired import HostDesired
 from appliance.deploy.integrity import RECORD_FILE
 from appliance.deploy.probe import diff, parse_probe, probe_script

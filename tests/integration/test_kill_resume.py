@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.verify import VerifyOptions, verify_bundle
+from appliance.bundle.site.verify import VerifyOptions, verify_bundle
 from appliance.deploy import smoke
 from appliance.deploy.run import deploy
 from appliance.errors import Cancelled

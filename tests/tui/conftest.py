@@ -15,7 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.model.info import ModelInfo, load_model_info
 from tests.tui.fake_backend import SITE_FILE, FakeBackend, verified_demo_bundle
 from tui.app import ApplianceApp, build_app

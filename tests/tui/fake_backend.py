@@ -42,8 +42,8 @@ from appliance.bundle.payload import (
     TrainingContentSummary,
     WheelSet,
 )
+from appliance.bundle.site.verify import VerifiedBundle, verify_bundle
 from appliance.bundle.trust import new_root, sign_metadata, to_bytes, write_atomic
-from appliance.bundle.verify import VerifiedBundle, verify_bundle
 from appliance.deploy.probe import diff
 from appliance.deploy.render import desired_state
 from appliance.deploy.run import HostResult

@@ -23,10 +23,6 @@ OUTSIDE_THE_TREE = {
     # Carries an OSError from a stat deep inside a path check up to `_reported`, the one
     # place that knows the flag and words the OutputPathError; never leaves the module.
     "appliance.output_paths._Unreachable": "private control flow",
-    # TODO(issue 13): being restructured by the bundle split (see the helper's report):
-    # `_Cancelled` can become errors.Cancelled, `_NeverRaised` an empty except-tuple.
-    "appliance.bundle.build._Cancelled": "private control flow, being moved (issue 13)",
-    "appliance.bundle.sources._NeverRaised": "a placeholder never raised, being moved (issue 13)",
 }
 
 

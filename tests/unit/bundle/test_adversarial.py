@@ -27,10 +27,10 @@ import pytest
 from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
-from appliance.bundle import contents
 from appliance.bundle.format import FILES_DIR, TARGETS_FILE
 from appliance.bundle.keys import generate_key, load_signer
 from appliance.bundle.manifest import sign_bundle
+from appliance.bundle.site import contents
 from appliance.bundle.trust import new_root, rotate_root, sign_metadata, to_bytes, write_atomic
 from appliance.cli.main import main
 

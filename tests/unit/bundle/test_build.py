@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle import build as build_module
-from appliance.bundle.build import build_bundle, recipe_from_args
+from appliance.bundle.build import builder as build_module
+from appliance.bundle.build.builder import build_bundle, recipe_from_args
+from appliance.bundle.build.recipe import Recipe, load_recipe, parse_recipe
+from appliance.bundle.build.sources import Fetched
 from appliance.bundle.format import TARGETS_FILE, FileRecord
 from appliance.bundle.manifest import bundle_contents, read_targets
 from appliance.bundle.payload import Payload
-from appliance.bundle.recipe import Recipe, load_recipe, parse_recipe
-from appliance.bundle.sources import Fetched
 from appliance.errors import BundleBuildError, InputError
 from appliance.events import Event, Finished, Progress, Started, Warned, drain
 from appliance.model.info import load_model_info
@@ -173,7 +173,7 @@ def test_full_bundle(tmp_path: Path, full_recipe: Recipe) -> None:
 
 
 def test_bundle_passes_the_content_check(tmp_path: Path, full_recipe: Recipe) -> None:
-    from appliance.bundle import contents
+    from appliance.bundle.site import contents
 
     out = tmp_path / "b"
     run(full_recipe, out)
@@ -310,7 +310,7 @@ def test_stopping_the_generator_mid_copy_leaves_nothing(
             assert event.done_items == 0  # still inside the one big file
             break
     gen.close()
-    assert outcomes == ["_Cancelled"]  # the copy thread stopped instead of finishing the file
+    assert outcomes == ["Cancelled"]  # the copy thread stopped instead of finishing the file
     assert not (tmp_path / "b").exists()
     assert leftovers(tmp_path) == []
     assert not [t for t in threading.enumerate() if t.name.startswith("bundle-copy")]

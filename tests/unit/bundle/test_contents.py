@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle import contents
-from appliance.bundle.contents import (
+from appliance.bundle.format import FileRecord
+from appliance.bundle.hashing import copy_and_hash
+from appliance.bundle.site import contents
+from appliance.bundle.site.contents import (
     check_file_set,
     hash_range,
     refuse_growth,
     run_bounded,
     verify_contents,
 )
-from appliance.bundle.format import FileRecord
-from appliance.bundle.hashing import copy_and_hash
 from appliance.errors import (
     DigestMismatchError,
     FileSetError,

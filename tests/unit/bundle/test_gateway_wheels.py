@@ -18,18 +18,18 @@ from typing import Any
 import pytest
 
 from appliance import __version__
-from appliance.bundle import build as build_module
-from appliance.bundle import contents
-from appliance.bundle.format import TARGETS_FILE
-from appliance.bundle.manifest import bundle_contents, read_targets
-from appliance.bundle.payload import MediaLayout, Payload, WheelSet
-from appliance.bundle.recipe import GatewaySpec
-from appliance.bundle.sources import (
+from appliance.bundle.build import builder as build_module
+from appliance.bundle.build.recipe import GatewaySpec
+from appliance.bundle.build.sources import (
     appliance_wheel,
     check_appliance_wheel,
     fetch_gateway,
     source_checkout,
 )
+from appliance.bundle.format import TARGETS_FILE
+from appliance.bundle.manifest import bundle_contents, read_targets
+from appliance.bundle.payload import MediaLayout, Payload, WheelSet
+from appliance.bundle.site import contents
 from appliance.errors import BundleBuildError, MetadataError
 from appliance.events import Progress, drain
 from tests.unit.bundle.test_build import gguf_recipe, run

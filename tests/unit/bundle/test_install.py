@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle import contents, install
-from appliance.bundle.contents import check_file_set, verify_contents
 from appliance.bundle.format import FileRecord
 from appliance.bundle.hashing import copy_and_hash
-from appliance.bundle.install import install_files
+from appliance.bundle.site import contents, install
+from appliance.bundle.site.contents import check_file_set, verify_contents
+from appliance.bundle.site.install import install_files
 from appliance.errors import (
     DeploymentError,
     DigestMismatchError,

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle.state import ACCEPTED, AUDIT, ROOTS_DIR, TrustState
+from appliance.bundle.site.state import ACCEPTED, AUDIT, ROOTS_DIR, TrustState
+from appliance.bundle.site.verify import VerifyOptions, install_bundle, verify_bundle
 from appliance.bundle.trust import load_trusted_root
-from appliance.bundle.verify import VerifyOptions, install_bundle, verify_bundle
 from appliance.cli.main import main
 from appliance.errors import OutputPathError, StateWriteError
 from appliance.events import Started, drain
@@ -207,7 +207,7 @@ def test_verify_with_a_read_only_state_fails_before_hashing(
 def test_deferred_acceptance_records_only_on_commit(
     tmp_path: Path, make_bundle: BundleFactory, trust: Trust
 ) -> None:
-    from appliance.bundle.verify import deferred_acceptance
+    from appliance.bundle.site.verify import deferred_acceptance
 
     state = tmp_path / "state"
     verified = drain(verify_bundle(make_bundle(version=3), trust.root_path, state, record=False))

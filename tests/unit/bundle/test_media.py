@@ -23,10 +23,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from appliance.bundle import media
 from appliance.bundle.format import FileRecord
 from appliance.bundle.hashing import PartHasher, copy_and_hash
-from appliance.bundle.media import check_parts, join_parts, split_bundle, stream_segments
+from appliance.bundle.media import join as join_module
+from appliance.bundle.media.check import check_parts
+from appliance.bundle.media.join import join_parts
+from appliance.bundle.media.parts import stream_segments
+from appliance.bundle.media.split import split_bundle
 from appliance.bundle.payload import MediaLayout
 from appliance.errors import (
     DigestMismatchError,
@@ -450,15 +453,17 @@ def test_an_unfinished_split_part_is_ignored_with_a_warning(built: Built, parts_
 
 
 def journal_of(staging: Path) -> list[list[Any]]:
-    applied: list[list[Any]] = json.loads((staging / media.JOURNAL_NAME).read_text())["applied"]
+    applied: list[list[Any]] = json.loads((staging / join_module.JOURNAL_NAME).read_text())[
+        "applied"
+    ]
     return applied
 
 
 def test_interrupted_join_resumes_after_the_applied_parts(
     tmp_path: Path, built: Built, parts_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(media, "CHUNK", 16 * 1024)
-    real_write = media._write_all
+    monkeypatch.setattr(join_module, "CHUNK", 16 * 1024)
+    real_write = join_module.write_all
     written = 0
 
     def failing_write(fd: int, view: memoryview) -> None:
@@ -468,7 +473,7 @@ def test_interrupted_join_resumes_after_the_applied_parts(
         real_write(fd, view)
         written += len(view)
 
-    monkeypatch.setattr(media, "_write_all", failing_write)
+    monkeypatch.setattr(join_module, "write_all", failing_write)
     out, staging = tmp_path / "joined", tmp_path / ".joined.joining"
     with pytest.raises(OSError, match="simulated"):
         join(built, [parts_dir], out)
@@ -476,7 +481,7 @@ def test_interrupted_join_resumes_after_the_applied_parts(
     assert [index for index, _ in journal_of(staging)] == [1, 2]
     assert (staging / "files" / "a.bin").stat().st_size > 2 * PART  # part 3 half written
 
-    monkeypatch.setattr(media, "_write_all", real_write)
+    monkeypatch.setattr(join_module, "write_all", real_write)
     _, events = join(built, [parts_dir], out)
     assert any(
         isinstance(e, Warned) and "parts 1-2 are already applied" in e.message for e in events
@@ -529,7 +534,7 @@ def test_killed_join_resumes(tmp_path: Path, built: Built, parts_dir: Path) -> N
         """
         import json, sys, time
         from pathlib import Path
-        from appliance.bundle import media
+        from appliance.bundle.media import join
         from appliance.bundle.format import FileRecord
         from appliance.bundle.payload import MediaLayout
         from appliance.events import drain
@@ -538,15 +543,15 @@ def test_killed_join_resumes(tmp_path: Path, built: Built, parts_dir: Path) -> N
         records = [FileRecord(**{**r, "shards": tuple(r["shards"])}) for r in spec["records"]]
         layout = MediaLayout.model_validate(spec["layout"])
         parts = Path(spec["parts"])
-        media.CHUNK = 8 * 1024
-        real = media._write_all
+        join.CHUNK = 8 * 1024
+        real = join.write_all
 
         def slow(fd, view):
             time.sleep(0.02)
             real(fd, view)
 
-        media._write_all = slow
-        drain(media.join_parts([parts], layout, "demo", 3, records, parts / "metadata",
+        join.write_all = slow
+        drain(join.join_parts([parts], layout, "demo", 3, records, parts / "metadata",
                                Path(spec["out"])))
         """
     )
@@ -581,7 +586,7 @@ def test_a_staging_dir_of_another_layout_is_discarded(
     staging = tmp_path / ".joined.joining"
     (staging / "files").mkdir(parents=True)
     (staging / "files" / "junk.bin").write_bytes(b"from another bundle")
-    (staging / media.JOURNAL_NAME).write_text(
+    (staging / join_module.JOURNAL_NAME).write_text(
         json.dumps({"journal": 1, "key": "0" * 64, "applied": [[1, "a" * 64]]})
     )
     out, events = join(built, [parts_dir], tmp_path / "joined")
@@ -612,7 +617,7 @@ def test_a_staging_dir_that_disagrees_with_itself_is_discarded(
     gen.close()
     staging = tmp_path / ".joined.joining"
     if damage == "garbage journal":
-        (staging / media.JOURNAL_NAME).write_bytes(b"{not json")
+        (staging / join_module.JOURNAL_NAME).write_bytes(b"{not json")
     else:
         (staging / "files" / "b" / "c.bin").unlink()
     out, events = join(built, [parts_dir], tmp_path / "joined")

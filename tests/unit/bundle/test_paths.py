@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.format import check_no_collisions, check_relpath, fold_path, show_path
-from appliance.bundle.media import join_parts
+from appliance.bundle.media.join import join_parts
 from appliance.cli.main import main
 from appliance.errors import BundleBuildError, MediaPartError, UnsafePathError
 from appliance.events import drain

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bundle.build.recipe import (
+    Recipe,
+    load_recipe,
+    parse_expiry,
+    parse_recipe,
+    parse_size,
+)
 from appliance.bundle.format import FAT32_SAFE_PART_SIZE
-from appliance.bundle.recipe import Recipe, load_recipe, parse_expiry, parse_recipe, parse_size
 from appliance.errors import InputError
 from appliance.exitcodes import ExitCode
 

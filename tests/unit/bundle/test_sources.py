@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle import sources
-from appliance.bundle.recipe import AdapterSpec, ArtifactSpec, ModelSpec, WheelsSpec
-from appliance.bundle.sources import (
+from appliance.bundle.build import sources
+from appliance.bundle.build.recipe import AdapterSpec, ArtifactSpec, ModelSpec, WheelsSpec
+from appliance.bundle.build.sources import (
     download,
     fetch_adapter,
     fetch_artifact,

@@ -28,7 +28,8 @@ from tuf.api.metadata import Metadata, Root
 from appliance.bundle.format import ROOT_HISTORY_DIR, TARGETS_FILE
 from appliance.bundle.keys import generate_key, load_public_key, load_signer
 from appliance.bundle.manifest import sign_bundle
-from appliance.bundle.state import ROOTS_DIR, TrustState
+from appliance.bundle.site.state import ROOTS_DIR, TrustState
+from appliance.bundle.site.verify import VerifiedBundle, VerifyOptions, verify_bundle
 from appliance.bundle.trust import (
     apply_rotations,
     load_trusted_root,
@@ -38,7 +39,6 @@ from appliance.bundle.trust import (
     to_bytes,
     write_atomic,
 )
-from appliance.bundle.verify import VerifiedBundle, VerifyOptions, verify_bundle
 from appliance.cli.main import main
 from appliance.errors import (
     InputError,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.format import FILES_DIR
-from appliance.bundle.verify import VerifiedBundle, VerifyOptions, verify_bundle
+from appliance.bundle.format import FILES_DIR, TARGETS_FILE
+from appliance.bundle.site.verify import VerifiedBundle, VerifyOptions, verify_bundle
 from appliance.errors import (
     RollbackError,
     SameVersionConflictError,
@@ -44,7 +44,20 @@ def test_one_signature_is_not_enough(make_bundle: BundleFactory, trust: Trust) -
 
 def test_verified_bundle_cannot_be_made_by_hand(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="only made by"):
-        VerifiedBundle(tmp_path, "x", "y", 1, None, "", (), 1, None, (), None)  # type: ignore[arg-type]
+        VerifiedBundle(tmp_path, "x", "y", 1, None, "", (), 1, None, (), None, b"")  # type: ignore[arg-type]
+
+
+def test_the_verified_manifest_bytes_are_carried(make_bundle: BundleFactory, trust: Trust) -> None:
+    bundle = make_bundle()
+    targets = bundle / TARGETS_FILE
+    verified_bytes = targets.read_bytes()
+    result = verify(bundle, trust)
+    assert result.manifest_bytes == verified_bytes
+    # What was verified stays what the proof carries, whatever the file holds later.
+    targets.write_bytes(verified_bytes.replace(b'"version"', b'"version" ', 1))
+    assert targets.read_bytes() != verified_bytes
+    assert result.manifest_bytes == verified_bytes
+    assert "manifest_bytes" not in repr(result)
 
 
 def test_rollback_and_same_version_other_content(
@@ -93,7 +106,7 @@ def test_install_writes_a_read_only_release_in_one_step(
 ) -> None:
     import stat
 
-    from appliance.bundle.verify import install_bundle
+    from appliance.bundle.site.verify import install_bundle
 
     bundle = make_bundle(version=4)
     releases = tmp_path / "releases"
@@ -105,6 +118,7 @@ def test_install_writes_a_read_only_release_in_one_step(
     assert (dest / "metadata/targets.json").read_bytes() == (
         bundle / "metadata/targets.json"
     ).read_bytes()
+    assert installed.manifest_bytes == (dest / "metadata/targets.json").read_bytes()
     config = dest / FILES_DIR / "models/demo/config.json"
     assert config.read_bytes() == (bundle / FILES_DIR / "models/demo/config.json").read_bytes()
     assert stat.S_IMODE(config.stat().st_mode) == 0o444

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle import contents, media, verify
+from appliance.bundle.media import join
+from appliance.bundle.site import contents, verify
 from appliance.cli.main import main
 from tests.unit.bundle.conftest import BundleFactory, Trust
 from tests.unit.mounts import needs_root, read_only, snapshot
@@ -32,7 +33,7 @@ def no_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(contents, "verify_contents", hashed)
     monkeypatch.setattr(verify, "install_files", hashed)
-    monkeypatch.setattr(media, "check_parts", hashed)
+    monkeypatch.setattr(join, "check_parts", hashed)
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.state import ACCEPTED, TrustState
-from appliance.bundle.verify import verify_bundle
+from appliance.bundle.site.state import ACCEPTED, TrustState
+from appliance.bundle.site.verify import verify_bundle
 from appliance.deploy.acceptance import deploy_and_accept
 from appliance.deploy.run import HostResult
 from appliance.errors import DeploymentError, StateWriteError

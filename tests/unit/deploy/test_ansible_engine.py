@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle.verify import verify_bundle
+from appliance.bundle.site.verify import verify_bundle
 from appliance.deploy.engines.ansible import (
     PLAYBOOK,
     dump_host_vars,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from appliance.bundle.verify import verify_bundle
+from appliance.bundle.site.verify import verify_bundle
 from appliance.deploy.host_layout import CURRENT, RELEASES, UNIT_NAME, UNIT_PATH
 from appliance.deploy.probe import diff, parse_probe, probe_script
 from appliance.deploy.render import desired_state

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from appliance.bundle.payload import WheelSet
-from appliance.bundle.verify import VerifiedBundle, verify_bundle
+from appliance.bundle.site.verify import VerifiedBundle, verify_bundle
 from appliance.deploy.gateway_layer import GATEWAY_UNIT, secure
 from appliance.deploy.host_desired import HostDesired
 from appliance.deploy.host_layout import NFT_BOOT_UNIT, RULESET_PATH, UNIT_NAME

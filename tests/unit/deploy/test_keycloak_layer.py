@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.payload import ArtifactEntry
-from appliance.bundle.verify import VerifiedBundle
+from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.engines.ansible import dump_host_vars
 from appliance.deploy.gateway_layer import secure
 from appliance.deploy.host_desired import DistSpec, HostDesired

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle import keys, manifest, signed_types, state, trust
+from appliance.bundle import keys, manifest, signed_types, trust
+from appliance.bundle.site import state
 from appliance.errors import InputError
 from appliance.lab import inventory_files, network
 

@@ -21,12 +21,16 @@ from typing import Any
 import pytest
 
 from appliance import __version__
-from appliance.bundle import contents
+from appliance.bundle.build.recipe import InstallerSpec
+from appliance.bundle.build.sources import (
+    INSTALLER_WHEEL_NEEDS,
+    check_installer_wheel,
+    fetch_installer,
+)
 from appliance.bundle.format import TARGETS_FILE
 from appliance.bundle.manifest import bundle_contents, read_targets
 from appliance.bundle.payload import MediaLayout, Payload, WheelSet
-from appliance.bundle.recipe import InstallerSpec
-from appliance.bundle.sources import INSTALLER_WHEEL_NEEDS, check_installer_wheel, fetch_installer
+from appliance.bundle.site import contents
 from appliance.errors import BundleBuildError, InputError, MetadataError
 from appliance.events import drain
 from tests.unit.bundle.test_build import gguf_recipe, run

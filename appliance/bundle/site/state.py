@@ -48,6 +48,7 @@ from typing import Any
 from tuf.api.metadata import Metadata, Root
 
 from appliance.bundle.format import MAX_ROOT_BYTES
+from appliance.bundle.safe_fs import CREATE_FLAGS
 from appliance.bundle.trust import (
     check_rotation,
     parse_root,
@@ -396,8 +397,7 @@ class PendingRecord:
             target.parent.mkdir(mode=0o700)
             self.made_dirs.append(target.parent)
         temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temp, flags, 0o644)
+        fd = os.open(temp, CREATE_FLAGS, 0o644)
         self.staged.append((temp, target))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

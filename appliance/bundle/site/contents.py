@@ -12,7 +12,8 @@ freshness): the ``FileRecord`` values are trusted, the directory is not.
 Invariants:
 - Nothing here follows a symbolic link: the tree is walked with ``lstat``, and
   files are opened component by component relative to directory descriptors
-  with ``O_NOFOLLOW``; ``files_dir`` itself must be a real directory.
+  with ``O_NOFOLLOW`` (the flags of ``appliance.bundle.safe_fs``); ``files_dir``
+  itself must be a real directory.
 - What is hashed is read from a descriptor whose ``fstat`` was checked
   (regular file, one link, the signed length), and a file that shrinks or grows
   while it is read is refused: there is no window between check and use.
@@ -21,7 +22,7 @@ Invariants:
   ``2 x workers`` tasks in flight (a task is one shard, or a batch of small
   files), and a file is open only while a worker is on it.
 
-``appliance.bundle.install`` reuses the opening, hashing and scheduling helpers
+``appliance.bundle.site.install`` reuses the opening, hashing and scheduling helpers
 so that install checks files the same way verify does.
 """
 
@@ -47,6 +48,7 @@ from appliance.bundle.format import (
     describe_mode,
     expected_shard_count,
 )
+from appliance.bundle.safe_fs import DIR_FLAGS, READ_FLAGS
 from appliance.errors import (
     DigestMismatchError,
     FileSetError,
@@ -72,9 +74,6 @@ PROGRESS_INTERVAL = 0.1  # seconds: at most ~10 progress events a second
 # Stop walking a tree with far more entries than any bundle may list ("endless data").
 MAX_WALK_ENTRIES = 2 * MAX_FILES
 
-# O_NONBLOCK: opening a FIFO for reading must not hang waiting for a writer.
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _REFETCH_HINT = (
     "The bundle was damaged or altered after signing; copy it again from the original medium."

@@ -32,7 +32,9 @@ from collections.abc import Generator, Sequence
 from functools import partial
 from pathlib import Path
 
-from appliance.bundle.contents import (
+from appliance.bundle.format import FileRecord
+from appliance.bundle.safe_fs import CREATE_FLAGS, DIR_FLAGS
+from appliance.bundle.site.contents import (
     PROGRESS_INTERVAL,
     Batch,
     OpenFile,
@@ -48,13 +50,11 @@ from appliance.bundle.contents import (
     thread_buffer,
     validate_records,
 )
-from appliance.bundle.format import FileRecord
 from appliance.errors import DeploymentError, InputError
 from appliance.events import Event, Finished, Progress, Started, Throttle
 
 FILE_MODE = 0o444
 DIR_MODE = 0o555
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _write_error(path: str, exc: OSError) -> DeploymentError:
@@ -129,7 +129,7 @@ class _Stager:
         """The checked source and a new staged file (never an existing one)."""
         src = open_record(self.src_fd, record)
         try:
-            dst = os.open(self.staging / record.path, _CREATE_FLAGS, 0o600)
+            dst = os.open(self.staging / record.path, CREATE_FLAGS, 0o600)
         except OSError as exc:
             os.close(src)
             raise _write_error(record.path, exc) from exc
@@ -141,7 +141,7 @@ class _Stager:
         for rel in [*order, ""]:
             path = self.staging / rel if rel else self.staging
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(path, DIR_FLAGS)
                 try:
                     os.fsync(fd)
                     os.fchmod(fd, DIR_MODE)

@@ -1,7 +1,7 @@
 """Build an unsigned bundle from a recipe (connected side).
 
 ``build_bundle(recipe, out_dir)`` is a generator of events that returns the
-bundle directory. Steps: fetch every source (``appliance.bundle.sources``),
+bundle directory. Steps: fetch every source (``appliance.bundle.build.sources``),
 check every destination path (``check_relpath``, ``check_no_collisions``)
 before anything is copied, copy each file once in manifest order (sorted
 paths) with ``copy_and_hash`` feeding one ``PartHasher``, so file digests,
@@ -38,6 +38,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance import __version__
+from appliance.bundle.build.recipe import Recipe, check_profiles, format_size, parse_recipe
+from appliance.bundle.build.sources import (
+    Fetched,
+    fetch_adapter,
+    fetch_artifact,
+    fetch_gateway,
+    fetch_installer,
+    fetch_model,
+    fetch_wheels,
+)
 from appliance.bundle.format import (
     FAT32_SAFE_PART_SIZE,
     FILES_DIR,
@@ -54,17 +64,13 @@ from appliance.bundle.payload import (
     ModelEntry,
     Payload,
 )
-from appliance.bundle.recipe import Recipe, check_profiles, format_size, parse_recipe
-from appliance.bundle.sources import (
-    Fetched,
-    fetch_adapter,
-    fetch_artifact,
-    fetch_gateway,
-    fetch_installer,
-    fetch_model,
-    fetch_wheels,
+from appliance.errors import (
+    BundleBuildError,
+    Cancelled,
+    InputError,
+    ModelFileError,
+    UnsafePathError,
 )
-from appliance.errors import BundleBuildError, InputError, ModelFileError, UnsafePathError
 from appliance.events import Event, Finished, Progress, Started, Warned
 
 OPERATION = "build"
@@ -81,10 +87,6 @@ class ManifestWriter(Protocol):
         version: int,
         expires: datetime,
     ) -> Path: ...
-
-
-class _Cancelled(Exception):
-    """Raised inside the copy thread when the consumer stopped the build."""
 
 
 def recipe_from_args(
@@ -342,7 +344,7 @@ def _copy_all(
     def on_bytes(n: int) -> None:
         nonlocal copied
         if cancel.is_set():
-            raise _Cancelled
+            raise Cancelled("the bundle build was stopped while copying")
         copied += n
 
     records: list[FileRecord] = []

@@ -44,7 +44,6 @@ from pathlib import Path
 
 from tuf.api.metadata import Metadata, Root
 
-from appliance.bundle import contents
 from appliance.bundle.format import (
     FILES_DIR,
     MAX_VERSION_JUMP,
@@ -53,7 +52,6 @@ from appliance.bundle.format import (
     TARGETS_FILE,
     FileRecord,
 )
-from appliance.bundle.install import install_files, rename_noreplace
 from appliance.bundle.manifest import (
     bundle_contents,
     content_digest,
@@ -62,7 +60,9 @@ from appliance.bundle.manifest import (
     targets_path,
 )
 from appliance.bundle.payload import Payload
-from appliance.bundle.state import Accepted, PendingRecord, TrustState
+from appliance.bundle.site import contents
+from appliance.bundle.site.install import install_files, rename_noreplace
+from appliance.bundle.site.state import Accepted, PendingRecord, TrustState
 from appliance.bundle.trust import (
     check_not_expired,
     check_signatures,
@@ -104,6 +104,9 @@ class VerifiedBundle:
     payload: Payload
     records: tuple[FileRecord, ...]
     previous_version: int | None
+    # The exact bytes of ``metadata/targets.json`` that passed verification: what a
+    # consumer reads the manifest from, never the file again (it may have changed since).
+    manifest_bytes: bytes = field(repr=False)
     _token: object = field(repr=False, compare=False, default=None)
     # What step 9 needs when the caller records the acceptance later (a deploy).
     _checked: Checked | None = field(repr=False, compare=False, default=None)
@@ -111,7 +114,7 @@ class VerifiedBundle:
     def __post_init__(self) -> None:
         if self._token is not _TOKEN:
             raise TypeError(
-                "a VerifiedBundle is only made by appliance.bundle.verify.verify_bundle"
+                "a VerifiedBundle is only made by appliance.bundle.site.verify.verify_bundle"
             )
 
     @property
@@ -286,6 +289,7 @@ def _proof(checked: Checked, directory: Path, *, deferred: bool = False) -> Veri
         payload=payload,
         records=tuple(checked.records),
         previous_version=previous.version if previous is not None else None,
+        manifest_bytes=checked.manifest_bytes,
         _token=_TOKEN,
         _checked=checked if deferred else None,
     )

@@ -47,6 +47,15 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from appliance import __version__, package_data
+from appliance.bundle.build.recipe import (
+    APPLIANCE_WHEEL,
+    AdapterSpec,
+    ArtifactSpec,
+    GatewaySpec,
+    InstallerSpec,
+    ModelSpec,
+    WheelsSpec,
+)
 from appliance.bundle.format import describe_mode
 from appliance.bundle.payload import (
     GATEWAY_WHEELS_DIR,
@@ -57,15 +66,6 @@ from appliance.bundle.payload import (
     ModelEntry,
     ModelSource,
     WheelSet,
-)
-from appliance.bundle.recipe import (
-    APPLIANCE_WHEEL,
-    AdapterSpec,
-    ArtifactSpec,
-    GatewaySpec,
-    InstallerSpec,
-    ModelSpec,
-    WheelsSpec,
 )
 from appliance.errors import BundleBuildError
 from appliance.input_files import open_input, parse_json, read_input
@@ -277,10 +277,6 @@ def _gguf_model(spec: ModelSpec, path: Path, source: ModelSource) -> Fetched[Mod
     return Fetched(entry, [(path, f"models/{filename}")])
 
 
-class _NeverRaised(Exception):
-    pass
-
-
 def hub_snapshot(
     repo_id: str, revision: str, *, cache_dir: Path | None, offline: bool
 ) -> tuple[Path, str]:
@@ -302,8 +298,11 @@ def hub_snapshot(
         RevisionNotFoundError,
     )
 
-    # Older huggingface_hub releases lack IncompleteSnapshotError (they return partial snapshots).
-    incomplete: type[Exception] = getattr(hf_errors, "IncompleteSnapshotError", _NeverRaised)
+    # Older huggingface_hub releases lack IncompleteSnapshotError (they return partial
+    # snapshots): then the tuple is empty and the clause catches nothing.
+    incomplete: tuple[type[Exception], ...] = tuple(
+        c for c in (getattr(hf_errors, "IncompleteSnapshotError", None),) if c is not None
+    )
 
     where = f"{repo_id} at revision {revision}"
     try:
