@@ -84,6 +84,11 @@ class DiskSpaceError(DeploymentError):
     """A host's filesystem has less free space than the release needs; refused before upload."""
 
 
+class RemoteFactsError(DeploymentError):
+    """What a host's facts script printed cannot be read (cut off, a section missing, a number
+    that is not one, a GPU report that does not validate)."""
+
+
 # --- bundle verification: one class per kind of failure (all exit 4) -------------
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from appliance.detect.facts import HostFacts
     from appliance.model.info import ModelInfo
     from appliance.plan.inventory import Inventory
+    from appliance.plan.profiles import Profile
     from appliance.plan.report import Plan
 
 
@@ -53,8 +54,8 @@ class Session:
     results: list[HostResult] | None = None
 
     @property
-    def profile(self) -> str | None:
-        return None if self.plan is None else self.plan.selection.profile.name
+    def profile(self) -> Profile | None:
+        return None if self.plan is None else self.plan.selection.profile
 
     def invalidate_from(self, step: str) -> None:
         """Forget the answers of ``step`` and of every step after it."""

@@ -22,12 +22,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from appliance.errors import InputError
     from appliance.plan.inventory import load_inventory
     from appliance.plan.profiles import load_profiles
+    from appliance.plan.selection import resolve_profile
 
     _refuse_ignored_flags(args)
     refuse_without_state(args, "--allow-downgrade")
     _check_outputs(args)
     inventory = load_inventory(args.inventory)
     profiles = load_profiles(args.profiles_dir)
+    # Resolved once, before the bundle is hashed: an unknown profile is refused here.
+    requested = resolve_profile(profiles, args.profile)
     site = load_site(args.site) if args.site is not None else None
     if site is not None and site.secrets_dir is not None and args.emit_ansible is None:
         from appliance.output_paths import writable_directory
@@ -46,7 +49,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         quiet=args.json,
     )
     if args.emit_ansible is not None:
-        return _emit_ansible(args, verified, inventory, profiles, site)
+        return _emit_ansible(args, verified, inventory, profiles, requested, site)
     engine: str = args.engine or DEFAULT_ENGINE
     if not args.dry_run and not args.yes:
         # Show what would change first; then a person confirms, a script says --yes.
@@ -55,7 +58,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 verified,
                 inventory,
                 profiles,
-                profile=args.profile,
+                profile=requested,
                 engine=engine,
                 dry_run=True,
                 force=args.force,
@@ -69,7 +72,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if input("Deploy these changes? [y/N] ").strip().lower() not in ("y", "yes"):
             print("appliance: nothing changed", file=sys.stderr)
             return ExitCode.OK
-    results = _deploy_and_record(args, verified, inventory, profiles, site, engine)
+    results = _deploy_and_record(args, verified, inventory, profiles, requested, site, engine)
     data = [
         {"host": r.host, "status": r.status, "message": r.message, "audit": r.audit_hash,
          "gateway_port": r.gateway_port, "firewall": r.firewall, "keycloak": r.keycloak,
@@ -98,6 +101,7 @@ def _deploy_and_record(
     verified: Any,
     inventory: Any,
     profiles: Any,
+    requested: Any,
     site: Any,
     engine: str,
 ) -> list[Any]:
@@ -110,7 +114,7 @@ def _deploy_and_record(
     from appliance.deploy.acceptance import deploy_and_accept
     from appliance.deploy.run import deploy
 
-    deploying = deploy(verified, inventory, profiles, profile=args.profile, engine=engine,
+    deploying = deploy(verified, inventory, profiles, profile=requested, engine=engine,
                        dry_run=args.dry_run, force=args.force, operator=getpass.getuser(),
                        site=site)  # fmt: skip
     if not args.dry_run:
@@ -158,19 +162,24 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _emit_ansible(
-    args: argparse.Namespace, verified: Any, inventory: Any, profiles: Any, site: Any
+    args: argparse.Namespace,
+    verified: Any,
+    inventory: Any,
+    profiles: Any,
+    requested: Any,
+    site: Any,
 ) -> int:
     from appliance.deploy.engines.ansible import PLAYBOOK, emit_ansible
-    from appliance.deploy.run import plan_host
+    from appliance.deploy.run import plan_hosts
     from appliance.errors import InputError
 
-    # The same per-host plans as a deploy (facts read over SSH); nothing changes on any host.
+    # The same site plan as a deploy (facts read over SSH); nothing changes on any host.
     hosts = inventory.with_role("model-server")
     if not hosts:
         raise InputError("the inventory has no host with the model-server role")
-    plans = [plan_host(verified, host, profiles, args.profile, force=args.force, site=site,
-                       inventory=inventory)[1] for host in hosts]  # fmt: skip
-    config = emit_ansible(plans, args.emit_ansible)
+    planned = plan_hosts(verified, hosts, profiles, requested, force=args.force, site=site,
+                         inventory=inventory)  # fmt: skip
+    config = emit_ansible([planned[host.name][1] for host in hosts], args.emit_ansible)
     hosts_ini = config.parent / "inventory" / "hosts.ini"
     command = f"ANSIBLE_CONFIG={config} ansible-playbook -i {hosts_ini} {PLAYBOOK}"
     if args.json:

@@ -131,19 +131,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from appliance.model.info import load_model_info
     from appliance.plan.profiles import load_profiles
     from appliance.plan.report import build_plan, plan_to_json
+    from appliance.plan.selection import resolve_profile
 
     profiles = load_profiles(args.profiles_dir)
-    if args.profile != "auto":
-        from appliance.plan.profiles import get_profile
-
-        get_profile(profiles, args.profile)  # unknown name: fail before detection
+    requested = resolve_profile(profiles, args.profile)  # unknown name: fail before detection
     model = load_model_info(args.model) if args.model is not None else None
     hosts, source = _hosts(args.facts)
     plan = build_plan(
         profiles,
         hosts,
         facts_source=source,
-        requested=args.profile,
+        requested=requested,
         model=model,
         context=args.context,
     )

@@ -1,8 +1,9 @@
 """Deploy a verified bundle to the inventory's model-server hosts.
 
-Per host: facts read over SSH (the same pure parsers as local detection) ->
-plan with the requested profile and the bundle's own model (a misfit stops
-here, exit 3, unless forced) -> desired state -> dry run (the diff, nothing
+Facts read over SSH from every host (``appliance.detect.remote``: the same
+pure parsers as local detection) -> one site plan with the requested profile
+and the bundle's own model (``appliance.plan.site``; a misfit stops here,
+exit 3, unless forced) -> per host: desired state -> dry run (the diff, nothing
 changed) or: lock, journal, engine converge, activate the release's unit,
 health check, then and only then switch ``current``; a failed health check
 re-activates the previous release, which keeps serving. Every step is
@@ -38,15 +39,13 @@ from appliance.deploy.probe import (
 )
 from appliance.deploy.render import desired_state
 from appliance.deploy.site import Site
-from appliance.detect.cpu import parse_cpuinfo
-from appliance.detect.facts import CpuFacts, DiskFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
-from appliance.detect.host import parse_os_release
+from appliance.detect.facts import HostFacts
+from appliance.detect.remote import facts_script, parse_facts_output
 from appliance.errors import (
     ApplianceError,
     Cancelled,
     DeploymentError,
     DiskSpaceError,
-    DoesNotFitError,
     HostStateError,
     InputError,
 )
@@ -55,78 +54,14 @@ from appliance.model.info import load_model_info
 from appliance.plan.engine_args import argv_port
 from appliance.plan.inventory import HostEntry, Inventory
 from appliance.plan.profiles import Profile
-from appliance.plan.report import Plan, build_plan
-
-_FACTS_SCRIPT = r"""echo "@@hostname"; hostname
-echo "@@nproc"; nproc
-echo "@@cores"; (lscpu -p=CORE 2>/dev/null | grep -v '^#' | sort -u | wc -l) || echo 0
-echo "@@meminfo"; cat /proc/meminfo
-echo "@@uname"; uname -sr; uname -m
-echo "@@python"; python3 -c 'import platform; print(platform.python_version())'
-echo "@@nvidia"; ls /dev/nvidiactl 2>/dev/null || true
-echo "@@osrelease"; cat /etc/os-release 2>/dev/null
-echo "@@cpuinfo"; cat /proc/cpuinfo
-echo "@@df"; d=/opt/appliance/releases; while [ ! -d "$d" ]; do d=$(dirname "$d"); done
-echo "$d"; df -P -B1 "$d" | tail -n 1
-"""
+from appliance.plan.report import Plan
+from appliance.plan.selection import Requested, requested_name
+from appliance.plan.site import plan_site
 
 
 def remote_facts(host: HostEntry) -> HostFacts:
-    sections: dict[str, list[str]] = {}
-    current = ""
-    for line in remote.run(host, _FACTS_SCRIPT, timeout=60).splitlines():
-        if line.startswith("@@"):
-            current = line[2:]
-            sections[current] = []
-        elif current:
-            sections[current].append(line)
-    meminfo = {
-        k.strip(): v.split()[0]
-        for k, _, v in (ln.partition(":") for ln in sections.get("meminfo", []))
-        if v.strip()
-    }
-    model, flags = parse_cpuinfo("\n".join(sections.get("cpuinfo", [])))
-    logical = int((sections.get("nproc") or ["1"])[0])
-    cores = int((sections.get("cores") or ["0"])[0] or 0) or logical
-    system, _, kernel = (sections.get("uname") or ["Linux unknown"])[0].partition(" ")
-    machine = (sections.get("uname") or ["", "unknown"])[-1]
-    gpu = (
-        GpuReport(
-            status="error",
-            message="an NVIDIA device is present; remote NVML detection is not implemented yet",
-        )
-        if sections.get("nvidia")
-        else GpuReport(
-            status="no-nvidia-device",
-            message="no NVIDIA device node on the host (/dev/nvidiactl missing)",
-        )
-    )
-    return HostFacts(
-        hostname=host.name,
-        collected_at="",
-        os=OsFacts(
-            system,
-            parse_os_release("\n".join(sections.get("osrelease", []))),
-            kernel,
-            (sections.get("python") or ["unknown"])[0],
-        ),
-        cpu=CpuFacts(model, machine, cores, logical, flags),
-        memory=MemoryFacts(
-            int(meminfo.get("MemTotal", "0")) * 1024, int(meminfo.get("MemAvailable", "0")) * 1024
-        ),
-        disks=_disks(sections.get("df", [])),
-        gpu=gpu,
-    )
-
-
-def _disks(lines: list[str]) -> tuple[DiskFacts, ...]:
-    """The releases' filesystem from the facts script's ``df -P`` line (nothing if unreadable)."""
-    if len(lines) < 2:
-        return ()
-    fields = lines[1].split()
-    if len(fields) < 6 or not fields[1].isdigit() or not fields[3].isdigit():
-        return ()
-    return (DiskFacts(RELEASES, lines[0], int(fields[1]), int(fields[3])),)
+    """The host's facts, read over SSH by the facts script (``appliance.detect.remote``)."""
+    return parse_facts_output(remote.run(host, facts_script(RELEASES), timeout=60), host.name)
 
 
 @dataclass
@@ -142,49 +77,52 @@ class HostResult:
     keycloak: dict[str, str] | None = None  # its issuer and where its secrets are (paths only)
 
 
-def plan_host(
+def plan_hosts(
     verified: VerifiedBundle,
-    host: HostEntry,
+    hosts: Sequence[HostEntry],
     profiles: dict[str, Profile],
-    profile: str,
+    profile: Requested,
     *,
     force: bool,
     site: Site | None = None,
     inventory: Inventory | None = None,
-) -> tuple[Plan, HostDesired]:
-    """The host's plan and desired state; with ``site``, the gateway and firewall too (and
-    Keycloak, when the site says ``sso.install``)."""
+) -> dict[str, tuple[Plan, HostDesired]]:
+    """Each host's plan and desired state, from one site plan over all the hosts' facts; with
+    ``site``, the gateway and firewall too (and Keycloak, when the site says ``sso.install``)."""
     model = verified.payload.model
     if model is None:
         raise InputError("the bundle carries no model; nothing to serve")
     info = load_model_info(verified.directory / FILES_DIR / model.path)
-    plan = build_plan(
-        profiles,
-        (remote_facts(host),),
-        facts_source=f"ssh {host.name}",
-        requested=profile,
-        model=info,
+    inventory = inventory or Inventory(schema_version=1, hosts=list(hosts))
+    keycloak = (
+        site is not None and site.config.sso is not None and site.config.sso.install is not None
     )
-    if not plan.fits and not force:
-        problems = "; ".join(plan.fit.problems) if plan.fit else "see appliance plan"
-        raise DoesNotFitError(f"{host.name}: the bundle's model does not fit profile {profile}: {problems}",
-                              hint="Run `appliance plan` against this host's facts, or pass --force.")  # fmt: skip
-    if not plan.commands:
-        raise DoesNotFitError(
-            f"{host.name}: no engine command could be planned for profile {profile}"
+    site_plan = plan_site(profiles, profile, {h.name: remote_facts(h) for h in hosts}, inventory,
+                          info, force=force, gateway=site is not None, keycloak=keycloak)  # fmt: skip
+    workers = [p.host for p in site_plan.parts if p.serves == "worker"]
+    if workers:
+        raise DeploymentError(
+            f"profile {requested_name(profile)} plans one model served by several hosts "
+            f"({', '.join(' '.join(g) for g in site_plan.groups)}: head and {len(workers)} "
+            "worker(s)); this release lays down single-host model servers only",
+            hint="Deploy with a single-node profile (see `appliance plan`), or one host per inventory.",
         )
-    engine_kind = plan.selection.profile.engine.kind
-    desired = desired_state(verified, plan.commands[0], host, engine=engine_kind)
-    if site is not None:
-        from appliance.deploy.gateway_layer import secure
+    planned: dict[str, tuple[Plan, HostDesired]] = {}
+    for host in hosts:
+        part = site_plan.part(host.name)
+        desired = desired_state(
+            verified, part.command, host, engine=part.plan.selection.profile.engine.kind
+        )
+        if site is not None and part.gateway:
+            from appliance.deploy.gateway_layer import secure
 
-        inventory = inventory or Inventory(schema_version=1, hosts=[host])
-        desired = secure(desired, plan, verified, site, inventory)
-        if site.config.sso is not None and site.config.sso.install is not None:
-            from appliance.deploy.keycloak_layer import install_keycloak
+            desired = secure(desired, part.plan, verified, site, inventory)
+            if part.keycloak:
+                from appliance.deploy.keycloak_layer import install_keycloak
 
-            desired = install_keycloak(desired, plan, verified, site, inventory)
-    return plan, desired
+                desired = install_keycloak(desired, part.plan, verified, site, inventory)
+        planned[host.name] = (part.plan, desired)
+    return planned
 
 
 def _port(plan: Plan) -> int:
@@ -199,7 +137,7 @@ def deploy(
     inventory: Inventory,
     profiles: dict[str, Profile],
     *,
-    profile: str,
+    profile: Requested,
     engine: str = "pyinfra",
     dry_run: bool = False,
     force: bool = False,
@@ -243,10 +181,12 @@ def deploy(
             if not dry_run:
                 _audit_refusal(host, exc, verified.version, operator)
             yield Warned("deploy", exc.message)
-            continue
-        planned[host.name] = plan_host(
-            verified, host, profiles, profile, force=force, site=site, inventory=inventory
+    # One site plan over every host left (each host's part and command), then each is probed.
+    if hosts:
+        planned = plan_hosts(
+            verified, hosts, profiles, profile, force=force, site=site, inventory=inventory
         )
+    for done, host in enumerate(hosts, 1):
         desired = planned[host.name][1]
         results[host.name].port = _port(planned[host.name][0])
         results[host.name].gateway_port = desired.gateway_port
@@ -258,7 +198,7 @@ def deploy(
             damaged[host.name] = why
         if (shortfall := disk_shortfall(desired, actual)) is not None:
             short[host.name] = shortfall
-        yield Progress("plan", 0, None, len(planned), len(hosts), host.name)
+        yield Progress("plan", 0, None, done, len(hosts), host.name)
     if not hosts:
         yield Finished("deploy", "no host can be deployed to: each was refused before any change")
         return list(results.values())
@@ -573,4 +513,4 @@ def _finish(
     return result
 
 
-__all__ = ["HostResult", "deploy", "plan_host", "remote_facts"]
+__all__ = ["HostResult", "deploy", "plan_hosts", "remote_facts"]

@@ -46,7 +46,7 @@ def build_plan(
     hosts: tuple[HostFacts, ...],
     *,
     facts_source: str,
-    requested: str = "auto",
+    requested: str | Profile = "auto",
     model: ModelInfo | None = None,
     context: int | None = None,
 ) -> Plan:

@@ -212,9 +212,23 @@ def _no_gpu_notice(
     )
 
 
+Requested = Profile | Literal["auto"]  # what a command asked for, resolved once
+
+
+def resolve_profile(profiles: dict[str, Profile], name: str) -> Requested:
+    """``--profile NAME`` resolved: "auto", or the profile (an unknown name raises
+    ``ProfileError`` naming the known ones). Done once, before any slow step."""
+    return "auto" if name == "auto" else get_profile(profiles, name)
+
+
+def requested_name(requested: Requested) -> str:
+    return requested if isinstance(requested, str) else requested.name
+
+
 def select_profile(
-    profiles: dict[str, Profile], hosts: tuple[HostFacts, ...], requested: str = "auto"
+    profiles: dict[str, Profile], hosts: tuple[HostFacts, ...], requested: str | Profile = "auto"
 ) -> Selection:
+    """``requested``: "auto", a profile's name, or a profile already resolved (``get_profile``)."""
     ordered = sorted(profiles.values(), key=lambda p: (-p.preference, p.name))
     candidates = [match_profile(p, hosts) for p in ordered]
     warnings: list[str] = []
@@ -229,7 +243,7 @@ def select_profile(
         chosen = profiles[chosen_name]
         mode: Literal["auto", "requested"] = "auto"
     else:
-        chosen = get_profile(profiles, requested)
+        chosen = requested if isinstance(requested, Profile) else get_profile(profiles, requested)
         mode = "requested"
         mismatch = next(c for c in candidates if c.profile == chosen.name)
         if not mismatch.matches:

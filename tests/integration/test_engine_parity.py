@@ -36,7 +36,7 @@ from appliance.bundle.site.verify import verify_bundle
 from appliance.deploy.host_desired import HostDesired
 from appliance.deploy.integrity import RECORD_FILE
 from appliance.deploy.probe import diff, parse_probe, probe_script
-from appliance.deploy.run import plan_host
+from appliance.deploy.run import plan_hosts
 from appliance.deploy.site import load_site
 from appliance.events import drain
 from appliance.lab import dev_site
@@ -149,8 +149,10 @@ def plan_for(work: Path, inventory: Path) -> HostDesired:
     verified = drain(verify_bundle(work / BUNDLE, work / "keys/root.json"))
     loaded = load_inventory(inventory)
     site = load_site(work / "site" / SITE_FILE)
-    return plan_host(verified, loaded.hosts[0], load_profiles(), "cpu-llamacpp", force=False,
-                     site=site, inventory=loaded)[1]  # fmt: skip
+    profiles = load_profiles()
+    host = loaded.hosts[0]
+    return plan_hosts(verified, [host], profiles, profiles["cpu-llamacpp"], force=False,
+                      site=site, inventory=loaded)[host.name][1]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

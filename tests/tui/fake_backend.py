@@ -279,7 +279,7 @@ class FakeBackend(Backend):
         return True, f"{who}: ok (Debian GNU/Linux 12 (bookworm))"
 
     def _changes(
-        self, inventory: Inventory, profile: str, force: bool, site: Site | None
+        self, inventory: Inventory, profile: Profile, force: bool, site: Site | None
     ) -> dict[str, HostResult]:
         plan = build_plan(
             self.profiles(), load_facts(self.facts), facts_source="fake", requested=profile,
@@ -287,7 +287,7 @@ class FakeBackend(Backend):
         )  # fmt: skip
         if not plan.fits and not force:
             raise DoesNotFitError(
-                f"the bundle's model does not fit profile {profile}",
+                f"the bundle's model does not fit profile {profile.name}",
                 hint="Run `appliance plan` against this host's facts, or pass --force.",
             )
         results = {}
@@ -305,11 +305,11 @@ class FakeBackend(Backend):
         verified: VerifiedBundle,
         inventory: Inventory,
         *,
-        profile: str,
+        profile: Profile,
         force: bool,
         site: Site | None,
     ) -> Generator[Event, None, list[HostResult]]:
-        self._enter("review", profile=profile, force=force, site=site and site.path)
+        self._enter("review", profile=profile.name, force=force, site=site and site.path)
         results = self._changes(inventory, profile, force, site)
         yield Started("deploy", total_items=len(results))
         for i, name in enumerate(results, start=1):
@@ -322,12 +322,12 @@ class FakeBackend(Backend):
         verified: VerifiedBundle,
         inventory: Inventory,
         *,
-        profile: str,
+        profile: Profile,
         force: bool,
         site: Site | None,
         cancel: threading.Event,
     ) -> Generator[Event, None, list[HostResult]]:
-        self._enter("deploy", profile=profile, force=force, site=site and site.path)
+        self._enter("deploy", profile=profile.name, force=force, site=site and site.path)
         self.cancel_event = cancel
         results = self._changes(inventory, profile, force, site)
         addresses = {h.name: h.address for h in inventory.hosts}

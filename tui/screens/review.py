@@ -48,7 +48,7 @@ host's loopback. Nothing is changed until you confirm the deploy.
         forced = " (forced: does not fit)" if session.force else ""
         yield Label(Text("Plan review (dry run)", "bold"), classes="title")
         yield Static(
-            f"profile {session.profile}{forced}, bundle {verified.name} version {verified.version}, "
+            f"profile {session.profile and session.profile.name}{forced}, bundle {verified.name} version {verified.version}, "
             f"{len(inventory.with_role('model-server'))} model server(s)",
             id="review-head",
         )

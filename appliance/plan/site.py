@@ -1,0 +1,150 @@
+"""Plan the site, not the host: from every host's facts and the inventory's roles, each
+model-server host's part and the engine command it runs.
+
+The profile arrives resolved (``selection.resolve_profile``: a ``Profile``,
+or "auto"), once, before anything was read or hashed. ``plan_site`` is a pure function over plain data
+(profiles, that request, the hosts' facts by inventory name, the inventory,
+the bundle's model) returning a ``SitePlan``: per host a ``HostPart``, which
+says what it serves (alone, or as head or worker of a multi-node group), the
+``Plan`` of the group it serves in and its own ``NodeCommand``, and whether
+the gateway and Keycloak go on it.
+
+Invariants:
+- The model-server hosts are the inventory's, in inventory order, that have
+  facts (the deploy leaves out hosts it refused); other roles alone get no part.
+- Hosts serve one model together (a multi-node group: head first, then
+  workers, as ``engine_args`` orders them) only when the profile is
+  multi-node (``match.gpu.nodes.max > 1``) and there are several hosts;
+  with "auto", when choosing over all hosts at once picks such a profile.
+  Otherwise every host is planned from its own facts alone, as before.
+- The gateway goes where a model server listens (single or head), when the
+  site asks for it; Keycloak (``sso.install``) on the first of those: one
+  realm signs the site's tokens.
+- A plan that does not fit is refused (``DoesNotFitError``, exit 3) unless
+  forced; so is a plan with no engine command. Messages name the host(s)
+  and the profile as requested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from appliance.detect.facts import HostFacts
+from appliance.errors import DoesNotFitError
+from appliance.model.info import ModelInfo
+from appliance.plan.engine_args import NodeCommand
+from appliance.plan.inventory import Inventory
+from appliance.plan.profiles import Profile
+from appliance.plan.report import Plan, build_plan
+from appliance.plan.selection import Requested, requested_name, select_profile
+
+
+def is_multi_node(profile: Profile) -> bool:
+    return profile.match.gpu is not None and profile.match.gpu.nodes.max > 1
+
+
+@dataclass(frozen=True, slots=True)
+class HostPart:
+    """One host's part in the site: what it serves, with which command, and what else it runs."""
+
+    host: str
+    plan: Plan  # of the group it serves in (its own plan when it serves alone)
+    command: NodeCommand  # the engine command this host runs
+    gateway: bool  # the authenticating gateway (and the host's firewall) go on this host
+    keycloak: bool  # Keycloak, as the site file's sso.install asks, goes on this host
+
+    @property
+    def serves(self) -> Literal["single", "head", "worker"]:
+        return self.command.role
+
+
+@dataclass(frozen=True, slots=True)
+class SitePlan:
+    parts: tuple[HostPart, ...]  # inventory order
+
+    def part(self, host: str) -> HostPart:
+        return next(p for p in self.parts if p.host == host)
+
+    @property
+    def groups(self) -> tuple[tuple[str, ...], ...]:
+        """The hosts that serve one model together (one host each, unless multi-node)."""
+        groups: dict[int, list[str]] = {}
+        for part in self.parts:
+            groups.setdefault(id(part.plan), []).append(part.host)
+        return tuple(tuple(hosts) for hosts in groups.values())
+
+
+def plan_site(
+    profiles: dict[str, Profile],
+    requested: Requested,
+    facts: Mapping[str, HostFacts],
+    inventory: Inventory,
+    model: ModelInfo,
+    *,
+    force: bool = False,
+    gateway: bool = False,
+    keycloak: bool = False,
+) -> SitePlan:
+    """Every model-server host's part (see the module docstring). ``facts`` are keyed by
+    inventory host name; ``gateway``/``keycloak``: whether the site lays them down."""
+    names = [h.name for h in inventory.with_role("model-server") if h.name in facts]
+    group = _group_profile(profiles, requested, tuple(facts[n] for n in names))
+    groups = [names] if group is not None else [[n] for n in names]
+    parts: list[HostPart] = []
+    keycloak_placed = False
+    for hosts in groups:
+        plan = _plan(profiles, group or requested, hosts, facts, model, requested, force=force)
+        # engine_commands gives one command per host, in the order the hosts were given.
+        for host, command in zip(hosts, plan.commands, strict=True):
+            listens = command.role != "worker"
+            here = keycloak and listens and not keycloak_placed
+            keycloak_placed |= here
+            parts.append(HostPart(host, plan, command, gateway and listens, here))
+    return SitePlan(tuple(parts))
+
+
+def _group_profile(
+    profiles: dict[str, Profile], requested: Requested, hosts: tuple[HostFacts, ...]
+) -> Profile | None:
+    """The multi-node profile the hosts serve one model with together, if any."""
+    if len(hosts) < 2:
+        return None
+    if requested != "auto":
+        return requested if is_multi_node(requested) else None
+    if not any(is_multi_node(p) for p in profiles.values()):
+        return None
+    try:
+        chosen = select_profile(profiles, hosts, "auto").profile
+    except DoesNotFitError:
+        return None  # no profile takes all hosts at once: each is planned alone, as before
+    return chosen if is_multi_node(chosen) else None
+
+
+def _plan(
+    profiles: dict[str, Profile],
+    profile: Requested,
+    names: list[str],
+    facts: Mapping[str, HostFacts],
+    model: ModelInfo,
+    requested: Requested,
+    *,
+    force: bool,
+) -> Plan:
+    label = ", ".join(names)
+    plan = build_plan(
+        profiles,
+        tuple(facts[n] for n in names),
+        facts_source=f"ssh {label}",
+        requested=profile,
+        model=model,
+    )
+    name = requested_name(requested)
+    if not plan.fits and not force:
+        problems = "; ".join(plan.fit.problems) if plan.fit else "see appliance plan"
+        raise DoesNotFitError(f"{label}: the bundle's model does not fit profile {name}: {problems}",
+                              hint="Run `appliance plan` against this host's facts, or pass --force.")  # fmt: skip
+    if not plan.commands:
+        raise DoesNotFitError(f"{label}: no engine command could be planned for profile {name}")
+    return plan
