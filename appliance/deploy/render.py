@@ -72,11 +72,14 @@ def desired_state(
         )
         for r in verified.records
     )
-    manifest = verified.directory / TARGETS_FILE
+    # The manifest's length and digest are those of the bytes that passed verification, not a
+    # second read of the file: a targets.json changed after verification fails the host's
+    # `sha256sum -c` instead of being laid down.
+    manifest = verified.manifest_bytes
     files += (
         ReleaseFile(
-            f"{release_dir}/{TARGETS_FILE}", manifest, manifest.stat().st_size,
-            hashlib.sha256(manifest.read_bytes()).hexdigest(),
+            f"{release_dir}/{TARGETS_FILE}", verified.directory / TARGETS_FILE, len(manifest),
+            hashlib.sha256(manifest).hexdigest(),
         ),
     )  # fmt: skip
     # The release is the bundle installed, whatever the site: every wheel set becomes its venv

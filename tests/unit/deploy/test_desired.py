@@ -41,6 +41,21 @@ def test_release_files_carry_the_signed_digests(make_bundle: BundleFactory, trus
     assert d.venvs == ()  # no wheels in this bundle
 
 
+def test_the_manifest_is_described_by_the_verified_bytes_not_a_second_read(
+    make_bundle: BundleFactory, trust: Trust
+) -> None:
+    import hashlib
+
+    verified = drain(verify_bundle(make_bundle(version=5), trust.root_path))
+    verified_bytes = (verified.directory / "metadata/targets.json").read_bytes()
+    # The manifest is swapped on disk after verification (another writer, a bad medium).
+    (verified.directory / "metadata/targets.json").write_bytes(verified_bytes + b" ")
+    d = desired_state(verified, COMMAND, HOST, engine="llamacpp")
+    manifest = {f.path: f for f in d.release_files}[f"{RELEASES}/5/metadata/targets.json"]
+    assert manifest.sha256 == hashlib.sha256(verified_bytes).hexdigest()
+    assert manifest.length == len(verified_bytes)  # the host's `sha256sum -c` refuses the swap
+
+
 def test_unit_runs_one_fixed_release_with_the_plan_command(
     make_bundle: BundleFactory, trust: Trust
 ) -> None:
