@@ -178,7 +178,7 @@ class CoreBackend(Backend):
         return load_site(path)
 
     def reachable(self, host: HostEntry) -> tuple[bool, str]:
-        from appliance.deploy.remote import reachable
+        from appliance.deploy.transport import reachable
 
         return reachable(host)
 

@@ -285,7 +285,8 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from appliance.audit import verify_chain
-    from appliance.deploy import audit_anchor, remote
+    from appliance.deploy import audit_anchor, transport
+    from appliance.deploy.audit_log import AUDIT_LOG
     from appliance.errors import ApplianceError, InputError
     from appliance.input_files import read_text_input
 
@@ -300,7 +301,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         ]
     else:
         sources = [
-            (h.name, remote.run(h, f"cat {remote.AUDIT_LOG} 2>/dev/null; true", timeout=30), h)
+            (h.name, transport.run(h, f"cat {AUDIT_LOG} 2>/dev/null; true", timeout=30), h)
             for h in _hosts(args)
         ]
     for name, text, host in sources:

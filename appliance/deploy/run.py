@@ -25,7 +25,17 @@ from typing import Literal
 
 from appliance.bundle.format import FILES_DIR
 from appliance.bundle.verify import VerifiedBundle
-from appliance.deploy import remote
+from appliance.deploy import transport
+from appliance.deploy.activation import (
+    KEYCLOAK_START_TIMEOUT,
+    activate,
+    current_version,
+    gateway_healthy,
+    health_check,
+    keycloak_healthy,
+    release_port,
+    switch_recorded,
+)
 from appliance.deploy.desired import (
     RELEASES,
     Change,
@@ -39,6 +49,10 @@ from appliance.deploy.desired import (
     probe_script,
     release_damage,
 )
+from appliance.deploy.firewall import apply_firewall
+from appliance.deploy.host_check import HostState, host_state, reconcile, set_aside
+from appliance.deploy.journal import Journal, append_audit
+from appliance.deploy.lock import acquire_lock, release_lock
 from appliance.deploy.site import Site
 from appliance.detect.cpu import parse_cpuinfo
 from appliance.detect.facts import CpuFacts, DiskFacts, GpuReport, HostFacts, MemoryFacts, OsFacts
@@ -78,7 +92,7 @@ echo "$d"; df -P -B1 "$d" | tail -n 1
 def remote_facts(host: HostEntry) -> HostFacts:
     sections: dict[str, list[str]] = {}
     current = ""
-    for line in remote.run(host, _FACTS_SCRIPT, timeout=60).splitlines():
+    for line in transport.run(host, _FACTS_SCRIPT, timeout=60).splitlines():
         if line.startswith("@@"):
             current = line[2:]
             sections[current] = []
@@ -276,7 +290,7 @@ def deploy(
     yield Started("deploy", total_items=len(hosts))
     planned: dict[str, tuple[Plan, HostDesired]] = {}
     results = {h.name: HostResult(h.name) for h in hosts}
-    states: dict[str, remote.HostState] = {}
+    states: dict[str, HostState] = {}
     damaged: dict[
         str, str
     ] = {}  # host -> why its copy of the release differs from what was installed
@@ -286,7 +300,7 @@ def deploy(
         # or `current` is damaged is refused here (failed, with how to repair) before anything
         # is changed on it; the other hosts go on.
         try:
-            states[host.name] = remote.host_state(host)
+            states[host.name] = host_state(host)
         except HostStateError as exc:
             hosts.remove(host)
             results[host.name].status = "failed"
@@ -303,7 +317,7 @@ def deploy(
         results[host.name].gateway_port = desired.gateway_port
         results[host.name].firewall = desired.firewall is not None
         results[host.name].keycloak = desired.keycloak
-        actual = parse_probe(remote.run(host, probe_script(desired), timeout=600))
+        actual = parse_probe(transport.run(host, probe_script(desired), timeout=600))
         results[host.name].changes = diff(desired, actual)
         if (why := release_damage(desired, actual)) is not None:
             damaged[host.name] = why
@@ -327,11 +341,11 @@ def deploy(
         )
     # A switch left recorded as intended only on a host with nothing to change is closed too.
     for host in [h for h in hosts if not results[h.name].changes and states[h.name].intent]:
-        remote.acquire_lock(host)
+        acquire_lock(host)
         try:
-            remote.reconcile(host, remote.host_state(host))
+            reconcile(host, host_state(host))
         finally:
-            remote.release_lock(host)
+            release_lock(host)
     # A converged host is not touched (no upload, no restart): only its health is checked.
     for host in [h for h in hosts if not results[h.name].changes]:
         problem = _unhealthy(host, planned[host.name], timeout=30)
@@ -353,12 +367,12 @@ def deploy(
     with _sigterm_as_interrupt() as signals:
         try:
             for host in hosts:
-                remote.acquire_lock(host)
+                acquire_lock(host)
                 locked.append(host)
                 # Under the lock: the state read again (it may have changed since the plan) and
                 # a switch left recorded as intended only is closed before anything else.
-                remote.reconcile(host, remote.host_state(host))
-                journal = remote.Journal(host, deploy_id)
+                reconcile(host, host_state(host))
+                journal = Journal(host, deploy_id)
                 journal.record("converge", "start", version=verified.version, engine=engine)
                 if host.name in damaged:
                     _set_aside(host, planned[host.name][1], damaged[host.name], journal, operator)
@@ -386,7 +400,7 @@ def deploy(
             unreleased = []
             for host in locked:
                 try:
-                    remote.release_lock(host)
+                    release_lock(host)
                 except ApplianceError as exc:
                     unreleased.append(f"{host.name}: could not release the lock: {exc.message}")
     for message in unreleased:
@@ -403,7 +417,7 @@ def _audit_refusal(host: HostEntry, exc: HostStateError, version: int, operator:
     """The refusal on record in the host's own audit log, where that log can take it (a damaged
     log is never written to: the refusal is in the deploy's result and on stderr)."""
     with contextlib.suppress(ApplianceError):
-        remote.append_audit(host, {"event": "deploy", "result": "failed", "version": version,
+        append_audit(host, {"event": "deploy", "result": "failed", "version": version,
                                    "operator": operator, "error": exc.message[:500],
                                    "stage": "host-state"})  # fmt: skip
 
@@ -418,13 +432,13 @@ def space_message(host: str, shortfall: DiskShortfall) -> str:
 
 
 def _set_aside(
-    host: HostEntry, desired: HostDesired, why: str, journal: remote.Journal, operator: str
+    host: HostEntry, desired: HostDesired, why: str, journal: Journal, operator: str
 ) -> None:
     """A damaged copy of the release is moved aside (evidence) so the engine lays it down again
     from the verified bundle; journaled and audited before the engine runs."""
-    evidence = remote.set_aside(host, desired.release_dir, journal.deploy_id)
+    evidence = set_aside(host, desired.release_dir, journal.deploy_id)
     journal.record("repair", "set-aside", release=desired.release_dir, evidence=evidence, why=why)
-    remote.append_audit(host, {"event": "release-set-aside", "operator": operator,
+    append_audit(host, {"event": "release-set-aside", "operator": operator,
                                "deploy": journal.deploy_id, "version": desired.version,
                                "evidence": evidence, "why": why})  # fmt: skip
 
@@ -446,7 +460,7 @@ def _journal_cancelled(
     )
     for host in hosts:
         with contextlib.suppress(ApplianceError):
-            remote.Journal(host, deploy_id).record(stage, "cancelled", by=how)
+            Journal(host, deploy_id).record(stage, "cancelled", by=how)
 
 
 def _stop_if_cancelled(cancel: threading.Event, where: str) -> None:
@@ -527,15 +541,15 @@ def _unhealthy(
     from appliance.deploy.gateway_layer import GATEWAY_CERT
 
     plan, desired = planned
-    if not remote.health_check(host, _port(plan), timeout=timeout):
+    if not health_check(host, _port(plan), timeout=timeout):
         return "the model server does not answer: see journalctl -u appliance-model"
-    if desired.keycloak_health is not None and not remote.keycloak_healthy(
+    if desired.keycloak_health is not None and not keycloak_healthy(
         host,
         desired.keycloak_health,
-        timeout=remote.KEYCLOAK_START_TIMEOUT if starting else timeout,
+        timeout=KEYCLOAK_START_TIMEOUT if starting else timeout,
     ):
         return f"Keycloak is not ready ({desired.keycloak_health}): see journalctl -u appliance-keycloak"
-    if desired.gateway_port is not None and not remote.gateway_healthy(
+    if desired.gateway_port is not None and not gateway_healthy(
         host, desired.gateway_port, GATEWAY_CERT, timeout=timeout
     ):
         return "the gateway does not answer /healthz: see journalctl -u appliance-gateway"
@@ -544,11 +558,11 @@ def _unhealthy(
 
 def _activate(host: HostEntry, planned: tuple[Plan, HostDesired], version: int) -> str | None:
     """Activate release ``version`` (units, then its firewall); why it does not serve, if so."""
-    remote.activate(host, version)
+    activate(host, version)
     problem = _unhealthy(host, planned, timeout=60, starting=True)
     if problem is None and planned[1].firewall is not None:
         try:
-            remote.apply_firewall(host, version)
+            apply_firewall(host, version)
         except DeploymentError as exc:
             return exc.message
     return problem
@@ -564,7 +578,7 @@ def _finish(
     operator: str,
 ) -> HostResult:
     plan, desired = planned
-    journal = remote.Journal(host, deploy_id)
+    journal = Journal(host, deploy_id)
     result = HostResult(host.name, port=_port(plan), gateway_port=desired.gateway_port,
                         firewall=desired.firewall is not None, keycloak=desired.keycloak)  # fmt: skip
     record = {"event": "deploy", "operator": operator, "engine": engine, "bundle": verified.name,
@@ -577,15 +591,15 @@ def _finish(
         if not ok:
             raise DeploymentError(f"{host.name}: {engine} could not converge the host: {message}")
         journal.record("converge", "done")
-        previous = remote.current_version(host)
+        previous = current_version(host)
         journal.record("activate", "start", previous=previous)
         problem = _activate(host, planned, verified.version)
         if problem is not None:
             if previous is not None and previous != verified.version:
-                remote.activate(host, previous)
-                remote.apply_firewall(host, previous)
-                previous_port = remote.release_port(host, previous) or _port(plan)
-                healthy = remote.health_check(host, previous_port)
+                activate(host, previous)
+                apply_firewall(host, previous)
+                previous_port = release_port(host, previous) or _port(plan)
+                healthy = health_check(host, previous_port)
                 result.status, result.message = (
                     "rolled-back",
                     (
@@ -601,12 +615,12 @@ def _finish(
                 )
             journal.record("activate", "failed")
             entry = {**record, "result": result.status, "error": result.message}
-            result.audit_hash = remote.append_audit(host, entry)["hash"]
+            result.audit_hash = append_audit(host, entry)["hash"]
             return result
         journal.record("switch", "start", to=desired.release_dir)
-        result.audit_hash = remote.switch_recorded(
-            host, desired.release_dir, {**record, "result": "ok"}
-        )["hash"]
+        result.audit_hash = switch_recorded(host, desired.release_dir, {**record, "result": "ok"})[
+            "hash"
+        ]
         journal.record("activate", "done", current=desired.release_dir)
         # Changes were applied (a host with none is not converged at all): "converged", also when
         # the release was already current (its configuration changed, or a run was resumed).
@@ -621,7 +635,7 @@ def _finish(
     except ApplianceError as exc:
         result.status, result.message = "failed", exc.message
         with contextlib.suppress(ApplianceError):  # an unreachable host: the summary says why
-            result.audit_hash = remote.append_audit(
+            result.audit_hash = append_audit(
                 host, {**record, "result": "failed", "error": exc.message}
             )["hash"]
     return result
