@@ -8,16 +8,19 @@ health check, then and only then switch ``current``; a failed health check
 re-activates the previous release, which keeps serving. Every step is
 journaled on the host; every outcome gets a hash-chained audit record.
 Re-running after any interruption converges: each step checks before it acts.
+
+``deploy`` reads as its steps: check and plan every host, refuse a host short
+of space, leave converged hosts alone, then lock, converge (``converge``: the
+engine in a worker thread, cancel and signals), activate each host and accept
+the release or roll back to the previous one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
-import signal
 import threading
 import uuid
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +39,18 @@ from appliance.deploy.activation import (
     release_port,
     switch_recorded,
 )
+from appliance.deploy.converge import (
+    Engine,
+    converge_hosts,
+    journal_cancelled,
+    sigterm_as_interrupt,
+    stop_if_cancelled,
+)
 from appliance.deploy.desired import (
     RELEASES,
     Change,
     DiskShortfall,
     HostDesired,
-    HostOutcome,
     desired_state,
     diff,
     disk_shortfall,
@@ -72,8 +81,6 @@ from appliance.plan.engine_args import argv_port
 from appliance.plan.inventory import HostEntry, Inventory
 from appliance.plan.profiles import Profile
 from appliance.plan.report import Plan, build_plan
-
-Engine = Literal["pyinfra", "ansible"]
 
 _FACTS_SCRIPT = r"""echo "@@hostname"; hostname
 echo "@@nproc"; nproc
@@ -259,6 +266,19 @@ def _port(plan: Plan) -> int:
     return port
 
 
+@dataclass
+class _Site:
+    """What the deploy read and planned of each host before changing any of them."""
+
+    hosts: list[HostEntry]  # the hosts not refused by their state check
+    results: dict[str, HostResult]
+    planned: dict[str, tuple[Plan, HostDesired]] = field(default_factory=dict)
+    states: dict[str, HostState] = field(default_factory=dict)
+    # host -> why its copy of the release differs from what was installed
+    damaged: dict[str, str] = field(default_factory=dict)
+    short: dict[str, DiskShortfall] = field(default_factory=dict)
+
+
 def deploy(
     verified: VerifiedBundle,
     inventory: Inventory,
@@ -288,50 +308,83 @@ def deploy(
     if not hosts:
         raise InputError("the inventory has no host with the model-server role")
     yield Started("deploy", total_items=len(hosts))
-    planned: dict[str, tuple[Plan, HostDesired]] = {}
-    results = {h.name: HostResult(h.name) for h in hosts}
-    states: dict[str, HostState] = {}
-    damaged: dict[
-        str, str
-    ] = {}  # host -> why its copy of the release differs from what was installed
-    short: dict[str, DiskShortfall] = {}
-    for host in list(hosts):
+    seen = yield from _check_and_plan(verified, inventory, hosts, profiles, profile, force=force,
+                                      site=site, dry_run=dry_run, operator=operator)  # fmt: skip
+    if not seen.hosts:
+        yield Finished("deploy", "no host can be deployed to: each was refused before any change")
+        return list(seen.results.values())
+    if dry_run:
+        for name, shortfall in seen.short.items():
+            yield Warned("deploy", f"a deploy would be refused: {space_message(name, shortfall)}")
+        yield Finished("deploy", "dry run: nothing was changed")
+        return list(seen.results.values())
+    _refuse_short_of_space(seen.short)
+    _keep_converged(seen, verified.version)
+    hosts = [h for h in seen.hosts if seen.results[h.name].changes]
+    if not hosts:
+        yield Finished("deploy", f"nothing to change: release {verified.version} already in place")
+        return list(seen.results.values())
+    stop_if_cancelled(cancel, "before any host was changed")
+    unreleased = yield from _change(hosts, seen, verified, engine, operator, cancel)
+    for message in unreleased:
+        yield Warned("deploy", message)
+    failed = [r for r in seen.results.values() if r.status in ("failed", "rolled-back")]
+    yield Finished(
+        "deploy",
+        f"{len(hosts) - len(failed)} of {len(hosts)} host(s) serving release {verified.version}",
+    )
+    return list(seen.results.values())
+
+
+def _check_and_plan(
+    verified: VerifiedBundle,
+    inventory: Inventory,
+    hosts: list[HostEntry],
+    profiles: dict[str, Profile],
+    profile: str,
+    *,
+    force: bool,
+    site: Site | None,
+    dry_run: bool,
+    operator: str,
+) -> Generator[Event, None, _Site]:
+    """Each host's state checked, its plan and desired state, and the diff from what it has."""
+    seen = _Site(list(hosts), {h.name: HostResult(h.name) for h in hosts})
+    results = seen.results
+    for host in hosts:
         # What the deploy depends on is read and checked first: a host whose audit log, journal
         # or `current` is damaged is refused here (failed, with how to repair) before anything
         # is changed on it; the other hosts go on.
         try:
-            states[host.name] = host_state(host)
+            seen.states[host.name] = host_state(host)
         except HostStateError as exc:
-            hosts.remove(host)
+            seen.hosts.remove(host)
             results[host.name].status = "failed"
             results[host.name].message = exc.message + (f" {exc.hint}" if exc.hint else "")
             if not dry_run:
                 _audit_refusal(host, exc, verified.version, operator)
             yield Warned("deploy", exc.message)
             continue
-        planned[host.name] = plan_host(
+        seen.planned[host.name] = plan_host(
             verified, host, profiles, profile, force=force, site=site, inventory=inventory
         )
-        desired = planned[host.name][1]
-        results[host.name].port = _port(planned[host.name][0])
+        desired = seen.planned[host.name][1]
+        results[host.name].port = _port(seen.planned[host.name][0])
         results[host.name].gateway_port = desired.gateway_port
         results[host.name].firewall = desired.firewall is not None
         results[host.name].keycloak = desired.keycloak
         actual = parse_probe(transport.run(host, probe_script(desired), timeout=600))
         results[host.name].changes = diff(desired, actual)
         if (why := release_damage(desired, actual)) is not None:
-            damaged[host.name] = why
+            seen.damaged[host.name] = why
         if (shortfall := disk_shortfall(desired, actual)) is not None:
-            short[host.name] = shortfall
-        yield Progress("plan", 0, None, len(planned), len(hosts), host.name)
-    if not hosts:
-        yield Finished("deploy", "no host can be deployed to: each was refused before any change")
-        return list(results.values())
-    if dry_run:
-        for name, shortfall in short.items():
-            yield Warned("deploy", f"a deploy would be refused: {space_message(name, shortfall)}")
-        yield Finished("deploy", "dry run: nothing was changed")
-        return list(results.values())
+            seen.short[host.name] = shortfall
+        yield Progress("plan", 0, None, len(seen.planned), len(seen.hosts), host.name)
+    return seen
+
+
+def _refuse_short_of_space(short: dict[str, DiskShortfall]) -> None:
+    """A host without room for the release stops the deploy before any upload (``DiskSpaceError``)."""
     if short:
         raise DiskSpaceError(
             "; ".join(space_message(name, s) for name, s in short.items())
@@ -339,78 +392,107 @@ def deploy(
             hint="Free space on that filesystem (old releases: `appliance status` lists them; "
             f"set-aside damaged copies are {RELEASES}/.damaged-*) or make it larger, then deploy again.",
         )
-    # A switch left recorded as intended only on a host with nothing to change is closed too.
-    for host in [h for h in hosts if not results[h.name].changes and states[h.name].intent]:
+
+
+def _keep_converged(seen: _Site, version: int) -> None:
+    """A host with nothing to change is not touched (no upload, no restart): a switch left
+    recorded as intended only is closed on it, then only its health is checked."""
+    results = seen.results
+    for host in [
+        h for h in seen.hosts if not results[h.name].changes and seen.states[h.name].intent
+    ]:
         acquire_lock(host)
         try:
             reconcile(host, host_state(host))
         finally:
             release_lock(host)
-    # A converged host is not touched (no upload, no restart): only its health is checked.
-    for host in [h for h in hosts if not results[h.name].changes]:
-        problem = _unhealthy(host, planned[host.name], timeout=30)
+    for host in [h for h in seen.hosts if not results[h.name].changes]:
+        problem = _unhealthy(host, seen.planned[host.name], timeout=30)
         results[host.name].status = "unchanged" if problem is None else "failed"
         results[host.name].message = (
-            f"already serving release {verified.version}"
+            f"already serving release {version}"
             if problem is None
             else f"converged but not healthy: {problem}"
         )
-    hosts = [h for h in hosts if results[h.name].changes]
-    if not hosts:
-        yield Finished("deploy", f"nothing to change: release {verified.version} already in place")
-        return list(results.values())
-    _stop_if_cancelled(cancel, "before any host was changed")
+
+
+def _change(
+    hosts: list[HostEntry],
+    seen: _Site,
+    verified: VerifiedBundle,
+    engine: Engine,
+    operator: str,
+    cancel: threading.Event,
+) -> Generator[Event, None, list[str]]:
+    """Lock every host, converge them, activate each: accepted, or rolled back.
+
+    Returns why a lock could not be released, per host (the locks are always released).
+    """
     deploy_id = uuid.uuid4().hex[:12]
     locked: list[HostEntry] = []
     # SIGTERM while hosts are locked stops like Ctrl-C: engine stopped, locks released, exit 130.
     stage = "lock"
-    with _sigterm_as_interrupt() as signals:
+    with sigterm_as_interrupt() as signals:
         try:
-            for host in hosts:
-                acquire_lock(host)
-                locked.append(host)
-                # Under the lock: the state read again (it may have changed since the plan) and
-                # a switch left recorded as intended only is closed before anything else.
-                reconcile(host, host_state(host))
-                journal = Journal(host, deploy_id)
-                journal.record("converge", "start", version=verified.version, engine=engine)
-                if host.name in damaged:
-                    _set_aside(host, planned[host.name][1], damaged[host.name], journal, operator)
+            _lock(hosts, locked, seen, verified.version, deploy_id, engine, operator)
             stage = "converge"
             try:
-                outcomes = yield from _converge(engine, [planned[h.name][1] for h in hosts], cancel)
-                _stop_if_cancelled(cancel, "after the files were laid down, before activation")
+                plans = [seen.planned[h.name][1] for h in hosts]
+                outcomes = yield from converge_hosts(engine, plans, cancel)
+                stop_if_cancelled(cancel, "after the files were laid down, before activation")
             except (Cancelled, KeyboardInterrupt) as exc:
-                _journal_cancelled(locked, deploy_id, stage, exc, signals)
+                journal_cancelled(locked, deploy_id, stage, exc, signals)
                 raise
             stage = "activate"
             with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
-                for host, result in zip(hosts, pool.map(lambda h: _finish(h, planned[h.name], outcomes[h.name], verified,
+                for host, result in zip(hosts, pool.map(lambda h: _finish(h, seen.planned[h.name], outcomes[h.name], verified,
                                                                            deploy_id, engine, operator), hosts), strict=True):  # fmt: skip
-                    results[host.name] = result
+                    seen.results[host.name] = result
                     yield Progress(
                         "deploy", 0, None, 0, len(hosts), f"{host.name}: {result.status}"
                     )
         except (Cancelled, KeyboardInterrupt) as exc:
             if stage != "converge":  # the converge stage journals its own cancellation
-                _journal_cancelled(locked, deploy_id, stage, exc, signals)
+                journal_cancelled(locked, deploy_id, stage, exc, signals)
             raise
         finally:
             # No yield in here: a generator being closed must not yield.
-            unreleased = []
-            for host in locked:
-                try:
-                    release_lock(host)
-                except ApplianceError as exc:
-                    unreleased.append(f"{host.name}: could not release the lock: {exc.message}")
-    for message in unreleased:
-        yield Warned("deploy", message)
-    failed = [r for r in results.values() if r.status in ("failed", "rolled-back")]
-    yield Finished(
-        "deploy",
-        f"{len(hosts) - len(failed)} of {len(hosts)} host(s) serving release {verified.version}",
-    )
-    return list(results.values())
+            unreleased = _release(locked)
+    return unreleased
+
+
+def _lock(
+    hosts: list[HostEntry],
+    locked: list[HostEntry],
+    seen: _Site,
+    version: int,
+    deploy_id: str,
+    engine: Engine,
+    operator: str,
+) -> None:
+    """Take each host's lock (added to ``locked`` as taken), close a pending switch under it,
+    journal the converge's start and set a damaged copy of the release aside."""
+    for host in hosts:
+        acquire_lock(host)
+        locked.append(host)
+        # Under the lock: the state read again (it may have changed since the plan) and
+        # a switch left recorded as intended only is closed before anything else.
+        reconcile(host, host_state(host))
+        journal = Journal(host, deploy_id)
+        journal.record("converge", "start", version=version, engine=engine)
+        if host.name in seen.damaged:
+            _set_aside(host, seen.planned[host.name][1], seen.damaged[host.name], journal, operator)
+
+
+def _release(locked: list[HostEntry]) -> list[str]:
+    """Release every lock taken; why one could not be, per host (never raises)."""
+    unreleased = []
+    for host in locked:
+        try:
+            release_lock(host)
+        except ApplianceError as exc:
+            unreleased.append(f"{host.name}: could not release the lock: {exc.message}")
+    return unreleased
 
 
 def _audit_refusal(host: HostEntry, exc: HostStateError, version: int, operator: str) -> None:
@@ -441,97 +523,6 @@ def _set_aside(
     append_audit(host, {"event": "release-set-aside", "operator": operator,
                                "deploy": journal.deploy_id, "version": desired.version,
                                "evidence": evidence, "why": why})  # fmt: skip
-
-
-def _journal_cancelled(
-    hosts: Sequence[HostEntry],
-    deploy_id: str,
-    stage: str,
-    exc: BaseException,
-    signals: _Signals,
-) -> None:
-    """Journal, on every locked host, that the deploy was cancelled, at which stage and how."""
-    how = (
-        "cancelled by the operator"
-        if isinstance(exc, Cancelled)
-        else "SIGTERM"
-        if signals.sigterm
-        else "interrupted (Ctrl-C)"
-    )
-    for host in hosts:
-        with contextlib.suppress(ApplianceError):
-            Journal(host, deploy_id).record(stage, "cancelled", by=how)
-
-
-def _stop_if_cancelled(cancel: threading.Event, where: str) -> None:
-    if cancel.is_set():
-        raise Cancelled(f"deploy cancelled by the operator {where}; deploy again to resume")
-
-
-_DONE = object()
-# After Ctrl-C, how long the engine gets to reach its next safe point before the
-# deployer exits anyway (a kill at any moment is safe too: the journal resumes).
-_CANCEL_GRACE = 10.0
-
-
-def _converge(
-    engine: Engine, plans: Sequence[HostDesired], cancel: threading.Event
-) -> Generator[Event, None, dict[str, tuple[bool, str]]]:
-    """Run the engine in a worker thread; yield its per-host progress as it comes."""
-    if engine == "ansible":
-        from appliance.deploy.ansible_engine import converge
-    else:
-        from appliance.deploy.pyinfra_engine import converge
-
-    events: queue.Queue[object] = queue.Queue()
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["outcomes"] = converge(plans, on_event=events.put, cancel=cancel)
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-        finally:
-            events.put(_DONE)
-
-    worker = threading.Thread(target=work, name=f"converge-{engine}", daemon=True)
-    worker.start()
-    try:
-        while (event := events.get()) is not _DONE:
-            yield event  # type: ignore[misc]
-    except BaseException:  # Ctrl-C, SIGTERM, or the consumer closed us: stop the engine too
-        cancel.set()
-        worker.join(_CANCEL_GRACE)
-        raise
-    worker.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    outcomes: list[HostOutcome] = box["outcomes"]  # type: ignore[assignment]
-    return {o.name: (o.ok, o.message) for o in outcomes}
-
-
-@dataclass
-class _Signals:
-    sigterm: bool = False  # a SIGTERM arrived (the KeyboardInterrupt it raised was not Ctrl-C)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[_Signals]:
-    """In the main thread, SIGTERM stops the deploy like Ctrl-C (engine stopped, locks released)."""
-    seen = _Signals()
-    if threading.current_thread() is not threading.main_thread():
-        yield seen
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        seen.sigterm = True
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _unhealthy(

@@ -338,16 +338,16 @@ def test_sigterm_is_told_apart_from_ctrl_c_and_journaled_as_cancelled(
 ) -> None:
     import signal
 
-    from appliance.deploy import run
+    from appliance.deploy import converge
     from appliance.errors import Cancelled
     from appliance.plan.inventory import HostEntry
 
-    with pytest.raises(KeyboardInterrupt), run._sigterm_as_interrupt() as seen:
+    with pytest.raises(KeyboardInterrupt), converge.sigterm_as_interrupt() as seen:
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(100):  # the handler runs between bytecodes
             pass
     assert seen.sigterm is True
-    with run._sigterm_as_interrupt() as quiet:
+    with converge.sigterm_as_interrupt() as quiet:
         pass
     assert quiet.sigterm is False
 
@@ -360,7 +360,7 @@ def test_sigterm_is_told_apart_from_ctrl_c_and_journaled_as_cancelled(
         (Cancelled("x"), quiet, "cancelled by the operator"),
     ]:
         sent.clear()
-        run._journal_cancelled([host], "d1", "converge", exc, signals)
+        converge.journal_cancelled([host], "d1", "converge", exc, signals)
         [script] = sent
         assert "/var/lib/appliance/journal/d1.jsonl" in script
         line = json.loads(script.split("printf '%s\\n' ")[1].split(" >> ")[0].strip("'"))
