@@ -67,10 +67,10 @@ def main() -> int:
     step("Sign it", [appliance, "bundle", "sign", str(bundle), "--key", str(keys / "signer.key")])
     from appliance.deploy import transport
     from appliance.deploy.gateway_layer import GATEWAY_AUDIT, GATEWAY_CERT
-    from appliance.deploy.smoke import chat_through_gateway
     from appliance.lab import dev_site
     from appliance.lab.state import LabPaths, load_lab
     from appliance.plan.inventory import load_inventory
+    from appliance.report.smoke import chat_through_gateway
 
     print(
         "\n==> Keycloak's distribution cannot be fetched on this machine: tokens come from the\n"

@@ -47,12 +47,12 @@ import pytest
 from appliance.audit import verify_chain
 from appliance.deploy import transport
 from appliance.deploy.gateway_layer import GATEWAY_AUDIT, GATEWAY_CERT
-from appliance.deploy.smoke import chat_through_gateway
 from appliance.keycloak.service import ADMIN_ENV_PATH, DIST_ROOT, STATE_DIR
 from appliance.keycloak.site_secrets import load_client_secrets
 from appliance.lab import Lab, dev_site
 from appliance.lab.dev_issuer import KEY_FILE, DevIssuer, load_lab_realm, load_or_create_key
 from appliance.plan.inventory import HostEntry, load_inventory
+from appliance.report.smoke import chat_through_gateway
 from tests.integration import helpers
 from tests.integration.helpers import appliance
 

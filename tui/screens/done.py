@@ -32,8 +32,8 @@ from tui.screens.base import StepScreen
 
 if TYPE_CHECKING:
     from appliance.deploy.run import HostResult
-    from appliance.deploy.smoke import ChatAnswer
     from appliance.errors import ApplianceError
+    from appliance.report.smoke import ChatAnswer
 
 SERVING = ("converged", "unchanged")
 
