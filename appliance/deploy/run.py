@@ -568,6 +568,8 @@ def _finish(
     engine: Engine,
     operator: str,
 ) -> HostResult:
+    """One converged host activated, then accepted (``current`` switched) or rolled back;
+    every outcome audited."""
     plan, desired = planned
     journal = Journal(host, deploy_id)
     result = HostResult(host.name, port=_port(plan), gateway_port=desired.gateway_port,
@@ -586,43 +588,15 @@ def _finish(
         journal.record("activate", "start", previous=previous)
         problem = _activate(host, planned, verified.version)
         if problem is not None:
-            if previous is not None and previous != verified.version:
-                activate(host, previous)
-                apply_firewall(host, previous)
-                previous_port = release_port(host, previous) or _port(plan)
-                healthy = health_check(host, previous_port)
-                result.status, result.message = (
-                    "rolled-back",
-                    (
-                        f"release {verified.version} could not be activated ({problem}); "
-                        f"release {previous} is active again"
-                        + ("" if healthy else " but is not healthy either")
-                    ),
-                )
-            else:
-                result.status, result.message = (
-                    "failed",
-                    f"release {verified.version} could not be activated: {problem}",
-                )
+            result.status, result.message = _roll_back(
+                host, plan, previous, verified.version, problem
+            )
             journal.record("activate", "failed")
             entry = {**record, "result": result.status, "error": result.message}
             result.audit_hash = append_audit(host, entry)["hash"]
             return result
-        journal.record("switch", "start", to=desired.release_dir)
-        result.audit_hash = switch_recorded(host, desired.release_dir, {**record, "result": "ok"})[
-            "hash"
-        ]
-        journal.record("activate", "done", current=desired.release_dir)
-        # Changes were applied (a host with none is not converged at all): "converged", also when
-        # the release was already current (its configuration changed, or a run was resumed).
-        result.status = "converged"
-        serving = "serving" if previous != verified.version else "reconfigured, serving"
-        result.message = (
-            f"{serving} release {verified.version} on 127.0.0.1:{_port(plan)}"
-            if desired.gateway_port is None
-            else f"{serving} release {verified.version} through the gateway on "
-            f"https://{host.address}:{desired.gateway_port}"
-        )
+        _accept(result, host, planned, journal, {**record, "result": "ok"}, previous,
+                verified.version)  # fmt: skip
     except ApplianceError as exc:
         result.status, result.message = "failed", exc.message
         with contextlib.suppress(ApplianceError):  # an unreachable host: the summary says why
@@ -630,6 +604,49 @@ def _finish(
                 host, {**record, "result": "failed", "error": exc.message}
             )["hash"]
     return result
+
+
+def _roll_back(
+    host: HostEntry, plan: Plan, previous: int | None, version: int, problem: str
+) -> tuple[Literal["failed", "rolled-back"], str]:
+    """Release ``version`` does not serve: the previous release (if there is one) activated
+    again, with its firewall; the host's status and message."""
+    if previous is None or previous == version:
+        return "failed", f"release {version} could not be activated: {problem}"
+    activate(host, previous)
+    apply_firewall(host, previous)
+    previous_port = release_port(host, previous) or _port(plan)
+    healthy = health_check(host, previous_port)
+    return "rolled-back", (
+        f"release {version} could not be activated ({problem}); "
+        f"release {previous} is active again" + ("" if healthy else " but is not healthy either")
+    )
+
+
+def _accept(
+    result: HostResult,
+    host: HostEntry,
+    planned: tuple[Plan, HostDesired],
+    journal: Journal,
+    record: dict[str, object],
+    previous: int | None,
+    version: int,
+) -> None:
+    """Release ``version`` serves: ``current`` switched to it, recorded (``switch_recorded``)."""
+    plan, desired = planned
+    journal.record("switch", "start", to=desired.release_dir)
+    result.audit_hash = switch_recorded(host, desired.release_dir, record)["hash"]
+    journal.record("activate", "done", current=desired.release_dir)
+    # Changes were applied (a host with none is not converged at all): "converged", also when
+    # the release was already current (its configuration changed, or a run was resumed).
+    result.status = "converged"
+    serving = "serving" if previous != version else "reconfigured, serving"
+    result.message = (
+        f"{serving} release {version} on 127.0.0.1:{_port(plan)}"
+        if desired.gateway_port is None
+        else f"{serving} release {version} through the gateway on "
+        f"https://{host.address}:{desired.gateway_port}"
+    )
 
 
 __all__ = ["HostResult", "Path", "deploy", "emit_ansible", "plan_host", "remote_facts"]
