@@ -65,12 +65,12 @@ def main() -> int:
         [appliance, "bundle", "build", "--recipe", "bundles/demo-cpu.yaml", "--out", str(bundle)],
     )
     step("Sign it", [appliance, "bundle", "sign", str(bundle), "--key", str(keys / "signer.key")])
-    from appliance.deploy import remote
+    from appliance.deploy import transport
     from appliance.deploy.gateway_layer import GATEWAY_AUDIT, GATEWAY_CERT
-    from appliance.deploy.smoke import chat_through_gateway
     from appliance.lab import dev_site
     from appliance.lab.state import LabPaths, load_lab
     from appliance.plan.inventory import load_inventory
+    from appliance.report.smoke import chat_through_gateway
 
     print(
         "\n==> Keycloak's distribution cannot be fetched on this machine: tokens come from the\n"
@@ -89,7 +89,7 @@ def main() -> int:
               str(keys / "root.json"), "--inventory", str(lab_dir / "inventory.yml"), "--site",
               str(site.site_file), "--yes"])  # fmt: skip
         cafile = WORK / "gateway.crt"
-        cafile.write_text(remote.read_file(host, GATEWAY_CERT))
+        cafile.write_text(transport.read_file(host, GATEWAY_CERT))
         url = f"https://{address}:8443"
         token = dev_site.token(running, site)
         print(f"\n==> Token for client {dev_site.CALLER!r} from {running.issuer.issuer}")

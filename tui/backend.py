@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from appliance.bundle.site.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
     from appliance.deploy.site import Site
-    from appliance.deploy.smoke import ChatAnswer
     from appliance.detect.facts import HostFacts
     from appliance.events import Event
     from appliance.lab import LabInfo
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from appliance.plan.inventory import HostEntry, Inventory
     from appliance.plan.profiles import Profile
     from appliance.plan.report import Plan
+    from appliance.report.smoke import ChatAnswer
 
 # The TUI deploys with the built-in engine (brief: pyinfra is the default for the TUI).
 ENGINE: Final[Literal["pyinfra"]] = "pyinfra"
@@ -178,7 +178,7 @@ class CoreBackend(Backend):
         return load_site(path)
 
     def reachable(self, host: HostEntry) -> tuple[bool, str]:
-        from appliance.deploy.remote import reachable
+        from appliance.deploy.transport import reachable
 
         return reachable(host)
 
@@ -219,6 +219,6 @@ class CoreBackend(Backend):
         ))  # fmt: skip
 
     def smoke_test(self, host: HostEntry, *, port: int) -> ChatAnswer:
-        from appliance.deploy.smoke import chat
+        from appliance.report.smoke import chat
 
         return chat(host, port=port)

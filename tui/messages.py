@@ -17,7 +17,6 @@ from textual.message import Message
 if TYPE_CHECKING:
     from appliance.bundle.site.verify import VerifiedBundle
     from appliance.deploy.run import HostResult
-    from appliance.deploy.smoke import ChatAnswer
     from appliance.detect.facts import HostFacts
     from appliance.errors import ApplianceError
     from appliance.events import Event
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     from appliance.model.info import ModelInfo
     from appliance.plan.inventory import Inventory
     from appliance.plan.report import Plan
+    from appliance.report.smoke import ChatAnswer
 
 
 class Call(Enum):

@@ -232,7 +232,7 @@ def _confirm(args: argparse.Namespace, what: str) -> bool:
 def cmd_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from appliance.deploy.lifecycle import status
+    from appliance.report.status import status
 
     rows = [status(h, verify=args.verify) for h in _hosts(args)]
     if args.json:
@@ -301,9 +301,10 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from appliance.audit import verify_chain
-    from appliance.deploy import audit_anchor, remote
+    from appliance.deploy import audit_anchor
     from appliance.errors import ApplianceError, InputError
     from appliance.input_files import read_text_input
+    from appliance.report.audit import read_log
 
     if (args.file is None) == (args.inventory is None):
         raise InputError("give either an audit log FILE or --inventory FILE")
@@ -315,10 +316,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             (str(args.file), read_text_input(args.file, "audit log", limit="audit-log"), None)
         ]
     else:
-        sources = [
-            (h.name, remote.run(h, f"cat {remote.AUDIT_LOG} 2>/dev/null; true", timeout=30), h)
-            for h in _hosts(args)
-        ]
+        sources = [(h.name, read_log(h), h) for h in _hosts(args)]
     for name, text, host in sources:
         report = verify_chain(text)
         if report.ok:

@@ -44,7 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.deploy import remote
+from appliance.deploy import transport
+from appliance.deploy.audit_log import AUDIT_LOG
 from appliance.deploy.gateway_layer import GATEWAY_AUDIT
 from appliance.errors import ApplianceError, AuditAnchorError
 from appliance.input_files import parse_json, read_input
@@ -54,7 +55,7 @@ FORMAT = 1
 FILE_NAME = "audit-anchors.json"
 ENV = "APPLIANCE_AUDIT_ANCHORS"
 # The logs of a host, by the name the anchor file and messages use.
-LOGS = {"deploy": remote.AUDIT_LOG, "gateway": GATEWAY_AUDIT}
+LOGS = {"deploy": AUDIT_LOG, "gateway": GATEWAY_AUDIT}
 WHAT_IT_PROVES = (
     "The chain proves no record was edited, inserted or reordered. The anchor "
     "(count and last hash kept on this machine at each deploy, rollback, uninstall, "
@@ -333,7 +334,7 @@ def check_host(
             anchor = mine.get(log)
             position = anchor.records if anchor is not None else 0
             observed = parse_observation(
-                remote.run(host, observe_script(log_path, position), timeout=120)
+                transport.run(host, observe_script(log_path, position), timeout=120)
             )
             results.append(check(log, anchor, observed, by=by, now=_now(), reanchor=reanchor))
         moved = {r.log: r.moved_to for r in results if r.moved_to is not None}

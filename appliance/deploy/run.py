@@ -1,33 +1,55 @@
 """Deploy a verified bundle to the inventory's model-server hosts.
 
-Facts read over SSH from every host (``appliance.detect.remote``: the same
-pure parsers as local detection) -> one site plan with the requested profile
-and the bundle's own model (``appliance.plan.site``; a misfit stops here,
-exit 3, unless forced) -> per host: desired state -> dry run (the diff, nothing
+Per host: facts read over SSH (the same pure parsers as local detection) ->
+plan with the requested profile and the bundle's own model (a misfit stops
+here, exit 3, unless forced) -> desired state -> dry run (the diff, nothing
 changed) or: lock, journal, engine converge, activate the release's unit,
 health check, then and only then switch ``current``; a failed health check
 re-activates the previous release, which keeps serving. Every step is
 journaled on the host; every outcome gets a hash-chained audit record.
 Re-running after any interruption converges: each step checks before it acts.
+
+``deploy`` reads as its steps: check and plan every host, refuse a host short
+of space, leave converged hosts alone, then lock, converge (``converge``: the
+engine in a worker thread, cancel and signals), activate each host and accept
+the release or roll back to the previous one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
-import signal
 import threading
 import uuid
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
 from appliance.bundle.format import FILES_DIR
 from appliance.bundle.site.verify import VerifiedBundle
-from appliance.deploy import engines, remote
-from appliance.deploy.host_desired import HostDesired, HostOutcome
+from appliance.deploy import transport
+from appliance.deploy.activation import (
+    KEYCLOAK_START_TIMEOUT,
+    activate,
+    current_version,
+    gateway_healthy,
+    health_check,
+    keycloak_healthy,
+    release_port,
+    switch_recorded,
+)
+from appliance.deploy.converge import (
+    converge_hosts,
+    journal_cancelled,
+    sigterm_as_interrupt,
+    stop_if_cancelled,
+)
+from appliance.deploy.firewall import apply_firewall
+from appliance.deploy.host_check import HostState, host_state, reconcile, set_aside
+from appliance.deploy.host_desired import HostDesired
 from appliance.deploy.host_layout import RELEASES
+from appliance.deploy.journal import Journal, append_audit
+from appliance.deploy.lock import acquire_lock, release_lock
 from appliance.deploy.probe import (
     Change,
     DiskShortfall,
@@ -61,7 +83,7 @@ from appliance.plan.site import plan_site
 
 def remote_facts(host: HostEntry) -> HostFacts:
     """The host's facts, read over SSH by the facts script (``appliance.detect.remote``)."""
-    return parse_facts_output(remote.run(host, facts_script(RELEASES), timeout=60), host.name)
+    return parse_facts_output(transport.run(host, facts_script(RELEASES), timeout=60), host.name)
 
 
 @dataclass
@@ -132,6 +154,19 @@ def _port(plan: Plan) -> int:
     return port
 
 
+@dataclass
+class _Site:
+    """What the deploy read and planned of each host before changing any of them."""
+
+    hosts: list[HostEntry]  # the hosts not refused by their state check
+    results: dict[str, HostResult]
+    planned: dict[str, tuple[Plan, HostDesired]] = field(default_factory=dict)
+    states: dict[str, HostState] = field(default_factory=dict)
+    # host -> why its copy of the release differs from what was installed
+    damaged: dict[str, str] = field(default_factory=dict)
+    short: dict[str, DiskShortfall] = field(default_factory=dict)
+
+
 def deploy(
     verified: VerifiedBundle,
     inventory: Inventory,
@@ -161,52 +196,85 @@ def deploy(
     if not hosts:
         raise InputError("the inventory has no host with the model-server role")
     yield Started("deploy", total_items=len(hosts))
-    planned: dict[str, tuple[Plan, HostDesired]] = {}
-    results = {h.name: HostResult(h.name) for h in hosts}
-    states: dict[str, remote.HostState] = {}
-    damaged: dict[
-        str, str
-    ] = {}  # host -> why its copy of the release differs from what was installed
-    short: dict[str, DiskShortfall] = {}
-    for host in list(hosts):
+    seen = yield from _check_and_plan(verified, inventory, hosts, profiles, profile, force=force,
+                                      site=site, dry_run=dry_run, operator=operator)  # fmt: skip
+    if not seen.hosts:
+        yield Finished("deploy", "no host can be deployed to: each was refused before any change")
+        return list(seen.results.values())
+    if dry_run:
+        for name, shortfall in seen.short.items():
+            yield Warned("deploy", f"a deploy would be refused: {space_message(name, shortfall)}")
+        yield Finished("deploy", "dry run: nothing was changed")
+        return list(seen.results.values())
+    _refuse_short_of_space(seen.short)
+    _keep_converged(seen, verified.version)
+    hosts = [h for h in seen.hosts if seen.results[h.name].changes]
+    if not hosts:
+        yield Finished("deploy", f"nothing to change: release {verified.version} already in place")
+        return list(seen.results.values())
+    stop_if_cancelled(cancel, "before any host was changed")
+    unreleased = yield from _change(hosts, seen, verified, engine, operator, cancel)
+    for message in unreleased:
+        yield Warned("deploy", message)
+    failed = [r for r in seen.results.values() if r.status in ("failed", "rolled-back")]
+    yield Finished(
+        "deploy",
+        f"{len(hosts) - len(failed)} of {len(hosts)} host(s) serving release {verified.version}",
+    )
+    return list(seen.results.values())
+
+
+def _check_and_plan(
+    verified: VerifiedBundle,
+    inventory: Inventory,
+    hosts: list[HostEntry],
+    profiles: dict[str, Profile],
+    profile: Requested,
+    *,
+    force: bool,
+    site: Site | None,
+    dry_run: bool,
+    operator: str,
+) -> Generator[Event, None, _Site]:
+    """Each host's state checked, its plan and desired state, and the diff from what it has."""
+    seen = _Site(list(hosts), {h.name: HostResult(h.name) for h in hosts})
+    results = seen.results
+    for host in hosts:
         # What the deploy depends on is read and checked first: a host whose audit log, journal
         # or `current` is damaged is refused here (failed, with how to repair) before anything
         # is changed on it; the other hosts go on.
         try:
-            states[host.name] = remote.host_state(host)
+            seen.states[host.name] = host_state(host)
         except HostStateError as exc:
-            hosts.remove(host)
+            seen.hosts.remove(host)
             results[host.name].status = "failed"
             results[host.name].message = exc.message + (f" {exc.hint}" if exc.hint else "")
             if not dry_run:
                 _audit_refusal(host, exc, verified.version, operator)
             yield Warned("deploy", exc.message)
     # One site plan over every host left (each host's part and command), then each is probed.
-    if hosts:
-        planned = plan_hosts(
-            verified, hosts, profiles, profile, force=force, site=site, inventory=inventory
+    if seen.hosts:
+        seen.planned = plan_hosts(
+            verified, seen.hosts, profiles, profile, force=force, site=site, inventory=inventory
         )
-    for done, host in enumerate(hosts, 1):
-        desired = planned[host.name][1]
-        results[host.name].port = _port(planned[host.name][0])
+    for done, host in enumerate(seen.hosts, 1):
+        desired = seen.planned[host.name][1]
+        results[host.name].port = _port(seen.planned[host.name][0])
         results[host.name].gateway_port = desired.gateway_port
         results[host.name].firewall = desired.firewall is not None
         results[host.name].keycloak = desired.keycloak
-        actual = parse_probe(remote.run(host, probe_script(desired), timeout=600))
+        actual = parse_probe(transport.run(host, probe_script(desired), timeout=600))
         results[host.name].changes = diff(desired, actual)
         if (why := release_damage(desired, actual)) is not None:
-            damaged[host.name] = why
+            seen.damaged[host.name] = why
         if (shortfall := disk_shortfall(desired, actual)) is not None:
-            short[host.name] = shortfall
-        yield Progress("plan", 0, None, done, len(hosts), host.name)
-    if not hosts:
-        yield Finished("deploy", "no host can be deployed to: each was refused before any change")
-        return list(results.values())
-    if dry_run:
-        for name, shortfall in short.items():
-            yield Warned("deploy", f"a deploy would be refused: {space_message(name, shortfall)}")
-        yield Finished("deploy", "dry run: nothing was changed")
-        return list(results.values())
+            seen.short[host.name] = shortfall
+        yield Progress("plan", 0, None, done, len(seen.hosts), host.name)
+    return seen
+
+
+def _refuse_short_of_space(short: dict[str, DiskShortfall]) -> None:
+    """A host without room for the release stops the deploy before any upload (``DiskSpaceError``)."""
     if short:
         raise DiskSpaceError(
             "; ".join(space_message(name, s) for name, s in short.items())
@@ -214,85 +282,114 @@ def deploy(
             hint="Free space on that filesystem (old releases: `appliance status` lists them; "
             f"set-aside damaged copies are {RELEASES}/.damaged-*) or make it larger, then deploy again.",
         )
-    # A switch left recorded as intended only on a host with nothing to change is closed too.
-    for host in [h for h in hosts if not results[h.name].changes and states[h.name].intent]:
-        remote.acquire_lock(host)
+
+
+def _keep_converged(seen: _Site, version: int) -> None:
+    """A host with nothing to change is not touched (no upload, no restart): a switch left
+    recorded as intended only is closed on it, then only its health is checked."""
+    results = seen.results
+    for host in [
+        h for h in seen.hosts if not results[h.name].changes and seen.states[h.name].intent
+    ]:
+        acquire_lock(host)
         try:
-            remote.reconcile(host, remote.host_state(host))
+            reconcile(host, host_state(host))
         finally:
-            remote.release_lock(host)
-    # A converged host is not touched (no upload, no restart): only its health is checked.
-    for host in [h for h in hosts if not results[h.name].changes]:
-        problem = _unhealthy(host, planned[host.name], timeout=30)
+            release_lock(host)
+    for host in [h for h in seen.hosts if not results[h.name].changes]:
+        problem = _unhealthy(host, seen.planned[host.name], timeout=30)
         results[host.name].status = "unchanged" if problem is None else "failed"
         results[host.name].message = (
-            f"already serving release {verified.version}"
+            f"already serving release {version}"
             if problem is None
             else f"converged but not healthy: {problem}"
         )
-    hosts = [h for h in hosts if results[h.name].changes]
-    if not hosts:
-        yield Finished("deploy", f"nothing to change: release {verified.version} already in place")
-        return list(results.values())
-    _stop_if_cancelled(cancel, "before any host was changed")
+
+
+def _change(
+    hosts: list[HostEntry],
+    seen: _Site,
+    verified: VerifiedBundle,
+    engine: str,
+    operator: str,
+    cancel: threading.Event,
+) -> Generator[Event, None, list[str]]:
+    """Lock every host, converge them, activate each: accepted, or rolled back.
+
+    Returns why a lock could not be released, per host (the locks are always released).
+    """
     deploy_id = uuid.uuid4().hex[:12]
     locked: list[HostEntry] = []
     # SIGTERM while hosts are locked stops like Ctrl-C: engine stopped, locks released, exit 130.
     stage = "lock"
-    with _sigterm_as_interrupt() as signals:
+    with sigterm_as_interrupt() as signals:
         try:
-            for host in hosts:
-                remote.acquire_lock(host)
-                locked.append(host)
-                # Under the lock: the state read again (it may have changed since the plan) and
-                # a switch left recorded as intended only is closed before anything else.
-                remote.reconcile(host, remote.host_state(host))
-                journal = remote.Journal(host, deploy_id)
-                journal.record("converge", "start", version=verified.version, engine=engine)
-                if host.name in damaged:
-                    _set_aside(host, planned[host.name][1], damaged[host.name], journal, operator)
+            _lock(hosts, locked, seen, verified.version, deploy_id, engine, operator)
             stage = "converge"
             try:
-                outcomes = yield from _converge(engine, [planned[h.name][1] for h in hosts], cancel)
-                _stop_if_cancelled(cancel, "after the files were laid down, before activation")
+                plans = [seen.planned[h.name][1] for h in hosts]
+                outcomes = yield from converge_hosts(engine, plans, cancel)
+                stop_if_cancelled(cancel, "after the files were laid down, before activation")
             except (Cancelled, KeyboardInterrupt) as exc:
-                _journal_cancelled(locked, deploy_id, stage, exc, signals)
+                journal_cancelled(locked, deploy_id, stage, exc, signals)
                 raise
             stage = "activate"
             with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
-                for host, result in zip(hosts, pool.map(lambda h: _finish(h, planned[h.name], outcomes[h.name], verified,
+                for host, result in zip(hosts, pool.map(lambda h: _finish(h, seen.planned[h.name], outcomes[h.name], verified,
                                                                            deploy_id, engine, operator), hosts), strict=True):  # fmt: skip
-                    results[host.name] = result
+                    seen.results[host.name] = result
                     yield Progress(
                         "deploy", 0, None, 0, len(hosts), f"{host.name}: {result.status}"
                     )
         except (Cancelled, KeyboardInterrupt) as exc:
             if stage != "converge":  # the converge stage journals its own cancellation
-                _journal_cancelled(locked, deploy_id, stage, exc, signals)
+                journal_cancelled(locked, deploy_id, stage, exc, signals)
             raise
         finally:
             # No yield in here: a generator being closed must not yield.
-            unreleased = []
-            for host in locked:
-                try:
-                    remote.release_lock(host)
-                except ApplianceError as exc:
-                    unreleased.append(f"{host.name}: could not release the lock: {exc.message}")
-    for message in unreleased:
-        yield Warned("deploy", message)
-    failed = [r for r in results.values() if r.status in ("failed", "rolled-back")]
-    yield Finished(
-        "deploy",
-        f"{len(hosts) - len(failed)} of {len(hosts)} host(s) serving release {verified.version}",
-    )
-    return list(results.values())
+            unreleased = _release(locked)
+    return unreleased
+
+
+def _lock(
+    hosts: list[HostEntry],
+    locked: list[HostEntry],
+    seen: _Site,
+    version: int,
+    deploy_id: str,
+    engine: str,
+    operator: str,
+) -> None:
+    """Take each host's lock (added to ``locked`` as taken), close a pending switch under it,
+    journal the converge's start and set a damaged copy of the release aside."""
+    for host in hosts:
+        acquire_lock(host)
+        locked.append(host)
+        # Under the lock: the state read again (it may have changed since the plan) and
+        # a switch left recorded as intended only is closed before anything else.
+        reconcile(host, host_state(host))
+        journal = Journal(host, deploy_id)
+        journal.record("converge", "start", version=version, engine=engine)
+        if host.name in seen.damaged:
+            _set_aside(host, seen.planned[host.name][1], seen.damaged[host.name], journal, operator)
+
+
+def _release(locked: list[HostEntry]) -> list[str]:
+    """Release every lock taken; why one could not be, per host (never raises)."""
+    unreleased = []
+    for host in locked:
+        try:
+            release_lock(host)
+        except ApplianceError as exc:
+            unreleased.append(f"{host.name}: could not release the lock: {exc.message}")
+    return unreleased
 
 
 def _audit_refusal(host: HostEntry, exc: HostStateError, version: int, operator: str) -> None:
     """The refusal on record in the host's own audit log, where that log can take it (a damaged
     log is never written to: the refusal is in the deploy's result and on stderr)."""
     with contextlib.suppress(ApplianceError):
-        remote.append_audit(host, {"event": "deploy", "result": "failed", "version": version,
+        append_audit(host, {"event": "deploy", "result": "failed", "version": version,
                                    "operator": operator, "error": exc.message[:500],
                                    "stage": "host-state"})  # fmt: skip
 
@@ -307,103 +404,15 @@ def space_message(host: str, shortfall: DiskShortfall) -> str:
 
 
 def _set_aside(
-    host: HostEntry, desired: HostDesired, why: str, journal: remote.Journal, operator: str
+    host: HostEntry, desired: HostDesired, why: str, journal: Journal, operator: str
 ) -> None:
     """A damaged copy of the release is moved aside (evidence) so the engine lays it down again
     from the verified bundle; journaled and audited before the engine runs."""
-    evidence = remote.set_aside(host, desired.release_dir, journal.deploy_id)
+    evidence = set_aside(host, desired.release_dir, journal.deploy_id)
     journal.record("repair", "set-aside", release=desired.release_dir, evidence=evidence, why=why)
-    remote.append_audit(host, {"event": "release-set-aside", "operator": operator,
+    append_audit(host, {"event": "release-set-aside", "operator": operator,
                                "deploy": journal.deploy_id, "version": desired.version,
                                "evidence": evidence, "why": why})  # fmt: skip
-
-
-def _journal_cancelled(
-    hosts: Sequence[HostEntry],
-    deploy_id: str,
-    stage: str,
-    exc: BaseException,
-    signals: _Signals,
-) -> None:
-    """Journal, on every locked host, that the deploy was cancelled, at which stage and how."""
-    how = (
-        "cancelled by the operator"
-        if isinstance(exc, Cancelled)
-        else "SIGTERM"
-        if signals.sigterm
-        else "interrupted (Ctrl-C)"
-    )
-    for host in hosts:
-        with contextlib.suppress(ApplianceError):
-            remote.Journal(host, deploy_id).record(stage, "cancelled", by=how)
-
-
-def _stop_if_cancelled(cancel: threading.Event, where: str) -> None:
-    if cancel.is_set():
-        raise Cancelled(f"deploy cancelled by the operator {where}; deploy again to resume")
-
-
-_DONE = object()
-# After Ctrl-C, how long the engine gets to reach its next safe point before the
-# deployer exits anyway (a kill at any moment is safe too: the journal resumes).
-_CANCEL_GRACE = 10.0
-
-
-def _converge(
-    engine: str, plans: Sequence[HostDesired], cancel: threading.Event
-) -> Generator[Event, None, dict[str, tuple[bool, str]]]:
-    """Run the engine in a worker thread; yield its per-host progress as it comes."""
-    converge = engines.engine(engine).converge
-
-    events: queue.Queue[object] = queue.Queue()
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["outcomes"] = converge(plans, on_event=events.put, cancel=cancel)
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-        finally:
-            events.put(_DONE)
-
-    worker = threading.Thread(target=work, name=f"converge-{engine}", daemon=True)
-    worker.start()
-    try:
-        while (event := events.get()) is not _DONE:
-            yield event  # type: ignore[misc]
-    except BaseException:  # Ctrl-C, SIGTERM, or the consumer closed us: stop the engine too
-        cancel.set()
-        worker.join(_CANCEL_GRACE)
-        raise
-    worker.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    outcomes: list[HostOutcome] = box["outcomes"]  # type: ignore[assignment]
-    return {o.name: (o.ok, o.message) for o in outcomes}
-
-
-@dataclass
-class _Signals:
-    sigterm: bool = False  # a SIGTERM arrived (the KeyboardInterrupt it raised was not Ctrl-C)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[_Signals]:
-    """In the main thread, SIGTERM stops the deploy like Ctrl-C (engine stopped, locks released)."""
-    seen = _Signals()
-    if threading.current_thread() is not threading.main_thread():
-        yield seen
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        seen.sigterm = True
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _unhealthy(
@@ -413,15 +422,15 @@ def _unhealthy(
     from appliance.deploy.gateway_layer import GATEWAY_CERT
 
     plan, desired = planned
-    if not remote.health_check(host, _port(plan), timeout=timeout):
+    if not health_check(host, _port(plan), timeout=timeout):
         return "the model server does not answer: see journalctl -u appliance-model"
-    if desired.keycloak_health is not None and not remote.keycloak_healthy(
+    if desired.keycloak_health is not None and not keycloak_healthy(
         host,
         desired.keycloak_health,
-        timeout=remote.KEYCLOAK_START_TIMEOUT if starting else timeout,
+        timeout=KEYCLOAK_START_TIMEOUT if starting else timeout,
     ):
         return f"Keycloak is not ready ({desired.keycloak_health}): see journalctl -u appliance-keycloak"
-    if desired.gateway_port is not None and not remote.gateway_healthy(
+    if desired.gateway_port is not None and not gateway_healthy(
         host, desired.gateway_port, GATEWAY_CERT, timeout=timeout
     ):
         return "the gateway does not answer /healthz: see journalctl -u appliance-gateway"
@@ -430,11 +439,11 @@ def _unhealthy(
 
 def _activate(host: HostEntry, planned: tuple[Plan, HostDesired], version: int) -> str | None:
     """Activate release ``version`` (units, then its firewall); why it does not serve, if so."""
-    remote.activate(host, version)
+    activate(host, version)
     problem = _unhealthy(host, planned, timeout=60, starting=True)
     if problem is None and planned[1].firewall is not None:
         try:
-            remote.apply_firewall(host, version)
+            apply_firewall(host, version)
         except DeploymentError as exc:
             return exc.message
     return problem
@@ -449,8 +458,10 @@ def _finish(
     engine: str,
     operator: str,
 ) -> HostResult:
+    """One converged host activated, then accepted (``current`` switched) or rolled back;
+    every outcome audited."""
     plan, desired = planned
-    journal = remote.Journal(host, deploy_id)
+    journal = Journal(host, deploy_id)
     result = HostResult(host.name, port=_port(plan), gateway_port=desired.gateway_port,
                         firewall=desired.firewall is not None, keycloak=desired.keycloak)  # fmt: skip
     record = {"event": "deploy", "operator": operator, "engine": engine, "bundle": verified.name,
@@ -463,54 +474,69 @@ def _finish(
         if not ok:
             raise DeploymentError(f"{host.name}: {engine} could not converge the host: {message}")
         journal.record("converge", "done")
-        previous = remote.current_version(host)
+        previous = current_version(host)
         journal.record("activate", "start", previous=previous)
         problem = _activate(host, planned, verified.version)
         if problem is not None:
-            if previous is not None and previous != verified.version:
-                remote.activate(host, previous)
-                remote.apply_firewall(host, previous)
-                previous_port = remote.release_port(host, previous) or _port(plan)
-                healthy = remote.health_check(host, previous_port)
-                result.status, result.message = (
-                    "rolled-back",
-                    (
-                        f"release {verified.version} could not be activated ({problem}); "
-                        f"release {previous} is active again"
-                        + ("" if healthy else " but is not healthy either")
-                    ),
-                )
-            else:
-                result.status, result.message = (
-                    "failed",
-                    f"release {verified.version} could not be activated: {problem}",
-                )
+            result.status, result.message = _roll_back(
+                host, plan, previous, verified.version, problem
+            )
             journal.record("activate", "failed")
             entry = {**record, "result": result.status, "error": result.message}
-            result.audit_hash = remote.append_audit(host, entry)["hash"]
+            result.audit_hash = append_audit(host, entry)["hash"]
             return result
-        journal.record("switch", "start", to=desired.release_dir)
-        result.audit_hash = remote.switch_recorded(
-            host, desired.release_dir, {**record, "result": "ok"}
-        )["hash"]
-        journal.record("activate", "done", current=desired.release_dir)
-        # Changes were applied (a host with none is not converged at all): "converged", also when
-        # the release was already current (its configuration changed, or a run was resumed).
-        result.status = "converged"
-        serving = "serving" if previous != verified.version else "reconfigured, serving"
-        result.message = (
-            f"{serving} release {verified.version} on 127.0.0.1:{_port(plan)}"
-            if desired.gateway_port is None
-            else f"{serving} release {verified.version} through the gateway on "
-            f"https://{host.address}:{desired.gateway_port}"
-        )
+        _accept(result, host, planned, journal, {**record, "result": "ok"}, previous,
+                verified.version)  # fmt: skip
     except ApplianceError as exc:
         result.status, result.message = "failed", exc.message
         with contextlib.suppress(ApplianceError):  # an unreachable host: the summary says why
-            result.audit_hash = remote.append_audit(
+            result.audit_hash = append_audit(
                 host, {**record, "result": "failed", "error": exc.message}
             )["hash"]
     return result
+
+
+def _roll_back(
+    host: HostEntry, plan: Plan, previous: int | None, version: int, problem: str
+) -> tuple[Literal["failed", "rolled-back"], str]:
+    """Release ``version`` does not serve: the previous release (if there is one) activated
+    again, with its firewall; the host's status and message."""
+    if previous is None or previous == version:
+        return "failed", f"release {version} could not be activated: {problem}"
+    activate(host, previous)
+    apply_firewall(host, previous)
+    previous_port = release_port(host, previous) or _port(plan)
+    healthy = health_check(host, previous_port)
+    return "rolled-back", (
+        f"release {version} could not be activated ({problem}); "
+        f"release {previous} is active again" + ("" if healthy else " but is not healthy either")
+    )
+
+
+def _accept(
+    result: HostResult,
+    host: HostEntry,
+    planned: tuple[Plan, HostDesired],
+    journal: Journal,
+    record: dict[str, object],
+    previous: int | None,
+    version: int,
+) -> None:
+    """Release ``version`` serves: ``current`` switched to it, recorded (``switch_recorded``)."""
+    plan, desired = planned
+    journal.record("switch", "start", to=desired.release_dir)
+    result.audit_hash = switch_recorded(host, desired.release_dir, record)["hash"]
+    journal.record("activate", "done", current=desired.release_dir)
+    # Changes were applied (a host with none is not converged at all): "converged", also when
+    # the release was already current (its configuration changed, or a run was resumed).
+    result.status = "converged"
+    serving = "serving" if previous != version else "reconfigured, serving"
+    result.message = (
+        f"{serving} release {version} on 127.0.0.1:{_port(plan)}"
+        if desired.gateway_port is None
+        else f"{serving} release {version} through the gateway on "
+        f"https://{host.address}:{desired.gateway_port}"
+    )
 
 
 __all__ = ["HostResult", "deploy", "plan_hosts", "remote_facts"]

@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.deploy.smoke import free_port
 from appliance.keycloak.access import AccessConfig, CallerSpec
 from appliance.keycloak.realm import Served, build_realm, caller_ids, render_realm_import
 from appliance.keycloak.site_secrets import ClientSecrets, ensure_client_secrets, write_private
@@ -41,6 +40,7 @@ from appliance.lab.dev_issuer import (
     serve_in_thread,
 )
 from appliance.lab.state import Lab
+from appliance.report.smoke import free_port
 
 CALLER = "lab-caller"
 ISSUER_HOST = "127.0.0.1"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.deploy import audit_anchor, remote
+from appliance.deploy import audit_anchor, journal, transport
+from appliance.deploy.audit_log import AUDIT_LOG
 from appliance.lab.state import Lab
 from appliance.plan.inventory import load_inventory
 from tests.integration.helpers import appliance, single_host_inventory
@@ -36,15 +37,15 @@ def _cut_and_report(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv(audit_anchor.ENV, str(tmp_path / "state" / "audit-anchors.json"))
     inventory = single_host_inventory(lab, lab.hosts[0], tmp_path / "inventory.yml")
     host = load_inventory(inventory).hosts[0]
-    remote.run(host, f"rm -f {remote.AUDIT_LOG}")
+    transport.run(host, f"rm -f {AUDIT_LOG}")
     for n in range(3):  # what deploy, rollback and uninstall do after their work
-        remote.append_audit(host, {"event": "test", "n": n})
+        journal.append_audit(host, {"event": "test", "n": n})
 
     ok = appliance("audit", "verify", "--inventory", inventory, cwd=ROOT)
     assert "3 records, chain intact" in ok.stdout
     assert "deploy log: 3 records, the 3 anchored on" in ok.stdout
 
-    remote.run(host, f"sed -i '$d' {remote.AUDIT_LOG}")  # root on the host cuts the last record
+    transport.run(host, f"sed -i '$d' {AUDIT_LOG}")  # root on the host cuts the last record
     cut = appliance("audit", "verify", "--inventory", inventory, cwd=ROOT, expect=4)
     assert "2 records, chain intact" in cut.stdout  # the chain alone sees nothing
     assert "deploy log: TRUNCATED: it has 2 records, but 3 were anchored" in cut.stderr

@@ -45,14 +45,14 @@ import httpx
 import pytest
 
 from appliance.audit import verify_chain
-from appliance.deploy import remote
+from appliance.deploy import transport
 from appliance.deploy.gateway_layer import GATEWAY_AUDIT, GATEWAY_CERT
 from appliance.deploy.keycloak_files import ADMIN_ENV_PATH, DIST_ROOT, STATE_DIR
-from appliance.deploy.smoke import chat_through_gateway
 from appliance.keycloak.site_secrets import load_client_secrets
 from appliance.lab import Lab, dev_site
 from appliance.lab.dev_issuer import KEY_FILE, DevIssuer, load_lab_realm, load_or_create_key
 from appliance.plan.inventory import HostEntry, load_inventory
+from appliance.report.smoke import chat_through_gateway
 from tests.integration import helpers
 from tests.integration.helpers import appliance
 
@@ -82,7 +82,7 @@ def direct(address: str, port: int) -> str:
 
 def kc_calls(host: HostEntry) -> list[str]:
     """What the stand-in kc.sh was asked, first word of each call."""
-    log = remote.run(host, f"cat {DIST}/data/stand-in-calls.log")
+    log = transport.run(host, f"cat {DIST}/data/stand-in-calls.log")
     return [line.split()[0] for line in log.splitlines()]
 
 
@@ -96,7 +96,7 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
         alone = helpers.deploy(tmp_path, lab.inventory, bundle)["hosts"][0]  # type: ignore[index]
         assert alone["status"] == "converged" and alone["gateway_port"] is None, alone
         assert "127.0.0.1:8080" in alone["message"] and alone["keycloak"] is None
-        assert "STAND-IN" in remote.run(
+        assert "STAND-IN" in transport.run(
             host, "/opt/appliance/releases/1/runtime/java/bin/java -version 2>&1"
         )
 
@@ -117,7 +117,7 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
             "client_secrets_file": str(secrets_dir / "client-secrets.json"),
         }
         assert kc_calls(host) == ["build", "import", "start"]
-        modes = remote.run(host, f"stat -c '%n %U %a' {ADMIN_ENV_PATH} {DIST}/data/import/appliance-realm.json "
+        modes = transport.run(host, f"stat -c '%n %U %a' {ADMIN_ENV_PATH} {DIST}/data/import/appliance-realm.json "
                                  f"{STATE_DIR} {DIST} {DIST}/lib/quarkus {DIST}/bin/kc.sh {DIST}/data")  # fmt: skip
         assert modes.split("\n")[:7] == [
             f"{ADMIN_ENV_PATH} root 600",
@@ -129,13 +129,13 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
             f"{DIST}/data appliance-keycloak 700",  # the import file's directory: owner only
         ]
         assert (
-            remote.run(host, "getent passwd appliance-keycloak")
+            transport.run(host, "getent passwd appliance-keycloak")
             .strip()
             .endswith(":/usr/sbin/nologin")
         )
 
         cafile = tmp_path / "gateway.crt"
-        cafile.write_text(remote.read_file(host, GATEWAY_CERT))
+        cafile.write_text(transport.read_file(host, GATEWAY_CERT))
         tls = ssl.create_default_context(cafile=str(cafile))
         secret = site.secrets.secret(dev_site.CALLER)
         with httpx.Client(base_url=url, verify=tls, timeout=30) as client:
@@ -167,7 +167,7 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
             keys = tmp_path / "stand-in-key"
             keys.mkdir(mode=0o700)
             (keys / KEY_FILE).write_text(
-                remote.read_file(host, f"{DIST}/data/stand-in-issuer/{KEY_FILE}")
+                transport.read_file(host, f"{DIST}/data/stand-in-issuer/{KEY_FILE}")
             )
             (keys / KEY_FILE).chmod(0o600)
             realm = load_lab_realm(secrets_dir / "appliance-realm-import.json")
@@ -191,10 +191,10 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
         assert direct(host.address, 8443) == "open"
         assert direct(host.address, 8180) == "timeout"  # Keycloak: through the gateway only
         assert direct(host.address, 9000) == "timeout"  # nor its management port
-        assert "LISTEN" in remote.run(host, f"ss -ltn 'sport = :{MODEL_PORT}'")
+        assert "LISTEN" in transport.run(host, f"ss -ltn 'sport = :{MODEL_PORT}'")
 
         # Every call has its record in the gateway's hash chain, refusals and relays included.
-        log = remote.read_file(host, GATEWAY_AUDIT)
+        log = transport.read_file(host, GATEWAY_AUDIT)
         assert verify_chain(log).ok
         records = [json.loads(line) for line in log.splitlines()]
         [streamed] = [r for r in records if r["status"] == 200 and r["stream"]]
@@ -224,7 +224,7 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
             .split("KC_BOOTSTRAP_ADMIN_PASSWORD=")[1]
             .strip()
         )
-        exposed = remote.run(host, "cat /etc/appliance/releases/1/* /var/log/appliance/audit.jsonl "
+        exposed = transport.run(host, "cat /etc/appliance/releases/1/* /var/log/appliance/audit.jsonl "
                                    f"{GATEWAY_AUDIT}; journalctl -q --no-pager; ps -eo args")  # fmt: skip
         assert secret not in exposed and admin not in exposed and len(admin) > 40
 
@@ -257,7 +257,7 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
         failed = helpers.deploy(tmp_path, lab.inventory, bundle, "--site", str(bad_site), expect=5)
         outcome = failed["hosts"][0]  # type: ignore[index]
         assert outcome["status"] == "failed" and "new SSH connection failed" in outcome["message"]
-        ruleset = remote.run(host, "nft list table inet appliance")
+        ruleset = transport.run(host, "nft list table inet appliance")
         assert f"{lab.gateway}" in ruleset  # the previous ruleset (SSH from here) is loaded again
         with httpx.Client(base_url=url, verify=tls, timeout=30) as client:
             fresh = client.post(
@@ -266,13 +266,13 @@ def test_token_gateway_model_and_the_firewall(make_lab: MakeLab, tmp_path: Path)
         assert chat_through_gateway(
             url, fresh.json()["access_token"], cafile, model=MODEL, max_tokens=8
         ).text.strip()
-        record = json.loads(remote.run(host, "tail -n 1 /var/log/appliance/audit.jsonl"))
+        record = json.loads(transport.run(host, "tail -n 1 /var/log/appliance/audit.jsonl"))
         assert record["result"] == "failed" and "new SSH connection failed" in record["error"]
 
         # Uninstall takes Keycloak away with the rest: its units, user, distribution and state.
         appliance("uninstall", "--inventory", lab.inventory, "--yes", cwd=tmp_path)
-        left = remote.run(host, "getent passwd appliance-keycloak; getent group appliance-keycloak; "
+        left = transport.run(host, "getent passwd appliance-keycloak; getent group appliance-keycloak; "
                                 f"ls -d {DIST_ROOT} {STATE_DIR} /etc/systemd/system/appliance-*.service "
                                 "2>/dev/null; true")  # fmt: skip
         assert left == ""
-        assert "inet appliance" not in remote.run(host, "nft list tables")
+        assert "inet appliance" not in transport.run(host, "nft list tables")

@@ -27,13 +27,13 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.site.verify import VerifyOptions, verify_bundle
-from appliance.deploy import smoke
 from appliance.deploy.run import deploy
 from appliance.errors import Cancelled
 from appliance.events import Event, Progress, drain
 from appliance.lab.state import Lab
 from appliance.plan.inventory import load_inventory
 from appliance.plan.profiles import load_profiles
+from appliance.report import smoke
 from tests.integration.test_deploy import appliance, chat, on_host, site  # noqa: F401 - the site fixture
 
 pytestmark = pytest.mark.integration

@@ -48,7 +48,6 @@ from appliance.deploy.probe import diff
 from appliance.deploy.render import desired_state
 from appliance.deploy.run import HostResult
 from appliance.deploy.site import Site, load_site
-from appliance.deploy.smoke import ChatAnswer
 from appliance.detect.facts import HostFacts
 from appliance.detect.facts_file import load_facts
 from appliance.errors import ApplianceError, Cancelled, DoesNotFitError
@@ -59,6 +58,7 @@ from appliance.netpolicy.model import GATEWAY_PORT
 from appliance.plan.inventory import HostEntry, Inventory, load_inventory
 from appliance.plan.profiles import Profile, load_profiles
 from appliance.plan.report import Plan, build_plan
+from appliance.report.smoke import ChatAnswer
 from tui.backend import Backend
 
 ROOT = Path(__file__).resolve().parents[2]

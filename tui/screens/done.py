@@ -1,6 +1,6 @@
 """Step 7, Done: per host the outcome, the endpoint, the smoke-test answer and the audit record.
 
-The smoke test is the core's ``appliance.deploy.smoke.chat``: one question to
+The smoke test is the core's ``appliance.report.smoke.chat``: one question to
 the model server through an SSH tunnel, asked from this machine. With a site
 file each host also shows the gateway's endpoint and its firewall, and the
 screen says how a caller gets a token (``tui.present.token_howto``); without
@@ -32,7 +32,7 @@ from tui.screens.base import StepScreen
 
 if TYPE_CHECKING:
     from appliance.deploy.run import HostResult
-    from appliance.deploy.smoke import ChatAnswer
+    from appliance.report.smoke import ChatAnswer
 
 SERVING = ("converged", "unchanged")
 

@@ -2,7 +2,7 @@
 
 The inventory is read by the core's strict loader (``appliance.plan.inventory``);
 labs come from ``appliance lab list``; each host is checked with one SSH login
-(``appliance.deploy.remote.reachable``), in parallel threads, and its answer
+(``appliance.deploy.transport.reachable``), in parallel threads, and its answer
 is shown as a word (OK, FAIL) with what SSH said.
 """
 

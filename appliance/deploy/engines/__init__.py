@@ -3,7 +3,7 @@
 An engine lays down a release (directories, the release staged, checked and
 moved into place, rendered files, Keycloak's user, distribution and secret
 files) and nothing else: activation, health and ``current`` are the deploy's
-(``deploy.run``, ``deploy.remote``), the same whichever engine ran. Engines see
+(``deploy.run``, ``deploy.activation``), the same whichever engine ran. Engines see
 only ``HostDesired`` values, never the bundle, the plan or the site, so hosts
 end up byte-identical whichever engine converged them (the parity test).
 

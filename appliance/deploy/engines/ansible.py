@@ -5,7 +5,7 @@ through ``releases/.staging-<v>/`` with ``sha256sum -c``, the offline
 virtualenv, read-only and ``mv -T`` into place; the release's unit and
 environment files rendered from the same templates), so the hosts end up
 byte-identical whichever engine ran. Activation, health and ``current`` stay
-``remote``'s.
+the deploy's (``deploy.activation``).
 
 Per run, a private directory (removed afterwards) holds what ansible-runner
 and plain ``ansible-playbook`` need:

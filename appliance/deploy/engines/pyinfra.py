@@ -1,7 +1,7 @@
 """The pyinfra engine: converge hosts to their ``HostDesired`` through pyinfra's API.
 
 What it lays down (and nothing else; activation, health and ``current`` are
-``remote``'s, engine-independent):
+the deploy's (``deploy.activation``), engine-independent):
 
 - the appliance directories;
 - the release: every file uploaded into ``releases/.staging-<v>/`` (pyinfra

@@ -17,7 +17,7 @@ import pytest
 
 from appliance.audit import GENESIS, chain_record
 from appliance.cli.main import main
-from appliance.deploy import audit_anchor, remote
+from appliance.deploy import audit_anchor, transport
 from appliance.errors import AuditAnchorError
 from appliance.plan.inventory import HostEntry
 
@@ -62,7 +62,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
             ["sh", "-c", script], capture_output=True, text=True, timeout=timeout, check=True
         ).stdout
 
-    monkeypatch.setattr(remote, "run", run_locally_instead_of_ssh)
+    monkeypatch.setattr(transport, "run", run_locally_instead_of_ssh)
     monkeypatch.setenv(audit_anchor.ENV, str(tmp_path / "state" / "audit-anchors.json"))
     fake.write("deploy", chain(5, tag="deploy"))
     fake.write("gateway", chain(40, tag="gateway.call"))

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from appliance.deploy import run
-from appliance.deploy.engines import pyinfra as pyinfra_engine
+from appliance.deploy import converge, pyinfra_engine
 from appliance.deploy.engines.ansible import _reporter
 from appliance.deploy.host_desired import HostDesired, HostOutcome
 from appliance.errors import Cancelled, DeploymentError
@@ -133,7 +132,7 @@ def test_engine_events_stream_to_the_caller_as_they_come(monkeypatch: pytest.Mon
         return [HostOutcome("h1", True, True, "converged")]
 
     fake_engine(monkeypatch, body)
-    events, outcomes = collect(run._converge("pyinfra", [], threading.Event()))
+    events, outcomes = collect(converge.converge_hosts("pyinfra", [], threading.Event()))
     assert [e.done_items for e in events] == [1, 2, 3]  # type: ignore[union-attr]
     assert outcomes == {"h1": (True, "converged")}
     assert seen_by_engine == ["converge-pyinfra"]  # the engine ran in its own thread
@@ -147,7 +146,7 @@ def test_an_engine_error_reaches_the_caller_with_its_type(monkeypatch: pytest.Mo
 
     fake_engine(monkeypatch, body)
     with pytest.raises(DeploymentError, match="the engine broke"):
-        collect(run._converge("pyinfra", [], threading.Event()))
+        collect(converge.converge_hosts("pyinfra", [], threading.Event()))
 
 
 def test_closing_the_deploy_early_cancels_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,7 +164,7 @@ def test_closing_the_deploy_early_cancels_the_engine(monkeypatch: pytest.MonkeyP
 
     fake_engine(monkeypatch, body)
     cancel = threading.Event()
-    gen = run._converge("pyinfra", [], cancel)
+    gen = converge.converge_hosts("pyinfra", [], cancel)
     assert next(gen).item == "op 1"  # type: ignore[union-attr]
     assert started.wait(5)
     gen.close()  # e.g. Ctrl-C in the consumer, or the TUI leaving

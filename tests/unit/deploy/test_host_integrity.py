@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from appliance.audit import GENESIS, chain_record
-from appliance.deploy import remote
+from appliance.deploy import audit_log, host_check, transport
 from appliance.deploy.host_desired import HostDesired, ReleaseFile
 from appliance.deploy.host_layout import RELEASES
 from appliance.deploy.integrity import (
@@ -56,9 +56,9 @@ def records(n: int) -> list[str]:
 
 def test_a_sound_tail_gives_the_hash_to_chain_from() -> None:
     lines = records(3)
-    assert remote.audit_tail_hash("h", "") == GENESIS
-    assert remote.audit_tail_hash("h", "\n".join(lines[-2:])) == json.loads(lines[-1])["hash"]
-    assert remote.audit_tail_hash("h", lines[0]) == json.loads(lines[0])["hash"]
+    assert audit_log.audit_tail_hash("h", "") == GENESIS
+    assert audit_log.audit_tail_hash("h", "\n".join(lines[-2:])) == json.loads(lines[-1])["hash"]
+    assert audit_log.audit_tail_hash("h", lines[0]) == json.loads(lines[0])["hash"]
 
 
 @pytest.mark.parametrize(
@@ -76,9 +76,9 @@ def test_a_sound_tail_gives_the_hash_to_chain_from() -> None:
 )
 def test_a_damaged_tail_is_refused_with_how_to_repair(tail, said) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(HostStateError) as caught:
-        remote.audit_tail_hash("lab-1", tail(records(3)))
+        audit_log.audit_tail_hash("lab-1", tail(records(3)))
     assert said in caught.value.message and "refusing to change anything" in caught.value.message
-    assert caught.value.hint and remote.AUDIT_LOG in caught.value.hint
+    assert caught.value.hint and audit_log.AUDIT_LOG in caught.value.hint
     assert caught.value.exit_code == ExitCode.DEPLOYMENT_FAILED  # exit 5
     assert isinstance(caught.value, DeploymentError)
 
@@ -92,21 +92,21 @@ def state_output(audit: str = "", current: str = "", notdir: str = "", intent: s
 
 def test_the_host_state_is_read_and_checked() -> None:
     lines = records(2)
-    state = remote.check_host_state("h", state_output("\n".join(lines), f"link {RELEASES}/3"))
-    assert state == remote.HostState(json.loads(lines[-1])["hash"], f"{RELEASES}/3", None)
-    fresh = remote.check_host_state("h", state_output())
-    assert fresh == remote.HostState(GENESIS, None, None)
+    state = host_check.check_host_state("h", state_output("\n".join(lines), f"link {RELEASES}/3"))
+    assert state == host_check.HostState(json.loads(lines[-1])["hash"], f"{RELEASES}/3", None)
+    fresh = host_check.check_host_state("h", state_output())
+    assert fresh == host_check.HostState(GENESIS, None, None)
 
 
 def test_the_read_only_scripts_succeed_on_a_host_without_any_appliance_state() -> None:
     # Read-only: they only read /var/log/appliance, /var/lib/appliance, /opt/appliance here.
-    for script in (remote._STATE_SCRIPT, remote._AUDIT_TAIL_SCRIPT):
+    for script in (host_check.STATE_SCRIPT, audit_log.AUDIT_TAIL_SCRIPT):
         result = sh(script)
         assert result.returncode == 0, (script, result.stderr)
-    if not Path(remote.AUDIT_LOG).exists() and not Path("/opt/appliance").exists():
-        assert remote.check_host_state("h", sh(remote._STATE_SCRIPT).stdout) == remote.HostState(
-            GENESIS, None, None
-        )
+    if not Path(audit_log.AUDIT_LOG).exists() and not Path("/opt/appliance").exists():
+        assert host_check.check_host_state(
+            "h", sh(host_check.STATE_SCRIPT).stdout
+        ) == host_check.HostState(GENESIS, None, None)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_the_read_only_scripts_succeed_on_a_host_without_any_appliance_state() -
         (state_output(current="link /tmp/x"), "is not a link to a release", "mv"),
         (state_output(current=f"link {RELEASES}/../3"), "is not a link to a release", "mv"),
         (state_output(notdir="/var/lib/appliance/journal"), "is not a directory", "mv"),
-        (state_output(intent="{half"), "is damaged", f"rm {remote.INTENT}"),
+        (state_output(intent="{half"), "is damaged", f"rm {host_check.INTENT}"),
         (state_output(intent='{"to": 3, "record": {}}'), "is damaged", "rm"),
         (state_output(intent="[" * 100_000 + "]" * 100_000), "is damaged", "rm"),
         (state_output(audit="garbage"), "is not an audit record", "sed -i"),
@@ -125,7 +125,7 @@ def test_the_read_only_scripts_succeed_on_a_host_without_any_appliance_state() -
 )
 def test_a_damaged_host_state_is_refused(output: str, said: str, hint: str | None) -> None:
     with pytest.raises(HostStateError) as caught:
-        remote.check_host_state("lab-1", output)
+        host_check.check_host_state("lab-1", output)
     assert said in caught.value.message
     if hint is not None:
         assert caught.value.hint is not None and hint in caught.value.hint
@@ -134,16 +134,16 @@ def test_a_damaged_host_state_is_refused(output: str, said: str, hint: str | Non
 def test_a_pending_switch_is_reconciled_by_where_current_points() -> None:
     intent = {"to": f"{RELEASES}/2", "from": f"{RELEASES}/1",
               "record": {"event": "rollback", "to": 2, "result": "ok"}}  # fmt: skip
-    state = remote.check_host_state(
+    state = host_check.check_host_state(
         "h", state_output(current=f"link {RELEASES}/2", intent=json.dumps(intent))
     )
     assert state.intent == intent
-    done = remote.reconcile_record(intent, state.current)
+    done = host_check.reconcile_record(intent, state.current)
     assert done["result"] == "ok" and done["reconciled"] is True and done["event"] == "rollback"
     assert "had been switched" in done["note"]
-    undone = remote.reconcile_record(intent, f"{RELEASES}/1")
+    undone = host_check.reconcile_record(intent, f"{RELEASES}/1")
     assert undone["result"] == "interrupted" and "was not switched" in undone["note"]
-    assert remote.reconcile_record(intent, None)["result"] == "interrupted"
+    assert host_check.reconcile_record(intent, None)["result"] == "interrupted"
 
 
 # --- the install record and its check (real python3, a real directory) -------------------
@@ -338,21 +338,21 @@ def test_sigterm_is_told_apart_from_ctrl_c_and_journaled_as_cancelled(
 ) -> None:
     import signal
 
-    from appliance.deploy import run
+    from appliance.deploy import converge
     from appliance.errors import Cancelled
     from appliance.plan.inventory import HostEntry
 
-    with pytest.raises(KeyboardInterrupt), run._sigterm_as_interrupt() as seen:
+    with pytest.raises(KeyboardInterrupt), converge.sigterm_as_interrupt() as seen:
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(100):  # the handler runs between bytecodes
             pass
     assert seen.sigterm is True
-    with run._sigterm_as_interrupt() as quiet:
+    with converge.sigterm_as_interrupt() as quiet:
         pass
     assert quiet.sigterm is False
 
     sent: list[str] = []  # a fake of the SSH runner: records the scripts it would run
-    monkeypatch.setattr(remote, "run", lambda host, script, **kw: sent.append(script) or "")
+    monkeypatch.setattr(transport, "run", lambda host, script, **kw: sent.append(script) or "")
     host = HostEntry(name="lab-1", address="10.0.0.2", roles=["model-server"])
     for exc, signals, by in [
         (KeyboardInterrupt(), seen, "SIGTERM"),
@@ -360,7 +360,7 @@ def test_sigterm_is_told_apart_from_ctrl_c_and_journaled_as_cancelled(
         (Cancelled("x"), quiet, "cancelled by the operator"),
     ]:
         sent.clear()
-        run._journal_cancelled([host], "d1", "converge", exc, signals)
+        converge.journal_cancelled([host], "d1", "converge", exc, signals)
         [script] = sent
         assert "/var/lib/appliance/journal/d1.jsonl" in script
         line = json.loads(script.split("printf '%s\\n' ")[1].split(" >> ")[0].strip("'"))

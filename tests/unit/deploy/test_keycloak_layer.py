@@ -359,11 +359,11 @@ def test_activation_does_not_wait_for_keycloaks_build(monkeypatch: pytest.Monkey
     """Keycloak's first start builds in ExecStartPre (minutes): `systemctl restart` would block
     the activation's SSH call past its timeout, so Keycloak alone is started without waiting and
     its readiness polled after. (The SSH call is replaced by a fake recording the script.)"""
-    from appliance.deploy import remote
+    from appliance.deploy import activation, transport
 
     scripts: list[str] = []
-    monkeypatch.setattr(remote, "run", lambda h, script, **kw: scripts.append(script) or "")
-    remote.activate(host(), 4)
+    monkeypatch.setattr(transport, "run", lambda h, script, **kw: scripts.append(script) or "")
+    activation.activate(host(), 4)
     restarts = re.findall(r"systemctl restart [^;]+", scripts[0])
     assert restarts == [
         f"systemctl restart {UNIT_NAME}",

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.deploy.remote import ssh_options
+from appliance.deploy.transport import ssh_options
 from appliance.errors import DeploymentError
 from appliance.input_files import parse_json
 from appliance.plan.inventory import HostEntry

@@ -1,0 +1,164 @@
+"""Activating a release on a host: its units, its health, and the recorded ``current`` switch.
+
+Engine-independent on purpose: activating a release's units, the health
+checks, the atomic ``current`` switch (recorded before, in the intent file, and
+after, in the audit log) and rollback behave the same whichever engine laid the
+files down. Every call goes through ``transport`` and is bounded in time.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from appliance.deploy import transport
+from appliance.deploy.host_check import INTENT
+from appliance.deploy.host_layout import (
+    CURRENT,
+    GATEWAY_UNIT,
+    KEYCLOAK_UNIT,
+    RELEASE_ETC,
+    ROOT,
+    STATE,
+    UNIT_NAME,
+    active_unit_path,
+)
+from appliance.deploy.journal import append_audit, now
+from appliance.plan.engine_args import argv_port
+from appliance.plan.inventory import HostEntry
+
+
+def current_version(host: HostEntry) -> int | None:
+    target = transport.run(host, f"readlink {CURRENT} 2>/dev/null; true", timeout=30).strip()
+    name = target.rsplit("/", 1)[-1]
+    return int(name) if name.isdigit() else None
+
+
+# The services a release may have, in start order; the model server is always one of them.
+SERVICES = (UNIT_NAME, KEYCLOAK_UNIT, GATEWAY_UNIT)
+NO_BLOCK = frozenset({KEYCLOAK_UNIT})  # started without waiting: its readiness is polled
+
+
+def activate(host: HostEntry, version: int) -> None:
+    """Make release ``version``'s units the active ones and (re)start them.
+
+    A service the release does not have (an older release without the
+    gateway) is stopped and its active unit removed. The firewall is not
+    touched here: ``apply_firewall`` loads it with a safety net.
+    """
+    etc = f"{RELEASE_ETC}/{version}"
+    lines = ["set -e", f"test -f {etc}/{UNIT_NAME}"]
+    for unit in SERVICES:
+        active = active_unit_path(unit)
+        lines.append(
+            f"if [ -f {etc}/{unit} ]; then cp {etc}/{unit} {active}.tmp && mv -f {active}.tmp {active}; "
+            f"else systemctl disable --now {unit} >/dev/null 2>&1 || true; rm -f {active}; fi"
+        )
+    lines.append("systemctl daemon-reload")
+    for unit in SERVICES:
+        # `systemctl restart` waits for a unit's ExecStartPre steps; Keycloak's first start builds
+        # its server there (minutes), so it is not waited on here: its readiness is polled after.
+        restart = "restart --no-block" if unit in NO_BLOCK else "restart"
+        lines.append(
+            f"if [ -f {active_unit_path(unit)} ]; then systemctl enable {unit} >/dev/null 2>&1; "
+            f"systemctl {restart} {unit}; fi"
+        )
+    transport.run(host, "\n".join(lines) + "\n", timeout=90)
+
+
+def switch_recorded(host: HostEntry, release_dir: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Switch ``current`` to ``release_dir`` so that it cannot happen unrecorded.
+
+    The intent (where to, and the audit record to write) goes to ``INTENT`` first, then the
+    switch, then the audit record, then the intent is removed. A deployer dying in between
+    leaves the intent: the next operation's ``reconcile`` writes the record it finds missing.
+    """
+    previous = transport.run(host, f"readlink {CURRENT} 2>/dev/null; true", timeout=30).strip()
+    intent = json.dumps({"at": now(), "to": release_dir, "from": previous or None, "record": record},
+                        sort_keys=True)  # fmt: skip
+    transport.run(host, f"mkdir -p {STATE} && printf '%s\\n' {shlex.quote(intent)} > {INTENT}.tmp && "
+              f"mv -f {INTENT}.tmp {INTENT}", timeout=30)  # fmt: skip
+    switch_current(host, release_dir)
+    entry = append_audit(host, record)
+    transport.run(host, f"rm -f {INTENT}", timeout=30)
+    return entry
+
+
+def switch_current(host: HostEntry, release_dir: str) -> None:
+    transport.run(
+        host,
+        f"ln -sfn {release_dir} {ROOT}/.current.tmp && mv -T {ROOT}/.current.tmp {CURRENT}",
+        timeout=30,
+    )
+
+
+def gateway_healthy(host: HostEntry, port: int, cafile: str, *, timeout: int = 60) -> bool:
+    """Poll the gateway's /healthz over TLS on the host's loopback (its certificate checked)."""
+    return poll_ok(host, f"https://127.0.0.1:{port}/healthz", timeout, cafile=cafile,
+                   unit=GATEWAY_UNIT)  # fmt: skip
+
+
+# Keycloak's first start builds its optimised server, then imports the realm: minutes, not seconds.
+KEYCLOAK_START_TIMEOUT = 300
+
+
+def keycloak_healthy(host: HostEntry, url: str, *, timeout: int = KEYCLOAK_START_TIMEOUT) -> bool:
+    """Poll Keycloak's readiness (its management port, on the host's loopback)."""
+    return poll_ok(host, url, timeout, unit=KEYCLOAK_UNIT)
+
+
+def release_port(host: HostEntry, version: int) -> int | None:
+    """The port release ``version`` serves on, read from its kept unit's ExecStart."""
+    text = transport.run(
+        host, f"cat {RELEASE_ETC}/{version}/{UNIT_NAME} 2>/dev/null; true", timeout=30
+    )
+    for line in text.splitlines():
+        if line.startswith("ExecStart="):
+            return argv_port(shlex.split(line.removeprefix("ExecStart=")))
+    return None
+
+
+def health_check(host: HostEntry, port: int, *, timeout: int = 180) -> bool:
+    """Poll the model server's /v1/models on the host's loopback until it answers 200.
+
+    False as soon as systemd restarts the model server during the wait (it crashed).
+    """
+    return poll_ok(host, f"http://127.0.0.1:{port}/v1/models", timeout, unit=UNIT_NAME)
+
+
+def poll_ok(
+    host: HostEntry, url: str, timeout: int, *, cafile: str | None = None, unit: str | None = None
+) -> bool:
+    """On ``host``: GET ``url`` every second until it answers 200 (True) or ``timeout`` s pass.
+
+    With ``unit``, give up at once when systemd restarts that unit during the
+    wait (its ``NRestarts`` grows): a server that crashes on start (a port
+    taken, a bad argument) is not waited on for the whole timeout.
+    """
+    context = "None" if cafile is None else f"ssl.create_default_context(cafile={cafile!r})"
+    script = f"""python3 - <<'EOF'
+import ssl, subprocess, time, urllib.request
+def restarts():
+    if {unit!r} is None:
+        return 0
+    out = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", {unit!r}],
+                         capture_output=True, text=True).stdout.strip()
+    return int(out) if out.isdigit() else 0
+before = restarts()
+deadline = time.monotonic() + {timeout}
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen({url!r}, timeout=5, context={context}) as r:
+            if r.status == 200:
+                print("healthy"); break
+    except Exception:
+        pass
+    if restarts() > before:
+        print("restarted"); break
+    time.sleep(1)
+else:
+    print("unhealthy")
+EOF
+"""
+    return transport.run(host, script, timeout=timeout + 30).strip() == "healthy"
