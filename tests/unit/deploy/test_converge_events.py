@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from appliance.deploy import converge, pyinfra_engine
+from appliance.deploy import converge
+from appliance.deploy.engines import pyinfra as pyinfra_engine
 from appliance.deploy.engines.ansible import _reporter
 from appliance.deploy.host_desired import HostDesired, HostOutcome
 from appliance.errors import Cancelled, DeploymentError

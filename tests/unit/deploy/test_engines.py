@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from appliance.cli.main import main
+from appliance.deploy import converge as converge_module
 from appliance.deploy import engines
 from appliance.deploy.engines import ansible as ansible_engine
 from appliance.deploy.host_desired import HostDesired, HostOutcome
@@ -46,7 +47,7 @@ def test_the_deploy_converges_with_the_engine_it_names(monkeypatch: pytest.Monke
         return [HostOutcome("h1", True, True, "converged by ansible")]
 
     monkeypatch.setattr(ansible_engine, "converge", converge)
-    gen = converge.converge_hosts("ansible", [], threading.Event())
+    gen = converge_module.converge_hosts("ansible", [], threading.Event())
     with pytest.raises(StopIteration) as stop:
         next(gen)
     assert stop.value.value == {"h1": (True, "converged by ansible")}
