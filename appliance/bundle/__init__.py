@@ -1,6 +1,6 @@
 """Signed offline bundles: format, keys and trust, build, sign, verify, install, media.
 
-- ``build/``: the connected side (recipe, sources, the build into a staging dir).
+- ``connected/``: the connected side (recipe, sources, the build into a staging dir).
 - ``site/``: the disconnected site (verify, the exact file set and hashes, the
   accepted-version state, install); ``site.verify`` alone makes a ``VerifiedBundle``.
 - ``media/``: a bundle as parts on removable media (split on the connected side,

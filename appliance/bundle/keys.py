@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
-from appliance.bundle.safe_fs import CREATE_FLAGS
 from appliance.errors import InputError, KeyFileError
 from appliance.input_files import parse_json, read_input, read_text_input
+from appliance.safe_fs import create_new
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub.json"
@@ -43,16 +43,12 @@ class KeyPair:
 def write_private(path: Path, data: bytes) -> None:
     """Create ``path`` 0600 (never wider, not even briefly); refuse to overwrite."""
     try:
-        fd = os.open(path, CREATE_FLAGS, 0o600)
+        create_new(path, data, 0o600)
     except FileExistsError:
         raise InputError(
             f"{path} already exists; refusing to overwrite a key",
             hint="Choose another --name or directory.",
         ) from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def public_key_dict(key: SSlibKey, name: str) -> dict[str, Any]:

@@ -26,7 +26,6 @@ keeps (``site/state.py``), so a kept root is only ever reached from the anchor.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -52,6 +51,7 @@ from appliance.errors import (
     VerificationError,
 )
 from appliance.input_files import parse_json, read_input
+from appliance.safe_fs import replace_atomically
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 S = TypeVar("S", Root, Targets)  # the metadata kinds appliance reads
@@ -111,13 +111,8 @@ def to_bytes(md: Metadata[Any]) -> bytes:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """``path`` replaced whole (``safe_fs.replace_atomically``); ``mode`` from the first byte."""
+    replace_atomically(path, data, mode)
 
 
 def strict_json(data: bytes, what: str) -> Any:

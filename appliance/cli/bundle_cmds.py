@@ -342,7 +342,7 @@ def _recipe_with_overrides(args: argparse.Namespace) -> Any:
     stderr); the flags that describe the content are refused (the recipe says it)."""
     from datetime import UTC, datetime
 
-    from appliance.bundle.build.recipe import load_recipe, parse_expiry
+    from appliance.bundle.connected.recipe import load_recipe, parse_expiry
     from appliance.errors import InputError
 
     if refused := _flag_values(args, _RECIPE_OWNS):
@@ -369,7 +369,7 @@ def _recipe_with_overrides(args: argparse.Namespace) -> Any:
 
 
 def cmd_bundle_build(args: argparse.Namespace) -> int:
-    from appliance.bundle.build.builder import build_bundle, recipe_from_args
+    from appliance.bundle.connected.build import build_bundle, recipe_from_args
     from appliance.errors import InputError
     from appliance.output_paths import new_directory
 
@@ -615,7 +615,7 @@ def cmd_bundle_install(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_split(args: argparse.Namespace) -> int:
-    from appliance.bundle.build.recipe import parse_size
+    from appliance.bundle.connected.recipe import parse_size
     from appliance.bundle.manifest import bundle_contents, read_targets
     from appliance.bundle.media.split import split_bundle
     from appliance.output_paths import writable_directory

@@ -50,6 +50,7 @@ from appliance.deploy.gateway_layer import GATEWAY_AUDIT
 from appliance.errors import ApplianceError, AuditAnchorError
 from appliance.input_files import parse_json, read_input
 from appliance.plan.inventory import HostEntry
+from appliance.safe_fs import replace_atomically
 
 FORMAT = 1
 FILE_NAME = "audit-anchors.json"
@@ -271,24 +272,7 @@ def _save(path: Path, anchors: dict[str, dict[str, Anchor]]) -> None:
         },
     }
     data = (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_atomically(path, data, 0o600)
 
 
 @contextlib.contextmanager

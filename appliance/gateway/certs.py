@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.errors import InputError
+from appliance.safe_fs import create_new
 
 DEFAULT_DAYS = 825  # the longest validity common TLS clients accept
 
@@ -95,14 +95,6 @@ def generate_self_signed(
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode
-        )
+        create_new(path, data, mode, exact_mode=True)  # whatever the umask
     except OSError as exc:
         raise CertificateError(f"{path}: cannot create: {exc.strerror or exc}") from exc
-    try:
-        os.fchmod(fd, mode)  # whatever the umask
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,7 +18,6 @@ Files in the site secrets directory (one per realm)::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from appliance.input_files import open_input, parse_json, read_opened
 from appliance.keycloak.errors import SiteSecretsError
+from appliance.safe_fs import replace_atomically
 
 CLIENT_SECRETS_FILE = "client-secrets.json"
 ADMIN_ENV_FILE = "keycloak-admin.env"
@@ -81,19 +81,7 @@ def ensure_private_dir(directory: Path) -> Path:
 
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, mode 0600 from the first byte; replaces ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    replace_atomically(Path(path), text.encode("utf-8"), 0o600)
 
 
 def read_private(path: Path, what: str) -> str:

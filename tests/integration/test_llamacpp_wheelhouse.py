@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.build.recipe import load_recipe
+from appliance.bundle.connected.recipe import load_recipe
 from appliance.plan.engine_args import BIND_ADDRESS, OFFLINE_ENV
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 Modules: ``split`` (connected side), ``check`` and ``join`` (site side), and
 ``parts``, what they share (part names, the signed layout, the content stream,
-the metadata copy). Files are opened through ``appliance.bundle.safe_fs``.
+the metadata copy). Files are opened through ``appliance.safe_fs``.
 
 Job
     ``split_bundle`` writes a bundle as numbered part files plus a copy of its

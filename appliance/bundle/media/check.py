@@ -36,10 +36,10 @@ from appliance.bundle.media.parts import (
     layout_parts,
 )
 from appliance.bundle.payload import MediaLayout
-from appliance.bundle.safe_fs import open_regular
 from appliance.errors import InputError, MediaPartError
 from appliance.events import Event, Finished, Progress, Started, Warned
 from appliance.input_files import input_directory
+from appliance.safe_fs import open_regular
 
 CHECK_CHUNK = 1024 * 1024  # per checking thread
 MAX_CHECK_THREADS = 4  # parts often share one medium: more readers only add seeks

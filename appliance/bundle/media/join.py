@@ -11,7 +11,7 @@ Invariants
 - Join writes only inside ``.<out>.joining`` next to ``out_dir`` and, last,
   renames that to ``out_dir``. Every record path passes ``check_relpath``,
   files are created with O_EXCL|O_NOFOLLOW and directories are walked by file
-  descriptor without following links (``appliance.bundle.safe_fs``), so
+  descriptor without following links (``appliance.safe_fs``), so
   nothing lands outside the staging dir.
 - Join is resumable: a journal in the staging dir lists the parts fully applied
   (data fsynced) with their digests; a rerun continues after them. A journal or
@@ -45,7 +45,15 @@ from appliance.bundle.media.parts import (
     stream_segments,
 )
 from appliance.bundle.payload import MediaLayout
-from appliance.bundle.safe_fs import (
+from appliance.errors import (
+    DigestMismatchError,
+    InputError,
+    MediaPartError,
+    UnsafePathError,
+)
+from appliance.events import Event, Finished, Progress, Started, Warned
+from appliance.input_files import parse_json
+from appliance.safe_fs import (
     CREATE_FLAGS,
     DIR_FLAGS,
     READ_FLAGS,
@@ -56,14 +64,6 @@ from appliance.bundle.safe_fs import (
     unlink_quiet,
     write_all,
 )
-from appliance.errors import (
-    DigestMismatchError,
-    InputError,
-    MediaPartError,
-    UnsafePathError,
-)
-from appliance.events import Event, Finished, Progress, Started, Warned
-from appliance.input_files import parse_json
 
 JOURNAL_NAME = "join-journal.json"
 JOURNAL_FORMAT = 1

@@ -28,8 +28,8 @@ from appliance.bundle.format import (
     check_relpath,
 )
 from appliance.bundle.payload import MediaLayout
-from appliance.bundle.safe_fs import CREATE_FLAGS, DIR_FLAGS, LINK_ERRNOS, open_regular, write_all
 from appliance.errors import InputError, MetadataError, UnsafePathError
+from appliance.safe_fs import CREATE_FLAGS, DIR_FLAGS, LINK_ERRNOS, open_regular, write_all
 
 CHUNK = 4 * 1024 * 1024  # split/join buffer: large reads, flat memory
 PROGRESS_EVERY = 64 * 1024 * 1024

@@ -13,7 +13,7 @@ Invariants
   dot-name and renamed only once its digest matched; on failure it removes
   everything it wrote (``_Written.remove``).
 - Bundle files are opened by descriptor without following links
-  (``appliance.bundle.safe_fs``); memory stays flat (one reusable buffer).
+  (``appliance.safe_fs``); memory stays flat (one reusable buffer).
 """
 
 from __future__ import annotations
@@ -40,15 +40,6 @@ from appliance.bundle.media.parts import (
     layout_parts,
 )
 from appliance.bundle.payload import MediaLayout
-from appliance.bundle.safe_fs import (
-    CREATE_FLAGS,
-    DIR_FLAGS,
-    LINK_ERRNOS,
-    open_dirs,
-    open_regular,
-    unlink_quiet,
-    write_all,
-)
 from appliance.errors import (
     DigestMismatchError,
     FileSetError,
@@ -58,6 +49,15 @@ from appliance.errors import (
     UnsafePathError,
 )
 from appliance.events import Event, Finished, Progress, Started
+from appliance.safe_fs import (
+    CREATE_FLAGS,
+    DIR_FLAGS,
+    LINK_ERRNOS,
+    open_dirs,
+    open_regular,
+    unlink_quiet,
+    write_all,
+)
 
 _REBUILD_HINT = (
     "The part digests are signed at build time, so a bundle can only be split at "

@@ -3,6 +3,6 @@ signed manifest, exact file set, content hashes), the site's accepted versions a
 roots, and the installation of a verified bundle's files.
 
 ``verify.verify_bundle`` is the only constructor of ``VerifiedBundle``; nothing here
-builds or signs a bundle (``appliance.bundle.build.builder``), and both sides share the format
+builds or signs a bundle (``appliance.bundle.connected.build``), and both sides share the format
 in ``appliance.bundle``.
 """

@@ -12,7 +12,7 @@ freshness): the ``FileRecord`` values are trusted, the directory is not.
 Invariants:
 - Nothing here follows a symbolic link: the tree is walked with ``lstat``, and
   files are opened component by component relative to directory descriptors
-  with ``O_NOFOLLOW`` (the flags of ``appliance.bundle.safe_fs``); ``files_dir``
+  with ``O_NOFOLLOW`` (the flags of ``appliance.safe_fs``); ``files_dir``
   itself must be a real directory.
 - What is hashed is read from a descriptor whose ``fstat`` was checked
   (regular file, one link, the signed length), and a file that shrinks or grows
@@ -48,7 +48,6 @@ from appliance.bundle.format import (
     describe_mode,
     expected_shard_count,
 )
-from appliance.bundle.safe_fs import DIR_FLAGS, READ_FLAGS
 from appliance.errors import (
     DigestMismatchError,
     FileSetError,
@@ -58,6 +57,7 @@ from appliance.errors import (
     UnsafePathError,
 )
 from appliance.events import Event, Finished, Progress, Started, Throttle
+from appliance.safe_fs import DIR_FLAGS, READ_FLAGS
 
 MiB = 1024 * 1024
 # Threads beyond this add no speed (no medium feeds 64 cores of SHA-NI) but add buffers.

@@ -33,7 +33,6 @@ from functools import partial
 from pathlib import Path
 
 from appliance.bundle.format import FileRecord
-from appliance.bundle.safe_fs import CREATE_FLAGS, DIR_FLAGS
 from appliance.bundle.site.contents import (
     PROGRESS_INTERVAL,
     Batch,
@@ -52,6 +51,7 @@ from appliance.bundle.site.contents import (
 )
 from appliance.errors import DeploymentError, InputError
 from appliance.events import Event, Finished, Progress, Started, Throttle
+from appliance.safe_fs import CREATE_FLAGS, DIR_FLAGS
 
 FILE_MODE = 0o444
 DIR_MODE = 0o555

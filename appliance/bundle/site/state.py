@@ -48,7 +48,6 @@ from typing import Any
 from tuf.api.metadata import Metadata, Root
 
 from appliance.bundle.format import MAX_ROOT_BYTES
-from appliance.bundle.safe_fs import CREATE_FLAGS
 from appliance.bundle.trust import (
     check_rotation,
     parse_root,
@@ -59,6 +58,7 @@ from appliance.bundle.trust import (
     write_atomic,
 )
 from appliance.errors import MetadataError, StateWriteError, TrustAnchorError, VerificationError
+from appliance.safe_fs import CREATE_FLAGS
 
 ACCEPTED = "accepted.json"
 LEGACY_ROOT = "root.json"  # the old form: one newest root, no chain; refused, re-anchor to move it

@@ -11,11 +11,13 @@ end up byte-identical whichever engine converged them (the parity test).
 records) to its engine; ``engine(name)`` looks one up. An engine's module, and
 the library it drives, is imported when it converges, so naming the engines
 (the command line's choices) costs nothing. A new engine: a module with a
-``converge`` like ``engines/pyinfra.py``'s, a class here, an entry in ``ENGINES``.
+``converge`` like ``engines/pyinfra.py``'s and its ``ModuleEngine`` in ``ENGINES``.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from appliance.errors import InputError
@@ -52,27 +54,13 @@ class Engine(Protocol):
         ...
 
 
-class PyinfraEngine:
-    """pyinfra's API, in this process (``engines/pyinfra.py``)."""
+@dataclass(frozen=True)
+class ModuleEngine:
+    """An engine whose ``converge`` is the function of the same name in one module of this
+    package, imported on the first converge (the library it drives comes with it)."""
 
-    name = "pyinfra"
-
-    def converge(
-        self,
-        plans: Sequence[HostDesired],
-        *,
-        on_event: Callable[[Event], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> list[HostOutcome]:
-        from appliance.deploy.engines import pyinfra
-
-        return pyinfra.converge(plans, on_event=on_event, cancel=cancel)
-
-
-class AnsibleEngine:
-    """``playbooks/deploy.yml`` through ansible-runner (``engines/ansible.py``)."""
-
-    name = "ansible"
+    name: str
+    module: str  # in appliance.deploy.engines
 
     def converge(
         self,
@@ -81,13 +69,19 @@ class AnsibleEngine:
         on_event: Callable[[Event], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> list[HostOutcome]:
-        from appliance.deploy.engines import ansible
-
-        return ansible.converge(plans, on_event=on_event, cancel=cancel)
+        module = importlib.import_module(f"{__name__}.{self.module}")
+        converge: Callable[..., list[HostOutcome]] = module.converge
+        return converge(plans, on_event=on_event, cancel=cancel)
 
 
 DEFAULT = "pyinfra"
-ENGINES: dict[str, Engine] = {e.name: e for e in (PyinfraEngine(), AnsibleEngine())}
+ENGINES: dict[str, Engine] = {
+    e.name: e
+    for e in (
+        ModuleEngine("pyinfra", "pyinfra"),  # pyinfra's API, in this process
+        ModuleEngine("ansible", "ansible"),  # playbooks/deploy.yml through ansible-runner
+    )
+}
 
 
 def engine(name: str) -> Engine:
@@ -100,4 +94,4 @@ def engine(name: str) -> Engine:
         ) from None
 
 
-__all__ = ["DEFAULT", "ENGINES", "AnsibleEngine", "Engine", "PyinfraEngine", "engine"]
+__all__ = ["DEFAULT", "ENGINES", "Engine", "ModuleEngine", "engine"]

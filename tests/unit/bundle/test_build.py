@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle.build import builder as build_module
-from appliance.bundle.build.builder import build_bundle, recipe_from_args
-from appliance.bundle.build.recipe import Recipe, load_recipe, parse_recipe
-from appliance.bundle.build.sources import Fetched
+from appliance.bundle.connected import build as build_module
+from appliance.bundle.connected.build import build_bundle, recipe_from_args
+from appliance.bundle.connected.recipe import Recipe, load_recipe, parse_recipe
+from appliance.bundle.connected.sources import Fetched
 from appliance.bundle.format import TARGETS_FILE, FileRecord
 from appliance.bundle.manifest import bundle_contents, read_targets
 from appliance.bundle.payload import Payload

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from appliance import __version__
-from appliance.bundle.build import builder as build_module
-from appliance.bundle.build.recipe import GatewaySpec
-from appliance.bundle.build.sources import (
+from appliance.bundle.connected import build as build_module
+from appliance.bundle.connected.recipe import GatewaySpec
+from appliance.bundle.connected.sources import (
     appliance_wheel,
     check_appliance_wheel,
     fetch_gateway,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.build.recipe import (
+from appliance.bundle.connected.recipe import (
     Recipe,
     load_recipe,
     parse_expiry,

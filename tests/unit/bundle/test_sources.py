@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle.build import sources
-from appliance.bundle.build.recipe import AdapterSpec, ArtifactSpec, ModelSpec, WheelsSpec
-from appliance.bundle.build.sources import (
+from appliance.bundle.connected import sources
+from appliance.bundle.connected.recipe import AdapterSpec, ArtifactSpec, ModelSpec, WheelsSpec
+from appliance.bundle.connected.sources import (
     download,
     fetch_adapter,
     fetch_artifact,

@@ -15,7 +15,7 @@ from importlib import metadata
 import pytest
 from packaging.requirements import Requirement
 
-from appliance.bundle.build.sources import canonical_name, gateway_requirements, parse_pins
+from appliance.bundle.connected.sources import canonical_name, gateway_requirements, parse_pins
 from appliance.errors import BundleBuildError
 from tests.unit.gateway.test_runtime_imports import NEEDED
 

@@ -32,7 +32,7 @@ NEEDED = {
 OPTIONAL = {"bcrypt"}  # cryptography's SSH key support tries it; absent is fine
 APPLIANCE_MODULES = {
     "appliance", "appliance.audit", "appliance.errors", "appliance.exitcodes",
-    "appliance.input_files", "appliance.schema_errors", "appliance.yaml_files",
+    "appliance.input_files", "appliance.safe_fs", "appliance.schema_errors", "appliance.yaml_files",
 }  # fmt: skip
 
 SCRIPT = """

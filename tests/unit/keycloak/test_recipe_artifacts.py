@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.bundle.build.recipe import NO_PIN, load_recipe
-from appliance.bundle.build.sources import fetch_artifact
+from appliance.bundle.connected.recipe import NO_PIN, load_recipe
+from appliance.bundle.connected.sources import fetch_artifact
 from appliance.deploy.keycloak_files import JAVA_ARTIFACT, KEYCLOAK_ARTIFACT
 from appliance.errors import InputError
 

@@ -1,7 +1,7 @@
 """An appliance installed from its own wheel into a fresh virtualenv: no editable install, no checkout.
 
 The wheel is built the way ``appliance bundle build`` builds the gateway's
-(``appliance.bundle.build.sources.build_appliance_wheel``: ``pip wheel --no-deps
+(``appliance.bundle.connected.sources.build_appliance_wheel``: ``pip wheel --no-deps
 --no-build-isolation --no-index``), then installed with ``pip --python NEW
 install --no-deps --no-index`` into ``python -m venv --without-pip NEW``: pip
 runs against NEW only, so it can neither see nor touch the development
@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.bundle.build.sources import build_appliance_wheel
+from appliance.bundle.connected.sources import build_appliance_wheel
 
 ROOT = Path(__file__).resolve().parents[3]
 DEV_SITE_PACKAGES = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})

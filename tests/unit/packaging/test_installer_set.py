@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from appliance import __version__
-from appliance.bundle.build.recipe import InstallerSpec
-from appliance.bundle.build.sources import (
+from appliance.bundle.connected.recipe import InstallerSpec
+from appliance.bundle.connected.sources import (
     INSTALLER_WHEEL_NEEDS,
     check_installer_wheel,
     fetch_installer,

@@ -1,4 +1,4 @@
-"""The build side of a bundle, run on a connected machine: the recipe (strict YAML), the
+"""The connected side of a bundle, run on a connected machine: the recipe (strict YAML), the
 sources it names (model, adapters, wheels, the gateway's wheels, artifacts) and the build
 into a staging directory that ``appliance.bundle.manifest`` then signs.
 

@@ -1,4 +1,4 @@
-"""The descriptor-based primitives of ``appliance.bundle.safe_fs``: links, FIFOs, wrong kinds."""
+"""The descriptor-based primitives of ``appliance.safe_fs``: links, FIFOs, wrong kinds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle import safe_fs
+from appliance import safe_fs
 
 
 @pytest.fixture
@@ -135,3 +135,70 @@ def test_unlink_quiet_ignores_what_is_not_there(root: tuple[Path, int]) -> None:
     safe_fs.unlink_quiet(fd, "gone")
     assert not (base / "gone").exists()
     assert safe_fs.lstat_beneath(fd, "gone") is None
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that narrows nothing, so a mode seen is the mode the code asked for."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_create_new_is_0600_from_the_first_byte_and_never_reuses_a_name(
+    tmp_path: Path, open_umask: None
+) -> None:
+    path = tmp_path / "key"
+    safe_fs.create_new(path, b"secret")
+    assert path.read_bytes() == b"secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        safe_fs.create_new(path, b"other")
+    assert path.read_bytes() == b"secret"
+    (tmp_path / "dangling").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):  # a link is a name that exists: never followed
+        safe_fs.create_new(tmp_path / "dangling", b"x")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_create_new_exact_mode_ignores_a_narrow_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o077)
+    try:
+        safe_fs.create_new(tmp_path / "narrow", b"c", 0o644)
+        safe_fs.create_new(tmp_path / "exact", b"c", 0o644, exact_mode=True)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "narrow").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "exact").stat().st_mode) == 0o644
+
+
+def test_replace_atomically_swaps_whole_files_and_leaves_no_temporary(
+    tmp_path: Path, open_umask: None
+) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    safe_fs.replace_atomically(path, b"new", 0o600)
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_replace_atomically_replaces_a_link_instead_of_writing_through_it(tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_bytes(b"untouched")
+    (tmp_path / "secrets.json").symlink_to(target)
+    safe_fs.replace_atomically(tmp_path / "secrets.json", b"mine")
+    assert target.read_bytes() == b"untouched"
+    assert not (tmp_path / "secrets.json").is_symlink()
+    assert (tmp_path / "secrets.json").read_bytes() == b"mine"
+
+
+def test_a_failed_replace_leaves_the_target_and_no_temporary(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()  # a directory where the file goes: the rename fails
+    with pytest.raises(IsADirectoryError):
+        safe_fs.replace_atomically(tmp_path / "taken", b"x")
+    assert (tmp_path / "taken").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

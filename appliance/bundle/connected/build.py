@@ -1,7 +1,7 @@
 """Build an unsigned bundle from a recipe (connected side).
 
 ``build_bundle(recipe, out_dir)`` is a generator of events that returns the
-bundle directory. Steps: fetch every source (``appliance.bundle.build.sources``),
+bundle directory. Steps: fetch every source (``appliance.bundle.connected.sources``),
 check every destination path (``check_relpath``, ``check_no_collisions``)
 before anything is copied, copy each file once in manifest order (sorted
 paths) with ``copy_and_hash`` feeding one ``PartHasher``, so file digests,
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance import __version__
-from appliance.bundle.build.recipe import Recipe, check_profiles, format_size, parse_recipe
-from appliance.bundle.build.sources import (
+from appliance.bundle.connected.recipe import Recipe, check_profiles, format_size, parse_recipe
+from appliance.bundle.connected.sources import (
     Fetched,
     fetch_adapter,
     fetch_artifact,

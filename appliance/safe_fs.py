@@ -1,11 +1,14 @@
-"""Open, create and walk files beneath a directory descriptor without following links.
+"""Open, create, replace and walk files without following links: the one safe-filesystem module.
 
 Job
-    The one set of descriptor-based primitives that the bundle's readers and
-    writers share: the site's content checks and install (``site.contents``,
-    ``site.install``, ``site.state``) and the media set's split, check and join.
-    Callers turn the ``OSError`` raised here into their own messages (what the
-    file is to them, what to do about it); nothing here names a bundle.
+    The descriptor-based primitives every reader and writer of the tool's own
+    files shares: the bundle's content checks, install and state
+    (``bundle.site``), the media set's split, check and join (``bundle.media``),
+    signing keys and trusted roots (``bundle.keys``, ``bundle.trust``), the
+    site's secrets (``keycloak.site_secrets``), the gateway's certificate
+    (``gateway.certs``) and the audit anchors (``deploy.audit_anchor``). Callers
+    turn the ``OSError`` raised here into their own messages (what the file is
+    to them, what to do about it); nothing here names a bundle, a key or a host.
 
 Invariants
 - Nothing follows a symbolic link: every directory is opened one component at a
@@ -17,6 +20,13 @@ Invariants
   then refuses anything ``fstat`` does not show as a regular file.
 - Files are created with ``O_EXCL | O_NOFOLLOW``: no existing name is reused,
   none leads outside the directory it was created in.
+- A file written whole is either created new (``create_new``: ``O_EXCL``, a name
+  that exists is refused) or replaced atomically (``replace_atomically``: a new
+  temporary beside it, dot-named and random, written and fsynced, then renamed
+  over the target and the directory fsynced), so a reader sees the old bytes or
+  the new ones, never a part; a failed write leaves no temporary behind. The
+  mode is set at creation, never widened afterwards (secrets are 0600 from the
+  first byte).
 - Every descriptor opened here is closed on failure; the caller closes the one
   it gets back.
 """
@@ -26,8 +36,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import stat
 from collections.abc import Sequence
+from pathlib import Path
 
 # O_NONBLOCK: opening a FIFO for reading must not hang waiting for a writer; it is
 # refused right after by the S_ISREG check (and is a no-op for regular files).
@@ -113,3 +125,46 @@ def unlink_quiet(dir_fd: int, name: str) -> None:
     """Remove ``name`` from ``dir_fd`` if it is there; errors are ignored."""
     with contextlib.suppress(OSError):
         os.unlink(name, dir_fd=dir_fd)
+
+
+def create_new(path: Path, data: bytes, mode: int = 0o600, *, exact_mode: bool = False) -> None:
+    """Create ``path`` holding ``data``; ``FileExistsError`` if the name exists (a link too).
+
+    ``mode`` is given at creation (the umask may narrow it); ``exact_mode`` sets it
+    whatever the umask (a certificate that clients must read). A write that fails
+    removes the file it created.
+    """
+    fd = os.open(path, CREATE_FLAGS, mode)
+    try:
+        if exact_mode:
+            os.fchmod(fd, mode)
+        write_all(fd, memoryview(data))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def replace_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` whole: a new dot-named temporary beside it, then a rename.
+
+    Readers see the old content or the new, never a part; the new file has ``mode``
+    from its first byte; a failure leaves ``path`` as it was and no temporary.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    create_new(temporary, data, mode)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, DIR_FLAGS)
+    try:
+        os.fsync(directory)  # the rename must survive a crash
+    finally:
+        os.close(directory)

@@ -47,7 +47,7 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from appliance import __version__, package_data
-from appliance.bundle.build.recipe import (
+from appliance.bundle.connected.recipe import (
     APPLIANCE_WHEEL,
     AdapterSpec,
     ArtifactSpec,
