@@ -56,13 +56,26 @@ def activate(host: HostEntry, version: int) -> None:
             f"else systemctl disable --now {unit} >/dev/null 2>&1 || true; rm -f {active}; fi"
         )
     lines.append("systemctl daemon-reload")
+    # `systemctl restart` waits for a unit's ExecStartPre steps; Keycloak's first start builds
+    # its server there (minutes), so it is not waited on here: its readiness is polled after.
+    # A gateway beside it checks the realm's signing keys before it starts (`--check`), which
+    # Keycloak serves only once ready: that gateway is not waited on either. Its unit is ordered
+    # after Keycloak's and restarts until the check passes; the deploy polls its health after
+    # Keycloak's (a blocking start here failed whenever Keycloak was slower than the gateway).
+    keycloak_here = f"[ -f {active_unit_path(KEYCLOAK_UNIT)} ]"
     for unit in SERVICES:
-        # `systemctl restart` waits for a unit's ExecStartPre steps; Keycloak's first start builds
-        # its server there (minutes), so it is not waited on here: its readiness is polled after.
-        restart = "restart --no-block" if unit in NO_BLOCK else "restart"
+        if unit in NO_BLOCK:
+            restart = f"systemctl restart --no-block {unit}"
+        elif unit == GATEWAY_UNIT:
+            restart = (
+                f"if {keycloak_here}; then systemctl restart --no-block {unit}; "
+                f"else systemctl restart {unit}; fi"
+            )
+        else:
+            restart = f"systemctl restart {unit}"
         lines.append(
             f"if [ -f {active_unit_path(unit)} ]; then systemctl enable {unit} >/dev/null 2>&1; "
-            f"systemctl {restart} {unit}; fi"
+            f"{restart}; fi"
         )
     transport.run(host, "\n".join(lines) + "\n", timeout=90)
 

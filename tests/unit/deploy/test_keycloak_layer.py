@@ -368,5 +368,15 @@ def test_activation_does_not_wait_for_keycloaks_build(monkeypatch: pytest.Monkey
     assert restarts == [
         f"systemctl restart {UNIT_NAME}",
         f"systemctl restart --no-block {KEYCLOAK_UNIT}",
+        # the gateway checks the realm's keys before it starts: beside Keycloak it is not waited
+        # on either (its health is polled after Keycloak's); without Keycloak it is
+        f"systemctl restart --no-block {GATEWAY_UNIT}",
         f"systemctl restart {GATEWAY_UNIT}",
     ]
+    gateway_line = next(
+        line for line in scripts[0].splitlines() if f"--no-block {GATEWAY_UNIT}" in line
+    )
+    assert (
+        f"if [ -f /etc/systemd/system/{KEYCLOAK_UNIT} ]; then systemctl restart --no-block"
+        in gateway_line
+    )
