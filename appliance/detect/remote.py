@@ -26,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import functools
 import zlib
 from pathlib import Path
 
@@ -88,8 +89,12 @@ def _packed(path: Path) -> str:
     return base64.b64encode(zlib.compress(path.read_bytes(), 9)).decode("ascii")
 
 
+@functools.cache
 def gpu_probe_program() -> str:
-    """The Python program the script runs on a host with an NVIDIA device node."""
+    """The Python program the script runs on a host with an NVIDIA device node.
+
+    Built once per process: the same sources go to every host of a deploy (reading and
+    compressing ``pynvml`` again for each host was repeated work)."""
     import pynvml
 
     from appliance.detect import facts, nvml_probe
