@@ -102,6 +102,20 @@ class AdapterEntry(_Strict):
     provenance: AdapterProvenance
 
 
+class TorchBuild(_Strict):
+    """Which build of PyTorch a wheel set holds, read from its torch wheel when the bundle is built.
+
+    ``variant`` is the wheel's local version label (``cpu``, ``cu128``, ``rocm6.4``) or
+    ``default`` for PyPI's own build (CUDA on Linux x86_64); ``cuda`` is the CUDA runtime
+    the build needs (``"12.8"``), ``None`` for a CPU build. The site's preflight compares it
+    with the NVIDIA driver's CUDA version.
+    """
+
+    version: str  # e.g. "2.13.0+cpu"
+    variant: Annotated[str, Field(pattern=r"^[a-z0-9.]+$")]
+    cuda: Annotated[str, Field(pattern=r"^\d+\.\d+$")] | None = None
+
+
 class WheelSet(_Strict):
     """Wheels for one virtualenv on the target, installed without a network in two steps.
 
@@ -117,6 +131,9 @@ class WheelSet(_Strict):
     # Paths under files/ (a subset of files) installed with --no-deps after the requirements,
     # e.g. the appliance wheel in the gateway's set (its dependencies are the requirements).
     no_deps: list[str] = Field(default_factory=list)
+    # The PyTorch build among the wheels (None when the set holds no torch): a model server's
+    # set holds exactly one variant (a CUDA torchvision beside a +cpu torch fails at import).
+    torch: TorchBuild | None = None
 
     @model_validator(mode="after")
     def _no_deps_are_files(self) -> WheelSet:
@@ -127,7 +144,7 @@ class WheelSet(_Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "no_deps")
+        return _without_empty(handler(self), "no_deps", "torch")
 
 
 class ArtifactEntry(_Strict):
