@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
 from appliance.deploy import transport
@@ -121,52 +122,110 @@ def keycloak_healthy(host: HostEntry, url: str, *, timeout: int = KEYCLOAK_START
     return poll_ok(host, url, timeout, unit=KEYCLOAK_UNIT)
 
 
-def release_port(host: HostEntry, version: int) -> int | None:
-    """The port release ``version`` serves on, read from its kept unit's ExecStart."""
-    text = transport.run(
-        host, f"cat {RELEASE_ETC}/{version}/{UNIT_NAME} 2>/dev/null; true", timeout=30
-    )
-    for line in text.splitlines():
-        if line.startswith("ExecStart="):
-            return argv_port(shlex.split(line.removeprefix("ExecStart=")))
-    return None
+@dataclass(frozen=True, slots=True)
+class ReleaseCheck:
+    """How a release's model server is checked, as its kept unit says (``X-Appliance-*``).
 
-
-def health_check(host: HostEntry, port: int, *, timeout: int = 180) -> bool:
-    """Poll the model server's /v1/models on the host's loopback until it answers 200.
-
-    False as soon as systemd restarts the model server during the wait (it crashed).
+    A unit written before these settings existed gets the old check: ``/v1/models`` answering
+    200 within 180 seconds, whatever model it names.
     """
-    return poll_ok(host, f"http://127.0.0.1:{port}/v1/models", timeout, unit=UNIT_NAME)
+
+    port: int
+    paths: tuple[str, ...] = ("/v1/models",)
+    model: str | None = None
+    start_timeout: int = 180
+
+
+def parse_release_unit(text: str) -> ReleaseCheck | None:
+    """The check of a model-server unit's text (``None`` without a port on its ExecStart)."""
+    settings: dict[str, str] = {}
+    port = None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "ExecStart":
+            try:
+                port = argv_port(shlex.split(value))
+            except ValueError:  # unbalanced quotes: not a unit this appliance wrote
+                port = None
+        elif key.startswith("X-Appliance-"):
+            settings[key.removeprefix("X-Appliance-")] = value.strip()
+    if port is None:
+        return None
+    timeout = settings.get("Start-Timeout", "")
+    paths = tuple(p for p in settings.get("Health", "").split() if p.startswith("/"))
+    return ReleaseCheck(
+        port=port,
+        paths=paths or ("/v1/models",),
+        model=settings.get("Served-Model") or None,
+        start_timeout=min(int(timeout), 3600) if timeout.isdigit() else 180,
+    )
+
+
+def release_check(host: HostEntry, version: int) -> ReleaseCheck | None:
+    """How release ``version`` is checked, read from its kept unit."""
+    text = transport.run(
+        host, f"head -c 65536 {RELEASE_ETC}/{version}/{UNIT_NAME} 2>/dev/null; true", timeout=30
+    )
+    return parse_release_unit(text)
+
+
+def health_check(host: HostEntry, check: ReleaseCheck, *, timeout: int | None = None) -> bool:
+    """Poll the model server on the host's loopback until each of ``check.paths`` answers 200
+    in turn (vLLM: ``/health``, then ``/v1/models``), and ``/v1/models`` names the served model.
+
+    ``timeout`` defaults to the release's start-up timeout. False as soon as systemd restarts
+    the model server during the wait (it crashed).
+    """
+    urls = [f"http://127.0.0.1:{check.port}{path}" for path in check.paths]
+    return poll_ok(host, urls, check.start_timeout if timeout is None else timeout,
+                   unit=UNIT_NAME, model=check.model)  # fmt: skip
 
 
 def poll_ok(
-    host: HostEntry, url: str, timeout: int, *, cafile: str | None = None, unit: str | None = None
+    host: HostEntry,
+    url: str | list[str],
+    timeout: int,
+    *,
+    cafile: str | None = None,
+    unit: str | None = None,
+    model: str | None = None,
 ) -> bool:
-    """On ``host``: GET ``url`` every second until it answers 200 (True) or ``timeout`` s pass.
+    """On ``host``: GET each of ``url`` in turn every second until it answers 200 (True) or
+    ``timeout`` s pass. With ``model``, a ``/v1/models`` answer must list that model id.
 
     With ``unit``, give up at once when systemd restarts that unit during the
     wait (its ``NRestarts`` grows): a server that crashes on start (a port
     taken, a bad argument) is not waited on for the whole timeout.
     """
+    urls = [url] if isinstance(url, str) else url
     context = "None" if cafile is None else f"ssl.create_default_context(cafile={cafile!r})"
     script = f"""python3 - <<'EOF'
-import ssl, subprocess, time, urllib.request
+import json, ssl, subprocess, time, urllib.request
 def restarts():
     if {unit!r} is None:
         return 0
     out = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", {unit!r}],
                          capture_output=True, text=True).stdout.strip()
     return int(out) if out.isdigit() else 0
+def ok(url):
+    with urllib.request.urlopen(url, timeout=5, context={context}) as r:
+        if r.status != 200:
+            return False
+        if {model!r} is None or not url.endswith("/v1/models"):
+            return True
+        data = json.loads(r.read(1 << 20)).get("data") or []
+        return any(isinstance(m, dict) and m.get("id") == {model!r} for m in data)
 before = restarts()
 deadline = time.monotonic() + {timeout}
+pending = {urls!r}
 while time.monotonic() < deadline:
     try:
-        with urllib.request.urlopen({url!r}, timeout=5, context={context}) as r:
-            if r.status == 200:
-                print("healthy"); break
+        while pending and ok(pending[0]):
+            pending.pop(0)
     except Exception:
         pass
+    if not pending:
+        print("healthy"); break
     if restarts() > before:
         print("restarted"); break
     time.sleep(1)

@@ -18,7 +18,7 @@ from appliance.deploy.activation import (
     activate,
     current_version,
     health_check,
-    release_port,
+    release_check,
     switch_recorded,
 )
 from appliance.deploy.firewall import apply_firewall
@@ -76,8 +76,8 @@ def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown
                 "roll back `--to` another release.",
             )
         activate(host, to)
-        port = release_port(host, to)
-        if port is None or not health_check(host, port, timeout=120):
+        check = release_check(host, to)
+        if check is None or not health_check(host, check):
             if current is not None:
                 activate(host, current)
             append_audit(

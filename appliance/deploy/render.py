@@ -38,7 +38,13 @@ from appliance.deploy.host_layout import (
     UNIT_NAME,
     release_etc,
 )
-from appliance.plan.engine_args import NodeCommand
+from appliance.plan.engine_args import (
+    HEALTH_PATHS,
+    STOP_TIMEOUT_S,
+    NodeCommand,
+    argv_served_model,
+    start_timeout,
+)
 from appliance.plan.inventory import HostEntry
 
 TEMPLATES = package_data.TEMPLATES_DIR  # in the package: an installed wheel has them too
@@ -60,6 +66,18 @@ def _exec_start(command: NodeCommand, release_dir: str) -> str:
     # The plan's command refers to the moving `current` link; the unit runs one fixed release.
     argv = [part.replace(CURRENT, release_dir) for part in command.argv]
     return shlex.join(argv)
+
+
+def model_bytes(verified: VerifiedBundle) -> int:
+    """Bytes of the bundle's model (a file, or every file of its directory)."""
+    model = verified.payload.model
+    if model is None:
+        return 0
+    return sum(
+        r.length
+        for r in verified.records
+        if r.path == model.path or r.path.startswith(model.path + "/")
+    )
 
 
 def desired_state(
@@ -115,6 +133,10 @@ def desired_state(
         "exec_start": _exec_start(command, release_dir),
         "release_dir": release_dir,
         "env_lines": "\n".join(f"{k}={v}" for k, v in sorted(command.env.items())),
+        "served_model": argv_served_model(command.argv) or "none",
+        "health_paths": " ".join(HEALTH_PATHS[engine]),
+        "start_timeout": start_timeout(engine, model_bytes(verified)),
+        "stop_timeout": STOP_TIMEOUT_S[engine],
     }
     unit = render("appliance-model.service.j2", variables)
     rendered = (

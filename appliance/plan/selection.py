@@ -100,6 +100,8 @@ def match_profile(profile: Profile, hosts: tuple[HostFacts, ...]) -> Candidate:
     else:
         assert match.cpu is not None
         reasons, ok = _match_cpu(match.cpu, hosts)
+    if profile.rehearsal:
+        reasons = [*reasons, f"rehearsal profile: used only when named (--profile {profile.name})"]
     return Candidate(profile.name, profile.preference, ok, tuple(reasons))
 
 
@@ -233,7 +235,11 @@ def select_profile(
     candidates = [match_profile(p, hosts) for p in ordered]
     warnings: list[str] = []
     if requested == "auto":
-        chosen_name = next((c.profile for c in candidates if c.matches), None)
+        # A rehearsal profile (vLLM's CPU build) serves a lab, never a site by default.
+        chosen_name = next(
+            (c.profile for c in candidates if c.matches and not profiles[c.profile].rehearsal),
+            None,
+        )
         if chosen_name is None:
             reasons = "\n".join(f"  - {c.profile}: {'; '.join(c.reasons)}" for c in candidates)
             raise DoesNotFitError(

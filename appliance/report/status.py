@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from appliance.audit import verify_chain
 from appliance.deploy import audit_anchor, transport
-from appliance.deploy.activation import current_version, health_check, release_port
+from appliance.deploy.activation import current_version, health_check, release_check
 from appliance.deploy.host_check import INTENT, release_problems
 from appliance.deploy.host_layout import (
     GATEWAY_UNIT,
@@ -86,8 +86,8 @@ def status(host: HostEntry, *, verify: bool = False) -> HostStatus:
     firewall = "loaded" in states[4:]
     healthy = None
     if current is not None and active == "active":
-        port = release_port(host, current)
-        healthy = health_check(host, port, timeout=10) if port else None
+        check = release_check(host, current)
+        healthy = health_check(host, check, timeout=10) if check else None
     row = HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit_ok,
                      "; ".join(audit_message), gateway=gateway, firewall=firewall, keycloak=keycloak,
                      audit_anchor="; ".join(anchor_lines))  # fmt: skip

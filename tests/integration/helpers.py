@@ -160,3 +160,27 @@ def chat(lab: Lab, host: LabHost, port: int = 8080) -> dict[str, object]:
     finally:
         tunnel.terminate()
         tunnel.wait(timeout=10)
+
+
+VLLM_MODEL = "gemma-3-270m"  # the served name of bundles/demo-vllm-cpu.yaml's model
+
+
+def build_vllm_bundle(work: Path, version: int) -> str:
+    """``work/vllm-<v>``: bundles/demo-vllm-cpu.yaml (vLLM's CPU build and Gemma 3 270M
+    converted to a Hugging Face directory) at ``version``, signed with ``work/keys``'s signer.
+    The wheelhouse and the converted model are built once and cached (scripts/...)."""
+    build_demo_bundles(work, ())
+    name = f"vllm-{version}"
+    if not (_BUILT / name).exists():
+        for script in ("build-vllm-cpu-wheelhouse", "convert-gguf-to-hf"):
+            subprocess.run([sys.executable, str(ROOT / "scripts" / script)], check=True,
+                           timeout=3600, stdout=subprocess.DEVNULL)  # fmt: skip
+        recipe = (ROOT / "bundles/demo-vllm-cpu.yaml").read_text()
+        (_BUILT / f"{name}.yaml").write_text(
+            recipe.replace("version: 1\n", f"version: {version}\n")
+        )
+        appliance("bundle", "build", "--recipe", _BUILT / f"{name}.yaml", "--out", name, cwd=_BUILT,
+                  timeout=1800)  # fmt: skip
+        appliance("bundle", "sign", name, "--key", "keys/signer.key", cwd=_BUILT)
+    shutil.copytree(_BUILT / name, work / name)
+    return name

