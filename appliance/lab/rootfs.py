@@ -33,10 +33,12 @@ from appliance.lab.proc import file_lock, remove_tree, stream_lines
 
 SUITE = "bookworm"
 # python3 is all pyinfra and Ansible need on a target; python3-venv because the
-# deploy makes a virtualenv there from bundled wheels.
+# deploy makes a virtualenv there from bundled wheels; libnuma1 because vLLM's CPU
+# build (profile cpu-vllm) loads libnuma.so.1, a system library a site installs from
+# its OS media (the deploy's preflight refuses a host without it).
 PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv",
-    "iproute2", "nftables", "procps",
+    "iproute2", "nftables", "procps", "libnuma1",
 )  # fmt: skip
 IMAGE_VERSION = 1  # bump whenever prepare_image changes what it writes
 CACHE_ROOT = Path("/var/cache/appliance/lab")
