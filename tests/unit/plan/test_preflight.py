@@ -10,6 +10,7 @@ torch build is what a cu128 vLLM wheel set records.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,27 @@ def test_the_json_form_names_every_field(profiles: dict[str, Profile], tmp_path:
     data = preflights_to_json(plan_preflights(plan_for(profiles, "h100-cluster", h100)))
     assert [d["name"] for d in data] == list(CHECKS)
     assert set(data[0]) == {"name", "host", "status", "found", "expected", "action", "forceable"}
+
+
+def test_appliance_plan_shows_the_preflights_and_refuses_a_mig_gpu_even_forced(
+    profiles: dict[str, Profile], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli.main import main
+    from appliance.detect.facts import dump_facts_json
+
+    path = tmp_path / "a100-mig.json"
+    path.write_text(dump_facts_json(host("a100-80gb", "a100-80gb-mig", tmp_path)))
+    mistral = str(Path(__file__).resolve().parents[2] / "fixtures/models/mistral-7b-instruct-v0.3")
+    argv = ["plan", "--facts", str(path), "--model", mistral, "--profile", "a100-single"]
+    assert main(argv) == ExitCode.DOES_NOT_FIT
+    out, err = capsys.readouterr()
+    assert "FAIL  gpu-a100-80 mig: MIG enabled on GPU 0 (NVIDIA A100-SXM4-80GB)" in out
+    assert "what to do: disable MIG as root: `nvidia-smi -i 0 -mig 0`" in out
+    assert "PASS  gpu-a100-80 fit:" in out
+    assert "preflight check(s) failed: gpu-a100-80 mig" in err
+    assert main([*argv, "--force", "--json"]) == ExitCode.DOES_NOT_FIT
+    data = json.loads(capsys.readouterr().out)
+    assert {r["name"]: r["status"] for r in data["preflights"]}["mig"] == "fail"
+    # The same host with MIG off plans cleanly.
+    path.write_text(dump_facts_json(host("a100-80gb", "a100-80gb", tmp_path / "off")))
+    assert main(argv) == ExitCode.OK
