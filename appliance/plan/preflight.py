@@ -13,7 +13,8 @@ The checks and their bounds (the sources are cited at each constant below):
   torch/vLLM wheels were built for, and the driver >= the minimum for that CUDA major.
 - ``compute-capability``: bf16 needs 8.0+; each quantisation method its ``QUANT_MIN_CC``;
   FP8 below 8.9 runs weight-only (a warning: W8A8 needs 8.9+).
-- ``mig``: MIG mode off on every GPU the plan uses (vLLM sees a MIG GPU's slices, not it).
+- ``mig``: MIG mode off on every GPU the plan uses (with MIG on, CUDA sees only the GPU's
+  MIG instances, never the whole GPU the plan counted: NVIDIA's MIG user guide).
 - ``gpu-memory``: each GPU used has at least ``gpu_memory_utilization`` x its memory free:
   vLLM's worker refuses to start otherwise ("Free memory on device ... on startup is less
   than desired GPU memory utilization"), so memory held by other processes is found here.

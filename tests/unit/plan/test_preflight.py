@@ -257,3 +257,9 @@ def test_appliance_plan_shows_the_preflights_and_refuses_a_mig_gpu_even_forced(
     # The same host with MIG off plans cleanly.
     path.write_text(dump_facts_json(host("a100-80gb", "a100-80gb", tmp_path / "off")))
     assert main(argv) == ExitCode.OK
+
+
+def test_the_docs_table_names_every_check() -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs/facts.md").read_text("utf-8")
+    section = docs.split("## Preflights", 1)[1]
+    assert [c for c in CHECKS if f"| `{c}` |" not in section] == []
