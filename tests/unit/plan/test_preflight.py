@@ -263,3 +263,27 @@ def test_the_docs_table_names_every_check() -> None:
     docs = (Path(__file__).resolve().parents[3] / "docs/facts.md").read_text("utf-8")
     section = docs.split("## Preflights", 1)[1]
     assert [c for c in CHECKS if f"| `{c}` |" not in section] == []
+
+
+def test_a_vllm_profile_on_the_cpu_gets_only_shm_disk_and_fit(
+    profiles: dict[str, Profile], tmp_path: Path
+) -> None:
+    # A MIG GPU and an old driver: neither matters when vLLM runs on the CPU. The engine's
+    # ``device`` field (VllmEngine.device, "cuda" by default) is set the way a cpu-vllm
+    # profile sets it.
+    old = host("a100-80gb", "a100-80gb-driver470", tmp_path, shm=64 * 2**20)
+    plan = plan_for(profiles, "a100-single", old)
+    profile = plan.selection.profile
+    engine = profile.engine.model_copy(update={"device": "cpu"})
+    on_cpu = dataclasses.replace(
+        plan,
+        selection=dataclasses.replace(
+            plan.selection, profile=profile.model_copy(update={"engine": engine})
+        ),
+    )
+    by_name = {r.name: r for r in preflights(on_cpu, old, torch=None, disk=None)}
+    assert {n: r.status for n, r in by_name.items()} == {
+        "driver-cuda": "skip", "compute-capability": "skip", "mig": "skip", "gpu-memory": "skip",
+        "shm": "warn", "disk": "pass", "fit": "pass",
+    }  # fmt: skip
+    assert by_name["mig"].found == "vLLM runs on the CPU (device: cpu)"
