@@ -198,7 +198,7 @@ def _used_gpus(plan: Plan, host: HostFacts) -> tuple[GpuFacts, ...]:
     return tuple(g for g in host.gpu.gpus if g.index in wanted)
 
 
-def _listed(gpus: Sequence[GpuFacts], text: Iterable[str]) -> str:
+def _listed(text: Iterable[str]) -> str:
     parts = list(text)
     more = len(parts) - _MAX_LISTED
     shown = ", ".join(parts[:_MAX_LISTED])
@@ -298,13 +298,13 @@ def _mig(name: str, gpus: Sequence[GpuFacts]) -> Preflight:
     unknown = [g for g in gpus if g.mig_mode == "unknown"]
     expected = "MIG disabled (or unsupported) on every GPU the plan uses"
     if enabled:
-        found = "MIG enabled on " + _listed(enabled, (f"GPU {g.index} ({g.name})" for g in enabled))
+        found = "MIG enabled on " + _listed(f"GPU {g.index} ({g.name})" for g in enabled)
         indices = ",".join(str(g.index) for g in enabled)
         return Preflight(check, name, "fail", found, expected,
                          f"disable MIG as root: `nvidia-smi -i {indices} -mig 0` (no process may "
                          "use the GPU; a reset or reboot may be needed)")  # fmt: skip
     if unknown:
-        found = "MIG mode unknown on " + _listed(unknown, (f"GPU {g.index}" for g in unknown))
+        found = "MIG mode unknown on " + _listed(f"GPU {g.index}" for g in unknown)
         return Preflight(check, name, "warn", found, expected,
                          "check `nvidia-smi -q | grep -i mig` on the host")  # fmt: skip
     modes = sorted({g.mig_mode for g in gpus})
@@ -322,10 +322,10 @@ def _gpu_memory(
     short = [g for g in gpus if g.memory_free_bytes < utilization * g.memory_total_bytes]
     if not short:
         return Preflight(check, name, "pass", f"{len(gpus)} GPU(s) with enough free memory", expected)  # fmt: skip
-    found = _listed(short, (
+    found = _listed(
         f"GPU {g.index}: {g.memory_free_bytes / GIB:.1f} of {g.memory_total_bytes / GIB:.1f} GiB free"
         + (f", {g.compute_processes} process(es)" if g.compute_processes is not None else "")
-        for g in short))  # fmt: skip
+        for g in short)  # fmt: skip
     if serving:
         return Preflight(check, name, "warn", found + " (the release now serving may hold it)",
                          expected, "the switch stops the release now serving; if another "
