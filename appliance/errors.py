@@ -56,6 +56,12 @@ class DoesNotFitError(ApplianceError):
     exit_code = ExitCode.DOES_NOT_FIT
 
 
+class PreflightError(DoesNotFitError):
+    """A host fails a preflight (driver vs the wheels' CUDA, compute capability, MIG, GPU
+    memory in use, /dev/shm, disk, fit): refused before any host changes, every failed check of
+    every host listed (``appliance.plan.preflight``)."""
+
+
 class VerificationError(ApplianceError):
     """A bundle failed verification; nothing from it may be used."""
 

@@ -129,6 +129,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from appliance.model.info import load_model_info
+    from appliance.plan.preflight import failures, plan_preflights, preflights_to_json
     from appliance.plan.profiles import load_profiles
     from appliance.plan.report import build_plan, plan_to_json
     from appliance.plan.selection import resolve_profile
@@ -145,16 +146,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
         model=model,
         context=args.context,
     )
+    rows = plan_preflights(plan)  # no bundle here: the driver/CUDA row is checked at deploy
     if args.json:
-        sys.stdout.write(
-            json.dumps(plan_to_json(plan, forced=args.force), indent=2, sort_keys=True) + "\n"
-        )
+        data = plan_to_json(plan, forced=args.force) | {"preflights": preflights_to_json(rows)}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         if plan.selection.gpu_notice:
             print(f"appliance: {plan.selection.gpu_notice}", file=sys.stderr)
     else:
         from appliance.cli.render import render_plan
 
-        render_plan(plan, forced=args.force)
+        render_plan(plan, forced=args.force, preflights=rows)
+    # A failed preflight other than the fit (reported below as before) refuses like a misfit.
+    failed = [r for r in failures(rows, force=args.force) if r.name != "fit"]
+    if failed:
+        names = ", ".join(f"{r.host} {r.name}" for r in failed)
+        print(f"appliance: preflight check(s) failed: {names} (see what to do above); a deploy "
+              "would refuse before changing any host", file=sys.stderr)  # fmt: skip
+        return ExitCode.DOES_NOT_FIT
     if plan.fits:
         return ExitCode.OK
     if args.force:

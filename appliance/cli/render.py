@@ -7,6 +7,7 @@ Meaning is never carried by colour alone: every verdict is also a word
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +15,7 @@ from rich.text import Text
 
 from appliance.detect.facts import HostFacts
 from appliance.plan.fit import GIB, Estimate, FitReport
+from appliance.plan.preflight import Preflight
 from appliance.plan.profiles import LlamaCppEngine, Profile, VllmEngine, format_cc
 from appliance.plan.report import Plan
 
@@ -112,7 +114,7 @@ def _engine_summary(p: Profile) -> str:
     return f"llama.cpp threads={e.threads} ctx={e.context_length} quant={','.join(e.quantization)}"
 
 
-def render_plan(plan: Plan, *, forced: bool) -> None:
+def render_plan(plan: Plan, *, forced: bool, preflights: Sequence[Preflight] = ()) -> None:
     sel = plan.selection
     emit(("Evidence", "bold"), f" ({plan.facts_source})")
     for line in sel.evidence:
@@ -133,6 +135,8 @@ def render_plan(plan: Plan, *, forced: bool) -> None:
         emit(("!! ", "bold yellow"), (sel.gpu_notice, "bold"))
     for warning in sel.warnings:
         emit(("warning: ", "yellow"), warning)
+    if preflights:
+        render_preflights(preflights, forced=forced)
     if plan.model is None:
         out.print(
             "\nNo --model given: pass a Hugging Face directory or a GGUF file for the fit report."
@@ -159,6 +163,22 @@ def render_plan(plan: Plan, *, forced: bool) -> None:
         for before in cmd.before:
             out.print(f"  {shlex.join(before)}")
         out.print(f"  env {env} \\\n    {shlex.join(cmd.argv)}", soft_wrap=True)
+
+
+_PREFLIGHT_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+
+
+def render_preflights(rows: Sequence[Preflight], *, forced: bool) -> None:
+    """One line per check and host: the verdict as a word, what was found and expected, and
+    (unless it passed) what to do."""
+    out.print()
+    emit(("Preflights", "bold"), " (checked before a deploy changes any host):")
+    for r in rows:
+        word = "FAIL (forced)" if r.failed and forced and r.forceable else r.status.upper()
+        emit("  ", (f"{word:<5}", _PREFLIGHT_STYLE[r.status]), f" {r.host} {r.name}: {r.found}"
+             f" (expected {r.expected})")  # fmt: skip
+        if r.action and r.status != "pass":
+            out.print(f"        what to do: {r.action}")
 
 
 def _render_fit(fit: FitReport, forced: bool) -> None:

@@ -51,6 +51,7 @@ from appliance.deploy.host_desired import HostDesired
 from appliance.deploy.host_layout import RELEASES
 from appliance.deploy.journal import Journal, append_audit
 from appliance.deploy.lock import acquire_lock, release_lock
+from appliance.deploy.preflight_gate import host_preflights, refuse_preflights, warnings
 from appliance.deploy.probe import (
     Change,
     DiskShortfall,
@@ -76,6 +77,7 @@ from appliance.events import Event, Finished, Progress, Started, Warned
 from appliance.model.info import load_model_info
 from appliance.plan.engine_args import argv_port
 from appliance.plan.inventory import HostEntry, Inventory
+from appliance.plan.preflight import Preflight
 from appliance.plan.profiles import Profile
 from appliance.plan.report import Plan
 from appliance.plan.selection import Requested, requested_name
@@ -166,6 +168,7 @@ class _Site:
     # host -> why its copy of the release differs from what was installed
     damaged: dict[str, str] = field(default_factory=dict)
     short: dict[str, DiskShortfall] = field(default_factory=dict)
+    preflights: list[Preflight] = field(default_factory=list)  # every host's, in host order
 
 
 def deploy(
@@ -203,10 +206,13 @@ def deploy(
         yield Finished("deploy", "no host can be deployed to: each was refused before any change")
         return list(seen.results.values())
     if dry_run:
+        for message in warnings(seen.preflights, force=force):
+            yield Warned("deploy", message)
         for name, shortfall in seen.short.items():
             yield Warned("deploy", f"a deploy would be refused: {space_message(name, shortfall)}")
         yield Finished("deploy", "dry run: nothing was changed")
         return list(seen.results.values())
+    refuse_preflights(seen.preflights, force=force)  # exit 3; --force never passes driver/MIG
     _refuse_short_of_space(seen.short)
     _keep_converged(seen, verified.version)
     hosts = [h for h in seen.hosts if seen.results[h.name].changes]
@@ -270,6 +276,8 @@ def _check_and_plan(
             seen.damaged[host.name] = why
         if (shortfall := disk_shortfall(desired, actual)) is not None:
             seen.short[host.name] = shortfall
+        seen.preflights += host_preflights(verified, seen.planned[host.name][0], host.name,
+                                           shortfall, serving=seen.states[host.name].current is not None)  # fmt: skip
         yield Progress("plan", 0, None, done, len(seen.hosts), host.name)
     return seen
 

@@ -54,6 +54,9 @@ class GpuFacts:
         "enabled", "disabled", "unsupported", "unknown"
     ]  # unknown: query failed, see warnings
     nvlink_active_links: int
+    # Processes holding a CUDA context on the GPU (nvmlDeviceGetComputeRunningProcesses);
+    # None when not recorded (facts from before this field, or NVML could not say).
+    compute_processes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,9 @@ class HostFacts:
     memory: MemoryFacts
     disks: tuple[DiskFacts, ...]
     gpu: GpuReport
+    # Size of /dev/shm (vLLM's workers share tensors through it); None: not measured
+    # (no /dev/shm, or facts from before this field).
+    shm_total_bytes: int | None = None
     schema_version: int = FACTS_SCHEMA_VERSION
     tool_version: str = field(default="")
 

@@ -140,6 +140,20 @@ def _disks(paths: Sequence[str], probe: HostProbe) -> tuple[DiskFacts, ...]:
     return tuple(disks)
 
 
+SHM_PATH = "/dev/shm"
+
+
+def _shm_total(probe: HostProbe) -> int | None:
+    """Size of /dev/shm (a tmpfs; its size is the bound), None where there is none."""
+    if not probe.path_exists(SHM_PATH):
+        return None
+    try:
+        total, _free = probe.disk_usage(SHM_PATH)
+    except OSError:
+        return None
+    return total
+
+
 def _os(proc_root: Path, probe: HostProbe) -> OsFacts:
     text = _read_text(proc_root / "etc/os-release") or _read_text(proc_root / "usr/lib/os-release")
     return OsFacts(
@@ -189,6 +203,7 @@ def detect_host(
         cpu=_cpu(proc_root, probe),
         memory=MemoryFacts(total_bytes=total, available_bytes=available),
         disks=_disks(install_paths, probe),
+        shm_total_bytes=_shm_total(probe),
         gpu=probe_gpus(nvml, pci_devices_dir),
         tool_version=__version__,
     )

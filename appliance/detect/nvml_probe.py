@@ -357,6 +357,7 @@ def _device(col: _Collector, index: int, handle: Any) -> GpuFacts:
     )
     mig = _mig_mode(col, tag, handle)
     nvlinks = _nvlink_active_links(col, tag, handle)
+    processes = _compute_processes(col, tag, handle)
     return GpuFacts(
         index=index,
         name=name,
@@ -368,6 +369,7 @@ def _device(col: _Collector, index: int, handle: Any) -> GpuFacts:
         architecture=arch,
         mig_mode=mig,
         nvlink_active_links=nvlinks,
+        compute_processes=processes,
     )
 
 
@@ -426,6 +428,20 @@ def _mig_mode(
         col.warnings.append(f"{tag} MIG mode: {exc}")
         return "unknown"
     return "enabled" if current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1) else "disabled"
+
+
+def _compute_processes(col: _Collector, tag: str, handle: Any) -> int | None:
+    """How many processes hold a CUDA context on the GPU; None where NVML cannot say
+    (NotSupported, e.g. inside some containers: no warning, like MIG on consumer cards)."""
+    nvml = col.nvml
+    try:
+        return len(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+    except nvml.NVMLError as exc:
+        if _is(nvml, exc, "GpuIsLost"):
+            raise
+        if not _is(nvml, exc, "NotSupported"):
+            col.warnings.append(f"{tag} compute processes: {exc}")
+        return None
 
 
 def _nvlink_active_links(col: _Collector, tag: str, handle: Any) -> int:

@@ -17,6 +17,8 @@ Invariants:
 - A host with no ``/dev/nvidiactl`` gets the same ``GpuReport`` as before
   remote NVML existed, and its ``@@gpu`` section stays empty: the probe
   program is run only where the device node is.
+- ``@@shm`` (the size of /dev/shm) is optional: output recorded before it existed
+  parses, with ``shm_total_bytes`` None; a line that is not df's is None too.
 - The GPU probe is the local probe's own code: the sources of
   ``detect/facts.py``, ``detect/nvml_probe.py`` and ``pynvml`` travel in the
   script (compressed) and run under the host's ``python3``; the host needs
@@ -38,6 +40,8 @@ from appliance.errors import RemoteFactsError
 SECTIONS = ("hostname", "nproc", "cores", "meminfo", "uname", "python", "nvidia", "osrelease",
             "cpuinfo", "df", "gpu")  # fmt: skip
 END = "end"
+# Sections added later: output recorded before them still parses (the fact is None).
+OPTIONAL_SECTIONS = ("shm",)
 
 NO_NVIDIA_DEVICE = GpuReport(
     status="no-nvidia-device",
@@ -55,6 +59,7 @@ echo "@@osrelease"; cat /etc/os-release 2>/dev/null
 echo "@@cpuinfo"; cat /proc/cpuinfo
 echo "@@df"; echo '@PATH@'; d='@PATH@'; while [ ! -d "$d" ]; do d=$(dirname "$d"); done
 echo "$d"; df -P -B1 "$d" | tail -n 1
+echo "@@shm"; df -P -B1 /dev/shm 2>/dev/null | tail -n 1
 echo "@@gpu"; if [ -e /dev/nvidiactl ]; then python3 - <<'APPLIANCE_GPU_PROBE'
 @PROBE@
 APPLIANCE_GPU_PROBE
@@ -171,6 +176,17 @@ def _disks(lines: list[str]) -> tuple[DiskFacts, ...]:
     return (DiskFacts(lines[0], lines[1], int(fields[1]), int(fields[3])),)
 
 
+def parse_shm(lines: list[str]) -> int | None:
+    """Size in bytes of /dev/shm from the ``df -P -B1 /dev/shm`` line, None when there is
+    none or the line is not df's (bounded: one line, digits only, at most 20 of them)."""
+    if len(lines) != 1:
+        return None
+    fields = lines[0].split()
+    if len(fields) < 6 or not fields[1].isdigit() or len(fields[1]) > 20:
+        return None
+    return int(fields[1])
+
+
 def parse_gpu_report(text: str, host: str) -> GpuReport:
     """The host's ``GpuReport`` from the probe's JSON, validated as strictly as a facts file."""
     from pydantic import TypeAdapter, ValidationError
@@ -223,5 +239,6 @@ def parse_facts_output(text: str, host: str) -> HostFacts:
         cpu=CpuFacts(model, machine, cores, logical, flags),
         memory=_memory(host, sections["meminfo"]),
         disks=_disks(sections["df"]),
+        shm_total_bytes=parse_shm(sections.get("shm", [])),
         gpu=_gpu(host, sections),
     )

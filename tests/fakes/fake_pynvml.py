@@ -28,7 +28,9 @@ Fixture shape (values are what each NVML call returns; any value may instead be
         "nvmlDeviceGetCudaComputeCapability": [9, 0],
         "nvmlDeviceGetArchitecture": 9,
         "nvmlDeviceGetMigMode": [0, 0],       # [current, pending]
-        "nvmlDeviceGetNvLinkState": [1, 1, ...]  # per link; past the end: InvalidArgument
+        "nvmlDeviceGetNvLinkState": [1, 1, ...],  # per link; past the end: InvalidArgument
+        "nvmlDeviceGetComputeRunningProcesses": [{"pid": 4242, "usedGpuMemory": ...}]
+                                              # optional: not recorded -> NotSupported
       }, ...],
       "nvmlDeviceGetP2PStatus_NVLINK": [[null, 0, ...], ...],   # NVML_P2P_STATUS_*
       "nvmlDeviceGetTopologyCommonAncestor": [[null, 40, ...], ...]  # NVML_TOPOLOGY_*
@@ -205,6 +207,14 @@ class FakePynvml:
     def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:
         self.calls.append("nvmlDeviceGetMigMode")
         return list(self._device_value(handle, "nvmlDeviceGetMigMode"))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[SimpleNamespace]:
+        self.calls.append("nvmlDeviceGetComputeRunningProcesses")
+        device = self._device(handle)
+        if "nvmlDeviceGetComputeRunningProcesses" not in device:
+            raise self._error("NotSupported")  # an older recording: the query was not made
+        processes = self._value(device["nvmlDeviceGetComputeRunningProcesses"])
+        return [SimpleNamespace(**p) for p in processes]
 
     def nvmlDeviceGetNvLinkState(self, handle: FakeHandle, link: int) -> int:
         self.calls.append(f"nvmlDeviceGetNvLinkState({link})")

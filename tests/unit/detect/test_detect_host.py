@@ -221,3 +221,20 @@ def test_real_host_smoke() -> None:
         assert disk.path.startswith(disk.measured_at)
         assert 0 <= disk.free_bytes <= disk.total_bytes
     assert facts.os.system == "Linux"
+
+
+def test_dev_shm_is_measured_where_it_exists_and_unknown_where_not(
+    fake_root: Path, tmp_path: Path
+) -> None:
+    pci = write_pci_tree(tmp_path / "pci", [("0000:00:00.0", "0x8086", "0x0600")])
+    with_shm = fixed_probe(existing=frozenset({"/", "/dev/shm"}), disk=(64 * 2**20, 64 * 2**20))
+    facts = detect_host(nvml=ForbiddenNvml(), pci_devices_dir=pci, proc_root=fake_root,
+                        probe=with_shm)  # fmt: skip
+    assert facts.shm_total_bytes == 64 * 2**20
+    for probe in (
+        fixed_probe(existing=frozenset({"/"})),  # no /dev/shm
+        fixed_probe(existing=frozenset({"/", "/dev/shm"}), failing_disks=frozenset({"/dev/shm"})),
+    ):
+        facts = detect_host(nvml=ForbiddenNvml(), pci_devices_dir=pci, proc_root=fake_root,
+                            probe=probe)  # fmt: skip
+        assert facts.shm_total_bytes is None

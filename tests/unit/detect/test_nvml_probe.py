@@ -556,3 +556,18 @@ def test_fake_exposes_pynvml_exception_classes_and_no_real_functions() -> None:
     assert fake.NVML_P2P_STATUS_OK == pynvml.NVML_P2P_STATUS_OK
     with pytest.raises(AttributeError):
         _ = fake.nvmlDeviceGetPowerUsage
+
+
+def test_compute_processes_are_counted_and_unknown_where_nvml_cannot_say(tmp_path: Path) -> None:
+    fake, pci = recorded("rtx4090-busy", tmp_path / "busy")
+    assert probe_gpus(fake, pci).gpus[0].compute_processes == 1
+    fake, pci = recorded("rtx4090", tmp_path / "old")  # recorded before the query: NotSupported
+    report = probe_gpus(fake, pci)
+    assert report.gpus[0].compute_processes is None
+    assert not any("compute processes" in w for w in report.warnings)
+    data = load_nvml_fixture("rtx4090")
+    data["devices"][0]["nvmlDeviceGetComputeRunningProcesses"] = {"raise": "NoPermission"}
+    fake, pci = recorded("rtx4090", tmp_path / "denied", data=data)
+    report = probe_gpus(fake, pci)
+    assert report.gpus[0].compute_processes is None
+    assert any(w.startswith("GPU 0 compute processes:") for w in report.warnings)

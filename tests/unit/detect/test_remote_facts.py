@@ -121,6 +121,8 @@ def test_the_script_runs_here_and_parses(tmp_path: Path) -> None:
     facts = parse_facts_output(result.stdout, "local")
     assert facts.cpu.logical_cores >= 1 and facts.memory.total_bytes > 0
     assert facts.disks and facts.disks[0].measured_at == str(tmp_path)
+    if Path("/dev/shm").is_dir():  # the @@shm section measured this machine's /dev/shm
+        assert facts.shm_total_bytes is not None and facts.shm_total_bytes > 0
 
 
 @pytest.mark.skipif(shutil.which("python3") is None, reason="needs python3")
@@ -200,3 +202,32 @@ def test_empty_optional_sections_degrade_as_before() -> None:
         "unknown",
     )
     assert facts.disks == ()
+
+
+def with_shm(text: str, lines: list[str]) -> str:
+    """``text`` with an ``@@shm`` section (as the script prints it now) before ``@@gpu``."""
+    return text.replace("@@gpu\n", "\n".join(["@@shm", *lines, "@@gpu"]) + "\n", 1)
+
+
+def test_output_recorded_before_the_shm_section_still_parses_with_shm_unknown() -> None:
+    assert "@@shm" not in recording("lab-debian-fresh")
+    assert parse_facts_output(recording("lab-debian-fresh"), "sp13-1").shm_total_bytes is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["tmpfs 67108864 0 67108864 0% /dev/shm"], 64 * 2**20),  # Docker's default
+        (["tmpfs          8413904896     0 8413904896   0% /dev/shm"], 8413904896),
+        ([], None),  # no /dev/shm: df printed nothing
+        (["df: /dev/shm: No such file or directory"], None),
+        (["tmpfs lots 0 0 0% /dev/shm"], None),
+        (["tmpfs " + "9" * 40 + " 0 0 0% /dev/shm"], None),  # bounded: not a plausible size
+        (["tmpfs 1 0 1 0% /dev/shm", "tmpfs 2 0 2 0% /dev/shm"], None),
+    ],
+)
+def test_the_shm_section_is_read_from_dfs_line_or_left_unknown(
+    lines: list[str], expected: int | None
+) -> None:
+    text = with_shm(recording("lab-debian-fresh"), lines)
+    assert parse_facts_output(text, "sp13-1").shm_total_bytes == expected
