@@ -129,7 +129,9 @@ def test_example_gpu_recipe() -> None:
     assert adapter.provenance.rank == 16
     assert adapter.provenance.training_summary.modalities == ["text"]
     assert recipe.wheels is not None
-    assert recipe.wheels.requirements == ["vllm==0.9.2"]
+    assert recipe.wheels.requirements == ["vllm==0.32.0", "torch==2.13.0"]
+    assert recipe.wheels.extra_index_urls == []  # PyPI's torch 2.13.0 is the CUDA 13.0 build
+    assert "manylinux_2_31_x86_64" in recipe.wheels.platforms  # llguidance 1.7 needs it
     assert recipe.wheels.abi == "cp311"
     assert recipe.gateway is not None
     assert "manylinux_2_17_x86_64" in recipe.gateway.platforms
