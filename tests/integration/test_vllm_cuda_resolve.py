@@ -64,3 +64,17 @@ def test_the_gpu_recipes_vllm_set_resolves_to_a_cuda_torch(python_with_pip: str)
     assert "nvidia-cuda-runtime==13.0.96" in resolved.pins
     # Metadata only: far below the several GB the set weighs.
     assert resolved.downloaded_bytes < 256 * 2**20
+
+
+def test_bundle_resolve_prints_the_set(python_with_pip: str) -> None:
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "bundle", "resolve", "--recipe",
+         str(ROOT / "bundles" / "example-gpu.yaml"), "--python", python_with_pip, "--json"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert f"vllm=={VLLM}" in data["pins"]
+    assert data["torch"] == {"version": "2.13.0", "variant": "default", "cuda": "13.0"}

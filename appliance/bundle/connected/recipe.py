@@ -33,8 +33,10 @@ Schema (``?`` = optional)::
                                 PyTorch index of a torch build. The build records
                                 where the wheels came from in the set's build notes
                                 (index-url, extra-index-urls, find-links: reserved
-                                keys) and the torch build found (WheelSet.torch);
-                                a set mixing torch builds is refused
+                                keys) and the torch build found (WheelSet.torch:
+                                version, variant, CUDA); a set mixing torch builds
+                                is refused. `appliance bundle resolve` proves the set
+                                resolves for the target without downloading it
     gateway?:                   the authenticating gateway's own virtualenv: the pins
                                 of appliance/gateway/requirements.txt (requirements
                                 are not in the recipe) downloaded for this target,

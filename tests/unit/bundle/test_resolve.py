@@ -117,3 +117,17 @@ def test_downloads_past_the_bound_stop_pip(tmp_path: Path) -> None:
         [sys.executable, "-c", "print('ok')"], clean, timeout=20, max_bytes=1024 * 1024
     )
     assert (code, peak < 1024 * 1024) == (0, True)
+
+
+def test_the_cli_refuses_a_recipe_without_wheels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli.main import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: n\nversion: 1\nexpires: 90d\nmodel: {gguf: m.gguf, licence: MIT}\n",
+        encoding="utf-8",
+    )
+    assert main(["bundle", "resolve", "--recipe", str(recipe)]) == ExitCode.USAGE
+    assert "has no `wheels`: there is no wheel set to resolve" in capsys.readouterr().err
