@@ -20,6 +20,10 @@ Invariants:
 - No secret reaches a process argument: pip gets only recipe values (which
   refuse URLs with credentials); tokens stay in the environment/netrc of the
   tools that read them.
+- A wheel set records where its wheels came from (build notes ``index-url``,
+  ``extra-index-urls``, ``find-links``: pip reads the recipe's sources only) and
+  the torch build among them; a set mixing torch builds is refused
+  (``torch_variant``).
 
 Layout under ``files/``: ``models/<name>/...`` (HF directory) or
 ``models/<file>.gguf``, ``adapters/<name>/...``, ``wheels/*.whl``,
