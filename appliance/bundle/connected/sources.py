@@ -20,6 +20,10 @@ Invariants:
 - No secret reaches a process argument: pip gets only recipe values (which
   refuse URLs with credentials); tokens stay in the environment/netrc of the
   tools that read them.
+- A wheel set records where its wheels came from (build notes ``index-url``,
+  ``extra-index-urls``, ``find-links``: pip reads the recipe's sources only) and
+  the torch build among them; a set mixing torch builds is refused
+  (``torch_variant``).
 
 Layout under ``files/``: ``models/<name>/...`` (HF directory) or
 ``models/<file>.gguf``, ``adapters/<name>/...``, ``wheels/*.whl``,
@@ -56,6 +60,7 @@ from appliance.bundle.connected.recipe import (
     ModelSpec,
     WheelsSpec,
 )
+from appliance.bundle.connected.torch_variant import read_wheel_info, torch_build
 from appliance.bundle.format import describe_mode
 from appliance.bundle.payload import (
     GATEWAY_WHEELS_DIR,
@@ -88,6 +93,7 @@ EXCLUDED_PATHS = {".cache/huggingface": "huggingface_hub download bookkeeping"}
 ARTIFACT_MAX_BYTES = 64 * 1024**3  # a server that never stops sending must not fill the disk
 DOWNLOAD_CHUNK = 1024 * 1024
 PIP_TIMEOUT_S = 4 * 3600  # vLLM and its CUDA wheels are several GB
+PYPI_INDEX = "https://pypi.org/simple"  # pip's index when the recipe sets no_index: false
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,12 +498,36 @@ def pip_download_command(spec: WheelsSpec, dest: Path, *, python: str) -> list[s
     ]
     for platform in spec.platforms:
         cmd += ["--platform", platform]
-    if spec.no_index:
-        cmd.append("--no-index")
-    for link in spec.find_links:
-        cmd += ["--find-links", link]
+    cmd += index_options(spec)
     cmd += ["-d", str(dest), "--", *spec.requirements]
     return cmd
+
+
+def index_options(spec: WheelsSpec) -> list[str]:
+    """pip's options for where wheels come from: the recipe's, and nothing else (``_pip_env``)."""
+    options = ["--no-index"] if spec.no_index else []
+    for url in spec.extra_index_urls:
+        options += ["--extra-index-url", url]
+    for link in spec.find_links:
+        options += ["--find-links", link]
+    return options
+
+
+def source_notes(spec: WheelsSpec) -> dict[str, str]:
+    """Where the wheels came from, for the set's build notes (a reviewer reads the payload).
+
+    ``index-url``: PyPI, or ``none`` with ``no_index``; ``extra-index-urls`` and
+    ``find-links``: the recipe's, space-separated URLs (a local directory as its
+    ``file://`` URL, so a space in a path cannot split it).
+    """
+    notes = {"index-url": "none (no_index: find-links only)" if spec.no_index else PYPI_INDEX}
+    if spec.extra_index_urls:
+        notes["extra-index-urls"] = " ".join(spec.extra_index_urls)
+    if spec.find_links:
+        notes["find-links"] = " ".join(
+            link if "://" in link else Path(link).as_uri() for link in spec.find_links
+        )
+    return notes
 
 
 def _pip_env() -> dict[str, str]:
@@ -542,7 +572,10 @@ def fetch_wheels(
     """``pip download`` the requirements (and their dependencies) for the target into ``dest``.
 
     The wheels are recorded as ``<prefix>/<file name>`` under ``files/``
-    (``wheels/`` for the model server, ``gateway-wheels/`` for the gateway).
+    (``wheels/`` for the model server, ``gateway-wheels/`` for the gateway),
+    with where they came from in the build notes (``source_notes``) and the
+    torch build among them (``torch_variant.torch_build``: a set mixing
+    torch builds is refused).
     """
     dest.mkdir(parents=True, exist_ok=False)
     cmd = pip_download_command(spec, dest, python=python)
@@ -569,12 +602,15 @@ def fetch_wheels(
         raise BundleBuildError(f"pip download left files that are not wheels: {', '.join(odd)}")
     if not found:
         raise BundleBuildError("pip download succeeded but produced no wheel")
+    # One torch build or none (a CUDA torchvision beside a +cpu torch fails at import).
+    torch = torch_build([read_wheel_info(p) for p in found])
     entry = WheelSet(
         python=spec.python,
         platforms=list(spec.platforms),
         requirements=list(spec.requirements),
         files=[f"{prefix}/{p.name}" for p in found],
-        build_notes=dict(spec.build_notes),
+        build_notes={**spec.build_notes, **source_notes(spec)},
+        torch=torch,
         no_deps=[f"{prefix}/{p.name}" for p in found if p not in before],
     )
     return Fetched(entry, [(p, f"{prefix}/{p.name}") for p in found])
@@ -823,7 +859,7 @@ def fetch_gateway(
         requirements=pins,
         files=sorted([*closure.entry.files, relpath]),
         no_deps=[relpath],
-        build_notes={"appliance-wheel": note},
+        build_notes={**closure.entry.build_notes, "appliance-wheel": note},
     )
     return Fetched(entry, [*closure.files, (wheel, relpath)], [*closure.notes, *notes])
 
@@ -913,7 +949,7 @@ def fetch_installer(
         platforms=list(spec.platforms),
         requirements=[f"appliance=={version}"],
         files=closure.entry.files,
-        build_notes={"appliance-wheel": note},
+        build_notes={**closure.entry.build_notes, "appliance-wheel": note},
     )
     return Fetched(entry, closure.files, [*closure.notes, *notes])
 

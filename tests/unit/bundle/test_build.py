@@ -154,7 +154,12 @@ def test_full_bundle(tmp_path: Path, full_recipe: Recipe) -> None:
     )
     assert payload.wheels is not None
     assert payload.wheels.files == ["wheels/tinyapp-1.0-py3-none-any.whl"]
-    assert payload.wheels.build_notes == {"tinyapp": "pure"}
+    assert payload.wheels.build_notes == {
+        "tinyapp": "pure",
+        "index-url": "none (no_index: find-links only)",
+        "find-links": (tmp_path / "wheelhouse").as_uri(),
+    }
+    assert payload.wheels.torch is None  # no torch among the wheels
     [art] = payload.artifacts
     assert art.path == "artifacts/keycloak/kc.tar.gz"
 

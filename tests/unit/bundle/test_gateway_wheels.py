@@ -133,7 +133,11 @@ def test_fetch_gateway_records_everything_under_gateway_wheels(tmp_path: Path, h
     assert entry.no_deps == [f"gateway-wheels/{APPLIANCE}"]
     assert set(entry.no_deps) <= set(entry.files)
     assert entry.requirements == PINS
-    assert entry.build_notes == {"appliance-wheel": f"given: {APPLIANCE}"}
+    assert entry.build_notes == {
+        "appliance-wheel": f"given: {APPLIANCE}",
+        "index-url": "none (no_index: find-links only)",
+        "find-links": house.as_uri(),
+    }  # where the closure came from
     assert (entry.python, entry.platforms) == ("3.11", ["manylinux_2_17_x86_64"])
     assert sorted(rel for _, rel in fetched.files) == entry.files
     assert (given, f"gateway-wheels/{APPLIANCE}") in fetched.files
@@ -256,7 +260,7 @@ def test_build_puts_the_gateway_next_to_the_wheels(
     assert gateway.files == paths[:3] and set(gateway.no_deps) <= set(gateway.files)
     assert gateway.no_deps == [f"gateway-wheels/{APPLIANCE}"]
     assert gateway.requirements == PINS
-    assert gateway.build_notes == {"appliance-wheel": f"given: {APPLIANCE}"}
+    assert gateway.build_notes["appliance-wheel"] == f"given: {APPLIANCE}"
     assert payload.wheels.files == paths[4:] and payload.wheels.no_deps == []
     assert (out / "files" / gateway.no_deps[0]).read_bytes() == given.read_bytes()
     fetches = [e.item for e in events if isinstance(e, Progress) and e.operation == "fetch"]

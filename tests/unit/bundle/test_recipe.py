@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,7 +129,9 @@ def test_example_gpu_recipe() -> None:
     assert adapter.provenance.rank == 16
     assert adapter.provenance.training_summary.modalities == ["text"]
     assert recipe.wheels is not None
-    assert recipe.wheels.requirements == ["vllm==0.9.2"]
+    assert recipe.wheels.requirements == ["vllm==0.32.0", "torch==2.13.0"]
+    assert recipe.wheels.extra_index_urls == []  # PyPI's torch 2.13.0 is the CUDA 13.0 build
+    assert "manylinux_2_31_x86_64" in recipe.wheels.platforms  # llguidance 1.7 needs it
     assert recipe.wheels.abi == "cp311"
     assert recipe.gateway is not None
     assert "manylinux_2_17_x86_64" in recipe.gateway.platforms
@@ -331,3 +334,47 @@ def test_unquoted_yaml_date_is_accepted(tmp_path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.expires == "2027-01-31"
     assert recipe.expires_at(NOW) == datetime(2027, 1, 31, tzinfo=UTC)
+
+
+# --- wheels.extra_index_urls ---------------------------------------------------------------
+
+WHEELS = {"python": "3.11", "platforms": ["manylinux_2_28_x86_64"], "requirements": ["x"]}
+
+
+def test_extra_index_urls_are_read(tmp_path: Path) -> None:
+    urls = ["https://download.pytorch.org/whl/cpu", "file:///srv/pytorch-index"]
+    recipe = parse_recipe(
+        minimal(wheels={**WHEELS, "extra_index_urls": urls}), base_dir=tmp_path, where="x"
+    )
+    assert recipe.wheels is not None and recipe.wheels.extra_index_urls == urls
+    plain = parse_recipe(minimal(wheels=WHEELS), base_dir=tmp_path, where="x")
+    assert plain.wheels is not None and plain.wheels.extra_index_urls == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"extra_index_urls": ["http://download.pytorch.org/whl/cpu"]},
+            "`wheels.extra_index_urls[0]`: expected an https:// or file:// URL of a package "
+            "index, found scheme 'http' (plain http is refused",
+        ),
+        ({"extra_index_urls": ["download.pytorch.org/whl/cpu"]}, "found scheme 'none'"),
+        ({"extra_index_urls": ["https:///whl"]}, "an https URL needs a host"),
+        ({"extra_index_urls": ["https://tok:en@h/simple"]}, "holds a URL with credentials"),
+        (
+            {"extra_index_urls": ["https://h/simple"], "no_index": True, "find_links": ["/w"]},
+            "no_index is true but extra_index_urls is set",
+        ),
+        (
+            {"build_notes": {"extra-index-urls": "https://elsewhere"}},
+            "build_notes key(s) extra-index-urls are written by the build",
+        ),
+        ({"extra_index_url": ["https://h/simple"]}, "did you mean `extra_index_urls`?"),
+    ],
+)
+def test_extra_index_urls_refusals(tmp_path: Path, extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_recipe(minimal(wheels={**WHEELS, **extra}), base_dir=tmp_path, where="x")
+    assert message in caught.value.message
+    assert "tok:en" not in caught.value.message

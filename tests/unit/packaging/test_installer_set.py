@@ -120,7 +120,11 @@ def test_fetch_installer_is_the_wheel_and_its_closure(tmp_path: Path, house: Pat
         for n in (APPLIANCE, "tinyapp-1.0-py3-none-any.whl", "tinydep-2.1-py3-none-any.whl")
     )  # the closure, nothing unrelated
     assert entry.no_deps == []
-    assert entry.build_notes == {"appliance-wheel": f"given: {APPLIANCE}"}
+    assert entry.build_notes == {
+        "appliance-wheel": f"given: {APPLIANCE}",
+        "index-url": "none (no_index: find-links only)",
+        "find-links": house.as_uri(),
+    }
     copied = dict((rel, src) for src, rel in fetched.files)
     assert copied[f"installer-wheels/{APPLIANCE}"].read_bytes() == given.read_bytes()
 
