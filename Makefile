@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
+.PHONY: setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse converted-model integration test-integration require-root
 
 # The gateway's pins constrain the dev venv: the gateway is tested with exactly the versions
 # a bundle ships (tests/unit/gateway/test_requirements.py), also on a fresh machine.
@@ -45,6 +45,11 @@ lab-deps:
 wheelhouse: setup
 	scripts/ensure-system-deps wheelhouse
 	$(BIN)/python scripts/build-llamacpp-wheelhouse
+
+# The same GGUF as a Hugging Face model for vLLM (converted once, ~3 min on 2 cores, cached;
+# its own pinned torch/transformers venv, not .venv). APPLIANCE_TORCH_INDEX_URL: see README.
+converted-model: setup
+	$(BIN)/python scripts/convert-gguf-to-hf
 
 require-root:
 	@if [ "$$(id -u)" != 0 ]; then \
