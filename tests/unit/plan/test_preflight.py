@@ -39,10 +39,19 @@ GiB = 2**30
 CU128 = TorchBuild(version="2.9.0+cu128", variant="cu128", cuda="12.8")
 
 
-def host(base: str, nvml: str, tmp_path: Path, *, shm: int | None = 64 * GiB) -> HostFacts:
-    """The saved facts ``base`` with the GPU report the probe builds from NVML recording ``nvml``."""
+def host(
+    base: str,
+    nvml: str,
+    tmp_path: Path,
+    *,
+    shm: int | None = 64 * GiB,
+    libs: tuple[str, ...] | None = ("libcuda.so.1",),
+) -> HostFacts:
+    """The saved facts ``base`` with the GPU report the probe builds from NVML recording ``nvml``
+    (and the driver's libcuda.so.1 found by the dynamic linker, as on any host with a driver)."""
     fake, pci = recorded(nvml, tmp_path)
-    return dataclasses.replace(facts(base)[0], gpu=probe_gpus(fake, pci), shm_total_bytes=shm)
+    return dataclasses.replace(facts(base)[0], gpu=probe_gpus(fake, pci), shm_total_bytes=shm,
+                               shared_libraries=libs)  # fmt: skip
 
 
 def plan_for(profiles: dict[str, Profile], profile: str, facts_: HostFacts) -> Plan:
@@ -201,7 +210,8 @@ def test_a_llamacpp_profile_skips_the_gpu_checks(profiles: dict[str, Profile]) -
     plan = build_plan(profiles, (cpu,), facts_source="t", requested=profiles["cpu-llamacpp"])
     by_name = {r.name: r.status for r in preflights(plan, cpu, torch=None, disk=None)}
     assert by_name == {"driver-cuda": "skip", "compute-capability": "skip", "mig": "skip",
-                       "gpu-memory": "skip", "shm": "skip", "disk": "pass", "fit": "skip"}  # fmt: skip
+                       "gpu-memory": "skip", "shm": "skip", "libraries": "skip", "disk": "pass",
+                       "fit": "skip"}  # fmt: skip
 
 
 def test_refuse_lists_every_failure_of_every_host_and_force_accepts_only_the_forceable(
@@ -265,13 +275,13 @@ def test_the_docs_table_names_every_check() -> None:
     assert [c for c in CHECKS if f"| `{c}` |" not in section] == []
 
 
-def test_a_vllm_profile_on_the_cpu_gets_only_shm_disk_and_fit(
+def test_a_vllm_profile_on_the_cpu_gets_only_shm_libraries_disk_and_fit(
     profiles: dict[str, Profile], tmp_path: Path
 ) -> None:
     # A MIG GPU and an old driver: neither matters when vLLM runs on the CPU. The engine's
     # ``device`` field (VllmEngine.device, "cuda" by default) is set the way a cpu-vllm
     # profile sets it.
-    old = host("a100-80gb", "a100-80gb-driver470", tmp_path, shm=64 * 2**20)
+    old = host("a100-80gb", "a100-80gb-driver470", tmp_path, shm=64 * 2**20, libs=("libnuma.so.1",))
     plan = plan_for(profiles, "a100-single", old)
     profile = plan.selection.profile
     engine = profile.engine.model_copy(update={"device": "cpu"})
@@ -284,6 +294,36 @@ def test_a_vllm_profile_on_the_cpu_gets_only_shm_disk_and_fit(
     by_name = {r.name: r for r in preflights(on_cpu, old, torch=None, disk=None)}
     assert {n: r.status for n, r in by_name.items()} == {
         "driver-cuda": "skip", "compute-capability": "skip", "mig": "skip", "gpu-memory": "skip",
-        "shm": "warn", "disk": "pass", "fit": "pass",
+        "shm": "warn", "libraries": "pass", "disk": "pass", "fit": "pass",
     }  # fmt: skip
     assert by_name["mig"].found == "vLLM runs on the CPU (device: cpu)"
+
+
+@pytest.mark.parametrize(
+    ("libs", "status"),
+    [(("libnuma.so.1",), "pass"), ((), "fail"), (("libcuda.so.1",), "fail"), (None, "warn")],
+)
+def test_vllm_cpu_build_needs_libnuma_on_the_host(
+    profiles: dict[str, Profile], libs: tuple[str, ...] | None, status: str
+) -> None:
+    cpu = dataclasses.replace(facts("cpu-avx512")[0], shared_libraries=libs)
+    result = rows(profiles, "cpu-vllm", cpu)
+    row = result["libraries"]
+    assert row.status == status, row
+    assert row.expected == "libnuma.so.1 found by the dynamic linker"
+    if status == "fail":
+        assert row.found == "no libnuma.so.1 on the host" and "libnuma1" in row.action
+        assert not row.forceable  # vLLM dies at start without it: no flag lets it through
+    # the GPU checks do not apply to vLLM's CPU build
+    assert {result[c].status for c in CHECKS[:4]} == {"skip"}
+
+
+def test_cuda_vllm_needs_the_drivers_libcuda(profiles: dict[str, Profile], tmp_path: Path) -> None:
+    h100 = host("h100x8", "h100x8-driver570", tmp_path, libs=("libnuma.so.1",))
+    failed = only_failure(rows(profiles, "h100-cluster", h100))
+    assert failed.name == "libraries" and failed.found == "no libcuda.so.1 on the host"
+
+
+def test_llama_cpp_needs_no_system_library(profiles: dict[str, Profile]) -> None:
+    cpu = dataclasses.replace(facts("cpu-avx512")[0], shared_libraries=())
+    assert rows(profiles, "cpu-llamacpp", cpu)["libraries"].status == "skip"
