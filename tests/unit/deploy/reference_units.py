@@ -1,0 +1,152 @@
+"""The reference model-server units: every vLLM profile x reference model, from recorded facts.
+
+Each setup is a hardware profile on the recorded facts of a machine it matches (the
+h100-cluster once on one node and once on two); each reference model is a config.json
+fixture with the real model's hyper-parameters. ``reference_matrix()`` plans every pair
+with ``build_plan`` and renders the unit of the node that runs vLLM's server (single node,
+or the head of a Ray cluster) with ``render_model_unit``, as a deploy would for release 1.
+A pair that does not fit gets no unit; ``index`` says why (the deploy refuses it, exit 3).
+
+Used by the golden test (tests/unit/deploy/test_reference_units.py) and by the check of
+the command lines against vLLM's own parser (tests/integration/test_vllm_argv.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.deploy.render import model_unit_variables, render_model_unit
+from appliance.detect.facts_file import load_facts
+from appliance.model.info import load_model_info
+from appliance.plan.engine_args import NodeCommand
+from appliance.plan.profiles import load_profiles
+from appliance.plan.report import build_plan
+
+ROOT = Path(__file__).resolve().parents[3]
+FACTS = ROOT / "tests/fixtures/facts"
+MODELS = ROOT / "tests/fixtures/models"
+GOLDEN = ROOT / "tests/golden/units"
+
+# setup name -> (profile, recorded facts)
+SETUPS: dict[str, tuple[str, str]] = {
+    "a100-single": ("a100-single", "a100-80gb"),
+    "rtx4090": ("rtx4090", "rtx4090"),
+    "h100-cluster": ("h100-cluster", "h100x8"),
+    "h100-cluster-2nodes": ("h100-cluster", "h100x8-2nodes"),
+    "cpu-vllm": ("cpu-vllm", "cpu-avx512"),
+}
+MODEL_NAMES: tuple[str, ...] = (
+    "mistral-7b-instruct-v0.3",
+    "mixtral-8x7b-instruct-v0.1",
+    "mixtral-8x22b-instruct-v0.1",
+    "devstral-small-2505",
+    "apertus-70b-instruct-2509",
+)
+# What the rendered units say about their bundle (fixed, so the goldens are stable).
+RELEASE_VERSION = 1
+BUNDLE_NAME = "reference"
+CONTENT_DIGEST = "0" * 16
+GIB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceUnit:
+    setup: str
+    profile: str
+    facts: str
+    model: str
+    server: NodeCommand | None  # the command running vLLM's server; None: does not fit
+    others: tuple[NodeCommand, ...]  # the other nodes' commands (Ray workers)
+    unit: str | None
+    env: str | None
+    reason: str | None  # why there is no unit
+
+    @property
+    def stem(self) -> str:
+        return f"{self.setup}_{self.model}"
+
+
+def reference_matrix() -> tuple[ReferenceUnit, ...]:
+    profiles = load_profiles()
+    out = []
+    for model_name in MODEL_NAMES:
+        model = load_model_info(MODELS / model_name)
+        for setup, (profile, facts) in SETUPS.items():
+            plan = build_plan(
+                profiles,
+                load_facts(FACTS / f"{facts}.json"),
+                facts_source=f"tests/fixtures/facts/{facts}.json",
+                requested=profile,
+                model=model,
+            )
+            fit = plan.fit
+            assert fit is not None and plan.selection.profile.name == profile
+            est = fit.estimate
+            if not fit.fits or not plan.commands or est is None:
+                if est is None:
+                    reason = "; ".join(fit.problems) or "no layout"
+                else:
+                    reason = "; ".join(fit.problems) or (
+                        f"does not fit: needs {est.required_per_device / GIB:.1f} GiB per "
+                        f"device at context {est.context} ({est.precision}, {est.devices} "
+                        f"device(s)), budget {est.budget_per_device / GIB:.1f} GiB"
+                    )
+                out.append(
+                    ReferenceUnit(setup, profile, facts, model_name, None, (), None, None, reason)
+                )
+                continue
+            (server,) = [c for c in plan.commands if c.role in ("single", "head")]
+            others = tuple(c for c in plan.commands if c is not server)
+            variables = model_unit_variables(
+                server, engine="vllm", version=RELEASE_VERSION, bundle_name=BUNDLE_NAME,
+                content_digest=CONTENT_DIGEST, model_name=model.name,
+                model_bytes=model.stored_weights_bytes or est.weights_bytes,
+            )  # fmt: skip
+            unit, env = render_model_unit(variables)
+            out.append(
+                ReferenceUnit(setup, profile, facts, model_name, server, others, unit, env, None)
+            )
+    return tuple(out)
+
+
+def index(units: tuple[ReferenceUnit, ...]) -> dict[str, Any]:
+    """The golden index: every pair, its unit files or why it has none."""
+    return {
+        "about": (
+            "Model-server units rendered for every vLLM profile x reference model "
+            "(tests/unit/deploy/reference_units.py). ExecStart is checked against vLLM's own "
+            "parser by tests/integration/test_vllm_argv.py; regenerate with "
+            "UPDATE_GOLDENS=1 pytest tests/unit/deploy/test_reference_units.py"
+        ),
+        "combinations": [
+            {
+                "setup": u.setup,
+                "profile": u.profile,
+                "facts": f"tests/fixtures/facts/{u.facts}.json",
+                "model": u.model,
+                **(
+                    {"unit": f"{u.stem}.service", "env": f"{u.stem}.env"}
+                    if u.unit is not None
+                    else {"unit": None, "no_unit_because": u.reason}
+                ),
+                **(
+                    {
+                        "not_checked_by_vllm": [
+                            {
+                                "host": c.host,
+                                "role": c.role,
+                                "argv": list(c.argv),
+                                "why": "a Ray worker (ray start), not vLLM's command line",
+                            }
+                            for c in u.others
+                        ]
+                    }
+                    if u.others
+                    else {}
+                ),
+            }
+            for u in units
+        ],
+    }
