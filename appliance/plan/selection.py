@@ -197,10 +197,11 @@ def _match_cpu(want: CpuMatch, hosts: tuple[HostFacts, ...]) -> tuple[list[str],
 def _no_gpu_notice(
     hosts: tuple[HostFacts, ...], candidates: list[Candidate], chosen: Profile
 ) -> str:
+    engine = "llama.cpp" if chosen.engine.kind == "llamacpp" else "vLLM's CPU build"
     unusable = [h for h in hosts if not h.gpu.usable]
     if unusable:
         why = "; ".join(f"{h.hostname}: {h.gpu.message}" for h in unusable)
-        return f"NO USABLE GPU: {why} The CPU profile {chosen.name} (llama.cpp) is used instead."
+        return f"NO USABLE GPU: {why} The CPU profile {chosen.name} ({engine}) is used instead."
     gpu_rejections = [
         f"{c.profile}: {'; '.join(c.reasons)}"
         for c in candidates
@@ -209,7 +210,7 @@ def _no_gpu_notice(
     return (
         "GPUS PRESENT BUT NOT USED: no GPU profile accepts them ("
         + " | ".join(gpu_rejections)
-        + f"). The CPU profile {chosen.name} (llama.cpp) is used instead; "
+        + f"). The CPU profile {chosen.name} ({engine}) is used instead; "
         "add a site profile with --profiles-dir or choose one with --profile NAME."
     )
 
