@@ -251,6 +251,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             + ("" if r.keycloak == "absent" else f", keycloak {r.keycloak}")
             + f"; {audit}"
         )
+        if r.engine:
+            served = ", ".join(r.models) or "nothing listed"
+            line = f"  engine {r.engine}: serving {served}"
+            if r.context_length is not None:
+                line += f", context {r.context_length}"
+            if r.kv_cache_usage is not None:
+                line += f", KV cache {100 * r.kv_cache_usage:.1f}% used"
+            if r.requests_running is not None:
+                line += f", {r.requests_running} running / {r.requests_waiting or 0} waiting"
+            print(line)
         for version, problems in sorted(r.integrity.items()):
             if problems:
                 print(f"  release {version} DIFFERS FROM WHAT WAS INSTALLED:")

@@ -134,19 +134,23 @@ class ReleaseCheck:
     paths: tuple[str, ...] = ("/v1/models",)
     model: str | None = None
     start_timeout: int = 180
+    engine: str | None = None  # "vllm" or "llamacpp" (X-Appliance-Engine)
+    context: int | None = None  # --max-model-len (vLLM) or --n_ctx (llama.cpp) of its ExecStart
 
 
 def parse_release_unit(text: str) -> ReleaseCheck | None:
     """The check of a model-server unit's text (``None`` without a port on its ExecStart)."""
     settings: dict[str, str] = {}
-    port = None
+    port = context = None
     for line in text.splitlines():
         key, _, value = line.partition("=")
         if key == "ExecStart":
             try:
-                port = argv_port(shlex.split(value))
+                argv = shlex.split(value)
             except ValueError:  # unbalanced quotes: not a unit this appliance wrote
-                port = None
+                argv = []
+            port = argv_port(argv)
+            context = _argv_int(argv, ("--max-model-len", "--n_ctx"))
         elif key.startswith("X-Appliance-"):
             settings[key.removeprefix("X-Appliance-")] = value.strip()
     if port is None:
@@ -158,7 +162,17 @@ def parse_release_unit(text: str) -> ReleaseCheck | None:
         paths=paths or ("/v1/models",),
         model=settings.get("Served-Model") or None,
         start_timeout=min(int(timeout), 3600) if timeout.isdigit() else 180,
+        engine=settings.get("Engine") if settings.get("Engine") in ("vllm", "llamacpp") else None,
+        context=context,
     )
+
+
+def _argv_int(argv: list[str], flags: tuple[str, ...]) -> int | None:
+    for flag in flags:
+        if flag in argv and argv.index(flag) + 1 < len(argv):
+            value = argv[argv.index(flag) + 1]
+            return int(value) if value.isdigit() and len(value) < 10 else None
+    return None
 
 
 def release_check(host: HostEntry, version: int) -> ReleaseCheck | None:

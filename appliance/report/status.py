@@ -27,6 +27,7 @@ from appliance.errors import ApplianceError, DeploymentError, HostStateError
 from appliance.input_files import parse_json
 from appliance.plan.inventory import HostEntry
 from appliance.report.audit import read_log
+from appliance.report.serving import serving
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,12 @@ class HostStatus:
     firewall: bool = False  # the appliance's nftables table is loaded
     keycloak: str = "absent"  # the Keycloak unit's state, or absent
     audit_anchor: str = ""  # the logs checked against this machine's anchors (audit_anchor.py)
+    engine: str = ""  # the active release's engine (vllm, llamacpp), from its unit
+    models: tuple[str, ...] = ()  # what its /v1/models lists
+    context_length: int | None = None
+    kv_cache_usage: float | None = None  # 0..1 of vLLM's KV cache in use (/metrics)
+    requests_running: int | None = None
+    requests_waiting: int | None = None
 
 
 def status(host: HostEntry, *, verify: bool = False) -> HostStatus:
@@ -84,13 +91,24 @@ def status(host: HostEntry, *, verify: bool = False) -> HostStatus:
         audit_message.append(f"audit anchors: {exc.message}")
     enabled, active, gateway, keycloak = [*states, *["unknown"] * 4][:4]
     firewall = "loaded" in states[4:]
-    healthy = None
+    healthy, check = None, None
     if current is not None and active == "active":
         check = release_check(host, current)
         healthy = health_check(host, check, timeout=10) if check else None
     row = HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit_ok,
                      "; ".join(audit_message), gateway=gateway, firewall=firewall, keycloak=keycloak,
                      audit_anchor="; ".join(anchor_lines))  # fmt: skip
+    if check is not None:
+        row = replace(row, engine=check.engine or "", context_length=check.context)
+    if healthy and check is not None:
+        try:
+            live = serving(host, check)
+        except DeploymentError as exc:
+            audit_message.append(f"serving: {exc.message}")
+        else:
+            row = replace(row, models=live.models, context_length=live.context_length,
+                          kv_cache_usage=live.kv_cache_usage, requests_running=live.requests_running,
+                          requests_waiting=live.requests_waiting)  # fmt: skip
     try:
         found = release_problems(host, [f"{RELEASES}/{v}" for v in releases], full=verify)
         intent = transport.run(host, f"cat {INTENT} 2>/dev/null; true", timeout=30).strip()

@@ -57,7 +57,8 @@ def test_a_rendered_unit_says_how_it_is_checked(make_bundle: BundleFactory, trus
     assert check is not None
     assert (check.port, check.paths, check.model) == (8000, ("/health", "/v1/models"), "gemma")
     assert check.start_timeout == 300  # the test bundle's model is tiny
-    assert parse_release_unit(llama) == ReleaseCheck(8080, ("/v1/models",), "demo", 120)
+    assert parse_release_unit(llama) == ReleaseCheck(8080, ("/v1/models",), "demo", 120, "llamacpp")
+    assert (check.engine, check.context) == ("vllm", 2048)
 
 
 def test_a_unit_from_before_the_checks_gets_the_old_check() -> None:
