@@ -218,6 +218,19 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "unicode": {"model_name": "Gemma 3 — 270M «q4»", "env_lines": "LANG=C.UTF-8\nX=ü"},
     "one-line-env": {"env_lines": "ONLY=1"},
+    # The vLLM unit (the same template, its vLLM-only lines): what the cpu-vllm and GPU
+    # profiles lay down, rendered by Ansible's templating as by the pyinfra engine's.
+    "vllm": {
+        "engine": "vllm",
+        "exec_start": "/opt/appliance/releases/3/venv/bin/python -m "
+        "vllm.entrypoints.launchers.api_server.entry --model /opt/appliance/releases/3/files/"
+        "models/gemma --served-model-name gemma --host 127.0.0.1 --port 8000",
+        "env_lines": "HF_HUB_OFFLINE=1\nVLLM_CPU_KVCACHE_SPACE=1",
+        "served_model": "gemma",
+        "health_paths": "/health /v1/models",
+        "start_timeout": 315,
+        "stop_timeout": 60,
+    },
 }
 
 
@@ -271,6 +284,8 @@ def test_ansible_renders_the_shared_templates_byte_for_byte(
             assert hashlib.sha256(data).hexdigest() == r.sha256
             assert oct(Path(r.path).stat().st_mode & 0o777) == oct(r.mode)
     assert "{{ lookup('env', 'HOME') }}" in Path(plans[1].rendered[0].path).read_text()
+    vllm_unit = Path(plans[list(CASES).index("vllm")].rendered[0].path).read_text()
+    assert "LimitMEMLOCK=infinity" in vllm_unit and "X-Appliance-Start-Timeout=315" in vllm_unit
     # A second run finds everything in place: nothing changes.
     again = run_render(plans, tmp_path)
     assert again.returncode == 0, again.stdout[-3000:]
