@@ -195,6 +195,19 @@ def health_check(host: HostEntry, check: ReleaseCheck, *, timeout: int | None = 
                    unit=UNIT_NAME, model=check.model)  # fmt: skip
 
 
+def failure_lines(host: HostEntry, unit: str = UNIT_NAME, *, lines: int = 3) -> str:
+    """The last error lines of ``unit``'s journal on ``host`` (what made it fail to serve),
+    bounded: at most ``lines`` lines of 300 characters; empty when none is found."""
+    text = transport.run(
+        host,
+        f"journalctl -u {unit} -n 400 --no-pager -o cat 2>/dev/null "
+        "| grep -E '(Error|ERROR|error:|Traceback|cannot open|Killed|failed)' | tail -n 20; true",
+        timeout=30,
+    )
+    found = [line.strip()[:300] for line in text.splitlines() if line.strip()]
+    return " | ".join(found[-lines:])
+
+
 def poll_ok(
     host: HostEntry,
     url: str | list[str],

@@ -33,6 +33,7 @@ from appliance.deploy.activation import (
     ReleaseCheck,
     activate,
     current_version,
+    failure_lines,
     gateway_healthy,
     health_check,
     keycloak_healthy,
@@ -439,7 +440,12 @@ def _unhealthy(
         start_timeout=int(variables.get("start_timeout", 180)),
     )
     if not health_check(host, check, timeout=None if starting else timeout):
-        return "the model server does not answer: see journalctl -u appliance-model"
+        last = failure_lines(host)
+        return (
+            "the model server does not answer"
+            + (f" (its log: {last})" if last else "")
+            + ": see journalctl -u appliance-model"
+        )
     if desired.keycloak_health is not None and not keycloak_healthy(
         host,
         desired.keycloak_health,

@@ -87,6 +87,13 @@ def test_vllm_cpu_release_upgrade_rollback_uninstall(make_lab: MakeLab, tmp_path
             appliance("status", "--inventory", lab.inventory, "--json", cwd=work).stdout
         )[0]
         assert status["current"] == 2 and status["healthy"] is True, status
+        # What vLLM serves, from its /v1/models and /metrics.
+        assert (status["engine"], status["models"], status["context_length"]) == (
+            "vllm",
+            [VLLM_MODEL],
+            2048,
+        ), status
+        assert 0.0 <= status["kv_cache_usage"] <= 1.0 and status["requests_running"] == 0, status
         # Nothing tried to leave the host: not pip, not vLLM, not transformers.
         counters = helpers.on(lab, host, "nft list chain inet egress_probe out")
         assert counters.count("counter packets 0 bytes 0") == 2, counters
@@ -95,6 +102,10 @@ def test_vllm_cpu_release_upgrade_rollback_uninstall(make_lab: MakeLab, tmp_path
         appliance("rollback", "--inventory", lab.inventory, "--yes", cwd=work, timeout=600)
         assert helpers.on(lab, host, "readlink /opt/appliance/current").strip().endswith("/1")
         assert helpers.chat(lab, host)["usage"]["completion_tokens"] > 0  # type: ignore[index]
+        back = json.loads(
+            appliance("status", "--inventory", lab.inventory, "--json", cwd=work).stdout
+        )[0]
+        assert (back["current"], back["engine"], back["kv_cache_usage"]) == (1, "llamacpp", None)
         assert "llama_cpp.server" in helpers.on(
             lab, host, "cat /etc/systemd/system/appliance-model.service"
         )
