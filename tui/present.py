@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -396,13 +397,16 @@ def preflight_word(row: Preflight, *, forced: bool) -> Text:
 
 def preflight_table(rows: Sequence[Preflight], *, forced: bool) -> RenderableType:
     """One host's preflights, one row per check: verdict, check, what was found, what was
-    expected and, unless it passed, what to do (``appliance plan``'s preflight lines)."""
+    expected (not for a skipped check: why it does not apply is what was found) and, unless
+    it passed, what to do (``appliance plan``'s preflight lines)."""
     table = Table.grid(padding=(0, 1), pad_edge=True)
     table.add_column(no_wrap=True, min_width=5)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
     for row in rows:
-        detail = Text.assemble(row.found, (f"  (expected {row.expected})", "dim"))
+        # A skipped check says why it does not apply; its "expected" is only "n/a" (omitted).
+        expected = "" if row.status == "skip" else f"  (expected {row.expected})"
+        detail = Text.assemble(row.found, (expected, "dim"))
         if row.action and row.status != "pass":
             detail.append_text(Text.assemble("\n", ("what to do: ", "bold"), row.action))
         table.add_row(preflight_word(row, forced=forced), row.name, detail)
@@ -439,15 +443,14 @@ def preflight_summary(results: Sequence[HostResult], *, forced: bool) -> Text:
     )  # fmt: skip
 
 
-def engine_command(command: NodeCommand, *, engine: str = "") -> Text:
+def engine_command(command: NodeCommand, *, engine: str = "") -> RenderableType:
     """The engine command line as a shell would run it: the environment, the program, then
     each option with its values on a line of its own (``\\`` continues it), so a long vLLM
-    command stays readable at 80 columns."""
+    command stays readable at 80 columns; a line wrapped by the screen keeps its indent."""
     head = Text.assemble(
         ("Engine command", "bold"), f" ({engine or 'engine'}, {command.role}) on {command.host}:"
     )
-    lines: list[Text | str] = [head]
-    lines += [f"  {shlex.join(before)}" for before in command.before]
+    rows: list[tuple[int, str]] = [(2, shlex.join(before)) for before in command.before]
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(command.env.items()))
     groups: list[list[str]] = [[]]
     for arg in command.argv:
@@ -455,11 +458,11 @@ def engine_command(command: NodeCommand, *, engine: str = "") -> Text:
             groups.append([])
         groups[-1].append(shlex.quote(arg))
     if env:
-        lines.append(f"  env {env} \\")
+        rows.append((2, f"env {env} \\"))
     for i, group in enumerate(groups):
         more = " \\" if i < len(groups) - 1 else ""
-        lines.append(f"{'    ' if i else '  '}{' '.join(group)}{more}")
-    return _lines(*lines)
+        rows.append((4 if i else 2, " ".join(group) + more))
+    return Group(head, *(Padding(Text(line), (0, 0, 0, indent)) for indent, line in rows))
 
 
 def status_word(status: str) -> Text:
