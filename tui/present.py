@@ -3,15 +3,18 @@
 Pure functions over core data (no Textual, no IO), so every screen shows what
 ``appliance detect|plan|bundle verify|deploy`` show, worded the same way.
 Meaning is never carried by colour alone: every verdict is also a word or a
-symbol (OK, FAIL, !!, CHOSEN, REJECTED, FITS, DOES NOT FIT, VERIFIED).
+symbol (OK, FAIL, !!, CHOSEN, REJECTED, FITS, DOES NOT FIT, VERIFIED, and the
+preflights' PASS, FAIL, WARN, SKIP).
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -22,7 +25,9 @@ if TYPE_CHECKING:
     from appliance.detect.facts import HostFacts
     from appliance.errors import ApplianceError
     from appliance.model.info import ModelInfo
+    from appliance.plan.engine_args import NodeCommand
     from appliance.plan.fit import Estimate, FitReport
+    from appliance.plan.preflight import Preflight
     from appliance.plan.report import Plan
     from appliance.plan.selection import Candidate
 
@@ -332,11 +337,33 @@ def bundle_summary(v: VerifiedBundle) -> Text:
 # --- plan review, deploy, done ----------------------------------------------------------------
 
 
-def host_changes(result: HostResult, *, limit: int = 200) -> RenderableType:
-    """The dry-run difference for one host, as ``appliance deploy --dry-run`` prints it."""
+ENGINE_NAMES: dict[str, str] = {"vllm": "vLLM", "llamacpp": "llama.cpp"}
+
+
+def host_review(result: HostResult, *, forced: bool, engine: str) -> RenderableType:
+    """One host in the plan review: its preflights, the engine command planned for it
+    (``engine``: the profile's engine kind), then the dry-run difference."""
+    parts: list[RenderableType] = []
+    if result.preflights:
+        parts += [Text("Preflights", "bold"), preflight_table(result.preflights, forced=forced)]
+    if result.command is not None:
+        parts.append(engine_command(result.command, engine=ENGINE_NAMES.get(engine, engine)))
+    if parts and result.changes:
+        parts.append(Text("Changes", "bold"))
+    return host_changes(result, before=parts)
+
+
+def host_changes(
+    result: HostResult, *, limit: int = 200, before: Sequence[RenderableType] = ()
+) -> RenderableType:
+    """The dry-run difference for one host, as ``appliance deploy --dry-run`` prints it;
+    ``before`` goes between the host's line and its changes."""
     if not result.changes:
-        return Text.assemble(
-            (f"{result.host}: ", "bold"), ("OK", "bold green"), " up to date, nothing to change"
+        return Group(
+            Text.assemble(
+                (f"{result.host}: ", "bold"), ("OK", "bold green"), " up to date, nothing to change"
+            ),
+            *before,
         )
     head = Text.assemble((f"{result.host}: ", "bold"), f"{len(result.changes)} change(s)")
     # A grid keeps long paths folded under the target column, the kinds readable at 80 columns.
@@ -346,10 +373,96 @@ def host_changes(result: HostResult, *, limit: int = 200) -> RenderableType:
     shown = result.changes[:limit]
     for change in shown:
         table.add_row(change.kind, Text.assemble(change.target, (f"  ({change.detail})", "dim")))
-    parts: list[RenderableType] = [head, table]
+    parts: list[RenderableType] = [head, *before, table]
     if len(result.changes) > len(shown):
         parts.append(Text(f"  ... and {len(result.changes) - len(shown)} more"))
     return Group(*parts)
+
+
+# A preflight's verdict, as ``appliance plan`` words it (colour only repeats the word).
+PREFLIGHT_STYLES: dict[str, str] = {
+    "pass": "bold green",
+    "fail": "bold red",
+    "warn": "bold yellow",
+    "skip": "dim",
+}
+
+
+def preflight_word(row: Preflight, *, forced: bool) -> Text:
+    """PASS, FAIL, WARN, SKIP; a failure the operator's force accepts is FAIL (forced)."""
+    if row.failed and forced and row.forceable:
+        return Text("FAIL (forced)", "bold yellow")
+    return Text(row.status.upper(), PREFLIGHT_STYLES[row.status])
+
+
+def preflight_table(rows: Sequence[Preflight], *, forced: bool) -> RenderableType:
+    """One host's preflights, one row per check: verdict, check, what was found, what was
+    expected (not for a skipped check: why it does not apply is what was found) and, unless
+    it passed, what to do (``appliance plan``'s preflight lines)."""
+    table = Table.grid(padding=(0, 1), pad_edge=True)
+    table.add_column(no_wrap=True, min_width=5)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for row in rows:
+        # A skipped check says why it does not apply; its "expected" is only "n/a" (omitted).
+        expected = "" if row.status == "skip" else f"  (expected {row.expected})"
+        detail = Text.assemble(row.found, (expected, "dim"))
+        if row.action and row.status != "pass":
+            detail.append_text(Text.assemble("\n", ("what to do: ", "bold"), row.action))
+        table.add_row(preflight_word(row, forced=forced), row.name, detail)
+    return table
+
+
+def blocking_preflights(results: Sequence[HostResult], *, forced: bool) -> list[Preflight]:
+    """The failed rows of every host that a deploy would refuse on (``force`` accepts the
+    forceable ones), hosts in order: while there is one, the deploy is not offered."""
+    from appliance.plan.preflight import failures
+
+    return list(failures([row for r in results for row in r.preflights], force=forced))
+
+
+def preflight_summary(results: Sequence[HostResult], *, forced: bool) -> Text:
+    """One line over every host's preflights: the failures that block the deploy by name,
+    else how many passed, warned and were skipped."""
+    blocking = blocking_preflights(results, forced=forced)
+    if blocking:
+        named = ", ".join(f"{r.host} {r.name}" for r in blocking)
+        return Text.assemble(
+            ("FAIL ", "bold red"),
+            f"{len(blocking)} preflight check(s) failed: {named}. The deploy is blocked: "
+            "fix each on its host (what to do: below), then Next runs the dry run again.",
+        )
+    rows = [row for r in results for row in r.preflights]
+    counts = {s: sum(1 for row in rows if row.status == s) for s in ("pass", "warn", "skip")}
+    accepted = sum(1 for row in rows if row.failed)
+    return Text.assemble(
+        ("OK " if not counts["warn"] and not accepted else "!! ", "bold green" if not
+         counts["warn"] and not accepted else "bold yellow"),
+        f"preflights: {counts['pass']} passed, {counts['warn']} warning(s), "
+        f"{counts['skip']} skipped" + (f", {accepted} failed (accepted: forced)" if accepted else ""),
+    )  # fmt: skip
+
+
+def engine_command(command: NodeCommand, *, engine: str = "") -> RenderableType:
+    """The engine command line as a shell would run it: the environment, the program, then
+    each option with its values on a line of its own (``\\`` continues it), so a long vLLM
+    command stays readable at 80 columns; a line wrapped by the screen keeps its indent."""
+    head = Text.assemble(
+        ("Engine command", "bold"), f" ({engine or 'engine'}, {command.role}) on {command.host}:"
+    )
+    rows: list[tuple[int, str]] = [(2, shlex.join(before)) for before in command.before]
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(command.env.items()))
+    groups: list[list[str]] = [[]]
+    for arg in command.argv:
+        if arg.startswith("--") and groups[-1]:
+            groups.append([])
+        groups[-1].append(shlex.quote(arg))
+    if env:
+        rows.append((2, f"env {env} \\"))
+    for i, group in enumerate(groups):
+        more = " \\" if i < len(groups) - 1 else ""
+        rows.append((4 if i else 2, " ".join(group) + more))
+    return Group(head, *(Padding(Text(line), (0, 0, 0, indent)) for indent, line in rows))
 
 
 def status_word(status: str) -> Text:

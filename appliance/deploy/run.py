@@ -76,7 +76,7 @@ from appliance.errors import (
 )
 from appliance.events import Event, Finished, Progress, Started, Warned
 from appliance.model.info import load_model_info
-from appliance.plan.engine_args import argv_port
+from appliance.plan.engine_args import NodeCommand, argv_port
 from appliance.plan.inventory import HostEntry, Inventory
 from appliance.plan.preflight import Preflight
 from appliance.plan.profiles import Profile
@@ -101,6 +101,9 @@ class HostResult:
     gateway_port: int | None = None  # the gateway's TLS port on the host's address, if laid down
     firewall: bool = False  # whether the release's nftables ruleset is loaded
     keycloak: dict[str, str] | None = None  # its issuer and where its secrets are (paths only)
+    # What the plan review shows before a deploy is confirmed (set once the host is planned):
+    command: NodeCommand | None = None  # the engine command planned for this host
+    preflights: tuple[Preflight, ...] = ()  # its preflight rows, in CHECKS order
 
 
 def plan_hosts(
@@ -277,8 +280,12 @@ def _check_and_plan(
             seen.damaged[host.name] = why
         if (shortfall := disk_shortfall(desired, actual)) is not None:
             seen.short[host.name] = shortfall
-        seen.preflights += host_preflights(verified, seen.planned[host.name][0], host.name,
-                                           shortfall, serving=seen.states[host.name].current is not None)  # fmt: skip
+        rows = host_preflights(verified, seen.planned[host.name][0], host.name, shortfall,
+                               serving=seen.states[host.name].current is not None)  # fmt: skip
+        results[host.name].preflights = rows
+        commands = seen.planned[host.name][0].commands
+        results[host.name].command = next((c for c in commands if c.host == host.name), commands[0])
+        seen.preflights += rows
         yield Progress("plan", 0, None, done, len(seen.hosts), host.name)
     return seen
 

@@ -5,7 +5,7 @@ The app is built by the same factory the CLI uses, on the real core
 machine's hardware detected, the profile chosen automatically (no GPU here:
 cpu-llamacpp) with the real Gemma 3 270M GGUF's fit report, the signed demo
 bundle verified, a lab host from the inventory checked over SSH, the dry-run
-diff reviewed, the deploy confirmed and run, and the Done screen's smoke-test
+diff reviewed with the host's preflights and engine command, the deploy confirmed and run, and the Done screen's smoke-test
 answer asked from this machine. An independent checker then reads the host.
 """
 
@@ -52,7 +52,15 @@ async def test_the_tui_alone_deploys_the_cpu_profile_to_a_lab_host(
         await walk_to(pilot, "Targets")
         assert "OK" in screen_text(pilot) and lab.hosts[0].address in screen_text(pilot)
         await walk_to(pilot, "Plan")
-        assert "change(s)" in screen_text(pilot) or "changes" in screen_text(pilot)
+        review = screen_text(pilot)
+        assert "change(s)" in review or "changes" in review
+        # The real dry run's preflights and engine command for the host, before the confirm.
+        host = lab.hosts[0].name
+        assert f"Engine command (llama.cpp, single) on {host}:" in review, review
+        assert "-m llama_cpp.server" in review, review
+        flat = " ".join(review.split())
+        assert "PASS fit" in flat and "SKIP driver-cuda engine llama.cpp runs on the CPU" in flat
+        assert "FAIL" not in flat, review
         await walk_to(pilot, "Done")
         await settle(pilot)
         done = screen_text(pilot)

@@ -5,7 +5,11 @@ Everything a screen shows is a real core value: ``HostFacts`` read from
 ``build_plan`` over the real profiles, a ``VerifiedBundle`` made by the real
 ``verify_bundle`` from a small bundle signed with fixed Ed25519 keys (so keyids,
 digests and dates are the same on every run), and dry-run changes from the real
-``desired_state`` + ``diff`` against an empty host. What stays fake is what
+``desired_state`` + ``diff`` against an empty host, with each host's preflight
+rows from the real ``appliance.plan.preflight.preflights`` over that host's
+facts (``host_facts`` gives a host other facts than ``facts``; the empty host
+has room for the release) and its engine command from the plan, as the core's
+dry run reports them on each ``HostResult``. What stays fake is what
 needs hosts: SSH reachability, the deploy's convergence, the smoke test. The
 site file is read by the real ``load_site``; with a site, every host's result
 has the gateway's port and a loaded firewall, as the core reports them.
@@ -17,6 +21,7 @@ first operation until cancelled, then raises the core's ``Cancelled``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import threading
@@ -56,6 +61,7 @@ from appliance.lab import LabHostInfo, LabInfo
 from appliance.model.info import ModelInfo
 from appliance.netpolicy.model import GATEWAY_PORT
 from appliance.plan.inventory import HostEntry, Inventory, load_inventory
+from appliance.plan.preflight import preflights
 from appliance.plan.profiles import Profile, load_profiles
 from appliance.plan.report import Plan, build_plan
 from appliance.report.smoke import ChatAnswer
@@ -185,6 +191,7 @@ class FakeBackend(Backend):
     verified: VerifiedBundle
     bundle_model: ModelInfo  # the model inside the bundle (its bytes here are placeholders)
     facts: Path = FACTS / "cpu-avx2.json"
+    host_facts: dict[str, HostFacts] = field(default_factory=dict)  # inventory host -> its facts
     models: dict[str, ModelInfo] = field(default_factory=dict)  # path text -> model
     inventories: dict[str, Inventory] = field(
         default_factory=lambda: {str(LAB_INVENTORY): lab_inventory()}
@@ -281,22 +288,30 @@ class FakeBackend(Backend):
     def _changes(
         self, inventory: Inventory, profile: Profile, force: bool, site: Site | None
     ) -> dict[str, HostResult]:
-        plan = build_plan(
-            self.profiles(), load_facts(self.facts), facts_source="fake", requested=profile,
-            model=self.bundle_model,
-        )  # fmt: skip
-        if not plan.fits and not force:
-            raise DoesNotFitError(
-                f"the bundle's model does not fit profile {profile.name}",
-                hint="Run `appliance plan` against this host's facts, or pass --force.",
-            )
         results = {}
+        wheels = self.verified.payload.wheels
         for host in inventory.with_role("model-server"):
+            # Each host planned from its own facts, named as the inventory names it (the core's).
+            facts = self.host_facts.get(host.name) or load_facts(self.facts)[0]
+            facts = dataclasses.replace(facts, hostname=host.name)
+            plan = build_plan(
+                self.profiles(), (facts,), facts_source="fake", requested=profile,
+                model=self.bundle_model,
+            )  # fmt: skip
+            if not plan.fits and not force:
+                raise DoesNotFitError(
+                    f"{host.name}: the bundle's model does not fit profile {profile.name}",
+                    hint="Run `appliance plan` against this host's facts, or pass --force.",
+                )
             kind = plan.selection.profile.engine.kind
             desired = desired_state(self.verified, plan.commands[0], host, engine=kind)
+            rows = preflights(
+                plan, facts, torch=wheels.torch if wheels is not None else None, disk=None
+            )
             results[host.name] = HostResult(
                 host.name, changes=diff(desired, {}), port=8080,
                 gateway_port=None if site is None else GATEWAY_PORT, firewall=site is not None,
+                command=plan.commands[0], preflights=rows,
             )  # fmt: skip
         return results
 

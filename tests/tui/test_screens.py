@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from textual.widgets import Button, DataTable, Input, ProgressBar
+from textual.pilot import Pilot
+from textual.widgets import Button, DataTable, Input, OptionList, ProgressBar, Static
 
 from appliance.errors import ThresholdError
 from tests.tui.conftest import (
@@ -312,6 +314,101 @@ async def test_a_model_that_does_not_fit_on_the_hosts_stops_the_review(
         await settle(pilot)
         assert isinstance(app.screen, ErrorDialog)
         assert "DoesNotFitError (exit 3)" in screen_text(pilot)
+
+
+async def choose_profile(pilot: Pilot[Any], name: str) -> None:
+    """On the Profile step, choose ``name`` in the list (as a click or enter on it does)."""
+    choices = pilot.app.screen.query_one("#candidates", OptionList)
+    choices.focus()
+    choices.highlighted = [
+        choices.get_option_at_index(i).id for i in range(choices.option_count)
+    ].index(name)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+async def test_a_cpu_vllm_review_shows_each_hosts_vllm_command_and_preflights(
+    make_app: AppFactory, fake: FakeBackend
+) -> None:
+    fake.bundle_model = fake.models[MISTRAL]  # an HF directory, as vLLM serves
+    app = make_app(model=Path(MISTRAL))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await walk_to(pilot, "Profile")
+        await choose_profile(pilot, "cpu-vllm")
+        assert fake.called("plan")[-1] == {"requested": "cpu-vllm"}
+        await walk_to(pilot, "Plan")
+        text = screen_text(pilot)
+        assert "profile cpu-vllm, bundle demo-cpu version 3, 2 model server(s)" in text
+        for host in ("rehearsal-1", "rehearsal-2"):
+            assert f"Engine command (vLLM, single) on {host}:" in text
+        assert "-m vllm.entrypoints.launchers.api_server.entry \\" in text
+        assert "--model /opt/appliance/current/files/models/mistral-7b-instruct-v0.3 \\" in text
+        assert "--max-model-len 2048 \\" in text
+        assert "HF_HUB_OFFLINE=1" in text and "VLLM_NO_USAGE_STATS=1" in text
+        # Every check of every host, with its verdict word; the fixture's facts predate the
+        # shared-library record, so the libraries row warns (never a silent pass).
+        text = " ".join(text.split())  # the table's columns are padded: compare words
+        assert text.count("SKIP driver-cuda vLLM runs on the CPU (device: cpu)") == 2
+        assert text.count("PASS shm /dev/shm 32768 MiB") == 2
+        assert text.count("WARN libraries shared libraries not recorded (old facts)") == 2
+        assert "what to do: check `ldconfig -p | grep libnuma.so.1` on the host" in text
+        assert "preflights: 6 passed, 2 warning(s), 8 skipped" in text
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmDialog)  # warnings do not block the deploy
+
+
+async def test_a_failed_preflight_is_shown_and_blocks_the_deploy(
+    make_app: AppFactory, fake: FakeBackend
+) -> None:
+    import dataclasses
+
+    from appliance.detect.facts_file import load_facts
+
+    # rehearsal-2 has no libnuma.so.1: vLLM's CPU build dies at start without it.
+    facts = load_facts(fake.facts)[0]
+    fake.host_facts["rehearsal-2"] = dataclasses.replace(
+        facts, shared_libraries=("libc.so.6", "libstdc++.so.6")
+    )
+    fake.bundle_model = fake.models[MISTRAL]
+    app = make_app(model=Path(MISTRAL))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await walk_to(pilot, "Profile")
+        await choose_profile(pilot, "cpu-vllm")
+        await walk_to(pilot, "Plan")
+        text = screen_text(pilot)
+        assert (
+            "FAIL 1 preflight check(s) failed: rehearsal-2 libraries. The deploy is blocked" in text
+        )
+        assert "FAIL libraries no libnuma.so.1 on the host" in " ".join(text.split())
+        assert "what to do: install libnuma1 on Debian/Ubuntu" in text
+        status = str(app.screen.query_one("#status", Static).render())
+        assert "deploy blocked: 1 preflight check(s) failed (rehearsal-2 libraries)" in status
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        dialog = app.screen
+        assert isinstance(dialog, ErrorDialog) and not isinstance(dialog, ConfirmDialog)
+        text = screen_text(pilot)
+        assert "PreflightError (exit 3)" in text
+        assert "rehearsal-2: libraries: found no libnuma.so.1 on the host" in text
+        assert "--force does not override" in text
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.screen.STEP == "Plan"  # type: ignore[attr-defined]
+        assert len(fake.called("review")) == 1
+        # libnuma1 installed on the host: the next Next asks the hosts again, the deploy is offered.
+        fake.host_facts["rehearsal-2"] = dataclasses.replace(
+            facts, shared_libraries=("libc.so.6", "libnuma.so.1")
+        )
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert len(fake.called("review")) == 2 and app.screen.STEP == "Plan"  # type: ignore[attr-defined]
+        text = " ".join(screen_text(pilot).split())
+        assert "PASS libraries libnuma.so.1 present" in text and "FAIL libraries" not in text
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmDialog)
+    assert not fake.called("deploy")
 
 
 # --- Deploy ------------------------------------------------------------------------------------

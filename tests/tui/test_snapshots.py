@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import OptionList
 
 from appliance.errors import ThresholdError
 from tests.tui.conftest import MISTRAL, ROOT, SITE, AppFactory, freeze_cursors, settle, walk_to
@@ -91,6 +92,31 @@ def test_plan_review(snap_compare: Compare, make_app: AppFactory) -> None:
 def test_plan_review_with_site(snap_compare: Compare, make_app: AppFactory) -> None:
     app = make_app(site=Path(SITE))
     assert snap_compare(app, terminal_size=SIZE, run_before=at("Plan"))
+
+
+def test_plan_review_vllm_preflight_failed(
+    snap_compare: Compare, make_app: AppFactory, fake: FakeBackend
+) -> None:
+    """cpu-vllm on a host without libnuma.so.1: the FAIL row, what to do, the deploy blocked."""
+    import dataclasses
+
+    from appliance.detect.facts_file import load_facts
+
+    facts = load_facts(fake.facts)[0]
+    fake.host_facts["rehearsal-1"] = dataclasses.replace(facts, shared_libraries=("libc.so.6",))
+    fake.bundle_model = fake.models[MISTRAL]
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await walk_to(pilot, "Profile")
+        choices = pilot.app.screen.query_one("#candidates", OptionList)
+        ids = [choices.get_option_at_index(i).id for i in range(choices.option_count)]
+        choices.focus()
+        choices.highlighted = ids.index("cpu-vllm")
+        await pilot.press("enter")
+        await at("Plan")(pilot)
+
+    app = make_app(model=Path(MISTRAL))
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
 def test_deploy_confirmation(snap_compare: Compare, make_app: AppFactory) -> None:
