@@ -48,9 +48,14 @@ def main() -> int:
     step("Build the target's llama-cpp-python wheelhouse (cached after the first run)",
          [sys.executable, "scripts/build-llamacpp-wheelhouse"])  # fmt: skip
     lab_dir = Path("/run/appliance/lab") / LAB
-    if (lab_dir / "inventory.yml").exists():
+    from appliance.lab.hosts import lab_list
+
+    status = next((lab.status for lab in lab_list() if lab.name == LAB), None)
+    if status == "up" and (lab_dir / "inventory.yml").exists():
         print(f"\n==> Lab '{LAB}' is already up: reusing it", flush=True)
     else:
+        if status is not None:  # left from an earlier run but not running (the machine restarted)
+            step(f"Remove the lab '{LAB}' left {status}", [appliance, "lab", "down", "--name", LAB])
         step("Start a disconnected lab host", [appliance, "lab", "up", "--name", LAB])
     WORK.mkdir(exist_ok=True)
     keys, bundle = WORK / "keys", WORK / "bundle"
