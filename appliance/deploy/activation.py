@@ -26,7 +26,7 @@ from appliance.deploy.host_layout import (
     active_unit_path,
 )
 from appliance.deploy.journal import append_audit, now
-from appliance.plan.engine_args import argv_port
+from appliance.plan.engine_args import argv_port, argv_value
 from appliance.plan.inventory import HostEntry
 
 
@@ -150,7 +150,8 @@ def parse_release_unit(text: str) -> ReleaseCheck | None:
             except ValueError:  # unbalanced quotes: not a unit this appliance wrote
                 argv = []
             port = argv_port(argv)
-            context = _argv_int(argv, ("--max-model-len", "--n_ctx"))
+            length = argv_value(argv, "--max-model-len", "--n_ctx")
+            context = int(length) if length and length.isdigit() and len(length) < 10 else None
         elif key.startswith("X-Appliance-"):
             settings[key.removeprefix("X-Appliance-")] = value.strip()
     if port is None:
@@ -165,14 +166,6 @@ def parse_release_unit(text: str) -> ReleaseCheck | None:
         engine=settings.get("Engine") if settings.get("Engine") in ("vllm", "llamacpp") else None,
         context=context,
     )
-
-
-def _argv_int(argv: list[str], flags: tuple[str, ...]) -> int | None:
-    for flag in flags:
-        if flag in argv and argv.index(flag) + 1 < len(argv):
-            value = argv[argv.index(flag) + 1]
-            return int(value) if value.isdigit() and len(value) < 10 else None
-    return None
 
 
 def release_check(host: HostEntry, version: int) -> ReleaseCheck | None:

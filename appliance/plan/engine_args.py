@@ -237,24 +237,27 @@ def _llamacpp(
     return NodeCommand(host, "single", tuple(argv), dict(OFFLINE_ENV))
 
 
-def argv_port(argv: Sequence[str]) -> int | None:
-    """The port an engine command line listens on (its ``--port``), or ``None``.
+def argv_value(argv: Sequence[str], *flags: str) -> str | None:
+    """The value after the first of ``flags`` an engine command line has, or ``None``.
 
     Read from the plan's command and from a release's kept unit alike.
     """
-    if "--port" in argv and argv.index("--port") + 1 < len(argv):
-        value = argv[argv.index("--port") + 1]
-        return int(value) if value.isdigit() else None
+    for flag in flags:
+        if flag in argv and argv.index(flag) + 1 < len(argv):
+            return argv[argv.index(flag) + 1]
     return None
+
+
+def argv_port(argv: Sequence[str]) -> int | None:
+    """The port an engine command line listens on (its ``--port``), or ``None``."""
+    value = argv_value(argv, "--port")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def argv_served_model(argv: Sequence[str]) -> str | None:
     """The model id an engine command line serves (vLLM ``--served-model-name``, llama.cpp
     ``--model_alias``), or ``None``."""
-    for flag in ("--served-model-name", "--model_alias"):
-        if flag in argv and argv.index(flag) + 1 < len(argv):
-            return argv[argv.index(flag) + 1]
-    return None
+    return argv_value(argv, "--served-model-name", "--model_alias")
 
 
 # Health: vLLM answers /health once its engine is up, then /v1/models must name the model.

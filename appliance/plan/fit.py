@@ -282,12 +282,15 @@ def _resolve(size: int | str, gpus_per_node: int, nodes: int) -> int:
     return size
 
 
-def cpu_layout(engine: LlamaCppEngine, hosts: tuple[HostFacts, ...]) -> Layout:
+def cpu_layout(
+    hosts: tuple[HostFacts, ...], threads: int | Literal["physical-cores"] = "physical-cores"
+) -> Layout:
+    """A CPU engine (llama.cpp, vLLM's CPU build) on the smallest of ``hosts``."""
     cores = min(h.cpu.physical_cores for h in hosts)
     return Layout(
         device="cpu",
         nodes=len(hosts),
-        threads=cores if engine.threads == "physical-cores" else engine.threads,
+        threads=cores if threads == "physical-cores" else threads,
         ram_bytes=min(h.memory.total_bytes for h in hosts),
     )
 
@@ -413,12 +416,7 @@ def _fit_vllm_cpu(
 ) -> FitReport:
     """vLLM's CPU build: bf16 weights, a fixed KV space (``VLLM_CPU_KVCACHE_SPACE``) and the
     engine's processes in RAM, within ``ram_fraction`` of the smallest host's memory."""
-    layout = Layout(
-        device="cpu",
-        nodes=len(hosts),
-        threads=min(h.cpu.physical_cores for h in hosts),
-        ram_bytes=min(h.memory.total_bytes for h in hosts),
-    )
+    layout = cpu_layout(hosts)
     problems: list[str] = []
     if model.quantization is not None:
         problems.append(
@@ -561,7 +559,7 @@ def _fit_llamacpp(
     context: int | None,
 ) -> FitReport:
     ctx, notes = default_context(model, engine.context_length, context)
-    layout = cpu_layout(engine, hosts)
+    layout = cpu_layout(hosts, engine.threads)
     problems: list[str] = []
     gguf_type: str = engine.quantization[0]
     if model.format == "gguf":

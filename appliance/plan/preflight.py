@@ -139,7 +139,7 @@ def preflights(
     """
     name = host.hostname
     engine = plan.selection.profile.engine
-    on_gpu = isinstance(engine, VllmEngine) and getattr(engine, "device", "cuda") == "cuda"
+    on_gpu = isinstance(engine, VllmEngine) and engine.device == "cuda"
     gpus = _used_gpus(plan, host) if on_gpu else ()
     gpu_rows: tuple[Preflight, ...]
     if on_gpu:
@@ -374,7 +374,7 @@ def _libraries(name: str, plan: Plan, host: HostFacts) -> Preflight:
     if not isinstance(engine, VllmEngine):
         return Preflight(check, name, "skip", "engine llama.cpp",
                          "n/a: its wheel links only libc, libm, libstdc++, libgcc")  # fmt: skip
-    library, package = ENGINE_LIBRARIES[getattr(engine, "device", "cuda")]
+    library, package = ENGINE_LIBRARIES[engine.device]
     expected = f"{library} found by the dynamic linker"
     if host.shared_libraries is None:
         return Preflight(check, name, "warn", "shared libraries not recorded (old facts)",
