@@ -9,6 +9,7 @@ turned off (the site is disconnected); no secret is ever put on a command line
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -54,6 +55,48 @@ OFFLINE_ENV: dict[str, str] = {
 
 
 @dataclass(frozen=True, slots=True)
+class LoraModules:
+    """The LoRA adapters a vLLM server serves beside its base model, from the plan's checks.
+
+    ``adapters``: (served name, directory under the release) each; the limits come from
+    the adapter set (``plan.adapters.lora_settings``): vLLM allocates its LoRA slots for
+    ``max_lora_rank`` up front, so it is the smallest accepted value that holds every adapter.
+    """
+
+    adapters: tuple[tuple[str, str], ...]
+    max_lora_rank: int
+    max_loras: int
+    max_cpu_loras: int
+
+
+def adapter_target_path(name: str) -> str:
+    return f"{RELEASE_ROOT}/files/adapters/{name}"
+
+
+def lora_argv(lora: LoraModules) -> list[str]:
+    """vLLM's multi-LoRA options: every adapter loaded at start, under its own name.
+
+    ``--lora-modules`` takes each adapter as ``name=path`` (``/v1/models`` lists it with
+    ``parent`` = the served model); runtime loading stays off (``VLLM_LORA_ENV``).
+    """
+    return [
+        "--enable-lora",
+        "--lora-modules",
+        *(f"{name}={path}" for name, path in lora.adapters),
+        "--max-lora-rank",
+        str(lora.max_lora_rank),
+        "--max-loras",
+        str(lora.max_loras),
+        "--max-cpu-loras",
+        str(lora.max_cpu_loras),
+    ]  # fmt: skip
+
+
+# The adapter set is part of a signed release: no adapter may be loaded through the API.
+VLLM_LORA_ENV: dict[str, str] = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "0"}
+
+
+@dataclass(frozen=True, slots=True)
 class NodeCommand:
     host: str
     role: Literal["single", "head", "worker"]
@@ -79,9 +122,13 @@ def engine_commands(
     *,
     context: int,
     quantization: str | None,
+    lora: LoraModules | None = None,
 ) -> tuple[NodeCommand, ...]:
     if isinstance(profile.engine, VllmEngine):
-        return _vllm(profile.engine, layout, model, hosts, context, quantization)
+        return _vllm(profile.engine, layout, model, hosts, context, quantization, lora)
+    if lora is not None and lora.adapters:
+        # plan.adapters refuses adapters on llama.cpp before a command is built
+        raise ValueError("the llama.cpp server is not given LoRA adapters")
     return tuple(_llamacpp(profile.engine, layout, model, host, context) for host in hosts)
 
 
@@ -98,6 +145,7 @@ def _vllm(
     hosts: tuple[str, ...],
     context: int,
     quantization: str | None,
+    lora: LoraModules | None = None,
 ) -> tuple[NodeCommand, ...]:
     # `python -m` rather than the `vllm` console script: the CPU build's script looks for a
     # distribution named "vllm" and fails; the module runs the same server in both builds.
@@ -135,12 +183,14 @@ def _vllm(
         argv += ["--kv-cache-dtype", engine.kv_cache_dtype]
     if quantization is not None:
         argv += ["--quantization", quantization]
+    if lora is not None and lora.adapters:
+        argv += lora_argv(lora)
     if engine.device == "cpu":
         assert engine.cpu_kvcache_space_gib is not None  # required by the profile's schema
-        env = dict(OFFLINE_ENV) | VLLM_STATE_ENV
+        env = dict(OFFLINE_ENV) | VLLM_STATE_ENV | VLLM_LORA_ENV
         env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
         return (NodeCommand(hosts[0], "single", tuple(argv), env),)
-    env = dict(OFFLINE_ENV) | VLLM_STATE_ENV
+    env = dict(OFFLINE_ENV) | VLLM_STATE_ENV | VLLM_LORA_ENV
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML order; mixed GPU models need it
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in layout.gpu_indices)
     if len(hosts) == 1:
@@ -246,6 +296,25 @@ def argv_value(argv: Sequence[str], *flags: str) -> str | None:
         if flag in argv and argv.index(flag) + 1 < len(argv):
             return argv[argv.index(flag) + 1]
     return None
+
+
+def argv_adapters(argv: Sequence[str]) -> tuple[str, ...]:
+    """The LoRA adapters a vLLM command line serves (its ``--lora-modules`` names), in order."""
+    if "--lora-modules" not in argv:
+        return ()
+    names = []
+    for value in argv[argv.index("--lora-modules") + 1 :]:
+        if value.startswith("--"):
+            break
+        try:
+            module = json.loads(value)
+        except ValueError:
+            module = None
+        if isinstance(module, dict) and isinstance(module.get("name"), str):
+            names.append(module["name"])
+        elif "=" in value:
+            names.append(value.split("=", 1)[0])
+    return tuple(names)
 
 
 def argv_port(argv: Sequence[str]) -> int | None:

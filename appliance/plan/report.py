@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from appliance.detect.facts import HostFacts
 from appliance.model.info import ModelInfo
-from appliance.plan.engine_args import NodeCommand, engine_commands
+from appliance.plan.engine_args import LoraModules, NodeCommand, engine_commands
 from appliance.plan.fit import GIB, Estimate, FitReport, fit_report
 from appliance.plan.profiles import Profile
 from appliance.plan.selection import Selection, select_profile
@@ -49,6 +49,7 @@ def build_plan(
     requested: str | Profile = "auto",
     model: ModelInfo | None = None,
     context: int | None = None,
+    lora: LoraModules | None = None,
 ) -> Plan:
     selection = select_profile(profiles, hosts, requested)
     profile = selection.profile
@@ -65,6 +66,7 @@ def build_plan(
                 tuple(h.hostname for h in hosts),
                 context=fit.estimate.context,
                 quantization=fit.quantization,
+                lora=lora,
             )
     return Plan(facts_source, hosts, selection, model, fit, commands)
 

@@ -100,6 +100,7 @@ def _negative_cases(base: list[str]) -> dict[str, tuple[list[str], str]]:
         "context past the model's": (with_value("--max-model-len", "10000000"), "model_config"),
         "gpu memory over 1": (with_value("--gpu-memory-utilization", "1.5"), "device_configs"),
         "tensor parallel not a number": (with_value("--tensor-parallel-size", "x"), "parse"),
+        "LoRA rank vLLM does not accept": (with_value("--max-lora-rank", "17"), "parse"),
     }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from appliance.deploy.render import model_unit_variables, render_model_unit
 from appliance.detect.facts_file import load_facts
 from appliance.model.info import load_model_info
-from appliance.plan.engine_args import NodeCommand
+from appliance.plan.engine_args import LoraModules, NodeCommand, adapter_target_path
 from appliance.plan.profiles import load_profiles
 from appliance.plan.report import build_plan
 
@@ -44,6 +44,22 @@ MODEL_NAMES: tuple[str, ...] = (
     "devstral-small-2505",
     "apertus-70b-instruct-2509",
 )
+# Multi-LoRA: the same profiles serving a base model with two adapters (ranks 16 and 8, as
+# plan.adapters.lora_settings sets the limits for them).
+LORA_MODEL = "mistral-7b-instruct-v0.3"
+LORA = LoraModules(
+    adapters=(
+        ("support-fr", adapter_target_path("support-fr")),
+        ("legal-de", adapter_target_path("legal-de")),
+    ),
+    max_lora_rank=16,
+    max_loras=2,
+    max_cpu_loras=2,
+)
+LORA_SETUPS: dict[str, tuple[str, str]] = {
+    "a100-single-lora": ("a100-single", "a100-80gb"),
+    "cpu-vllm-lora": ("cpu-vllm", "cpu-avx512"),
+}
 # What the rendered units say about their bundle (fixed, so the goldens are stable).
 RELEASE_VERSION = 1
 BUNDLE_NAME = "reference"
@@ -70,45 +86,57 @@ class ReferenceUnit:
 
 def reference_matrix() -> tuple[ReferenceUnit, ...]:
     profiles = load_profiles()
-    out = []
-    for model_name in MODEL_NAMES:
-        model = load_model_info(MODELS / model_name)
-        for setup, (profile, facts) in SETUPS.items():
-            plan = build_plan(
-                profiles,
-                load_facts(FACTS / f"{facts}.json"),
-                facts_source=f"tests/fixtures/facts/{facts}.json",
-                requested=profile,
-                model=model,
-            )
-            fit = plan.fit
-            assert fit is not None and plan.selection.profile.name == profile
-            est = fit.estimate
-            if not fit.fits or not plan.commands or est is None:
-                if est is None:
-                    reason = "; ".join(fit.problems) or "no layout"
-                else:
-                    reason = "; ".join(fit.problems) or (
-                        f"does not fit: needs {est.required_per_device / GIB:.1f} GiB per "
-                        f"device at context {est.context} ({est.precision}, {est.devices} "
-                        f"device(s)), budget {est.budget_per_device / GIB:.1f} GiB"
-                    )
-                out.append(
-                    ReferenceUnit(setup, profile, facts, model_name, None, (), None, None, reason)
-                )
-                continue
-            (server,) = [c for c in plan.commands if c.role in ("single", "head")]
-            others = tuple(c for c in plan.commands if c is not server)
-            variables = model_unit_variables(
-                server, engine="vllm", version=RELEASE_VERSION, bundle_name=BUNDLE_NAME,
-                content_digest=CONTENT_DIGEST, model_name=model.name,
-                model_bytes=model.stored_weights_bytes or est.weights_bytes,
-            )  # fmt: skip
-            unit, env = render_model_unit(variables)
-            out.append(
-                ReferenceUnit(setup, profile, facts, model_name, server, others, unit, env, None)
-            )
+    out = [
+        _reference(profiles, setup, profile, facts, model_name, None)
+        for model_name in MODEL_NAMES
+        for setup, (profile, facts) in SETUPS.items()
+    ]
+    out += [
+        _reference(profiles, setup, profile, facts, LORA_MODEL, LORA)
+        for setup, (profile, facts) in LORA_SETUPS.items()
+    ]
     return tuple(out)
+
+
+def _reference(
+    profiles: dict[str, Any],
+    setup: str,
+    profile: str,
+    facts: str,
+    model_name: str,
+    lora: LoraModules | None,
+) -> ReferenceUnit:
+    model = load_model_info(MODELS / model_name)
+    plan = build_plan(
+        profiles,
+        load_facts(FACTS / f"{facts}.json"),
+        facts_source=f"tests/fixtures/facts/{facts}.json",
+        requested=profile,
+        model=model,
+        lora=lora,
+    )
+    fit = plan.fit
+    assert fit is not None and plan.selection.profile.name == profile
+    est = fit.estimate
+    if not fit.fits or not plan.commands or est is None:
+        if est is None:
+            reason = "; ".join(fit.problems) or "no layout"
+        else:
+            reason = "; ".join(fit.problems) or (
+                f"does not fit: needs {est.required_per_device / GIB:.1f} GiB per "
+                f"device at context {est.context} ({est.precision}, {est.devices} "
+                f"device(s)), budget {est.budget_per_device / GIB:.1f} GiB"
+            )
+        return ReferenceUnit(setup, profile, facts, model_name, None, (), None, None, reason)
+    (server,) = [c for c in plan.commands if c.role in ("single", "head")]
+    others = tuple(c for c in plan.commands if c is not server)
+    variables = model_unit_variables(
+        server, engine="vllm", version=RELEASE_VERSION, bundle_name=BUNDLE_NAME,
+        content_digest=CONTENT_DIGEST, model_name=model.name,
+        model_bytes=model.stored_weights_bytes or est.weights_bytes,
+    )  # fmt: skip
+    unit, env = render_model_unit(variables)
+    return ReferenceUnit(setup, profile, facts, model_name, server, others, unit, env, None)
 
 
 def index(units: tuple[ReferenceUnit, ...]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ from appliance.deploy.host_layout import CURRENT, RELEASES
 
 from .reference_units import (
     GOLDEN,
+    LORA,
+    LORA_MODEL,
+    LORA_SETUPS,
     MODEL_NAMES,
     RELEASE_VERSION,
     SETUPS,
@@ -61,7 +64,9 @@ def test_no_stale_goldens(units: tuple[ReferenceUnit, ...]) -> None:
 
 
 def test_every_pair_is_covered_and_most_have_a_unit(units: tuple[ReferenceUnit, ...]) -> None:
-    assert {(u.setup, u.model) for u in units} == {(s, m) for s in SETUPS for m in MODEL_NAMES}
+    assert {(u.setup, u.model) for u in units} == {(s, m) for s in SETUPS for m in MODEL_NAMES} | {
+        (s, LORA_MODEL) for s in LORA_SETUPS
+    }
     with_unit = {(u.setup, u.model) for u in units if u.unit is not None}
     # The largest profile runs every reference model; one RTX 4090 cannot hold a 70B model.
     assert all(("h100-cluster", m) in with_unit for m in MODEL_NAMES)
@@ -86,3 +91,32 @@ def test_each_unit_runs_its_plans_command_and_is_checked_as_the_deploy_checks_it
         assert check.paths == ("/health", "/v1/models")
         for key, value in u.server.env.items():
             assert f"\n{key}={value}\n" in "\n" + (u.env or ""), (u.stem, key)
+
+
+def test_lora_units_serve_every_adapter_from_the_release_and_nothing_at_runtime(
+    units: tuple[ReferenceUnit, ...],
+) -> None:
+    from appliance.plan.engine_args import argv_adapters
+
+    lora_units = [u for u in units if u.setup in LORA_SETUPS]
+    assert len(lora_units) == len(LORA_SETUPS) and all(u.unit for u in lora_units)
+    for u in units:
+        assert u.server is None or u.server.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0"
+        if u.server is None:
+            continue
+        argv = u.server.argv
+        if u.setup not in LORA_SETUPS:
+            assert "--enable-lora" not in argv and argv_adapters(argv) == (), u.stem
+            continue
+        assert argv_adapters(argv) == ("support-fr", "legal-de")
+        i = argv.index("--lora-modules")
+        assert argv[i + 1 : i + 3] == (
+            f"support-fr={CURRENT}/files/adapters/support-fr",
+            f"legal-de={CURRENT}/files/adapters/legal-de",
+        )
+        for flag, value in (("--max-lora-rank", LORA.max_lora_rank), ("--max-loras", 2),
+                            ("--max-cpu-loras", 2)):  # fmt: skip
+            assert argv[argv.index(flag) + 1] == str(value), (u.stem, flag)
+        assert "--enable-lora" in argv
+        # the unit runs the release's own copy of each adapter, not the moving `current` link
+        assert f"{RELEASES}/{RELEASE_VERSION}/files/adapters/support-fr" in (u.unit or "")

@@ -122,3 +122,55 @@ def test_gguf_is_served_under_its_stem_with_a_chat_format(profiles: dict[str, Pr
     with_template = dataclasses.replace(gguf, has_chat_template=True)
     (cmd,) = build_plan(profiles, facts("cpu-avx2"), facts_source="t", model=with_template).commands
     assert "--chat_format" not in cmd.argv
+
+
+def test_vllm_serves_the_planned_adapters_with_limits_from_the_set(
+    profiles: dict[str, Profile],
+) -> None:
+    from appliance.plan.engine_args import LoraModules, adapter_target_path, argv_adapters
+
+    lora = LoraModules(
+        adapters=(("fr", adapter_target_path("fr")), ("de", adapter_target_path("de"))),
+        max_lora_rank=32, max_loras=2, max_cpu_loras=2,
+    )  # fmt: skip
+    plan = build_plan(
+        profiles, facts("rtx4090"), facts_source="t", model=model("mistral-7b-instruct-v0.3"),
+        lora=lora,
+    )  # fmt: skip
+    (cmd,) = plan.commands
+    tail = cmd.argv[cmd.argv.index("--enable-lora") :]
+    assert tail == (
+        "--enable-lora", "--lora-modules",
+        "fr=/opt/appliance/current/files/adapters/fr",
+        "de=/opt/appliance/current/files/adapters/de",
+        "--max-lora-rank", "32", "--max-loras", "2", "--max-cpu-loras", "2",
+    )  # fmt: skip
+    assert argv_adapters(cmd.argv) == ("fr", "de")
+    assert cmd.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0"
+    # the same plan without adapters: no LoRA option at all, runtime loading still off
+    (plain,) = build_plan(
+        profiles, facts("rtx4090"), facts_source="t", model=model("mistral-7b-instruct-v0.3")
+    ).commands
+    assert "--enable-lora" not in plain.argv and argv_adapters(plain.argv) == ()
+    assert plain.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0"
+
+
+def test_llamacpp_is_never_given_adapters(profiles: dict[str, Profile]) -> None:
+    import pytest
+
+    from appliance.plan.engine_args import LoraModules
+
+    lora = LoraModules((("fr", "/x"),), max_lora_rank=16, max_loras=1, max_cpu_loras=1)
+    with pytest.raises(ValueError, match=r"llama\.cpp"):
+        build_plan(
+            profiles, facts("cpu-avx512"), facts_source="t",
+            model=model("mistral-7b-instruct-v0.3"), lora=lora,
+        )  # fmt: skip
+
+
+def test_argv_adapters_reads_both_forms_of_lora_modules() -> None:
+    from appliance.plan.engine_args import argv_adapters
+
+    argv = ["x", "--lora-modules", "a=/p", '{"name":"b","path":"/q"}', "--max-loras", "2"]
+    assert argv_adapters(argv) == ("a", "b")
+    assert argv_adapters(["x", "--enable-lora"]) == ()
