@@ -308,12 +308,15 @@ def bundle_summary(v: VerifiedBundle) -> Text:
                 f"{adapter.name}: LoRA r={prov.rank} alpha={prov.alpha} on "
                 f"{prov.base_model}{revision}, licence {prov.licence}",
             ),
-            f"  datasets: {datasets}",
-            f"  training content summary: provider {summary.provider}, "
-            f"size {summary.training_data_size}, modalities {', '.join(summary.modalities)}",
-            f"  copyright opt-outs: {summary.copyright_opt_out_measures}",
-            f"  illegal content: {summary.illegal_content_measures}",
+            f"  datasets: {datasets or 'none listed'}",
         ]
+        if summary is not None:
+            lines += [
+                f"  training content summary: provider {summary.provider}, "
+                f"size {summary.training_data_size}, modalities {', '.join(summary.modalities)}",
+                f"  copyright opt-outs: {summary.copyright_opt_out_measures}",
+                f"  illegal content: {summary.illegal_content_measures}",
+            ]
     for artifact in payload.artifacts:
         lines.append(
             f"Artifact {artifact.name} from {artifact.url}, licence "

@@ -197,8 +197,16 @@ def _record(path: str, target: TargetFile) -> FileRecord:
 
 
 def _check_wheel_files(payload: Payload, records: list[FileRecord]) -> None:
-    """Every wheel a wheel set names is a signed file: a deploy installs from these paths."""
+    """Every wheel a wheel set names is a signed file, carried or reused from the base release
+    (adapter-only bundles): a deploy installs from these paths. A reused file is not also
+    carried."""
     listed = {r.path for r in records}
+    reused = set() if payload.reuses is None else {f.path for f in payload.reuses.files}
+    if both := sorted(listed & reused):
+        raise MetadataError(
+            "the payload reuses files the manifest also carries: " + ", ".join(both[:5])
+        )
+    listed |= reused
     for key, wheels in (
         ("wheels", payload.wheels),
         ("gateway", payload.gateway),

@@ -9,6 +9,7 @@ adapter lineage and the media part digests are all covered by the signatures
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,6 +21,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from appliance.compliance.record import TransparencyRecord
 
 SpdxId = Annotated[
     str,
@@ -67,6 +70,13 @@ class TrainingContentSummary(_Strict):
 
 
 class AdapterProvenance(_Strict):
+    """What an adapter was trained on and from, as its recipe or model card declares it.
+
+    ``datasets`` and ``training_summary`` are the recipe's short form; an adapter built from a
+    model card carries the full transparency record instead (``AdapterEntry.record``).
+    ``base_model_digest``: ``weights_digest`` of the base model the adapter was trained on.
+    """
+
     base_model: str
     base_model_revision: str | None = None
     rank: Annotated[int, Field(ge=1, le=1024)]
@@ -74,8 +84,13 @@ class AdapterProvenance(_Strict):
     alpha: Annotated[int, Field(ge=1)]
     target_modules: list[str] = Field(min_length=1)
     licence: SpdxId
-    datasets: list[DatasetUse] = Field(min_length=1)
-    training_summary: TrainingContentSummary
+    datasets: list[DatasetUse] = Field(default_factory=list)
+    training_summary: TrainingContentSummary | None = None
+    base_model_digest: Sha256Hex | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "training_summary", "base_model_digest")
 
 
 class ModelSource(_Strict):
@@ -100,6 +115,37 @@ class AdapterEntry(_Strict):
     name: Name
     path: str
     provenance: AdapterProvenance
+    # The adapter's EU AI Act public summary of training content, read from its model card
+    # when the bundle was built (appliance.compliance.card).
+    record: TransparencyRecord | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "record")
+
+
+class ReusedFile(_Strict):
+    """A file of the release in place that an adapter-only release takes over by digest."""
+
+    path: str  # under files/, as in the base bundle
+    length: Annotated[int, Field(ge=0)]
+    sha256: Sha256Hex
+
+
+class Reuse(_Strict):
+    """What an adapter-only bundle does not carry: the base release's files it builds on.
+
+    The bundle names its base (bundle name and version, the model's name and
+    ``weights_digest``) and lists every file it takes over with its length and SHA-256,
+    all signed. A site links each from the release in place and checks its digest; a
+    file that is missing or differs stops the deploy (nothing is trusted by name).
+    """
+
+    bundle: Name
+    version: Annotated[int, Field(ge=1)]
+    model: Name
+    model_digest: Sha256Hex
+    files: list[ReusedFile] = Field(min_length=1)
 
 
 class TorchBuild(_Strict):
@@ -180,6 +226,8 @@ class Payload(_Strict):
     installer: WheelSet | None = None
     artifacts: list[ArtifactEntry] = Field(default_factory=list)
     media: MediaLayout
+    # An adapter-only bundle: the files of its base release it takes over instead of carrying.
+    reuses: Reuse | None = None
 
     @field_validator("format", mode="before")
     @classmethod
@@ -206,7 +254,7 @@ class Payload(_Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "gateway", "installer")
+        return _without_empty(handler(self), "gateway", "installer", "reuses")
 
 
 def _without_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -216,3 +264,42 @@ def _without_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:
     appliance wrote and reads (its schema refuses unknown keys, even null ones).
     """
     return {k: v for k, v in data.items() if not (k in keys and v in (None, []))}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
+
+
+def is_weight_file(path: str) -> bool:
+    """Whether ``path`` holds model weights (what an adapter-only bundle does not carry)."""
+    return path.endswith(WEIGHT_SUFFIXES)
+
+
+def weights_digest(files: Iterable[tuple[str, str]]) -> str:
+    """The identity of a model's weights: SHA-256 over ``"<sha256>  <path>\n"`` of each
+    weight file, ``path`` relative to the model's directory (its file name for a GGUF), in
+    path order. The same weights give the same digest whatever else the directory holds
+    (a conversion stamp, a tokenizer edit): what an adapter was trained on is its weights.
+
+    ``files``: (path relative to the model, sha256) of the model's files; the weight files
+    among them are used.
+    """
+    import hashlib
+
+    lines = sorted(f"{sha}  {path}\n" for path, sha in files if is_weight_file(path))
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def model_files(payload: Payload, records: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(path relative to the model, sha256) of every file of the payload's model, carried
+    (``records``: path under files/ and sha256) or reused."""
+    model = payload.model
+    if model is None:
+        return []
+    reused = [] if payload.reuses is None else [(f.path, f.sha256) for f in payload.reuses.files]
+    out = []
+    for path, sha in [*records, *reused]:
+        if path == model.path:
+            out.append((path.rsplit("/", 1)[-1], sha))
+        elif path.startswith(model.path + "/"):
+            out.append((path.removeprefix(model.path + "/"), sha))
+    return out

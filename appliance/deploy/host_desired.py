@@ -20,9 +20,15 @@ from appliance.plan.inventory import HostEntry
 @dataclass(frozen=True, slots=True)
 class ReleaseFile:
     path: str  # absolute on the host
-    source: Path  # the verified local copy
+    # The verified local copy; None: taken over from the release in place (an adapter-only
+    # bundle's reused file), linked there and checked by its signed digest like the others.
+    source: Path | None
     length: int
     sha256: str
+
+    @property
+    def reused(self) -> bool:
+        return self.source is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,16 @@ class HostDesired:
     keycloak_health: str | None = None  # Keycloak's readiness URL on the host's loopback
     # Where a Keycloak laid down here is reached and where its secrets are (paths, never values).
     keycloak: dict[str, str] | None = None
+
+    @property
+    def uploaded(self) -> tuple[ReleaseFile, ...]:
+        """The release files sent from this machine (not those reused on the host)."""
+        return tuple(f for f in self.release_files if f.source is not None)
+
+    @property
+    def reused(self) -> tuple[ReleaseFile, ...]:
+        """The release files linked from the release in place (adapter-only bundles)."""
+        return tuple(f for f in self.release_files if f.source is None)
 
     @property
     def current_target(self) -> str:

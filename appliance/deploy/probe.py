@@ -234,7 +234,8 @@ def space_needed(desired: HostDesired, actual: dict[str, Any]) -> int:
     """Bytes the release still needs on its filesystem (0 when it is in place and intact)."""
     if actual.get("release") and release_damage(desired, actual) is None:
         return 0
-    files = sum(f.length for f in desired.release_files)
+    # Reused files (adapter-only bundles) are hard links into the release in place: no space.
+    files = sum(f.length for f in desired.uploaded)
     wheels = sum(
         f.length
         for f in desired.release_files

@@ -73,10 +73,12 @@ def model_bytes(verified: VerifiedBundle) -> int:
     model = verified.payload.model
     if model is None:
         return 0
+    reused = verified.payload.reuses.files if verified.payload.reuses is not None else []
+    files = [(r.path, r.length) for r in verified.records] + [(r.path, r.length) for r in reused]
     return sum(
-        r.length
-        for r in verified.records
-        if r.path == model.path or r.path.startswith(model.path + "/")
+        length
+        for path, length in files
+        if path == model.path or path.startswith(model.path + "/")
     )
 
 
@@ -132,6 +134,12 @@ def desired_state(
         )
         for r in verified.records
     )
+    # An adapter-only bundle's base files: taken over from the release in place, by digest.
+    if verified.payload.reuses is not None:
+        files += tuple(
+            ReleaseFile(f"{release_dir}/{FILES_DIR}/{r.path}", None, r.length, r.sha256)
+            for r in verified.payload.reuses.files
+        )
     # The manifest's length and digest are those of the bytes that passed verification, not a
     # second read of the file: a targets.json changed after verification fails the host's
     # `sha256sum -c` instead of being laid down.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 
 from appliance.deploy.host_desired import DistSpec, HostDesired, VenvSpec
-from appliance.deploy.host_layout import RELEASES, UNPACKED_MARKER
+from appliance.deploy.host_layout import CURRENT, RELEASES, UNPACKED_MARKER
 from appliance.deploy.integrity import record_command
 
 
@@ -106,6 +106,39 @@ def dist_command(spec: DistSpec) -> str:
         f"{private}touch {q(partial + '/' + UNPACKED_MARKER)} && rm -rf {q(spec.path)} && "
         f"mv -T {q(partial)} {q(spec.path)}"
     )
+
+
+def reuse_command(desired: HostDesired, staging: str) -> str:
+    """Shell linking an adapter-only release's reused files from the release in place into
+    ``staging`` (empty when it reuses nothing).
+
+    Hard links: the release in place is read-only and never rewritten, so the new release
+    shares its bytes without copying them. Nothing is trusted by name: the signed digests of
+    every staged file, reused ones included, are checked next (``sha256sum -c``). A file the
+    release in place lacks stops the deploy with a message naming it.
+    """
+    if not desired.reused:
+        return ""
+    q = shlex.quote
+    prefix = desired.release_dir + "/"
+    lines = [
+        f"base=$(readlink -f {q(CURRENT)}) || base=",
+        '[ -n "$base" ] && [ -d "$base" ] || { echo "no release is in place on this host to '
+        'take the base files from: deploy the full bundle first" >&2; exit 1; }',
+        "missing=0",
+    ]
+    for f in desired.reused:
+        rel = q(f.path.removeprefix(prefix))
+        lines.append(
+            f'if [ -f "$base"/{rel} ]; then mkdir -p "$(dirname {q(staging)}/{rel})" && '
+            f'ln -f "$base"/{rel} {q(staging)}/{rel}; else echo "the release in place '
+            f'($base) has no {rel}" >&2; missing=1; fi'
+        )
+    lines.append(
+        '[ "$missing" = 0 ] || { echo "this adapter-only bundle builds on files the release '
+        'in place lacks: deploy its base bundle first" >&2; exit 1; }'
+    )
+    return "\n".join(lines)
 
 
 def checklist(desired: HostDesired) -> str:

@@ -48,7 +48,7 @@ import yaml
 
 from appliance import package_data
 from appliance.deploy.host_desired import HostDesired, HostOutcome
-from appliance.deploy.staging import checklist, dist_command, staging_command
+from appliance.deploy.staging import checklist, dist_command, reuse_command, staging_command
 from appliance.errors import Cancelled, DeploymentError, InputError
 from appliance.events import Event, Progress, Warned
 from appliance.plan.inventory import Inventory, ansible_ini
@@ -122,7 +122,11 @@ def host_vars(desired: HostDesired) -> dict[str, Any]:
                 "sha256": f.sha256,
             }
             for f in desired.release_files
+            if f.source is not None
         ],
+        # Adapter-only releases: the base files linked from the release in place (the same
+        # shell as the pyinfra engine's, staging.reuse_command), then checked with the rest.
+        "appliance_reuse_command": reuse_command(desired, staging),
         "appliance_checksums": checklist(desired),
         # The same shell the pyinfra engine runs (staging.staging_command): the same venvs and
         # unpacked runtimes.

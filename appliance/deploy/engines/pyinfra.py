@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from appliance.deploy.host_desired import HostDesired, HostOutcome
-from appliance.deploy.staging import checklist, dist_command, staging_command
+from appliance.deploy.staging import checklist, dist_command, reuse_command, staging_command
 from appliance.errors import Cancelled
 from appliance.events import Event, Progress, Warned
 
@@ -201,7 +201,10 @@ def _add_host_ops(state: Any, host: Any, desired: HostDesired) -> None:
     release_present = bool(host.get_fact(Directory, path=desired.release_dir))
     check = shlex.quote(f"{staging if not release_present else desired.release_dir}/.sha256sums")
     if not release_present:
-        for f in desired.release_files:
+        if reuse := reuse_command(desired, staging):
+            add_op(state, server.shell, name=f"take {len(desired.reused)} base files from the release in place",
+                   commands=[f"mkdir -p {shlex.quote(staging)}", reuse], host=host)  # fmt: skip
+        for f in desired.uploaded:
             rel = f.path.removeprefix(desired.release_dir + "/")
             add_op(state, files.put, name=f"upload {rel}", src=str(f.source), dest=f"{staging}/{rel}",
                    mode="644", create_remote_dir=True, host=host)  # fmt: skip
