@@ -1,0 +1,820 @@
+"""Read an adapter's model card into its transparency record (docs/transparency-cards.md).
+
+The card is the Hugging Face form: optional YAML front matter (``base_model``,
+``base_model_revision``, ``license``/``license_name``, ...) and Markdown sections
+numbered as the AI Office template numbers them, with ``| Field | Value |``
+tables, row tables and checkbox answers. The section and field vocabulary is
+``card_format``'s, shared with the writer (``export``).
+
+Invariants:
+- Never guessed: a field the card leaves out is ``None`` (not stated); a field
+  answered in a way this reader cannot read is a ``CardProblem`` naming the
+  template's field, and the record leaves it not stated. Of the fields the
+  record requires (provider name, versioned model name, a modality), one missing
+  or unreadable is a problem and leaves ``record`` ``None``.
+- A field name a known section does not have is a problem (a misspelt field must
+  not become "not stated" silently); sections this reader does not know are
+  ignored with all they hold.
+- Bounded: a card over ``MAX_CARD_BYTES`` is refused (``CardError``); the front
+  matter goes through the project's bounded YAML loader (an alias bomb or deep
+  nesting is a problem, never a hang); the Markdown is read line by line
+  without recursion and with regular expressions that do not backtrack.
+- ``require_record`` is the one gate for a build: the record, or a ``CardError``
+  listing every problem.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from appliance.compliance.card_format import (
+    BUCKET_LABELS,
+    HF_LICENCES,
+    LICENSE_REF,
+    LONG_MAX,
+    MODALITIES,
+    NON_COUNT_WORDS,
+    SECTION_BY_NUMBER,
+    SECTION_BY_TITLE,
+    SECTIONS,
+    SHORT_MAX,
+    TICKED_MARKS,
+    UNTICKED_MARKS,
+    ColumnSpec,
+    FieldSpec,
+    RowsSpec,
+    SectionSpec,
+    escapable,
+    is_not_stated_text,
+    normalise,
+)
+from appliance.compliance.record import SizeBucket, TransparencyRecord
+from appliance.errors import InputError
+from appliance.input_files import MiB, decode_utf8, read_input
+from appliance.yaml_files import parse_yaml
+
+MAX_CARD_BYTES = 1 * MiB
+DOC = "docs/transparency-cards.md"
+
+
+class CardError(InputError):
+    """A model card cannot be read, or cannot be read into a transparency record."""
+
+
+@dataclass(frozen=True)
+class CardProblem:
+    """One field of the card that could not be read: the template's field name (with its
+    section number), what the card gave, what was expected."""
+
+    field: str
+    found: str
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: found {self.found}; expected {self.expected}"
+
+
+@dataclass(frozen=True)
+class CardImport:
+    """What a card gave: the record (``None`` when a required field is missing or unreadable),
+    every problem, and the front matter as it was written."""
+
+    record: TransparencyRecord | None
+    problems: tuple[CardProblem, ...]
+    front_matter: dict[str, Any]
+
+
+def load_card(path: Path) -> CardImport:
+    """Read the card at ``path`` (a regular file of at most 1 MiB, UTF-8 with or without BOM)."""
+    data = read_input(path, "model card", limit=MAX_CARD_BYTES, error=CardError)
+    return parse_card(decode_utf8(data, path, "model card", CardError), str(path))
+
+
+def require_record(imported: CardImport, source: str) -> TransparencyRecord:
+    """The record of a card without problems; otherwise a ``CardError`` listing every problem."""
+    if imported.record is not None and not imported.problems:
+        return imported.record
+    problems = imported.problems or (
+        CardProblem("Card", "no record", "the three required fields (1.1, 1.2, 1.3)"),
+    )
+    listed = "\n".join(f"  - {p}" for p in problems)
+    count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+    raise CardError(
+        f"{source}: the model card cannot be read into a transparency record ({count}):\n{listed}",
+        hint=f"Fix the card (its format is documented in {DOC}) and build again.",
+    )
+
+
+def parse_card(text: str, source: str) -> CardImport:
+    """Read a card's text; ``source`` names it in messages. Raises ``CardError`` only for a
+    text over the size bound; everything else the card gets wrong is in ``problems``."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_CARD_BYTES:
+        raise CardError(
+            f"{source}: the model card is larger than {MAX_CARD_BYTES} bytes ({size}); "
+            "refusing to read it",
+            hint="Is this the right file? A model card is never that large.",
+        )
+    return _Reader(source).read(text)
+
+
+# --- Cells -------------------------------------------------------------------------------------
+
+_Chars = list[tuple[str, bool]]  # each character with whether it was escaped
+_BR = re.compile(r"<br[ \t]*/?>", re.IGNORECASE)
+
+
+def _lex(raw: str) -> _Chars:
+    out: _Chars = []
+    i, end = 0, len(raw)
+    while i < end:
+        char = raw[i]
+        if char == "\\" and i + 1 < end and escapable(raw[i + 1]):
+            out.append((raw[i + 1], True))
+            i += 2
+            continue
+        if char == "<":
+            br = _BR.match(raw, i)
+            if br:
+                out.append(("\n", True))
+                i = br.end()
+                continue
+        out.append((char, False))
+        i += 1
+    return out
+
+
+def _strip(chars: _Chars) -> _Chars:
+    start, end = 0, len(chars)
+    while start < end and chars[start][0] in " \t" and not chars[start][1]:
+        start += 1
+    while end > start and chars[end - 1][0] in " \t" and not chars[end - 1][1]:
+        end -= 1
+    return chars[start:end]
+
+
+def _split(chars: _Chars, sep: str) -> list[_Chars]:
+    parts: list[_Chars] = [[]]
+    for char, escaped in chars:
+        if char == sep and not escaped:
+            parts.append([])
+        else:
+            parts[-1].append((char, escaped))
+    return parts
+
+
+def _text(chars: _Chars) -> str:
+    return "".join(char for char, _ in chars)
+
+
+def _not_stated(chars: _Chars) -> bool:
+    return not any(escaped for _, escaped in chars) and is_not_stated_text(_text(chars))
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _a(value: Any) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} ({_shown(str(value))})"
+
+
+class _Unreadable(Exception):
+    def __init__(self, found: str, expected: str) -> None:
+        super().__init__(found)
+        self.found = found
+        self.expected = expected
+
+
+# --- Values --------------------------------------------------------------------------------------
+
+_DATE = re.compile(r"(\d{4})-(\d{2})(?:-(\d{2}))?")
+_INT = re.compile(r"[0-9]{1,9}")
+_DECIMAL = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?%?")
+_COUNT = re.compile(r"([0-9]{1,3}(?:,[0-9]{3}){1,5}|[0-9]{1,15})(?:[ \t]*\((.*)\))?", re.DOTALL)
+_NON_COUNT = re.compile(
+    "(?:" + "|".join(re.escape(w) for w in NON_COUNT_WORDS) + r")(?![\w/])", re.IGNORECASE
+)
+_MARK = re.compile("|".join(re.escape(m) for m in (*TICKED_MARKS, *UNTICKED_MARKS)))
+_REVISION = re.compile(r"revision[ \t]+", re.IGNORECASE)
+
+
+def _length(text: str, limit: int) -> str:
+    if len(text) > limit:
+        raise _Unreadable(f"{len(text)} characters", f"at most {limit} characters")
+    return text
+
+
+def _date(text: str) -> str:
+    match = _DATE.fullmatch(text)
+    if match:
+        year, month, day = (int(g) if g else 1 for g in match.groups())
+        try:
+            dt.date(year, month, day)
+        except ValueError:
+            pass
+        else:
+            return text
+    raise _Unreadable(_shown(text), "a date as YYYY-MM or YYYY-MM-DD")
+
+
+def _boxes(text: str) -> list[tuple[bool, str]] | None:
+    """The (ticked, label) pairs of a checkbox answer; None when it has no boxes."""
+    marks = list(_MARK.finditer(text))
+    if not marks:
+        return None
+    lead = text[: marks[0].start()].strip()
+    if lead:
+        raise _Unreadable(f"text before the first box ({_shown(lead)})", "a box first")
+    out: list[tuple[bool, str]] = []
+    for i, mark in enumerate(marks):
+        stop = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        out.append((mark.group() in TICKED_MARKS, text[mark.end() : stop].strip()))
+    return out
+
+
+def _choice(text: str, labels: dict[str, str], expected: str) -> list[str]:
+    """The ticked choices (keys of ``labels``, by normalised label) of a checkbox answer; a
+    plain answer of comma-separated labels is read as ticked."""
+    boxes = _boxes(text)
+    if boxes is None:
+        boxes = [(True, part.strip()) for part in text.split(",")]
+    ticked: list[str] = []
+    for on, label in boxes:
+        key = labels.get(normalise(label))
+        if key is None:
+            raise _Unreadable(f"a box labelled {_shown(label)}", expected)
+        if on and key not in ticked:
+            ticked.append(key)
+    return ticked
+
+
+def _yesno(text: str) -> bool | None:
+    expected = "one of Yes and No ticked (☒ Yes ☐ No)"
+    ticked = _choice(text, {"yes": "yes", "no": "no"}, expected)
+    if len(ticked) == 2:
+        raise _Unreadable("both Yes and No ticked", expected)
+    return None if not ticked else ticked[0] == "yes"
+
+
+_MODALITY_LABELS: dict[str, str] = {m: m for m in MODALITIES}
+_BUCKETS: dict[str, SizeBucket] = {normalise(label): b for b, label in BUCKET_LABELS.items()}
+_BUCKETS_EXPECTED = "at most one of the template's buckets: " + ", ".join(
+    repr(label) for label in BUCKET_LABELS.values()
+)
+
+
+def _modalities(text: str) -> list[str] | None:
+    ticked = _choice(text, _MODALITY_LABELS, "boxes labelled Text, Image, Audio, Video, Other")
+    return ticked or None
+
+
+def _bucket(text: str) -> str | None:
+    ticked = _choice(text, dict(_BUCKETS), _BUCKETS_EXPECTED)
+    if len(ticked) > 1:
+        shown = " and ".join(repr(BUCKET_LABELS[_BUCKETS[normalise(t)]]) for t in ticked)
+        raise _Unreadable(f"{shown} ticked", _BUCKETS_EXPECTED)
+    return ticked[0] if ticked else None
+
+
+def _int(text: str, low: int, high: int | None) -> int:
+    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    if _INT.fullmatch(text):
+        value = int(text)
+        if value >= low and (high is None or value <= high):
+            return value
+    raise _Unreadable(_shown(text), f"an integer {span}")
+
+
+def _list(chars: _Chars) -> list[str]:
+    items = [_text(_strip(part)) for part in _split(chars, ",")]
+    return [_length(item, SHORT_MAX) for item in items if item]
+
+
+def _dependencies(chars: _Chars) -> list[dict[str, str]]:
+    expected = "'name' or 'name (revision REV)', several separated by ';'"
+    deps: list[dict[str, str]] = []
+    for part in _split(chars, ";"):
+        item = _strip(part)
+        if not item:
+            continue
+        revision: str | None = None
+        if item[-1] == (")", False):
+            opening = max((i for i, c in enumerate(item) if c == ("(", False)), default=-1)
+            inner = _strip(item[opening + 1 : -1]) if opening >= 0 else []
+            prefix = _REVISION.match(_text(inner))
+            if opening < 0 or prefix is None:
+                raise _Unreadable(_shown(_text(item)), expected)
+            revision = _text(_strip(inner[prefix.end() :]))
+            item = _strip(item[:opening])
+        name = _text(item)
+        if not name or revision == "":
+            raise _Unreadable(_shown(_text(part).strip()), expected)
+        if any(c in "()" and not escaped for c, escaped in item):
+            raise _Unreadable(_shown(name), expected)
+        dep = {"name": _length(name, SHORT_MAX)}
+        if revision is not None:
+            dep["revision"] = _length(revision, SHORT_MAX)
+        deps.append(dep)
+    return deps
+
+
+def _records(text: str) -> tuple[int | None, str | None]:
+    count = _COUNT.fullmatch(text)
+    if count:
+        note = count.group(2)
+        return int(count.group(1).replace(",", "")), _length(note, SHORT_MAX) if note else None
+    if _NON_COUNT.match(text):
+        return None, _length(text, SHORT_MAX)
+    raise _Unreadable(
+        _shown(text),
+        "an integer (12000 or 12,000) or a non-count answer (" + ", ".join(NON_COUNT_WORDS) + ")",
+    )
+
+
+def _field_value(spec: FieldSpec, chars: _Chars) -> Any:
+    """The record value of a field's cell (``None``: not stated); ``_Unreadable`` otherwise."""
+    if _not_stated(chars):
+        return None
+    text = _text(chars)
+    kind = spec.kind
+    if kind == "short":
+        return _length(text, SHORT_MAX)
+    if kind == "long":
+        return _length(text, LONG_MAX)
+    if kind == "date":
+        return _date(text)
+    if kind == "yesno":
+        return _yesno(text)
+    if kind == "modalities":
+        return _modalities(text)
+    if kind == "bucket":
+        return _bucket(text)
+    if kind == "int":
+        return _int(text, spec.low, spec.high)
+    if kind == "decimal":
+        if _DECIMAL.fullmatch(text):
+            return text
+        raise _Unreadable(_shown(text), "a decimal number such as 0.05")
+    if kind == "list":
+        return _list(chars) or None
+    return _dependencies(chars) or None  # "deps"
+
+
+# --- The Markdown -----------------------------------------------------------------------------
+
+_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?")
+_CLOSING_HASHES = re.compile(r"[ \t]+#+[ \t]*\Z|\A#+[ \t]*\Z")
+_NUMBERED = re.compile(r"(\d{1,3}(?:\.\d{1,3}){0,3})\.?(?:[ \t]+(.*))?", re.DOTALL)
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_BULLET = re.compile(r" {0,3}(?:[-*+]|\d{1,9}[.)])(?:[ \t]+(.*))?")
+_ALIGNMENT = re.compile(r":?-+:?")
+_COMMENT = re.compile(r"\\.|<!--.*?-->|<!--", re.DOTALL)
+
+
+@dataclass
+class _Block:
+    """A section of the card: its spec (None: a section this reader ignores) and its lines."""
+
+    spec: SectionSpec | None
+    lines: list[str]
+
+
+def _section_of(title: str) -> SectionSpec | None:
+    title = _CLOSING_HASHES.sub("", title).strip()
+    numbered = _NUMBERED.fullmatch(title)
+    if numbered:
+        return SECTION_BY_NUMBER.get(numbered.group(1))
+    return SECTION_BY_TITLE.get(normalise(title))
+
+
+def _path_put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        data = data.setdefault(key, {})
+    data[path[-1]] = value
+
+
+def _path_get(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[CardProblem] = []
+        self.data: dict[str, Any] = {}
+        self.unreadable: set[tuple[str, ...]] = set()  # paths with a problem of their own
+        self.seen: set[str] = set()  # labels of the sections the card has
+
+    def problem(self, field: str, found: str, expected: str) -> None:
+        self.problems.append(CardProblem(field, found, expected))
+
+    # The card as a whole.
+
+    def read(self, text: str) -> CardImport:
+        text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+        front_text, body = self._split_front_matter(text)
+        if body is None:
+            return CardImport(None, tuple(self.problems), {})
+        front = self._front_matter(front_text) if front_text is not None else {}
+        for block in self._blocks(self._strip_comments(body)):
+            if block.spec is not None:
+                self._section(block)
+        self._front_matter_into_record(front)
+        return CardImport(self._record(), tuple(self.problems), front)
+
+    def _split_front_matter(self, text: str) -> tuple[str | None, str | None]:
+        lines = text.split("\n")
+        if lines[0].rstrip() != "---":
+            return None, text
+        for i in range(1, len(lines)):
+            if lines[i].rstrip() in ("---", "..."):
+                return "\n".join(lines[1:i]), "\n".join(lines[i + 1 :])
+        self.problem(
+            "Front matter",
+            "an opening '---' line with no closing '---' line",
+            "YAML front matter between two '---' lines, or none",
+        )
+        return None, None
+
+    def _strip_comments(self, body: str) -> str:
+        out: list[str] = []
+        at = 0
+        for match in _COMMENT.finditer(body):
+            token = match.group()
+            if token.startswith("\\"):
+                continue
+            out.append(body[at : match.start()])
+            if token == "<!--":
+                line = body.count("\n", 0, match.start()) + 1
+                self.problem(
+                    "Card",
+                    f"an HTML comment opened in the body's line {line} and never closed",
+                    "every '<!--' closed by '-->'",
+                )
+                return "".join(out)
+            out.append("\n" * token.count("\n"))
+            at = match.end()
+        out.append(body[at:])
+        return "".join(out)
+
+    def _blocks(self, body: str) -> list[_Block]:
+        blocks = [_Block(None, [])]
+        fence: str | None = None
+        for line in body.split("\n"):
+            opened = _FENCE.match(line)
+            if fence is not None:
+                if opened and opened.group(1)[0] == fence[0] and len(opened.group(1)) >= len(fence):
+                    fence = None if not line.strip().strip(fence[0]) else fence
+                continue
+            if opened:
+                fence = opened.group(1)
+                continue
+            heading = _HEADING.fullmatch(line)
+            if heading:
+                blocks.append(_Block(_section_of(heading.group(2) or ""), []))
+            else:
+                blocks[-1].lines.append(line)
+        return blocks
+
+    # One section.
+
+    def _section(self, block: _Block) -> None:
+        spec = block.spec
+        assert spec is not None
+        if spec.label in self.seen:
+            self.problem(spec.label, "the section given twice", "each section once")
+            return
+        self.seen.add(spec.label)
+        tables: list[list[str]] = []
+        previous_was_table = False
+        for line in block.lines:  # prose between the tables is ignored
+            is_table = line.strip(" \t").startswith("|")
+            if is_table:
+                if not previous_was_table:
+                    tables.append([])
+                tables[-1].append(line)
+            previous_was_table = is_table
+        if spec.bullets is not None:
+            self._bullets(spec, block.lines)
+        fields_seen: set[str] = set()
+        for table in tables:
+            self._table(spec, table, fields_seen)
+
+    def _table(self, spec: SectionSpec, lines: list[str], fields_seen: set[str]) -> None:
+        rows = [self._row(line) for line in lines]
+        header = [normalise(_text(_strip(cell))) for cell in rows[0]]
+        body = rows[1:]
+        if body and all(_ALIGNMENT.fullmatch(_text(_strip(c))) for c in body[0]):
+            body = body[1:]
+        if header == ["field", "value"] and not spec.parent:
+            self._field_rows(spec, body, fields_seen)
+        elif spec.rows is not None:
+            self._list_rows(spec, spec.rows, header, body)
+        else:
+            shown = ", ".join(_shown(_text(_strip(c))) for c in rows[0])
+            self.problem(
+                spec.label,
+                f"a table with the columns {shown}",
+                "no table (a parent section)"
+                if spec.parent
+                else "a '| Field | Value |' table" + (" or a row table" if spec.rows else ""),
+            )
+
+    @staticmethod
+    def _row(line: str) -> list[_Chars]:
+        cells = _split(_lex(line.strip(" \t")), "|")
+        cells = cells[1:]  # before the leading pipe
+        if cells and not _strip(cells[-1]) and len(cells) > 1:
+            cells = cells[:-1]  # after the trailing pipe
+        return cells
+
+    def _field_rows(self, spec: SectionSpec, rows: list[list[_Chars]], seen: set[str]) -> None:
+        by_name = {normalise(n): f for f in spec.fields for n in f.names}
+        for cells in rows:
+            if not any(_strip(c) for c in cells):
+                continue
+            name = _text(_strip(cells[0]))
+            field = by_name.get(normalise(name))
+            label = f"{spec.label}: {field.names[0] if field else name}"
+            if field is None:
+                known = ", ".join(f.names[0] for f in spec.fields)
+                self.problem(label, "a field this section does not have", f"one of: {known}")
+                continue
+            if field.names[0] in seen:
+                self.problem(label, "the field given twice", "each field once")
+                continue
+            seen.add(field.names[0])
+            if len(cells) > 2 and any(_strip(c) for c in cells[2:]):
+                self.problem(label, f"{len(cells)} cells in its row", "two: | Field | Value |")
+                self.unreadable.add(field.path)
+                continue
+            value_cell = _strip(cells[1]) if len(cells) > 1 else []
+            try:
+                value = _field_value(field, value_cell)
+            except _Unreadable as exc:
+                self.problem(label, exc.found, exc.expected)
+                self.unreadable.add(field.path)
+                continue
+            if value is not None:
+                _path_put(self.data, field.path, value)
+
+    def _list_rows(
+        self, spec: SectionSpec, rows: RowsSpec, header: list[str], body: list[list[_Chars]]
+    ) -> None:
+        by_name = {normalise(n): c for c in rows.columns for n in c.names}
+        columns: list[ColumnSpec] = []
+        for name in header:
+            column = by_name.get(name)
+            if column is None or column in columns:
+                known = " | ".join(c.names[0] for c in rows.columns)
+                found = "a column given twice" if column else f"a column {_shown(name)}"
+                self.problem(f"{spec.label}: table", found, f"the columns | {known} |")
+                return
+            columns.append(column)
+        key = rows.columns[0]
+        if key not in columns:
+            self.problem(
+                f"{spec.label}: table",
+                "no column " + repr(key.names[0]),
+                f"a '{key.names[0]}' column naming each row",
+            )
+            return
+        found_rows: list[dict[str, Any]] = _path_get(self.data, rows.path) or []
+        for number, cells in enumerate(body, start=len(found_rows) + 1):
+            if not any(_strip(c) for c in cells):
+                continue
+            by_column = {c.key: _strip(cell) for c, cell in zip(columns, cells, strict=False)}
+            key_cell = by_column.get(key.key, [])
+            row_name = _text(key_cell)
+            where = (
+                f"(row {_shown(row_name)})"
+                if row_name and not _not_stated(key_cell)
+                else f"(row {number})"
+            )
+            if len(cells) > len(columns):
+                self.problem(
+                    f"{spec.label}: {where}",
+                    f"{len(cells)} cells",
+                    f"at most {len(columns)}, one per column",
+                )
+                continue
+            row = self._list_row(spec, rows, by_column, where)
+            if row is not None:
+                found_rows.append(row)
+        _path_put(self.data, rows.path, found_rows)
+
+    def _list_row(
+        self, spec: SectionSpec, rows: RowsSpec, cells: dict[str, _Chars], where: str
+    ) -> dict[str, Any] | None:
+        row: dict[str, Any] = {}
+        ok = True
+        for column in rows.columns:
+            chars = cells.get(column.key, [])
+            label = f"{spec.label}: {column.names[0]} {where}"
+            if _not_stated(chars):
+                if column.required:
+                    self.problem(label, "not stated", f"the {column.names[0].lower()} of each row")
+                    ok = False
+                continue
+            try:
+                if column.kind == "records":
+                    row["records"], row["records_note"] = _records(_text(chars))
+                else:
+                    row[column.key] = _length(_text(chars), SHORT_MAX)
+            except _Unreadable as exc:
+                self.problem(label, exc.found, exc.expected)
+                ok = ok and not column.required
+        return row if ok else None
+
+    def _bullets(self, spec: SectionSpec, lines: list[str]) -> None:
+        assert spec.bullets is not None
+        items: list[list[str]] = []
+        current: list[str] | None = None
+        for line in lines:
+            bullet = _BULLET.fullmatch(line)
+            if bullet:
+                current = [bullet.group(1) or ""]
+                items.append(current)
+                continue
+            if not line.strip() or line.strip(" \t").startswith("|"):
+                current = None  # a table is reported by _table
+                continue
+            if current is not None and line.startswith(("  ", "\t")):
+                current.append(line.strip(" \t"))
+                continue
+            if is_not_stated_text(line.strip()):
+                continue
+            self.problem(
+                spec.label,
+                f"text that is not a bullet item ({_shown(line.strip())})",
+                "a bullet list ('- item', one limitation per item)",
+            )
+        values: list[str] = []
+        for number, parts in enumerate(items, start=1):
+            chars = _strip(_lex(" ".join(parts)))
+            if _not_stated(chars):
+                continue
+            try:
+                values.append(_length(_text(chars), LONG_MAX))
+            except _Unreadable as exc:
+                self.problem(f"{spec.label}: item {number}", exc.found, exc.expected)
+        if values:
+            _path_put(self.data, spec.bullets, values)
+
+    # The front matter and the record.
+
+    def _front_matter(self, text: str) -> dict[str, Any]:
+        try:
+            data = parse_yaml(text, f"{self.source}: front matter", CardError)
+        except CardError as exc:
+            self.problem("Front matter", exc.message, "a YAML mapping (base_model, license, ...)")
+            return {}
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.problem(
+                "Front matter",
+                f"a YAML {type(data).__name__}, not a mapping",
+                "a YAML mapping (base_model, license, ...)",
+            )
+            return {}
+        return data
+
+    def _front_string(self, front: dict[str, Any], key: str) -> str | None:
+        value = front.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str) and value.strip() and len(value) <= SHORT_MAX:
+            return value.strip()
+        self.problem(
+            f"Front matter: {key}",
+            _a(value),
+            f'a non-empty string of at most {SHORT_MAX} characters (quote it: {key}: "...")',
+        )
+        return None
+
+    def _front_matter_into_record(self, front: dict[str, Any]) -> None:
+        licence = self._front_string(front, "license")
+        if licence is not None:
+            self._licence(front, licence)
+        names = self._base_models(front.get("base_model"))
+        revision = self._front_string(front, "base_model_revision")
+        path = ("model", "dependencies")
+        if path in self.unreadable:
+            return
+        deps: list[dict[str, str]] | None = _path_get(self.data, path)
+        if deps is None:
+            if names:
+                deps = [{"name": n} for n in names]
+                _path_put(self.data, path, deps)
+        elif names is not None and [d["name"] for d in deps] != names:
+            self.problem(
+                "1.2 Model identification: Model dependencies",
+                _shown("; ".join(d["name"] for d in deps))
+                + f" (the front matter's base_model: {_shown('; '.join(names))})",
+                "the same models as the front matter's base_model, in the same order",
+            )
+            return
+        if revision is None:
+            return
+        if not deps:
+            self.problem(
+                "Front matter: base_model_revision",
+                f"a revision ({_shown(revision)}) of no named model",
+                "base_model too, or the 1.2 row 'Model dependencies'",
+            )
+        elif deps[0].get("revision", revision) != revision:
+            self.problem(
+                "Front matter: base_model_revision",
+                _shown(revision),
+                f"the revision 1.2 gives for {deps[0]['name']!r} ({deps[0]['revision']!r})",
+            )
+        else:
+            deps[0]["revision"] = revision
+
+    def _licence(self, front: dict[str, Any], licence: str) -> None:
+        if licence.casefold() == "other":
+            name = self._front_string(front, "license_name")
+            if name is None:
+                if "license_name" not in front:
+                    self.problem(
+                        "Front matter: license_name",
+                        "not given (license: other)",
+                        "the licence's name, e.g. license_name: my-licence",
+                    )
+            elif re.fullmatch(r"[A-Za-z0-9.\-]+", name):
+                self.data["licence"] = LICENSE_REF + name
+            else:
+                self.problem(
+                    "Front matter: license_name",
+                    _shown(name),
+                    "letters, digits, '.' and '-' (it becomes LicenseRef-<name>)",
+                )
+            return
+        self.data["licence"] = HF_LICENCES.get(licence.casefold(), licence)
+
+    def _base_models(self, value: Any) -> list[str] | None:
+        if value is None:
+            return None
+        items = [value] if isinstance(value, str) else value
+        if (
+            isinstance(items, list)
+            and items
+            and all(isinstance(i, str) and i.strip() and len(i) <= SHORT_MAX for i in items)
+        ):
+            return [i.strip() for i in items]
+        self.problem(
+            "Front matter: base_model",
+            _a(value),
+            "a model name, or a list of model names",
+        )
+        return None
+
+    def _contradictions(self) -> None:
+        for spec in SECTIONS:
+            if spec.rows is None or not spec.fields:
+                continue
+            question = spec.fields[0]
+            listed = _path_get(self.data, spec.rows.path) or []
+            if _path_get(self.data, question.path) is False and listed:
+                self.problem(
+                    f"{spec.label}: {question.names[0]}",
+                    f"No, with {len(listed)} row(s) listed below",
+                    "Yes when the section lists what was used (or no rows)",
+                )
+
+    def _record(self) -> TransparencyRecord | None:
+        missing = False
+        for spec in SECTIONS:
+            for field in spec.fields:
+                if field.required is None:
+                    continue
+                if _path_get(self.data, field.path) is not None:
+                    continue
+                missing = True
+                if field.path in self.unreadable:
+                    continue
+                found = "not stated" if spec.label in self.seen else f"no section {spec.number}"
+                self.problem(f"{spec.label}: {field.names[0]}", found, field.required)
+        self._contradictions()
+        if missing:
+            return None
+        try:
+            return TransparencyRecord.model_validate(self.data)
+        except ValidationError as exc:  # a reader bug: every value was checked above
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"])
+                self.problem(f"Card ({where})", _shown(str(error.get("input"))), error["msg"])
+            return None
