@@ -76,9 +76,7 @@ def model_bytes(verified: VerifiedBundle) -> int:
     reused = verified.payload.reuses.files if verified.payload.reuses is not None else []
     files = [(r.path, r.length) for r in verified.records] + [(r.path, r.length) for r in reused]
     return sum(
-        length
-        for path, length in files
-        if path == model.path or path.startswith(model.path + "/")
+        length for path, length in files if path == model.path or path.startswith(model.path + "/")
     )
 
 

@@ -39,6 +39,12 @@ from typing import Any, Protocol
 
 from appliance import __version__
 from appliance.bundle.connected.recipe import Recipe, check_profiles, format_size, parse_recipe
+from appliance.bundle.connected.reuse import (
+    carried_model_files,
+    check_carried,
+    read_base,
+    reuse_of,
+)
 from appliance.bundle.connected.sources import (
     Fetched,
     fetch_adapter,
@@ -219,19 +225,27 @@ def _build(
             yield Warned(OPERATION, note)
         yield Progress("fetch", 0, None, done, steps, item=what)
 
-    model = fetch_model(recipe.model, hf_cache_dir=hf_cache_dir)
+    base = None
+    if recipe.reuse is not None:
+        base = read_base(recipe.reuse.bundle, name=recipe.name, version=recipe.version)
+        assert base.payload.model is not None  # read_base refuses a base without one
+        model: Fetched[ModelEntry] = Fetched(base.payload.model, carried_model_files(base))
+    else:
+        assert recipe.model is not None  # the recipe requires model or reuse
+        model = fetch_model(recipe.model, hf_cache_dir=hf_cache_dir)
     yield from fetched(f"model {model.entry.name}", model)
     adapters: list[Fetched[AdapterEntry]] = []
     for spec in recipe.adapters:
         adapter = fetch_adapter(spec)
         adapters.append(adapter)
         yield from fetched(f"adapter {spec.name}", adapter)
-        base = model.entry.source.repo_id
-        if base is not None and base != spec.provenance.base_model:
+        trained_on = adapter.entry.provenance.base_model
+        names = {model.entry.name, model.entry.source.repo_id} - {None}
+        if not any(n == trained_on or trained_on.rstrip("/").endswith("/" + str(n)) for n in names):
             yield Warned(
                 OPERATION,
-                f"adapter {spec.name!r} was trained on {spec.provenance.base_model!r}, "
-                f"but the bundle's model is {base!r}",
+                f"adapter {spec.name!r} was trained on {trained_on!r}, but the bundle's model "
+                f"is {model.entry.source.repo_id or model.entry.name!r}",
             )
     wheels = None
     if recipe.wheels is not None:
@@ -277,9 +291,15 @@ def _build(
                 f"copied {record.sha256}"
             )
 
-    model_entry, warning = _with_model_info(model.entry, files_root)
-    if warning is not None:
-        yield Warned(OPERATION, warning)
+    reuses = None
+    if base is not None:
+        check_carried(base, records)
+        reuses = reuse_of(base, {r.path for r in records})
+        model_entry = model.entry  # the base's, with its parameter count and dtype
+    else:
+        model_entry, warning = _with_model_info(model.entry, files_root)
+        if warning is not None:
+            yield Warned(OPERATION, warning)
     payload = Payload(
         name=recipe.name,
         channel=recipe.channel,
@@ -288,10 +308,13 @@ def _build(
         profiles=list(recipe.profiles),
         model=model_entry,
         adapters=[a.entry for a in adapters],
-        wheels=None if wheels is None else wheels.entry,
-        gateway=None if gateway is None else gateway.entry,
-        installer=None if installer is None else installer.entry,
-        artifacts=[a.entry for a in artifacts],
+        wheels=base.payload.wheels if base else None if wheels is None else wheels.entry,
+        gateway=base.payload.gateway if base else None if gateway is None else gateway.entry,
+        installer=(
+            base.payload.installer if base else None if installer is None else installer.entry
+        ),
+        artifacts=list(base.payload.artifacts) if base else [a.entry for a in artifacts],
+        reuses=reuses,
         media=MediaLayout(
             part_size=part_size,
             parts=[(p.index, p.offset, p.length, p.sha256) for p in parts],
@@ -300,7 +323,14 @@ def _build(
     write_manifest(
         bundle, payload=payload, records=records, version=recipe.version, expires=expires
     )
-    return f"{len(records)} files, {format_size(total)}, {len(parts)} media part(s)"
+    summary = f"{len(records)} files, {format_size(total)}, {len(parts)} media part(s)"
+    if reuses is not None:
+        kept = sum(f.length for f in reuses.files)
+        summary += (
+            f"; reuses {len(reuses.files)} files ({format_size(kept)}) of {reuses.bundle} "
+            f"version {reuses.version} by digest"
+        )
+    return summary
 
 
 def _plan(fetches: Sequence[Fetched[Any]]) -> list[tuple[Path, str]]:

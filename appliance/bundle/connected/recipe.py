@@ -24,7 +24,17 @@ Schema (``?`` = optional)::
                                           assemble() -> path of a .gguf file
       licence: SPDX-ID                    e.g. Apache-2.0, LicenseRef-Gemma
       name?: NAME                         default: from the repo id, dir or file
-    adapters?: [{name, path, provenance: AdapterProvenance}]   PEFT LoRA dirs
+    adapters?: [{name, path, card?, provenance?: AdapterProvenance}]   PEFT LoRA dirs;
+                                card: the adapter's model card (README.md form,
+                                docs/transparency-cards.md) read into its signed
+                                transparency record; without one, provenance with
+                                training_summary is required
+    reuse?: {bundle: PATH}      an adapter-only bundle: instead of model, wheels,
+                                gateway, installer and artifacts (refused beside it),
+                                the base bundle's are named and its files reused by
+                                digest from the release a site has in place; only the
+                                adapters (and the model's small files) are carried;
+                                name must be the base's, version above it
     wheels?: {requirements, python: "3.11", platforms: [TAG, ...],
               find_links?: [PATH|URL], no_index?: bool,
               extra_index_urls?: [URL, ...], build_notes?: {K: V},
@@ -438,9 +448,38 @@ class ModelSpec(_Strict):
 
 
 class AdapterSpec(_Strict):
+    """A PEFT LoRA adapter: its directory, and what it was trained on.
+
+    ``card``: the adapter's model card (docs/transparency-cards.md), read into its
+    transparency record when the bundle is built; its provenance (base model, rank,
+    alpha, target modules, licence) then comes from the card and adapter_config.json.
+    Without a card, ``provenance`` with ``training_summary`` is required.
+    """
+
     name: Name
     path: RecipePath = Field(description="PEFT adapter directory (adapter_config.json)")
-    provenance: AdapterProvenance
+    card: RecipePath | None = Field(default=None, description="the adapter's model card")
+    provenance: AdapterProvenance | None = None
+
+    @model_validator(mode="after")
+    def _says_what_it_was_trained_on(self) -> AdapterSpec:
+        if self.card is None and (
+            self.provenance is None or self.provenance.training_summary is None
+        ):
+            raise ValueError(
+                "give the adapter's model card (`card`, docs/transparency-cards.md) or "
+                "`provenance` with its `training_summary`: a bundle says what each adapter "
+                "was trained on"
+            )
+        return self
+
+
+class ReuseSpec(_Strict):
+    """An adapter-only bundle: the signed bundle whose release it builds on."""
+
+    bundle: RecipePath = Field(
+        description="the base bundle's directory (the release the sites have in place)"
+    )
 
 
 class _WheelTarget(_Strict):
@@ -596,7 +635,9 @@ class Recipe(_Strict):
     version: Annotated[int, Field(ge=1, le=MAX_VERSION)]
     expires: Expiry
     profiles: list[ProfileName] = Field(default_factory=list)
-    model: ModelSpec
+    model: ModelSpec | None = None
+    # Adapter-only: the model, wheels and artifacts are the base bundle's, not carried again.
+    reuse: ReuseSpec | None = None
     adapters: list[AdapterSpec] = Field(default_factory=list)
     wheels: WheelsSpec | None = None
     gateway: GatewaySpec | None = None
@@ -607,6 +648,25 @@ class Recipe(_Strict):
         description="artifact set files (e.g. keycloak.yaml) whose artifacts are added to artifacts",
     )
     media: MediaSpec = MediaSpec()
+
+    @model_validator(mode="after")
+    def _model_or_reuse(self) -> Recipe:
+        if self.reuse is None:
+            if self.model is None:
+                raise ValueError(
+                    "missing required key `model` (or `reuse` for an adapter-only bundle)"
+                )
+            return self
+        given = [k for k in ("model", "wheels", "gateway", "installer") if getattr(self, k)]
+        given += ["artifacts"] * bool(self.artifacts or self.artifact_sets)
+        if given:
+            raise ValueError(
+                f"an adapter-only bundle (`reuse`) takes {', '.join(given)} from its base "
+                "bundle; remove them from the recipe"
+            )
+        if not self.adapters:
+            raise ValueError("an adapter-only bundle (`reuse`) must carry at least one adapter")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> Recipe:
@@ -738,7 +798,7 @@ def check_profiles(
                 f"(known: {', '.join(profiles)})"
             )
         wants = "gguf" if profile.engine.kind == "llamacpp" else "hf"
-        if wants != recipe.model.format:
+        if recipe.model is not None and wants != recipe.model.format:
             engine = (
                 "llama.cpp (GGUF files)" if wants == "gguf" else "vLLM (Hugging Face directories)"
             )

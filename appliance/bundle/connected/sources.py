@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
+from pydantic import ValidationError
+
 from appliance import __version__, package_data
 from appliance.bundle.connected.recipe import (
     APPLIANCE_WHEEL,
@@ -67,13 +69,20 @@ from appliance.bundle.payload import (
     INSTALLER_WHEELS_DIR,
     WHEELS_DIR,
     AdapterEntry,
+    AdapterProvenance,
     ArtifactEntry,
+    DatasetUse,
     ModelEntry,
     ModelSource,
     WheelSet,
 )
+from appliance.compliance.card import load_card, require_record
+from appliance.compliance.record import TransparencyRecord
 from appliance.errors import BundleBuildError
 from appliance.input_files import open_input, parse_json, read_input
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SPDX = re.compile(r"(LicenseRef-[A-Za-z0-9.\-]+|[A-Za-z0-9][A-Za-z0-9.+\-]*)")
 
 if TYPE_CHECKING:
     import httpx  # imported when used: httpx 0.28 loads click and rich on import
@@ -416,9 +425,8 @@ def read_adapter_config(directory: Path) -> dict[str, Any]:
     return raw
 
 
-def provenance_conflicts(spec: AdapterSpec, config: dict[str, Any]) -> list[str]:
-    """Where the recipe's declared provenance contradicts adapter_config.json (empty: agrees)."""
-    prov = spec.provenance
+def provenance_conflicts(prov: AdapterProvenance, config: dict[str, Any]) -> list[str]:
+    """Where the declared provenance contradicts adapter_config.json (empty: agrees)."""
     peft_type = config.get("peft_type")
     if peft_type is not None and str(peft_type).upper() != "LORA":
         return [f"peft_type is {peft_type!r}; only LoRA adapters can be served"]
@@ -427,50 +435,148 @@ def provenance_conflicts(spec: AdapterSpec, config: dict[str, Any]) -> list[str]
         return [f"adapter_config.json lacks {', '.join(missing)}; is this a LoRA adapter?"]
     conflicts = []
     if config["r"] != prov.rank:
-        conflicts.append(f"rank: recipe says {prov.rank}, adapter_config.json r = {config['r']!r}")
+        conflicts.append(f"rank: declared {prov.rank}, adapter_config.json r = {config['r']!r}")
     alpha = config["lora_alpha"]
     if not isinstance(alpha, int | float) or alpha != prov.alpha:
         conflicts.append(
-            f"alpha: recipe says {prov.alpha}, adapter_config.json lora_alpha = {alpha!r}"
+            f"alpha: declared {prov.alpha}, adapter_config.json lora_alpha = {alpha!r}"
         )
     modules = config["target_modules"]
     found = sorted(modules) if isinstance(modules, list) else [modules]
     if found != sorted(prov.target_modules):
         conflicts.append(
-            f"target_modules: recipe says {sorted(prov.target_modules)}, "
+            f"target_modules: declared {sorted(prov.target_modules)}, "
             f"adapter_config.json has {modules!r}"
         )
     base = config.get("base_model_name_or_path")
-    if base is not None and base != prov.base_model:
+    if base is not None and base != prov.base_model and not _same_model(base, prov.base_model):
         conflicts.append(
-            f"base model: recipe says {prov.base_model!r}, "
+            f"base model: declared {prov.base_model!r}, "
             f"adapter_config.json base_model_name_or_path = {base!r}"
         )
     revision = config.get("revision")
     if revision and prov.base_model_revision and revision != prov.base_model_revision:
         conflicts.append(
-            f"base model revision: recipe says {prov.base_model_revision!r}, "
+            f"base model revision: declared {prov.base_model_revision!r}, "
             f"adapter_config.json revision = {revision!r}"
         )
     return conflicts
 
 
+def _same_model(path_or_id: str, name: str) -> bool:
+    """A local training path ending in the model's name names that model (the lab's adapters
+    are trained on a directory; the card names the model)."""
+    return path_or_id.rstrip("/").rsplit("/", 1)[-1] == name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def provenance_from_card(
+    name: str, config: dict[str, Any], record: TransparencyRecord, front: dict[str, Any]
+) -> tuple[AdapterProvenance, list[str]]:
+    """The adapter's provenance from its card and adapter_config.json, and what disagrees.
+
+    Base model and revision from the card (1.2's dependency, else the front matter's
+    ``base_model``/``base_model_revision``), rank/alpha/target modules from adapter_config.json
+    (the file vLLM reads), checked against the card's Adapter section; the licence from the
+    card's front matter; the base weights' digest from the front matter's
+    ``base_model_digest`` (our extension) when given.
+    """
+    problems = []
+    base = record.base_model
+    front_base = front.get("base_model")
+    if isinstance(front_base, list) and len(front_base) == 1:
+        front_base = front_base[0]
+    base_name = base.name if base is not None else front_base
+    if not isinstance(base_name, str) or not base_name:
+        problems.append("the card names no base model (1.2 Model dependencies or base_model)")
+        base_name = str(config.get("base_model_name_or_path") or "unknown")
+    revision = (
+        base.revision if base is not None and base.revision else front.get("base_model_revision")
+    )
+    digest = front.get("base_model_digest")
+    if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+        problems.append(f"base_model_digest must be 64 lowercase hex digits, found {digest!r}")
+        digest = None
+    facts = record.adapter
+    for what, stated, key in (("rank", facts.rank, "r"), ("alpha", facts.alpha, "lora_alpha")):
+        if stated is not None and config.get(key) != stated:
+            problems.append(
+                f"{what}: the card says {stated}, adapter_config.json {key} = {config.get(key)!r}"
+            )
+    modules = config.get("target_modules")
+    if (
+        facts.target_modules
+        and isinstance(modules, list)
+        and sorted(modules) != sorted(facts.target_modules)
+    ):
+        problems.append(
+            f"target modules: the card says {sorted(facts.target_modules)}, adapter_config.json "
+            f"has {sorted(modules)}"
+        )
+    licence = record.licence
+    if licence is None or not _SPDX.fullmatch(licence):
+        problems.append(
+            f"licence: the card's `license` must be an SPDX id (or LicenseRef-...), found {licence!r}"
+        )
+        licence = "NOASSERTION"
+    datasets = [
+        DatasetUse(
+            name=d.name,
+            records=d.records,
+            licence=d.licence if d.licence and _SPDX.fullmatch(d.licence) else None,
+            url=d.url,
+        )
+        for d in record.sources.public_datasets
+        if d.records is not None
+    ]
+    try:
+        prov = AdapterProvenance(
+            base_model=base_name,
+            base_model_revision=revision if isinstance(revision, str) and revision else None,
+            rank=int(config.get("r") or facts.rank or 0),
+            alpha=int(config.get("lora_alpha") or facts.alpha or 0),
+            target_modules=list(modules)
+            if isinstance(modules, list)
+            else list(facts.target_modules),
+            licence=licence,
+            datasets=datasets,
+            base_model_digest=digest,
+        )
+    except ValidationError as exc:
+        raise BundleBuildError(
+            f"adapter {name!r}: its card and adapter_config.json do not give a usable provenance: "
+            + "; ".join(str(e["msg"]) for e in exc.errors())
+        ) from exc
+    return prov, problems
+
+
 def fetch_adapter(spec: AdapterSpec) -> Fetched[AdapterEntry]:
     config = read_adapter_config(spec.path)
-    conflicts = provenance_conflicts(spec, config)
+    record = None
+    problems: list[str] = []
+    if spec.card is not None:
+        imported = load_card(spec.card)
+        record = require_record(imported, str(spec.card))
+        derived, problems = provenance_from_card(spec.name, config, record, imported.front_matter)
+        provenance = spec.provenance or derived
+    else:
+        assert spec.provenance is not None  # the recipe requires one or the other
+        provenance = spec.provenance
+    conflicts = problems + provenance_conflicts(provenance, config)
     if conflicts:
         raise BundleBuildError(
-            f"adapter {spec.name!r} ({spec.path}): the recipe's provenance contradicts "
-            "adapter_config.json:\n" + "\n".join(f"  - {c}" for c in conflicts),
-            hint="Fix the recipe (or point it at the right adapter): the payload must tell the truth.",
+            f"adapter {spec.name!r} ({spec.path}): what the recipe or card declares contradicts "
+            "adapter_config.json or is unusable:\n" + "\n".join(f"  - {c}" for c in conflicts),
+            hint="Fix the card or recipe (or point it at the right adapter): the payload must tell the truth.",
         )
     files, notes = walk_tree(spec.path, f"adapters/{spec.name}")
     if config.get("base_model_name_or_path") is None:
         notes.append(
             f"adapter {spec.name!r}: adapter_config.json names no base model; the declared "
-            f"{spec.provenance.base_model!r} could not be checked"
+            f"{provenance.base_model!r} could not be checked"
         )
-    entry = AdapterEntry(name=spec.name, path=f"adapters/{spec.name}", provenance=spec.provenance)
+    entry = AdapterEntry(
+        name=spec.name, path=f"adapters/{spec.name}", provenance=provenance, record=record
+    )
     return Fetched(entry, files, notes)
 
 

@@ -55,7 +55,7 @@ EXPECTED = {
     "gateway-bad-appliance-wheel": "`gateway`: appliance_wheel must name a wheel of appliance, appliance-<version>-py3-none-any.whl; found 'appliance-0.1.0.tar.gz'",
     "gateway-old-python": "`gateway`: the gateway needs Python 3.11 or newer; found '3.10'",
     "gateway-no-index-without-links": "`gateway`: no_index is true but find_links is empty: pip would find nothing",
-    "adapter-missing-training-summary": "missing required key `adapters[0].provenance.training_summary`",
+    "adapter-missing-training-summary": "give the adapter's model card (`card`, docs/transparency-cards.md) or `provenance` with its `training_summary`",
     "duplicate-artifact-names": "artifacts names must be unique; repeated: kc",
     "unknown-profile": "`profiles` names unknown profile 'cpu-llamacp'; did you mean 'cpu-llamacpp'?",
     "profile-format-mismatch": "profile 'rtx4090' serves models with vLLM (Hugging Face directories), but the model source `model.gguf` gives a GGUF model",

@@ -387,15 +387,15 @@ def test_adapter_matching_its_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("declared", "expected"),
     [
-        ({"rank": 8}, "rank: recipe says 8, adapter_config.json r = 16"),
-        ({"alpha": 16}, "alpha: recipe says 16, adapter_config.json lora_alpha = 32"),
+        ({"rank": 8}, "rank: declared 8, adapter_config.json r = 16"),
+        ({"alpha": 16}, "alpha: declared 16, adapter_config.json lora_alpha = 32"),
         (
             {"target_modules": ["q_proj", "k_proj"]},
-            "target_modules: recipe says ['k_proj', 'q_proj'], adapter_config.json has ['v_proj', 'q_proj']",
+            "target_modules: declared ['k_proj', 'q_proj'], adapter_config.json has ['v_proj', 'q_proj']",
         ),
         (
             {"base_model": "org/other"},
-            "base model: recipe says 'org/other', adapter_config.json base_model_name_or_path = 'org/base'",
+            "base model: declared 'org/other', adapter_config.json base_model_name_or_path = 'org/base'",
         ),
     ],
 )
@@ -410,14 +410,14 @@ def test_adapter_contradicting_its_config_is_refused(
 def test_adapter_lists_every_contradiction(tmp_path: Path) -> None:
     with pytest.raises(BundleBuildError) as caught:
         fetch_adapter(adapter_spec(make_adapter(tmp_path), rank=8, alpha=8))
-    assert "rank: recipe says 8" in caught.value.message
-    assert "alpha: recipe says 8" in caught.value.message
+    assert "rank: declared 8" in caught.value.message
+    assert "alpha: declared 8" in caught.value.message
 
 
 def test_adapter_base_revision_and_string_target_modules(tmp_path: Path) -> None:
     directory = make_adapter(tmp_path, target_modules="all-linear", revision="abc")
     spec = adapter_spec(directory, target_modules=["all-linear"], base_model_revision="def")
-    with pytest.raises(BundleBuildError, match="base model revision: recipe says 'def'"):
+    with pytest.raises(BundleBuildError, match="base model revision: declared 'def'"):
         fetch_adapter(spec)
 
 
