@@ -212,7 +212,7 @@ def _same_revision(a: str, b: str) -> bool:
 
 
 def _licences(subject: str, record: TransparencyRecord, use: IntendedUse) -> list[Finding]:
-    stated: list[tuple[str, str | None]] = [("the adapter's own licence", record.licence)]
+    stated: list[tuple[str, str | None]] = [("the adapter itself", record.licence)]
     stated += [
         (f"public dataset '{d.name}' (2.1)", d.licence) for d in record.sources.public_datasets
     ]
@@ -258,9 +258,9 @@ def _not_spdx(subject: str, where: str, info: LicenceInfo, use: IntendedUse) -> 
             _unknown_severity(use),
             f"{where}: licence '{info.stated}' is not an SPDX id appliance knows and its terms"
             f" could not be classified; expected an SPDX id (intended use: {use})",
-            "State the licence as its SPDX id in the model card; if it is a licence the site"
-            f" has read and accepts, list '{info.stated}' under `allowed_licences`"
-            " in the site policy.",
+            "State the licence as its SPDX id (or a LicenseRef-<name>) in the model card; once"
+            " the site has read the licence and accepts it, list that id under"
+            " `allowed_licences` in the site policy, or set `severity: {licence-not-spdx: warn}`.",
             licence=info.shown,
         )
     return Finding(
@@ -296,8 +296,8 @@ _CLASS_MEANS = {
     "no-derivatives": "changed versions may not be distributed (an adapter trained on it may"
     " be one)",
     "non-commercial": "commercial use is not granted",
-    "restricted": "its use is tied to conditions someone must read (use restrictions,"
-    " acceptable-use policy, reserved rights)",
+    "restricted": "its use is tied to conditions someone must read: use restrictions, an"
+    " acceptable-use policy or reserved rights",
 }
 
 

@@ -124,8 +124,6 @@ HUB_ALIASES: dict[str, str] = {
     "lgpl-2.1": "LGPL-2.1-only",
     "lgpl-3.0": "LGPL-3.0-only",
     "agpl-3.0": "AGPL-3.0-only",
-    "gfdl": "GFDL-1.3-only",
-    "eupl-1.2": "EUPL-1.2",
     "openrail": "LicenseRef-OpenRAIL",
     "openrail-m": "LicenseRef-OpenRAIL-M",
     "openrail++": "LicenseRef-OpenRAIL-PlusPlus",

@@ -15,12 +15,13 @@ site says so by writing a policy, not by being silently allowed.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from appliance.compliance.codes import FindingCode
+from appliance.compliance.codes import FINDING_CODES, FindingCode
 from appliance.errors import InputError
 from appliance.yaml_files import load_yaml, validate_model
 
@@ -35,6 +36,11 @@ LicenceId = Annotated[
     str,
     Field(pattern=r"^(LicenseRef-[A-Za-z0-9.\-]+|[A-Za-z0-9][A-Za-z0-9.+\-]*)$", max_length=128),
 ]
+# Ids that name no particular licence; allowing one would allow whatever hides behind it.
+PLACEHOLDER_IDS = frozenset(
+    {"other", "unknown", "none", "noassertion", "custom", "proprietary", "cc", "bsd", "gpl",
+     "lgpl", "agpl", "gfdl"}
+)  # fmt: skip
 
 
 class PolicyFileError(InputError):
@@ -55,6 +61,19 @@ class SitePolicy(BaseModel):
     # A record without evaluation results is an error (refused), not a warning.
     require_evaluation: bool = False
 
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _known_codes(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for code in value:
+                if code not in FINDING_CODES:
+                    close = difflib.get_close_matches(str(code), FINDING_CODES, n=1, cutoff=0.6)
+                    mean = f"; did you mean `{close[0]}`?" if close else ""
+                    raise ValueError(
+                        f"unknown finding code {code!r}{mean} (the codes: {', '.join(FINDING_CODES)})"
+                    )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> SitePolicy:
         action = self.severity.get("evaluation-missing")
@@ -62,6 +81,12 @@ class SitePolicy(BaseModel):
             raise ValueError(
                 "`require_evaluation: true` contradicts `severity.evaluation-missing:"
                 f" {action}`: keep one of the two"
+            )
+        vague = [x for x in self.allowed_licences if x.casefold() in PLACEHOLDER_IDS]
+        if vague:
+            raise ValueError(
+                f"`allowed_licences` lists {', '.join(vague)}, which names no particular licence"
+                " (it would accept every licence stated that way): list the licence's own id"
             )
         repeated = sorted({x for x in self.allowed_licences if self.allowed_licences.count(x) > 1})
         if repeated:
