@@ -659,7 +659,14 @@ class _Check:
                 f"{self.model.model_type!r}: {', '.join(outside)} (vLLM fails to load it)",
                 "retrain the adapter on the attention and MLP projections only",
             )
-        missing = [t for t in declared if not any(m.suffix == t.rsplit(".", 1)[-1] for m in served)]
+        # Declared modules vLLM serves but the file has no weights for (the others were
+        # refused with the config).
+        missing = [
+            t
+            for t in declared
+            if t.rsplit(".", 1)[-1] in supported
+            and not any(m.suffix == t.rsplit(".", 1)[-1] for m in served)
+        ]
         if declared and self.supported is not None and missing:
             self.refuse(
                 f"adapter_config.json declares target modules {missing} but {WEIGHTS} holds no "
@@ -669,7 +676,10 @@ class _Check:
         self._check_layers_and_shapes(list(modules.values()), rank_of)
         if len(self.refusals) > before:
             return  # the weights are not what they should be: no point reading them
-        b_tensors = [m.b for m in served if m.b is not None]
+        applied = served if self.supported is not None else list(modules.values())
+        b_tensors = [m.b for m in applied if m.b is not None]
+        if not b_tensors:
+            return
         try:
             zero = tensors_all_zero(index, b_tensors)
         except (ModelFileError, OSError) as exc:
