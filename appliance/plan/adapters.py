@@ -195,7 +195,14 @@ def check_adapters(
 ) -> tuple[CheckedAdapter, ...]:
     """Every adapter checked against ``model`` (its facts), ``base`` (its identity) and the
     profile's ``engine``; raises ``AdapterRefusedError`` listing every refusal of every
-    adapter, in the adapters' order."""
+    adapter, in the adapters' order.
+
+    Identity: the recipe's declared base and adapter_config.json's
+    ``base_model_name_or_path`` must name the base (its name, its repo id, or a local path
+    whose last part is its name); revisions must agree where both are known (a short commit
+    id matches its full form); a declared base digest must equal ``base.digest`` (``sha256:``
+    prefix and case ignored). A digest can only be compared when ``base.digest`` is given:
+    the caller passes it whenever it knows it (an adapter-only bundle must)."""
     refusals: list[AdapterRefusal] = []
     checked: list[CheckedAdapter] = []
     seen: set[str] = set()
