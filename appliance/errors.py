@@ -7,6 +7,9 @@ Library errors are wrapped with ``raise ... from`` to keep the cause.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from appliance.exitcodes import ExitCode
 
 
@@ -60,6 +63,30 @@ class PreflightError(DoesNotFitError):
     """A host fails a preflight (driver vs the wheels' CUDA, compute capability, MIG, GPU
     memory in use, /dev/shm, disk, fit): refused before any host changes, every failed check of
     every host listed (``appliance.plan.preflight``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRefusal:
+    """One reason one LoRA adapter cannot be served: which adapter, why, what to do."""
+
+    adapter: str
+    reason: str
+    hint: str
+
+
+class AdapterRefusedError(DoesNotFitError):
+    """One or more LoRA adapters cannot be served on the model and profile: refused at plan time,
+    every refusal of every adapter listed (``refusals``; ``appliance.plan.adapters``)."""
+
+    def __init__(self, refusals: Sequence[AdapterRefusal]) -> None:
+        self.refusals = tuple(refusals)
+        names = sorted({r.adapter for r in self.refusals})
+        lines = "\n".join(f"  - adapter {r.adapter!r}: {r.reason}; {r.hint}" for r in self.refusals)
+        super().__init__(
+            f"{len(self.refusals)} adapter check(s) failed for {len(names)} adapter(s) "
+            f"({', '.join(names)}), refused before anything was deployed:\n{lines}",
+            hint="Fix or remove each adapter named above, then plan again.",
+        )
 
 
 class VerificationError(ApplianceError):

@@ -1,11 +1,15 @@
 """Hugging Face checkpoint facts: ``config.json`` fields, safetensors headers, and
 the parameter count derived from the config when no weights are present.
 
-Pure functions over already-read data, plus ``read_safetensors_totals`` which
-reads only the 8-byte length and JSON header of each safetensors file (never the
-tensor bytes), opened through ``input_files.open_input`` (regular files only,
-never blocking) and parsed with the bounded ``input_files.parse_json``. Errors are raised as ``ConfigError`` / ``SafetensorsError`` carrying
-expected/found text; ``appliance.model.info`` turns them into ``ModelFileError``.
+Pure functions over already-read data, plus the safetensors readers:
+``read_safetensors_index`` (one file's tensor entries) and ``read_safetensors_totals``
+(sums over files) read only the 8-byte length and the JSON header (bounded), never the
+tensor bytes; ``tensors_all_zero`` reads the bytes of the tensors it is given, by
+offset, and stops at the first non-zero value (a LoRA adapter's ``lora_B``: the caller
+bounds the file's size). Files are opened through ``input_files.open_input`` (regular
+files only, never blocking) and headers parsed with the bounded
+``input_files.parse_json``. Errors are raised as ``ConfigError`` / ``SafetensorsError``
+carrying expected/found text; ``appliance.model.info`` turns them into ``ModelFileError``.
 
 Invariant: every value either comes from the files or is listed in
 ``assumptions`` with the reason it had to be assumed.
@@ -353,7 +357,32 @@ def read_safetensors_totals(files: Sequence[Path]) -> SafetensorsTotals:
     )
 
 
-def _read_one_header(path: Path) -> tuple[int, int, dict[str, int]]:
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One tensor of a safetensors header; ``begin``/``end`` are absolute file offsets."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class SafetensorsIndex:
+    """A safetensors file's header, checked against the file's size (no tensor bytes read)."""
+
+    path: Path
+    file_size: int
+    tensors: tuple[TensorEntry, ...]
+
+
+def read_safetensors_index(path: Path, *, max_header: int = _ST_MAX_HEADER) -> SafetensorsIndex:
+    """The tensors a safetensors file declares, every entry checked (dtype size x shape equals
+    its byte span, data inside the file). Reads only the 8-byte length and the JSON header
+    (at most ``max_header`` bytes). A FIFO or device is refused without being opened for a
+    blocking read. Raises ``SafetensorsError`` (corrupt, truncated) or ``ModelFileError``
+    (not a regular file, unreadable)."""
     # Regular files only, opened without blocking: a FIFO or device is never read.
     fd = open_input(path, "safetensors file", error=ModelFileError)
     with open(fd, "rb") as fh:
@@ -365,10 +394,11 @@ def _read_one_header(path: Path) -> tuple[int, int, dict[str, int]]:
                 path, f"file is {size} bytes, shorter than the 8-byte header length"
             )
         (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > _ST_MAX_HEADER or 8 + header_len > size:
+        if header_len > max_header or 8 + header_len > size:
             raise SafetensorsError(
                 path,
                 f"header length field says {header_len} bytes but the file has {size} bytes "
+                f"and headers are at most {max_header} bytes "
                 "(truncated download, or not a safetensors file)",
             )
         raw = fh.read(header_len)
@@ -380,10 +410,9 @@ def _read_one_header(path: Path) -> tuple[int, int, dict[str, int]]:
     if not isinstance(header, dict):
         raise SafetensorsError(path, "header is not a JSON object")
 
-    params = 0
-    stored = 0
+    base = 8 + header_len
+    entries: list[TensorEntry] = []
     data_end = 0
-    by_dtype: dict[str, int] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -406,14 +435,63 @@ def _read_one_header(path: Path) -> tuple[int, int, dict[str, int]]:
                 f"tensor {name!r} is {dtype} {shape} ({int(n * expected)} bytes) but its "
                 f"data_offsets span {nbytes} bytes",
             )
-        params += n
-        stored += nbytes
         data_end = max(data_end, end)
-        by_dtype[str(dtype)] = by_dtype.get(str(dtype), 0) + nbytes
-    if 8 + header_len + data_end > size:
+        entries.append(TensorEntry(name, str(dtype), tuple(shape), base + begin, base + end))
+    if base + data_end > size:
         raise SafetensorsError(
             path,
-            f"tensor data should end at byte {8 + header_len + data_end} but the file has "
+            f"tensor data should end at byte {base + data_end} but the file has "
             f"{size} bytes (truncated download?)",
         )
+    return SafetensorsIndex(path=path, file_size=size, tensors=tuple(entries))
+
+
+def _read_one_header(path: Path) -> tuple[int, int, dict[str, int]]:
+    index = read_safetensors_index(path)
+    params = 0
+    stored = 0
+    by_dtype: dict[str, int] = {}
+    for t in index.tensors:
+        nbytes = t.end - t.begin
+        params += prod(t.shape)
+        stored += nbytes
+        by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + nbytes
     return params, stored, by_dtype
+
+
+# Floating-point dtypes: element size in bytes. A value is zero when every byte but the
+# sign bit (the top bit of the last, most significant, little-endian byte) is zero.
+_ST_FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+_CLEAR_SIGN = bytes(b & 0x7F for b in range(256))
+_ZERO_CHUNK = 1 << 20
+
+
+def tensors_all_zero(index: SafetensorsIndex, tensors: Sequence[TensorEntry]) -> bool:
+    """Whether every value of ``tensors`` (floating point, entries of ``index``) is zero
+    (+0.0 or -0.0). Reads their bytes by offset in 1 MiB chunks and stops at the first
+    non-zero value, so a trained tensor costs one chunk; the caller bounds the file's size.
+    Raises ``ValueError`` for a non-float dtype, ``ModelFileError`` if the file changed."""
+    for t in tensors:
+        if t.dtype not in _ST_FLOAT_BYTES:
+            raise ValueError(f"tensor {t.name!r} is {t.dtype}, not a floating-point tensor")
+    fd = open_input(index.path, "safetensors file", error=ModelFileError)
+    with open(fd, "rb") as fh:
+        if fh.seek(0, 2) != index.file_size:
+            raise ModelFileError(f"{index.path} changed while it was being read")
+        for t in tensors:
+            width = _ST_FLOAT_BYTES[t.dtype]
+            fh.seek(t.begin)
+            left = t.end - t.begin
+            while left > 0:
+                # Whole elements per chunk, so the sign byte's position stays aligned.
+                chunk = fh.read(min(left, _ZERO_CHUNK - _ZERO_CHUNK % width))
+                if not chunk:
+                    raise ModelFileError(f"{index.path} ended early while it was being read")
+                left -= len(chunk)
+                if chunk.count(0) == len(chunk):
+                    continue
+                signs = chunk[width - 1 :: width].translate(_CLEAR_SIGN)
+                rest = b"".join(chunk[i::width] for i in range(width - 1))
+                if signs.count(0) != len(signs) or rest.count(0) != len(rest):
+                    return False
+    return True

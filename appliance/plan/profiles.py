@@ -58,6 +58,10 @@ QUANT_PRECISION: dict[str, Literal["bf16", "fp8", "int4"]] = {
     "gptq_marlin": "int4",
 }
 
+# The values vLLM accepts for --max-lora-rank (vllm/config/lora.py MaxLoRARanks, vLLM 0.32).
+MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
 GgufType = Literal["Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16"]
 
 
@@ -205,6 +209,17 @@ class VllmEngine(_Strict):
     )
     engine_overhead_gib: Annotated[float, Field(ge=0, le=16)] = Field(
         default=2.0, description="CUDA context, activations, graphs: 1-3 GiB per GPU."
+    )
+    max_lora_rank: MaxLoraRank = Field(
+        default=16,
+        description="The largest LoRA rank this profile serves (vLLM's --max-lora-rank takes "
+        "one of 1, 8, 16, 32, 64, 128, 256, 320, 512): an adapter of a higher rank is refused "
+        "at plan time; the served value is the smallest accepted one covering the adapters.",
+    )
+    max_loras: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=4,
+        description="LoRA adapters in one batch (vLLM's --max-loras, at most this many or the "
+        "number of adapters); every adapter stays loaded in CPU memory (--max-cpu-loras).",
     )
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
