@@ -32,6 +32,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     # Resolved once, before the bundle is hashed: an unknown profile is refused here.
     requested = resolve_profile(profiles, args.profile)
     site = load_site(args.site) if args.site is not None else None
+    policy = _policy(args)
     if site is not None and site.secrets_dir is not None and args.emit_ansible is None:
         from appliance.output_paths import writable_directory
 
@@ -49,6 +50,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         quiet=args.json,
     )
     if args.emit_ansible is not None:
+        from appliance.deploy.adapter_gate import compliance_gate
+
+        run_with_progress(compliance_gate(verified, policy, "emit-ansible"), quiet=args.json)
         return _emit_ansible(args, verified, inventory, profiles, requested, site)
     engine: str = args.engine or DEFAULT_ENGINE
     if not args.dry_run and not args.yes:
@@ -63,6 +67,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 dry_run=True,
                 force=args.force,
                 site=site,
+                policy=policy,
             ),
             quiet=args.json,
         )
@@ -72,7 +77,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if input("Deploy these changes? [y/N] ").strip().lower() not in ("y", "yes"):
             print("appliance: nothing changed", file=sys.stderr)
             return ExitCode.OK
-    results = _deploy_and_record(args, verified, inventory, profiles, requested, site, engine)
+    results = _deploy_and_record(
+        args, verified, inventory, profiles, requested, site, engine, policy
+    )
     data = [
         {"host": r.host, "status": r.status, "message": r.message, "audit": r.audit_hash,
          "gateway_port": r.gateway_port, "firewall": r.firewall, "keycloak": r.keycloak,
@@ -96,6 +103,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return ExitCode.DEPLOYMENT_FAILED if failed else ExitCode.OK
 
 
+def _policy(args: argparse.Namespace) -> Any:
+    """The site's compliance policy (--policy FILE), or None for the default one."""
+    if getattr(args, "policy", None) is None:
+        return None
+    from appliance.compliance.policy import load_policy
+
+    return load_policy(args.policy)
+
+
 def _deploy_and_record(
     args: argparse.Namespace,
     verified: Any,
@@ -104,6 +120,7 @@ def _deploy_and_record(
     requested: Any,
     site: Any,
     engine: str,
+    policy: Any,
 ) -> list[Any]:
     """Deploy; with --state, record the acceptance if and only if a host serves the release.
 
@@ -116,7 +133,7 @@ def _deploy_and_record(
 
     deploying = deploy(verified, inventory, profiles, profile=requested, engine=engine,
                        dry_run=args.dry_run, force=args.force, operator=getpass.getuser(),
-                       site=site)  # fmt: skip
+                       site=site, policy=policy)  # fmt: skip
     if not args.dry_run:
         deploying = deploy_and_accept(verified, deploying)
     results: list[Any] = run_with_progress(deploying, quiet=args.json)
@@ -400,6 +417,13 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     )
     deploy.add_argument(
         "--force", action="store_true", help="deploy even if the model does not fit"
+    )
+    deploy.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the site's compliance policy for the bundle's adapters (docs/compliance.md); "
+        "default: intended use commercial, every finding at its default action",
     )
     deploy.add_argument("--profiles-dir", type=Path)
     deploy.add_argument("--json", action="store_true")

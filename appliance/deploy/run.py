@@ -27,6 +27,7 @@ from typing import Literal
 
 from appliance.bundle.format import FILES_DIR
 from appliance.bundle.site.verify import VerifiedBundle
+from appliance.compliance.policy import SitePolicy
 from appliance.deploy import transport
 from appliance.deploy.activation import (
     KEYCLOAK_START_TIMEOUT,
@@ -40,6 +41,7 @@ from appliance.deploy.activation import (
     release_check,
     switch_recorded,
 )
+from appliance.deploy.adapter_gate import adapter_files, compliance_gate, model_identity
 from appliance.deploy.converge import (
     converge_hosts,
     journal_cancelled,
@@ -127,7 +129,8 @@ def plan_hosts(
         site is not None and site.config.sso is not None and site.config.sso.install is not None
     )
     site_plan = plan_site(profiles, profile, {h.name: remote_facts(h) for h in hosts}, inventory,
-                          info, force=force, gateway=site is not None, keycloak=keycloak)  # fmt: skip
+                          info, force=force, gateway=site is not None, keycloak=keycloak,
+                          adapters=adapter_files(verified), identity=model_identity(verified))  # fmt: skip
     workers = [p.host for p in site_plan.parts if p.serves == "worker"]
     if workers:
         raise DeploymentError(
@@ -187,8 +190,12 @@ def deploy(
     operator: str = "unknown",
     cancel: threading.Event | None = None,
     site: Site | None = None,
+    policy: SitePolicy | None = None,
 ) -> Generator[Event, None, list[HostResult]]:
     """Plan, diff and (unless ``dry_run``) converge every model-server host.
+
+    ``policy``: the site's compliance policy for the bundle's adapters (their transparency
+    records); the default one when None. A refusal stops the deploy before any host is read.
 
     ``cancel`` (set from another thread, e.g. the TUI's Cancel) stops the deploy
     at the next safe point: before the locks are taken, between two engine
@@ -204,6 +211,7 @@ def deploy(
     if not hosts:
         raise InputError("the inventory has no host with the model-server role")
     yield Started("deploy", total_items=len(hosts))
+    yield from compliance_gate(verified, policy)
     seen = yield from _check_and_plan(verified, inventory, hosts, profiles, profile, force=force,
                                       site=site, dry_run=dry_run, operator=operator)  # fmt: skip
     if not seen.hosts:

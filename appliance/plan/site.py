@@ -23,20 +23,25 @@ Invariants:
 - A plan that does not fit is refused (``DoesNotFitError``, exit 3) unless
   forced; so is a plan with no engine command. Messages name the host(s)
   and the profile as requested.
+- LoRA adapters (``adapters``, with the base model's ``identity``) are checked
+  against each group's profile (``plan.adapters.check_adapters``: refused with
+  ``AdapterRefusedError``, exit 3, never forced) and served by its engine with
+  the limits of the set (``lora_settings``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from appliance.detect.facts import HostFacts
 from appliance.errors import DoesNotFitError
 from appliance.model.info import ModelInfo
-from appliance.plan.engine_args import NodeCommand
+from appliance.plan.adapters import AdapterFiles, ModelIdentity, check_adapters, lora_settings
+from appliance.plan.engine_args import LoraModules, NodeCommand, adapter_target_path
 from appliance.plan.inventory import Inventory
-from appliance.plan.profiles import Profile
+from appliance.plan.profiles import Profile, VllmEngine
 from appliance.plan.report import Plan, build_plan
 from appliance.plan.selection import Requested, requested_name, select_profile
 
@@ -86,6 +91,8 @@ def plan_site(
     force: bool = False,
     gateway: bool = False,
     keycloak: bool = False,
+    adapters: Sequence[AdapterFiles] = (),
+    identity: ModelIdentity | None = None,
 ) -> SitePlan:
     """Every model-server host's part (see the module docstring). ``facts`` are keyed by
     inventory host name; ``gateway``/``keycloak``: whether the site lays them down."""
@@ -96,6 +103,10 @@ def plan_site(
     keycloak_placed = False
     for hosts in groups:
         plan = _plan(profiles, group or requested, hosts, facts, model, requested, force=force)
+        if adapters:
+            lora = _lora(plan, model, adapters, identity or ModelIdentity(model.name))
+            plan = _plan(profiles, plan.selection.profile, hosts, facts, model, requested,
+                         force=force, lora=lora)  # fmt: skip
         # engine_commands gives one command per host, in the order the hosts were given.
         for host, command in zip(hosts, plan.commands, strict=True):
             listens = command.role != "worker"
@@ -131,6 +142,7 @@ def _plan(
     requested: Requested,
     *,
     force: bool,
+    lora: LoraModules | None = None,
 ) -> Plan:
     label = ", ".join(names)
     plan = build_plan(
@@ -139,6 +151,7 @@ def _plan(
         facts_source=f"ssh {label}",
         requested=profile,
         model=model,
+        lora=lora,
     )
     name = requested_name(requested)
     if not plan.fits and not force:
@@ -148,3 +161,19 @@ def _plan(
     if not plan.commands:
         raise DoesNotFitError(f"{label}: no engine command could be planned for profile {name}")
     return plan
+
+
+def _lora(
+    plan: Plan, model: ModelInfo, adapters: Sequence[AdapterFiles], identity: ModelIdentity
+) -> LoraModules:
+    """The adapters checked against the plan's profile, as its engine serves them."""
+    engine = plan.selection.profile.engine
+    checked = check_adapters(adapters, model, identity, engine)
+    assert isinstance(engine, VllmEngine)  # check_adapters refuses every adapter on llama.cpp
+    limits = lora_settings(checked, engine)
+    return LoraModules(
+        adapters=tuple((a.name, adapter_target_path(a.name)) for a in checked),
+        max_lora_rank=limits.max_lora_rank,
+        max_loras=limits.max_loras,
+        max_cpu_loras=limits.max_cpu_loras,
+    )

@@ -1,0 +1,90 @@
+"""A bundle's LoRA adapters before any host changes: what the plan checks and what the site allows.
+
+- ``model_identity``: the bundle's base model as the adapter checks compare it (name,
+  hub repository and revision, the digest of its weights over carried and reused files).
+- ``adapter_files``: each adapter of the verified bundle, as ``plan.adapters`` reads it
+  from the verified copy (``files/adapters/<name>``) with what its provenance declares.
+- ``compliance``: each adapter's transparency record checked against the site policy
+  (``appliance.compliance``); ``compliance_gate`` yields a warning per finding the policy
+  warns about and raises ``ComplianceRefusedError`` (exit 3) listing every refusal.
+Pure over the verified bundle: nothing here reaches a host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+from appliance.bundle.format import FILES_DIR
+from appliance.bundle.payload import model_files, weights_digest
+from appliance.bundle.site.verify import VerifiedBundle
+from appliance.compliance.findings import (
+    BaseIdentity,
+    ComplianceRefusedError,
+    Decision,
+    check_record,
+    decide,
+    refusals,
+)
+from appliance.compliance.policy import DEFAULT_POLICY, SitePolicy
+from appliance.events import Event, Warned
+from appliance.plan.adapters import AdapterFiles, ModelIdentity
+
+
+def model_identity(verified: VerifiedBundle) -> ModelIdentity:
+    payload = verified.payload
+    model = payload.model
+    if model is None:
+        raise ValueError("the bundle carries no model")
+    source = model.source
+    files = model_files(payload, ((r.path, r.sha256) for r in verified.records))
+    return ModelIdentity(
+        name=model.name,
+        repo_id=source.repo_id,
+        revision=source.resolved_commit or source.revision,
+        digest=weights_digest(files),
+    )
+
+
+def adapter_files(verified: VerifiedBundle) -> tuple[AdapterFiles, ...]:
+    return tuple(
+        AdapterFiles(
+            name=a.name,
+            directory=verified.directory / FILES_DIR / a.path,
+            declared_base=a.provenance.base_model,
+            declared_revision=a.provenance.base_model_revision,
+            declared_base_digest=a.provenance.base_model_digest,
+        )
+        for a in verified.payload.adapters
+    )
+
+
+def compliance(verified: VerifiedBundle, policy: SitePolicy | None) -> tuple[Decision, ...]:
+    """Every adapter's findings and what the site policy does with each (no adapters: none)."""
+    policy = policy or DEFAULT_POLICY
+    identity = model_identity(verified) if verified.payload.model is not None else None
+    base = BaseIdentity(
+        name=identity.name if identity else "none",
+        repo_id=identity.repo_id if identity else None,
+        revision=identity.revision if identity else None,
+        digest=identity.digest if identity else None,
+    )
+    decisions: list[Decision] = []
+    for adapter in verified.payload.adapters:
+        findings = check_record(adapter.name, adapter.record, base, policy)
+        decisions += decide(findings, policy)
+    return tuple(decisions)
+
+
+def compliance_gate(
+    verified: VerifiedBundle, policy: SitePolicy | None, operation: str = "deploy"
+) -> Generator[Event, None, tuple[Decision, ...]]:
+    """Warn about what the policy warns about; refuse (exit 3) with every refusal listed."""
+    decisions = compliance(verified, policy)
+    refused = refusals(decisions)
+    if refused:
+        raise ComplianceRefusedError.from_decisions(refused)
+    for decision in decisions:
+        if decision.action == "warn":
+            f = decision.finding
+            yield Warned(operation, f"adapter {f.subject}: {f.code}: {f.message}")
+    return decisions
