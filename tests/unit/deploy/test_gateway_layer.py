@@ -293,7 +293,10 @@ def test_the_units_pass_systemd_analyze_verify(
 def test_ansible_renders_the_gateway_and_firewall_files_byte_for_byte(
     verified: VerifiedBundle, plan: Plan, tmp_path: Path
 ) -> None:
+    payload = verified.payload.model_copy(update={"adapters": [adapter("support-lora")]})
+    verified = dataclasses.replace(verified, payload=payload)  # `served` with an adapter
     d = secured(verified, plan, load_site(write_site(tmp_path)), host())
+    assert "support-lora" in next(r for r in d.rendered if r.path.endswith("/gateway.yaml")).content
     rendered = tuple(
         dataclasses.replace(r, path=str(tmp_path / "etc" / Path(r.path).name)) for r in d.rendered
     )
