@@ -15,8 +15,12 @@ from typing import Any
 
 import pytest
 
+from appliance.audit import GENESIS, chain_record
+from appliance.gateway.calls import MAX_RECORD_BYTES, Call
 from appliance.gateway.config import Served
 from appliance.gateway.model_list import visible_models
+from appliance.gateway.reasons import Reason
+from appliance.gateway.upstream import Usage
 from tests.unit.gateway.conftest import AUDIENCE, FakeClock, Gateway, Site, open_gateway
 from tests.unit.gateway.fake_upstream import ANSWER, FakeUpstream
 
@@ -243,3 +247,45 @@ def test_visible_models_takes_parents_from_the_config_and_drops_what_it_does_not
         {"id": "lora", "parent": "b2", "root": "/a"},
     ]
     assert visible_models(upstream, served, frozenset()) == []
+
+
+async def test_a_call_record_with_every_capped_field_at_its_limit_fits_the_bound(
+    site: Site, upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    """``base`` and ``adapter`` come from the config; with names at their longest (non-ASCII,
+    6 bytes each escaped) and the token's claims too, a refused call's record stays bounded."""
+    base, lora = "\u00e9" * 128, "\u00e8" * 128
+    config = site.config(
+        served={"models": [base], "adapters": {lora: base}},
+        access={"roles": {"model:base": [base], "adapter:lora": [lora]}},
+    )
+    gw = await open_gateway(config, upstream, clock)
+    try:
+        big_claims = site.token(
+            sub="s" * 1500,
+            azp="\U0001f600" * 200,
+            resource_access={AUDIENCE: {"roles": ["model:base"]}},
+        )
+        response = await gw.chat(big_claims, lora)
+    finally:
+        await gw.client.aclose()
+        await gw.state.aclose()
+    assert response.status_code == 403
+    line = site.audit_file.read_text().splitlines()[-1]
+    record = json.loads(line)
+    assert record["base"].endswith("...") and record["adapter"].endswith("...")
+    assert base.startswith(record["base"][:-3]) and lora.startswith(record["adapter"][:-3])
+    assert len(line) <= MAX_RECORD_BYTES, len(line)
+
+
+def test_the_largest_possible_call_record_fits_the_bound() -> None:
+    """Every capped field at its cap (escaped non-ASCII), the largest numbers, in the chain."""
+    huge = "\u0001" * 5000
+    call = Call(request_id="f" * 16, method=huge, route=huge, peer=huge, started=0.0,
+                subject=huge, client_id=huge, model=huge, base=huge, adapter=huge, stream=True,
+                status=499, reason=Reason.UPSTREAM_STREAM_BROKEN, detail=huge,
+                usage=Usage(2**53, 2**53, "upstream"), first_byte_ms=99_999_999.999)  # fmt: skip
+    record = call.record(99_999_999.0, with_prompt=False, max_prompt_bytes=256)
+    entry = chain_record({"at": "2025-10-09T08:53:20.123+00:00", **record}, GENESIS)
+    size = len(json.dumps(entry, sort_keys=True))
+    assert 2048 < size <= MAX_RECORD_BYTES, size  # above the bound before base and adapter
