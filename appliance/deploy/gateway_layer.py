@@ -6,8 +6,9 @@
   (``desired_state`` makes ``gateway-venv`` from the bundle's gateway wheels
   for every release: the gateway's pinned closure, then the appliance wheel
   without its dependencies), so the gateway's code is the release's;
-- the gateway's configuration (``gateway.yaml``: the plan's model behind
-  the role that grants it, the site's issuer and keys), its unit
+- the gateway's configuration (``gateway.yaml``: what is served, the plan's
+  model and the bundle's LoRA adapters with that model as their parent, each
+  behind the role that grants it, the site's issuer and keys), its unit
   (``appliance-gateway.service``: a dynamic user, TLS key made on the host at
   first start) and the realm's key set when the site gives it as a file;
 - the host's nftables ruleset from the policy model
@@ -68,12 +69,18 @@ def _loopback_port(plan: Plan) -> int:
     return port
 
 
-def _roles(plan: Plan, verified: VerifiedBundle) -> dict[str, list[str]]:
+def _served_and_roles(
+    plan: Plan, verified: VerifiedBundle
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The config's ``served`` (the plan's served model; each of the bundle's adapters with
+    that model as its parent) and ``access.roles`` (one role per name, as the realm names it)."""
     from appliance.keycloak.realm import served_from_plan
 
     served = served_from_plan(plan, verified.payload.adapters)
+    (base,) = served.models  # a plan serves one model; every adapter runs on it
     names = list(served.models) + list(served.adapters)
-    return {role: [name] for (role, _), name in zip(served.roles(), names, strict=True)}
+    roles = {role: [name] for (role, _), name in zip(served.roles(), names, strict=True)}
+    return {"models": [base], "adapters": dict.fromkeys(served.adapters, base)}, roles
 
 
 def gateway_vars(
@@ -88,6 +95,7 @@ def gateway_vars(
     tokens = site.config.tokens
     limit = site.config.gateway.rate_limit
     names = list(dict.fromkeys([host_name, host_address, "localhost", "127.0.0.1"]))
+    served, roles = _served_and_roles(plan, verified)
     values: dict[str, Any] = {
         "gateway_listen_host": "0.0.0.0",  # the firewall decides who reaches it
         "gateway_port": GATEWAY_PORT,
@@ -99,7 +107,8 @@ def gateway_vars(
         "gateway_jwks_file": f"{etc}/gateway-jwks.json" if site.jwks is not None else None,
         "gateway_jwks_url": tokens.jwks_url,
         "gateway_jwks_ca_file": f"{etc}/gateway-jwks-ca.pem" if site.jwks_ca is not None else None,
-        "gateway_roles": _roles(plan, verified),
+        "gateway_served": served,
+        "gateway_roles": roles,
         "gateway_rate_limit": {"requests_per_s": limit.requests_per_s, "burst": limit.burst},
         "gateway_audit_path": GATEWAY_AUDIT,
         "gateway_log_prompts": site.config.gateway.log_prompts,

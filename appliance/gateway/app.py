@@ -2,7 +2,8 @@
 
 A call to a model route goes: the address's refusal budget (``ratelimit``) -> token
 (``tokens``) -> rate limit (per client id)
--> bounded body -> ``model`` field against the caller's roles -> the model
+-> bounded body -> ``model`` field against the caller's roles (``base`` and ``adapter``
+of the record from the config's ``served``) -> the model
 server (streaming answers forwarded chunk by chunk as they arrive) -> one audit
 record. Every refusal is an OpenAI-style JSON error whose ``code`` is the
 ``Reason``; a 401 also carries ``WWW-Authenticate: Bearer ...`` (RFC 6750).
@@ -41,9 +42,10 @@ from appliance.gateway.clock import Clock
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.connections import HealthOnlyWhenOverCap
 from appliance.gateway.jwks import JwksSource
+from appliance.gateway.model_list import parse_model_list, visible_models
 from appliance.gateway.reasons import Reason, RefusedError
 from appliance.gateway.sso import make_sso_client, sso_routes
-from appliance.gateway.upstream import SseTally, UpstreamAnswerError, send, usage_from_body
+from appliance.gateway.upstream import SseTally, send, usage_from_body
 from appliance.input_files import parse_json
 
 if TYPE_CHECKING:
@@ -52,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("appliance.gateway")
 
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
-MAX_MODELS_BYTES = 4 * 1024 * 1024
 
 
 class RequestBodyError(InputError):
@@ -219,6 +220,7 @@ def create_app(
             body = await read_body(request, config.limits.max_body_bytes, call.deadline)
             payload = parse_generation(body)
             call.model, call.stream = payload["model"], payload.get("stream") is True
+            call.base, call.adapter = config.served.resolve(call.model)
             if config.audit.log_prompts:
                 call.prompt = payload.get("messages", payload.get("prompt"))
             if call.model not in gateway.allowed_models(caller):
@@ -257,11 +259,11 @@ def create_app(
                     Reason.UPSTREAM_UNAVAILABLE,
                     f"the model server cannot be reached ({type(exc).__name__})",
                 ) from exc
-            listing = _model_list(upstream)
-            allowed = gateway.allowed_models(caller)
-            listing["data"] = [
-                m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allowed
-            ]
+            entries = parse_model_list(upstream)
+            listing = {
+                "object": "list",
+                "data": visible_models(entries, config.served, gateway.allowed_models(caller)),
+            }
             call.status = 200
             await gateway.finish_and_sync(call)
             return JSONResponse(listing, headers={"x-request-id": call.request_id})
@@ -334,20 +336,3 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.gateway = gateway
     return app
-
-
-def _model_list(upstream: httpx.Response) -> dict[str, Any]:
-    if upstream.status_code != 200 or len(upstream.content) > MAX_MODELS_BYTES:
-        raise RefusedError(
-            Reason.UPSTREAM_ERROR,
-            f"the model server answered HTTP {upstream.status_code} to /v1/models",
-        )
-    try:
-        listing = parse_json(upstream.content, "the model list", error=UpstreamAnswerError)
-    except UpstreamAnswerError as exc:
-        raise RefusedError(
-            Reason.UPSTREAM_ERROR, f"the model server's model list is unusable: {exc.message}"
-        ) from exc
-    if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
-        raise RefusedError(Reason.UPSTREAM_ERROR, "the model server's model list has no data array")
-    return {"object": "list", "data": listing["data"]}

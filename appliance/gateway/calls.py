@@ -43,10 +43,10 @@ HEALTH_TIMEOUT_S = 2.0
 # Bytes (JSON-escaped) a field may take in an audit record; the rest is cut ("...").
 MAX_ROUTE_BYTES = 256
 MAX_METHOD_BYTES = 32
-MAX_NAME_BYTES = 128  # model, subject, client id
+MAX_NAME_BYTES = 128  # model, base, adapter, subject, client id
 MAX_DETAIL_BYTES = 512
 # What one call's record takes at most, prompt aside (tests/unit/gateway/test_hostile_clients.py).
-MAX_RECORD_BYTES = 2048
+MAX_RECORD_BYTES = 2304  # 2048 before `base` and `adapter` (128 bytes each at most)
 
 
 @dataclass
@@ -61,6 +61,10 @@ class Call:
     subject: str | None = None
     client_id: str | None = None
     model: str | None = None
+    # What serves ``model`` by the config's ``served``: the base model's served name, and the
+    # adapter's name for a LoRA adapter (None for a base model, or for a name not served).
+    base: str | None = None
+    adapter: str | None = None
     stream: bool = False
     status: int | None = None
     reason: Reason | None = None
@@ -81,6 +85,8 @@ class Call:
             "subject": clip(self.subject, MAX_NAME_BYTES),
             "client_id": clip(self.client_id, MAX_NAME_BYTES),
             "model": clip(self.model, MAX_NAME_BYTES),
+            "base": clip(self.base, MAX_NAME_BYTES),
+            "adapter": clip(self.adapter, MAX_NAME_BYTES),
             "stream": self.stream,
             "status": self.status,
             "reason": self.reason.value if self.reason else None,

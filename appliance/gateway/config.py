@@ -5,6 +5,9 @@ Invariants enforced here, so no code path can run with them broken:
   shared-secret ``HS*``: a public key must not become an HMAC secret);
 - the clock-skew leeway is bounded (at most ``MAX_LEEWAY_S``);
 - every model or adapter is granted by exactly one role;
+- ``served`` names what the model server serves: base models, and each LoRA adapter
+  with its parent (a served base model); every granted name is served. A config
+  without ``served`` is refused with a hint saying what to add (``NO_SERVED_HINT``);
 - the upstream URL carries no credentials (the upstream key comes from a file);
 - prompts are not logged unless ``audit.log_prompts`` says so.
 The format is documented in docs/gateway.md.
@@ -254,6 +257,50 @@ class Access(_Strict):
         return frozenset(m for role in roles & self.roles.keys() for m in self.roles[role])
 
 
+ServedName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Served(_Strict):
+    """What the model server serves: base models by served name, LoRA adapters with their parent.
+
+    The gateway's source of truth for ``GET /v1/models`` (an adapter's ``parent``) and
+    for the audit (``base``, ``adapter``), whatever the model server says.
+    """
+
+    models: Annotated[tuple[ServedName, ...], Field(min_length=1)]
+    adapters: dict[ServedName, ServedName] = {}  # adapter name -> its base model's served name
+
+    @model_validator(mode="after")
+    def _parents_are_served(self) -> Served:
+        repeated = sorted({m for m in self.models if self.models.count(m) > 1})
+        if repeated:
+            raise ValueError(f"`models` lists {', '.join(map(repr, repeated))} twice")
+        for adapter, parent in self.adapters.items():
+            if adapter in self.models:
+                raise ValueError(
+                    f"{adapter!r} is both a base model and an adapter: give each name one kind"
+                )
+            if parent not in self.models:
+                raise ValueError(
+                    f"adapter {adapter!r} names parent {parent!r}, which `served.models` does not"
+                    f" list (served models: {', '.join(self.models)}); an adapter runs on a base"
+                    " model the model server serves: add that model or fix the adapter's parent"
+                )
+        return self
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self.models) | self.adapters.keys()
+
+    def resolve(self, name: str | None) -> tuple[str | None, str | None]:
+        """``(base, adapter)`` that serve a request for ``name``: ``(name, None)`` for a base
+        model, ``(parent, name)`` for an adapter, ``(None, None)`` for a name not served."""
+        if name is None:
+            return None, None
+        if name in self.adapters:
+            return self.adapters[name], name
+        return (name, None) if name in self.models else (None, None)
+
+
 class Limits(_Strict):
     """What one client may hold: body size, time to send a request, connections (docs/gateway.md)."""
 
@@ -296,17 +343,51 @@ class GatewayConfig(_Strict):
     tls: Tls
     upstream: Upstream = Upstream()
     tokens: Tokens
+    served: Served
     access: Access
     rate_limits: RateLimits = RateLimits()
     limits: Limits = Limits()
     audit: Audit = Audit()
     sso: Sso | None = None  # relay callers' token requests to Keycloak (docs/gateway.md)
 
+    @model_validator(mode="after")
+    def _granted_is_served(self) -> GatewayConfig:
+        served = self.served.names()
+        for role, names in self.access.roles.items():
+            missing = [n for n in names if n not in served]
+            if missing:
+                raise ValueError(
+                    f"role {role!r} grants {', '.join(map(repr, missing))}, which `served` does"
+                    f" not list (served: {', '.join(sorted(served))}); grant only what the model"
+                    " server serves, or add it to `served`"
+                )
+        return self
+
+
+NO_SERVED_HINT = (
+    "The gateway must know what the model server serves, to list each LoRA adapter with its"
+    " base model and to record in the audit which base model or adapter answered a call: add"
+    " `served: {models: [<base model served names>], adapters: {<adapter>: <its base model>}}`"
+    " (`appliance deploy` renders it from the plan and the bundle)."
+)
+
 
 def parse_config(data: Any, source: str = "gateway config") -> GatewayConfig:
-    """A validated config from parsed YAML/JSON; every problem in one message."""
-    return validate_model(data, GatewayConfig, "gateway config", GatewayConfigError, source=source,
-                          expected="schema_version, tls, tokens and access", doc=DOC)  # fmt: skip
+    """A validated config from parsed YAML/JSON; every problem in one message.
+
+    A config without ``served`` (written before the gateway knew adapters) is refused like
+    any config missing a required key, with a hint saying what to add.
+    """
+    try:
+        return validate_model(data, GatewayConfig, "gateway config", GatewayConfigError,
+                              source=source, doc=DOC,
+                              expected="schema_version, tls, tokens, served and access")  # fmt: skip
+    except GatewayConfigError as exc:
+        if isinstance(data, dict) and "served" not in data:
+            raise GatewayConfigError(
+                exc.message, hint=f"{NO_SERVED_HINT} {exc.hint or ''}".strip()
+            ) from exc
+        raise
 
 
 def load_config(path: Path) -> GatewayConfig:

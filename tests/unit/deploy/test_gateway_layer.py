@@ -35,7 +35,7 @@ from appliance.plan.inventory import HostEntry, Inventory
 from appliance.plan.report import Plan
 from tests.unit.bundle.conftest import BundleFactory, Trust
 from tests.unit.deploy.test_ansible_engine import RECAP, run_render
-from tests.unit.keycloak.conftest import plan_for
+from tests.unit.keycloak.conftest import adapter, plan_for
 
 JWKS = {
     "keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256", "n": "sXch", "e": "AQAB"}]
@@ -120,10 +120,52 @@ def test_the_gateway_config_is_one_the_gateway_accepts(
     assert str(config.tokens.jwks_file) == "/etc/appliance/releases/4/gateway-jwks.json"
     # The role the realm generator makes for the plan's model grants exactly that model.
     assert config.access.roles == {"model:mistral-7b-instruct-v0.3": ("mistral-7b-instruct-v0.3",)}
+    assert config.served.models == ("mistral-7b-instruct-v0.3",) and config.served.adapters == {}
     assert (config.rate_limits.default.requests_per_s, config.rate_limits.default.burst) == (2.5, 7)
     assert str(config.audit.path) == "/var/log/appliance-gateway/audit.jsonl"
     jwks = next(r for r in d.rendered if r.path.endswith("/gateway-jwks.json"))
     assert json.loads(jwks.content) == JWKS
+
+
+def test_the_bundles_adapters_are_served_on_the_plans_model_each_behind_its_role(
+    verified: VerifiedBundle, plan: Plan, tmp_path: Path
+) -> None:
+    payload = verified.payload.model_copy(
+        update={"adapters": [adapter("support-lora"), adapter("legal-lora")]}
+    )
+    with_adapters = dataclasses.replace(verified, payload=payload)
+    d = secured(with_adapters, plan, load_site(write_site(tmp_path)), host())
+    rendered = next(r for r in d.rendered if r.path.endswith("/gateway.yaml"))
+    assert yaml.safe_load(rendered.content)["served"] == {
+        "models": ["mistral-7b-instruct-v0.3"],
+        "adapters": {
+            "legal-lora": "mistral-7b-instruct-v0.3",
+            "support-lora": "mistral-7b-instruct-v0.3",
+        },
+    }
+    config = parse_config(yaml.safe_load(rendered.content))
+    assert config.served.resolve("legal-lora") == ("mistral-7b-instruct-v0.3", "legal-lora")
+    # The roles are the realm's (appliance.keycloak.realm): one per model and per adapter.
+    assert config.access.roles == {
+        "model:mistral-7b-instruct-v0.3": ("mistral-7b-instruct-v0.3",),
+        "adapter:support-lora": ("support-lora",),
+        "adapter:legal-lora": ("legal-lora",),
+    }
+    role_names = {r["name"] for r in _realm_roles(with_adapters, plan)}
+    assert role_names == set(config.access.roles)
+
+
+def _realm_roles(verified: VerifiedBundle, plan: Plan) -> list[dict[str, object]]:
+    from appliance.keycloak.access import parse_access
+    from appliance.keycloak.realm import realm_for_plan
+
+    access = parse_access(
+        {"schema_version": 1, "callers": [{"client_id": "bot", "adapters": ["legal-lora"]}]},
+        where="test",
+    )
+    realm = realm_for_plan(plan, access, verified.payload.adapters)
+    roles: list[dict[str, object]] = realm["roles"]["client"]["appliance-api"]
+    return roles
 
 
 def test_sso_relay_from_the_site_file_and_bad_values_refused_before_any_host(
@@ -251,7 +293,10 @@ def test_the_units_pass_systemd_analyze_verify(
 def test_ansible_renders_the_gateway_and_firewall_files_byte_for_byte(
     verified: VerifiedBundle, plan: Plan, tmp_path: Path
 ) -> None:
+    payload = verified.payload.model_copy(update={"adapters": [adapter("support-lora")]})
+    verified = dataclasses.replace(verified, payload=payload)  # `served` with an adapter
     d = secured(verified, plan, load_site(write_site(tmp_path)), host())
+    assert "support-lora" in next(r for r in d.rendered if r.path.endswith("/gateway.yaml")).content
     rendered = tuple(
         dataclasses.replace(r, path=str(tmp_path / "etc" / Path(r.path).name)) for r in d.rendered
     )

@@ -43,6 +43,7 @@ ROLES = {
     "model:mistral": ["mistral"],
     "adapter:legal-lora": ["legal-lora"],
 }
+SERVED = {"models": ["gemma", "mistral"], "adapters": {"legal-lora": "gemma"}}
 T0 = 1_760_000_000.0  # the fake wall clock's start
 
 
@@ -159,6 +160,7 @@ class Site:
                 "jwks_file": str(self.jwks_file),
                 "algorithms": ["RS256"],
             },
+            "served": SERVED,
             "access": {"roles": ROLES},
             "rate_limits": {"default": {"requests_per_s": 100, "burst": 100}},
             "audit": {"path": str(self.audit_file)},

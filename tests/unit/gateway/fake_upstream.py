@@ -2,7 +2,7 @@
 
 It is a fake (fixed answers, no model): it serves ``/v1/models``,
 ``/v1/chat/completions`` and ``/v1/completions`` in the shapes llama.cpp and
-vLLM use, streams server-sent events when asked to, and records what it
+vLLM use (LoRA adapters listed as vLLM lists them: ``parent``, ``root``), streams server-sent events when asked to, and records what it
 received so tests can check what the gateway forwarded (and did not).
 """
 
@@ -25,8 +25,11 @@ ANSWER = ("The", " model", " runs", " on", " site", ".")
 
 
 class FakeUpstream:
-    def __init__(self, *, models: tuple[str, ...] = MODELS) -> None:
+    def __init__(
+        self, *, models: tuple[str, ...] = MODELS, adapters: dict[str, str] | None = None
+    ) -> None:
         self.models = models
+        self.adapters = adapters or {}  # adapter name -> the parent it is listed with
         self.received: list[dict[str, Any]] = []  # path, headers, body of each generation call
         # When set, a stream sends its first event and then waits until `release` is set.
         self.hold_after_first: bool = False
@@ -41,7 +44,14 @@ class FakeUpstream:
         )
 
     async def _models(self, request: Request) -> Response:
-        data = [{"id": m, "object": "model", "owned_by": "me"} for m in self.models]
+        data: list[dict[str, Any]] = [
+            {"id": m, "object": "model", "owned_by": "me"} for m in self.models
+        ]
+        data += [
+            {"id": a, "object": "model", "owned_by": "vllm", "root": f"/srv/adapters/{a}",
+             "parent": parent}
+            for a, parent in self.adapters.items()
+        ]  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
 
     async def _generate(self, request: Request) -> Response:
@@ -50,7 +60,7 @@ class FakeUpstream:
             {"path": request.url.path, "headers": dict(request.headers), "body": body}
         )
         payload = json.loads(body)
-        if payload.get("model") not in self.models:
+        if payload.get("model") not in (*self.models, *self.adapters):
             return JSONResponse({"error": {"message": "no such model", "code": 404}}, 404)
         chat = request.url.path.endswith("chat/completions")
         if payload.get("stream"):

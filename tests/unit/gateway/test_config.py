@@ -31,7 +31,19 @@ BAD = {
     "wrong_schema_version": "`schema_version` has an unknown value: expected one of 1, found number 2",
     "duplicate_key": "duplicate key 'tokens' (first given at line 3)",
     "log_prompts_string": "`audit.log_prompts`",
-    "not_a_mapping": "expected a YAML mapping with schema_version, tls, tokens and access; found a list",
+    "not_a_mapping": (
+        "expected a YAML mapping with schema_version, tls, tokens, served and access; found a list"
+    ),
+    "adapter_parent_not_served": (
+        "`served`: adapter 'legal-lora' names parent 'b', which `served.models` does not list"
+        " (served models: a); an adapter runs on a base model the model server serves"
+    ),
+    "adapter_is_a_model": "'b' is both a base model and an adapter",
+    "granted_not_served": (
+        "role 'adapter:support-lora' grants 'support-lora', which `served` does not list"
+        " (served: a, legal-lora)"
+    ),
+    "no_served": "missing required key `served`",
 }
 
 
@@ -45,6 +57,37 @@ def test_bad_config(name: str) -> None:
         load_config(FIXTURES / "bad" / f"{name}.yaml")
     assert BAD[name] in caught.value.message
     assert str(FIXTURES / "bad") in caught.value.message  # names the file
+
+
+def test_a_config_without_served_says_what_to_add() -> None:
+    """Configs written before the gateway knew adapters are refused, never guessed at."""
+    with pytest.raises(GatewayConfigError) as caught:
+        load_config(FIXTURES / "bad" / "no_served.yaml")
+    assert caught.value.message.count("\n  - ") == 1, "only `served` is missing"
+    assert caught.value.hint is not None
+    assert "add `served: {models: [<base model served names>], adapters:" in caught.value.hint
+    assert "docs/gateway.md" in caught.value.hint
+    # Other problems are still all listed, with the same hint.
+    with pytest.raises(GatewayConfigError) as caught:
+        parse_config({"schema_version": 1}, "old.yaml")
+    assert "missing required key `tls`" in caught.value.message
+    assert "missing required key `served`" in caught.value.message
+    assert caught.value.hint is not None and "add `served:" in caught.value.hint
+
+
+def test_what_serves_a_name() -> None:
+    config = parse_config(
+        {
+            **yaml.safe_load((FIXTURES / "minimal.yaml").read_text()),
+            "served": {"models": ["base-a", "base-b"], "adapters": {"lora-1": "base-b"}},
+            "access": {"roles": {"adapter:lora-1": ["lora-1"]}},  # an adapter without its base
+        }
+    )
+    assert config.served.resolve("base-a") == ("base-a", None)
+    assert config.served.resolve("lora-1") == ("base-b", "lora-1")
+    assert config.served.resolve("secret-model") == (None, None)
+    assert config.served.resolve(None) == (None, None)
+    assert config.served.names() == {"base-a", "base-b", "lora-1"}
 
 
 def test_no_secret_in_messages() -> None:

@@ -190,6 +190,53 @@ def test_an_adapter_the_bundle_lacks_is_refused(a100_plan: Plan, access: AccessC
         realm_for_plan(a100_plan, access)  # the bundle carries no adapter
 
 
+def test_adapter_roles_reach_the_realm_and_an_adapter_only_caller_holds_just_its_own(
+    a100_plan: Plan,
+) -> None:
+    """Two callers as the gateway sees them: one with the base and one adapter, one with an
+    adapter only; each adapter is a role of the API client, granted to exactly its caller."""
+    access = parse_access(
+        {
+            "schema_version": 1,
+            "callers": [
+                {"client_id": "team-a", "models": ["mistral-7b-instruct-v0.3"],
+                 "adapters": ["support-lora"]},
+                {"client_id": "team-b", "adapters": ["legal-lora"]},
+            ],
+        },
+        where="t",
+    )  # fmt: skip
+    realm = realm_for_plan(a100_plan, access, [adapter("support-lora"), adapter("legal-lora")])
+    roles = [r["name"] for r in realm["roles"]["client"]["appliance-api"]]
+    assert roles == [
+        "model:mistral-7b-instruct-v0.3",
+        "adapter:support-lora",
+        "adapter:legal-lora",
+    ]
+    grants = {
+        u["serviceAccountClientId"]: u["clientRoles"]["appliance-api"] for u in realm["users"]
+    }
+    assert grants == {
+        "team-a": ["model:mistral-7b-instruct-v0.3", "adapter:support-lora"],
+        "team-b": ["adapter:legal-lora"],
+    }
+
+
+def test_an_adapter_the_bundle_carries_under_another_name_is_refused_with_a_suggestion(
+    a100_plan: Plan,
+) -> None:
+    access = parse_access(
+        {"schema_version": 1, "callers": [{"client_id": "bot", "adapters": ["legal-lora2"]}]},
+        where="t",
+    )
+    with pytest.raises(RealmError) as caught:
+        realm_for_plan(a100_plan, access, [adapter("legal-lora"), adapter("support-lora")])
+    assert (
+        "caller 'bot' is granted adapters this deployment does not serve: 'legal-lora2'"
+        " (did you mean 'legal-lora'?); served adapters: legal-lora, support-lora"
+    ) in caught.value.message
+
+
 def test_a_plan_without_a_model_is_refused(access: AccessConfig) -> None:
     with pytest.raises(RealmError, match="the plan names no model"):
         realm_for_plan(plan_for("nvml-mismatch", None), access)
