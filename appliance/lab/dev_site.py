@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,23 +67,34 @@ def prepare(
     *,
     issuer_port: int | None = None,
     rate_limit: tuple[float, int] | None = None,
+    adapters: Sequence[str] = (),
+    callers: Sequence[CallerSpec] = (),
 ) -> DevSite:
     """Write the lab site's files under ``directory`` (secrets and keys kept between runs).
 
     ``rate_limit`` (requests per second, burst) replaces the gateway's default
     per-client limit (``bench/gateway-lab`` sends 64 streams from one client).
+    ``adapters``: the LoRA adapters the release serves; ``callers``: who may call what
+    (default: one caller, ``CALLER``, granted the model and every adapter). Preparing the
+    same directory again keeps its secrets and the issuer's key.
     """
     directory.mkdir(parents=True, exist_ok=True)
     port = issuer_port or free_port()
     access = AccessConfig(
         schema_version=1,
         environment="lab",
-        callers=[CallerSpec(client_id=CALLER, description="lab rehearsal caller", models=[model])],
-    )
+        callers=list(callers)
+        or [
+            CallerSpec(
+                client_id=CALLER, description="lab rehearsal caller", models=[model],
+                adapters=list(adapters),
+            )
+        ],
+    )  # fmt: skip
     (directory / "access.yaml").write_text(
         json.dumps(access.model_dump(mode="json"), indent=2) + "\n"
     )
-    realm = build_realm(Served((model,)), access)
+    realm = build_realm(Served((model,), tuple(adapters)), access)
     secrets = ensure_client_secrets(directory / "secrets", realm["realm"], caller_ids(realm))
     realm_file = directory / "realm-import.json"
     write_private(realm_file, render_realm_import(realm, secrets))

