@@ -225,14 +225,14 @@ def _date(text: str) -> str:
     raise _Unreadable(_shown(text), "a date as YYYY-MM or YYYY-MM-DD")
 
 
-def _boxes(text: str) -> list[tuple[bool, str]] | None:
+def _boxes(text: str, expected: str) -> list[tuple[bool, str]] | None:
     """The (ticked, label) pairs of a checkbox answer; None when it has no boxes."""
     marks = list(_MARK.finditer(text))
     if not marks:
         return None
     lead = text[: marks[0].start()].strip()
     if lead:
-        raise _Unreadable(f"text before the first box ({_shown(lead)})", "a box first")
+        raise _Unreadable(f"text before the first box ({_shown(lead)})", expected)
     out: list[tuple[bool, str]] = []
     for i, mark in enumerate(marks):
         stop = marks[i + 1].start() if i + 1 < len(marks) else len(text)
@@ -243,7 +243,7 @@ def _boxes(text: str) -> list[tuple[bool, str]] | None:
 def _choice(text: str, labels: dict[str, str], expected: str) -> list[str]:
     """The ticked choices (keys of ``labels``, by normalised label) of a checkbox answer; a
     plain answer of comma-separated labels is read as ticked."""
-    boxes = _boxes(text)
+    boxes = _boxes(text, expected)
     if boxes is None:
         boxes = [(True, part.strip()) for part in text.split(",")]
     ticked: list[str] = []
@@ -371,7 +371,6 @@ def _field_value(spec: FieldSpec, chars: _Chars) -> Any:
 # --- The Markdown -----------------------------------------------------------------------------
 
 _HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?")
-_CLOSING_HASHES = re.compile(r"[ \t]+#+[ \t]*\Z|\A#+[ \t]*\Z")
 _NUMBERED = re.compile(r"(\d{1,3}(?:\.\d{1,3}){0,3})\.?(?:[ \t]+(.*))?", re.DOTALL)
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _BULLET = re.compile(r" {0,3}(?:[-*+]|\d{1,9}[.)])(?:[ \t]+(.*))?")
@@ -388,7 +387,10 @@ class _Block:
 
 
 def _section_of(title: str) -> SectionSpec | None:
-    title = _CLOSING_HASHES.sub("", title).strip()
+    title = title.strip(" \t")
+    bare = title.rstrip("#")
+    if not bare or bare[-1] in " \t":  # a closing sequence of '#'s (no regex: no backtracking)
+        title = bare.strip(" \t")
     numbered = _NUMBERED.fullmatch(title)
     if numbered:
         return SECTION_BY_NUMBER.get(numbered.group(1))
@@ -514,16 +516,16 @@ class _Reader:
 
     def _table(self, spec: SectionSpec, lines: list[str], fields_seen: set[str]) -> None:
         rows = [self._row(line) for line in lines]
-        header = [normalise(_text(_strip(cell))) for cell in rows[0]]
+        header = [_text(_strip(cell)) for cell in rows[0]]
         body = rows[1:]
         if body and all(_ALIGNMENT.fullmatch(_text(_strip(c))) for c in body[0]):
             body = body[1:]
-        if header == ["field", "value"] and not spec.parent:
+        if [normalise(h) for h in header] == ["field", "value"] and not spec.parent:
             self._field_rows(spec, body, fields_seen)
         elif spec.rows is not None:
             self._list_rows(spec, spec.rows, header, body)
         else:
-            shown = ", ".join(_shown(_text(_strip(c))) for c in rows[0])
+            shown = ", ".join(_shown(h) for h in header)
             self.problem(
                 spec.label,
                 f"a table with the columns {shown}",
@@ -576,7 +578,7 @@ class _Reader:
         by_name = {normalise(n): c for c in rows.columns for n in c.names}
         columns: list[ColumnSpec] = []
         for name in header:
-            column = by_name.get(name)
+            column = by_name.get(normalise(name))
             if column is None or column in columns:
                 known = " | ".join(c.names[0] for c in rows.columns)
                 found = "a column given twice" if column else f"a column {_shown(name)}"
@@ -719,12 +721,12 @@ class _Reader:
             if names:
                 deps = [{"name": n} for n in names]
                 _path_put(self.data, path, deps)
-        elif names is not None and [d["name"] for d in deps] != names:
+        elif names is not None and [d["name"] for d in deps[: len(names)]] != names:
             self.problem(
                 "1.2 Model identification: Model dependencies",
                 _shown("; ".join(d["name"] for d in deps))
                 + f" (the front matter's base_model: {_shown('; '.join(names))})",
-                "the same models as the front matter's base_model, in the same order",
+                "the front matter's base_model first, in the same order",
             )
             return
         if revision is None:
