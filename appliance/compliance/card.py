@@ -418,6 +418,7 @@ class _Reader:
         self.data: dict[str, Any] = {}
         self.unreadable: set[tuple[str, ...]] = set()  # paths with a problem of their own
         self.seen: set[str] = set()  # labels of the sections the card has
+        self.first_line = 1  # the card's line number of the body's first line
 
     def problem(self, field: str, found: str, expected: str) -> None:
         self.problems.append(CardProblem(field, found, expected))
@@ -442,6 +443,7 @@ class _Reader:
             return None, text
         for i in range(1, len(lines)):
             if lines[i].rstrip() in ("---", "..."):
+                self.first_line = i + 2
                 return "\n".join(lines[1:i]), "\n".join(lines[i + 1 :])
         self.problem(
             "Front matter",
@@ -459,10 +461,10 @@ class _Reader:
                 continue
             out.append(body[at : match.start()])
             if token == "<!--":
-                line = body.count("\n", 0, match.start()) + 1
+                line = body.count("\n", 0, match.start()) + self.first_line
                 self.problem(
                     "Card",
-                    f"an HTML comment opened in the body's line {line} and never closed",
+                    f"an HTML comment opened in line {line} and never closed",
                     "every '<!--' closed by '-->'",
                 )
                 return "".join(out)
@@ -474,20 +476,27 @@ class _Reader:
     def _blocks(self, body: str) -> list[_Block]:
         blocks = [_Block(None, [])]
         fence: str | None = None
-        for line in body.split("\n"):
+        fence_line = 0
+        for number, line in enumerate(body.split("\n"), start=self.first_line):
             opened = _FENCE.match(line)
             if fence is not None:
                 if opened and opened.group(1)[0] == fence[0] and len(opened.group(1)) >= len(fence):
                     fence = None if not line.strip().strip(fence[0]) else fence
                 continue
             if opened:
-                fence = opened.group(1)
+                fence, fence_line = opened.group(1), number
                 continue
             heading = _HEADING.fullmatch(line)
             if heading:
                 blocks.append(_Block(_section_of(heading.group(2) or ""), []))
             else:
                 blocks[-1].lines.append(line)
+        if fence is not None:  # Markdown runs it to the end: say so rather than lose the rest
+            self.problem(
+                "Card",
+                f"a code block opened by {fence!r} in line {fence_line} and never closed",
+                f"every code block closed by a line of {fence!r}",
+            )
         return blocks
 
     # One section.

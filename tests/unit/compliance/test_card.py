@@ -488,10 +488,27 @@ def test_not_stated_spellings_and_the_escaped_literal() -> None:
     )
 
 
+def test_an_unclosed_code_block_is_a_problem_not_a_silent_cut() -> None:
+    text = body("```python\n# 2.4 User data\n```", "~~~~\n~~~\n| Field | Value |", "## Adapter")
+    imported = parse_card("---\nlicense: mit\n---\n" + text, "c.md")
+    assert text.split("\n")[22] == "~~~~"
+    assert imported.problems == (
+        CardProblem(
+            "Card",
+            "a code block opened by '~~~~' in line 26 and never closed",
+            "every code block closed by a line of '~~~~'",
+        ),
+    )
+    assert imported.record is not None
+
+
 def test_an_unclosed_comment_is_a_problem_not_a_silent_cut() -> None:
-    imported = parse_card(body() + "\n<!-- never closed\n## Adapter\n", "c.md")
-    assert fields(imported) == ["Card"]
-    assert "never closed" in imported.problems[0].found
+    text = "---\nlicense: mit\n---\n<!-- closed -->\n<!-- never closed\n" + body()
+    imported = parse_card(text, "c.md")
+    assert imported.problems[0] == CardProblem(
+        "Card", "an HTML comment opened in line 5 and never closed", "every '<!--' closed by '-->'"
+    )
+    assert imported.record is None  # everything after the opening is commented out
 
 
 def test_front_matter_licences() -> None:
@@ -670,6 +687,7 @@ def test_a_fifo_a_directory_and_a_missing_file_are_refused(tmp_path: Path) -> No
     assert "a named pipe (FIFO)" in str(result[0])
     assert "a directory" in str(_raised(tmp_path))
     assert "does not exist" in str(_raised(tmp_path / "nope.md"))
+    assert "a character device" in str(_raised(Path("/dev/null")))
 
 
 def test_a_card_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
