@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from appliance.compliance.card_format import (
     BUCKET_LABELS,
     HF_LICENCES,
+    LICENSE_NAME,
     LICENSE_REF,
     LONG_MAX,
     MODALITIES,
@@ -203,7 +204,6 @@ _NON_COUNT = re.compile(
     "(?:" + "|".join(re.escape(w) for w in NON_COUNT_WORDS) + r")(?![\w/])", re.IGNORECASE
 )
 _MARK = re.compile("|".join(re.escape(m) for m in (*TICKED_MARKS, *UNTICKED_MARKS)))
-_REVISION = re.compile(r"revision[ \t]+", re.IGNORECASE)
 
 
 def _length(text: str, limit: int) -> str:
@@ -309,10 +309,10 @@ def _dependencies(chars: _Chars) -> list[dict[str, str]]:
         if item[-1] == (")", False):
             opening = max((i for i, c in enumerate(item) if c == ("(", False)), default=-1)
             inner = _strip(item[opening + 1 : -1]) if opening >= 0 else []
-            prefix = _REVISION.match(_text(inner))
-            if opening < 0 or prefix is None:
+            after = _after_revision(inner)
+            if opening < 0 or after is None:
                 raise _Unreadable(_shown(_text(item)), expected)
-            revision = _text(_strip(inner[prefix.end() :]))
+            revision = _text(_strip(inner[after:]))
             item = _strip(item[:opening])
         name = _text(item)
         if not name or revision == "":
@@ -324,6 +324,17 @@ def _dependencies(chars: _Chars) -> list[dict[str, str]]:
             dep["revision"] = _length(revision, SHORT_MAX)
         deps.append(dep)
     return deps
+
+
+def _after_revision(chars: _Chars) -> int | None:
+    """Where the revision starts in 'revision REV' (unescaped word and spaces), or None."""
+    word = len("revision")
+    if _text(chars[:word]).casefold() != "revision" or any(e for _, e in chars[:word]):
+        return None
+    end = word
+    while end < len(chars) and chars[end] in ((" ", False), ("\t", False)):
+        end += 1
+    return end if end > word else None
 
 
 def _records(text: str) -> tuple[int | None, str | None]:
@@ -707,8 +718,8 @@ class _Reader:
         value = front.get(key)
         if value is None:
             return None
-        if isinstance(value, str) and value.strip() and len(value) <= SHORT_MAX:
-            return value.strip()
+        if isinstance(value, str) and 0 < len(value) <= SHORT_MAX:
+            return value
         self.problem(
             f"Front matter: {key}",
             _a(value),
@@ -765,7 +776,7 @@ class _Reader:
                         "not given (license: other)",
                         "the licence's name, e.g. license_name: my-licence",
                     )
-            elif re.fullmatch(r"[A-Za-z0-9.\-]+", name):
+            elif LICENSE_NAME.fullmatch(name):
                 self.data["licence"] = LICENSE_REF + name
             else:
                 self.problem(
@@ -783,9 +794,9 @@ class _Reader:
         if (
             isinstance(items, list)
             and items
-            and all(isinstance(i, str) and i.strip() and len(i) <= SHORT_MAX for i in items)
+            and all(isinstance(i, str) and 0 < len(i) <= SHORT_MAX for i in items)
         ):
-            return [i.strip() for i in items]
+            return list(items)
         self.problem(
             "Front matter: base_model",
             _a(value),

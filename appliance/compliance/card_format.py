@@ -15,6 +15,7 @@ the text rather than the answer); ``<br>`` is a line break inside a value.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -116,6 +117,7 @@ HF_LICENCES: dict[str, str] = {
 }
 SPDX_TO_HF: dict[str, str] = {spdx: hf for hf, spdx in HF_LICENCES.items()}
 LICENSE_REF = "LicenseRef-"
+LICENSE_NAME = re.compile(r"[A-Za-z0-9.\-]+")  # front matter license_name (LicenseRef-<name>)
 
 
 @dataclass(frozen=True)
