@@ -414,8 +414,10 @@ def escapable(char: str) -> bool:
 
 def escape_cell(value: str, specials: str = "") -> str:
     """``value`` written so the reader gets it back exactly: ``\\``, ``|`` and ``<`` (and the
-    ``specials`` a list or dependency cell splits on) escaped, line breaks as ``<br>``, spaces
-    at either end escaped, a value that reads as "not stated" escaped throughout."""
+    ``specials`` a list or dependency cell splits on) escaped, line breaks (``\\r`` too) as
+    ``<br>``, spaces at either end escaped, a value that reads as "not stated" escaped
+    throughout."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")  # a card has no other line break
     sentinel = is_not_stated_text(value)
     out: list[str] = []
     last = len(value) - 1

@@ -151,6 +151,16 @@ def test_markdown_says_not_stated_and_writes_the_front_matter() -> None:
     }
 
 
+def test_a_carriage_return_is_written_as_a_line_break_never_breaking_the_table() -> None:
+    record = MINIMAL.model_copy(
+        update={"processing": DataProcessing(other="a\r\nb\rc | d", pii_screening="e")}
+    )
+    imported = parse_card(record_markdown("cr", record), "cr")
+    assert imported.problems == ()
+    assert imported.record is not None
+    assert imported.record.processing == DataProcessing(other="a\nb\nc | d", pii_screening="e")
+
+
 def test_markdown_is_deterministic() -> None:
     reordered = AWKWARD.model_copy(
         update={
