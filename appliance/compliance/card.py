@@ -187,9 +187,12 @@ def _a(value: Any) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name} ({_shown(str(value))})"
 
 
-class _Unreadable(Exception):
+class _Unreadable(CardError):
+    """One cell the reader cannot read; caught and turned into a ``CardProblem``, never raised
+    out of this module."""
+
     def __init__(self, found: str, expected: str) -> None:
-        super().__init__(found)
+        super().__init__(f"found {found}; expected {expected}")
         self.found = found
         self.expected = expected
 
