@@ -23,6 +23,7 @@ from appliance.compliance.card import (
     parse_card,
     require_record,
 )
+from appliance.compliance.card_format import SECTIONS
 from appliance.compliance.record import (
     AdapterFacts,
     Answer,
@@ -701,3 +702,19 @@ def _raised(path: Path) -> BaseException:
     with pytest.raises(CardError) as caught:
         load_card(path)
     return caught.value
+
+
+def test_the_documented_format_names_every_section_and_field() -> None:
+    """docs/transparency-cards.md lists every section (number, title, short name), field and
+    column card_format reads (a drift check)."""
+    doc = (ROOT / "docs" / "transparency-cards.md").read_text(encoding="utf-8")
+    documented_sections = set(re.findall(r"^\| *([\d.]*) *\| ([^|]+?) \| ([^|]*?) \|$", doc, re.M))
+    for spec in SECTIONS:
+        assert (spec.number or "", spec.title, spec.label) in documented_sections
+        for field in spec.fields:
+            for name in field.names:
+                assert name.split(" (")[0] in doc, name
+            path = field.path[:-1] if field.kind == "bucket" else field.path  # one row for all
+            assert f"| {'.'.join(path)} |" in doc, field.path
+        for column in spec.rows.columns if spec.rows else ():
+            assert f"| {column.names[0]} |" in doc.replace("\\|", "|")
