@@ -584,7 +584,19 @@ def test_a_table_in_a_parent_section_is_a_problem() -> None:
     imported = parse_card(
         body("## 2. List of data sources\n\n| Field | Value |\n|-|-|\n| A | b |"), "c"
     )
-    assert fields(imported) == ["2 List of data sources"]
+    assert imported.problems == (
+        CardProblem(
+            "2 List of data sources",
+            "a table with the columns 'Field', 'Value'",
+            "no table (a parent section)",
+        ),
+    )
+    imported = parse_card(body("## Adapter\n\n| Key | Value |\n|-|-|\n| Rank | 8 |"), "c")
+    assert imported.problems == (
+        CardProblem(
+            "Adapter", "a table with the columns 'Key', 'Value'", "a '| Field | Value |' table"
+        ),
+    )
 
 
 def test_a_too_long_value_is_a_problem() -> None:
