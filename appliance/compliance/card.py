@@ -4,7 +4,9 @@ The card is the Hugging Face form: optional YAML front matter (``base_model``,
 ``base_model_revision``, ``license``/``license_name``, ...) and Markdown sections
 numbered as the AI Office template numbers them, with ``| Field | Value |``
 tables, row tables and checkbox answers. The section and field vocabulary is
-``card_format``'s, shared with the writer (``export``).
+``card_format``'s, shared with the writer (``export``); each cell is read by
+``card_values``. This module finds the front matter, the sections and their
+tables and lists, and assembles the record.
 
 Invariants:
 - Never guessed: a field the card leaves out is ``None`` (not stated); a field
@@ -25,7 +27,6 @@ Invariants:
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,27 +35,35 @@ from typing import Any
 from pydantic import ValidationError
 
 from appliance.compliance.card_format import (
-    BUCKET_LABELS,
     HF_LICENCES,
+    LICENSE_NAME,
     LICENSE_REF,
     LONG_MAX,
-    MODALITIES,
-    NON_COUNT_WORDS,
     SECTION_BY_NUMBER,
     SECTION_BY_TITLE,
     SECTIONS,
     SHORT_MAX,
-    TICKED_MARKS,
-    UNTICKED_MARKS,
     ColumnSpec,
-    FieldSpec,
     RowsSpec,
     SectionSpec,
-    escapable,
     is_not_stated_text,
     normalise,
 )
-from appliance.compliance.record import SizeBucket, TransparencyRecord
+from appliance.compliance.card_values import (
+    Chars,
+    Unreadable,
+    bounded,
+    described,
+    field_value,
+    lex,
+    not_stated,
+    records,
+    shown,
+    split,
+    strip,
+    text_of,
+)
+from appliance.compliance.record import TransparencyRecord
 from appliance.errors import InputError
 from appliance.input_files import MiB, decode_utf8, read_input
 from appliance.yaml_files import parse_yaml
@@ -124,254 +133,9 @@ def parse_card(text: str, source: str) -> CardImport:
     return _Reader(source).read(text)
 
 
-# --- Cells -------------------------------------------------------------------------------------
-
-_Chars = list[tuple[str, bool]]  # each character with whether it was escaped
-_BR = re.compile(r"<br[ \t]*/?>", re.IGNORECASE)
-
-
-def _lex(raw: str) -> _Chars:
-    out: _Chars = []
-    i, end = 0, len(raw)
-    while i < end:
-        char = raw[i]
-        if char == "\\" and i + 1 < end and escapable(raw[i + 1]):
-            out.append((raw[i + 1], True))
-            i += 2
-            continue
-        if char == "<":
-            br = _BR.match(raw, i)
-            if br:
-                out.append(("\n", True))
-                i = br.end()
-                continue
-        out.append((char, False))
-        i += 1
-    return out
-
-
-def _strip(chars: _Chars) -> _Chars:
-    start, end = 0, len(chars)
-    while start < end and chars[start][0] in " \t" and not chars[start][1]:
-        start += 1
-    while end > start and chars[end - 1][0] in " \t" and not chars[end - 1][1]:
-        end -= 1
-    return chars[start:end]
-
-
-def _split(chars: _Chars, sep: str) -> list[_Chars]:
-    parts: list[_Chars] = [[]]
-    for char, escaped in chars:
-        if char == sep and not escaped:
-            parts.append([])
-        else:
-            parts[-1].append((char, escaped))
-    return parts
-
-
-def _text(chars: _Chars) -> str:
-    return "".join(char for char, _ in chars)
-
-
-def _not_stated(chars: _Chars) -> bool:
-    return not any(escaped for _, escaped in chars) and is_not_stated_text(_text(chars))
-
-
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 80 else text[:77] + "...")
-
-
-def _a(value: Any) -> str:
-    name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} ({_shown(str(value))})"
-
-
-class _Unreadable(Exception):
-    def __init__(self, found: str, expected: str) -> None:
-        super().__init__(found)
-        self.found = found
-        self.expected = expected
-
-
-# --- Values --------------------------------------------------------------------------------------
-
-_DATE = re.compile(r"(\d{4})-(\d{2})(?:-(\d{2}))?")
-_INT = re.compile(r"[0-9]{1,9}")
-_DECIMAL = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?%?")
-_COUNT = re.compile(r"([0-9]{1,3}(?:,[0-9]{3}){1,5}|[0-9]{1,15})(?:[ \t]*\((.*)\))?", re.DOTALL)
-_NON_COUNT = re.compile(
-    "(?:" + "|".join(re.escape(w) for w in NON_COUNT_WORDS) + r")(?![\w/])", re.IGNORECASE
-)
-_MARK = re.compile("|".join(re.escape(m) for m in (*TICKED_MARKS, *UNTICKED_MARKS)))
-_REVISION = re.compile(r"revision[ \t]+", re.IGNORECASE)
-
-
-def _length(text: str, limit: int) -> str:
-    if len(text) > limit:
-        raise _Unreadable(f"{len(text)} characters", f"at most {limit} characters")
-    return text
-
-
-def _date(text: str) -> str:
-    match = _DATE.fullmatch(text)
-    if match:
-        year, month, day = (int(g) if g else 1 for g in match.groups())
-        try:
-            dt.date(year, month, day)
-        except ValueError:
-            pass
-        else:
-            return text
-    raise _Unreadable(_shown(text), "a date as YYYY-MM or YYYY-MM-DD")
-
-
-def _boxes(text: str) -> list[tuple[bool, str]] | None:
-    """The (ticked, label) pairs of a checkbox answer; None when it has no boxes."""
-    marks = list(_MARK.finditer(text))
-    if not marks:
-        return None
-    lead = text[: marks[0].start()].strip()
-    if lead:
-        raise _Unreadable(f"text before the first box ({_shown(lead)})", "a box first")
-    out: list[tuple[bool, str]] = []
-    for i, mark in enumerate(marks):
-        stop = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        out.append((mark.group() in TICKED_MARKS, text[mark.end() : stop].strip()))
-    return out
-
-
-def _choice(text: str, labels: dict[str, str], expected: str) -> list[str]:
-    """The ticked choices (keys of ``labels``, by normalised label) of a checkbox answer; a
-    plain answer of comma-separated labels is read as ticked."""
-    boxes = _boxes(text)
-    if boxes is None:
-        boxes = [(True, part.strip()) for part in text.split(",")]
-    ticked: list[str] = []
-    for on, label in boxes:
-        key = labels.get(normalise(label))
-        if key is None:
-            raise _Unreadable(f"a box labelled {_shown(label)}", expected)
-        if on and key not in ticked:
-            ticked.append(key)
-    return ticked
-
-
-def _yesno(text: str) -> bool | None:
-    expected = "one of Yes and No ticked (☒ Yes ☐ No)"
-    ticked = _choice(text, {"yes": "yes", "no": "no"}, expected)
-    if len(ticked) == 2:
-        raise _Unreadable("both Yes and No ticked", expected)
-    return None if not ticked else ticked[0] == "yes"
-
-
-_MODALITY_LABELS: dict[str, str] = {m: m for m in MODALITIES}
-_BUCKETS: dict[str, SizeBucket] = {normalise(label): b for b, label in BUCKET_LABELS.items()}
-_BUCKETS_EXPECTED = "at most one of the template's buckets: " + ", ".join(
-    repr(label) for label in BUCKET_LABELS.values()
-)
-
-
-def _modalities(text: str) -> list[str] | None:
-    ticked = _choice(text, _MODALITY_LABELS, "boxes labelled Text, Image, Audio, Video, Other")
-    return ticked or None
-
-
-def _bucket(text: str) -> str | None:
-    ticked = _choice(text, dict(_BUCKETS), _BUCKETS_EXPECTED)
-    if len(ticked) > 1:
-        shown = " and ".join(repr(BUCKET_LABELS[_BUCKETS[normalise(t)]]) for t in ticked)
-        raise _Unreadable(f"{shown} ticked", _BUCKETS_EXPECTED)
-    return ticked[0] if ticked else None
-
-
-def _int(text: str, low: int, high: int | None) -> int:
-    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-    if _INT.fullmatch(text):
-        value = int(text)
-        if value >= low and (high is None or value <= high):
-            return value
-    raise _Unreadable(_shown(text), f"an integer {span}")
-
-
-def _list(chars: _Chars) -> list[str]:
-    items = [_text(_strip(part)) for part in _split(chars, ",")]
-    return [_length(item, SHORT_MAX) for item in items if item]
-
-
-def _dependencies(chars: _Chars) -> list[dict[str, str]]:
-    expected = "'name' or 'name (revision REV)', several separated by ';'"
-    deps: list[dict[str, str]] = []
-    for part in _split(chars, ";"):
-        item = _strip(part)
-        if not item:
-            continue
-        revision: str | None = None
-        if item[-1] == (")", False):
-            opening = max((i for i, c in enumerate(item) if c == ("(", False)), default=-1)
-            inner = _strip(item[opening + 1 : -1]) if opening >= 0 else []
-            prefix = _REVISION.match(_text(inner))
-            if opening < 0 or prefix is None:
-                raise _Unreadable(_shown(_text(item)), expected)
-            revision = _text(_strip(inner[prefix.end() :]))
-            item = _strip(item[:opening])
-        name = _text(item)
-        if not name or revision == "":
-            raise _Unreadable(_shown(_text(part).strip()), expected)
-        if any(c in "()" and not escaped for c, escaped in item):
-            raise _Unreadable(_shown(name), expected)
-        dep = {"name": _length(name, SHORT_MAX)}
-        if revision is not None:
-            dep["revision"] = _length(revision, SHORT_MAX)
-        deps.append(dep)
-    return deps
-
-
-def _records(text: str) -> tuple[int | None, str | None]:
-    count = _COUNT.fullmatch(text)
-    if count:
-        note = count.group(2)
-        return int(count.group(1).replace(",", "")), _length(note, SHORT_MAX) if note else None
-    if _NON_COUNT.match(text):
-        return None, _length(text, SHORT_MAX)
-    raise _Unreadable(
-        _shown(text),
-        "an integer (12000 or 12,000) or a non-count answer (" + ", ".join(NON_COUNT_WORDS) + ")",
-    )
-
-
-def _field_value(spec: FieldSpec, chars: _Chars) -> Any:
-    """The record value of a field's cell (``None``: not stated); ``_Unreadable`` otherwise."""
-    if _not_stated(chars):
-        return None
-    text = _text(chars)
-    kind = spec.kind
-    if kind == "short":
-        return _length(text, SHORT_MAX)
-    if kind == "long":
-        return _length(text, LONG_MAX)
-    if kind == "date":
-        return _date(text)
-    if kind == "yesno":
-        return _yesno(text)
-    if kind == "modalities":
-        return _modalities(text)
-    if kind == "bucket":
-        return _bucket(text)
-    if kind == "int":
-        return _int(text, spec.low, spec.high)
-    if kind == "decimal":
-        if _DECIMAL.fullmatch(text):
-            return text
-        raise _Unreadable(_shown(text), "a decimal number such as 0.05")
-    if kind == "list":
-        return _list(chars) or None
-    return _dependencies(chars) or None  # "deps"
-
-
 # --- The Markdown -----------------------------------------------------------------------------
 
 _HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?")
-_CLOSING_HASHES = re.compile(r"[ \t]+#+[ \t]*\Z|\A#+[ \t]*\Z")
 _NUMBERED = re.compile(r"(\d{1,3}(?:\.\d{1,3}){0,3})\.?(?:[ \t]+(.*))?", re.DOTALL)
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _BULLET = re.compile(r" {0,3}(?:[-*+]|\d{1,9}[.)])(?:[ \t]+(.*))?")
@@ -388,7 +152,10 @@ class _Block:
 
 
 def _section_of(title: str) -> SectionSpec | None:
-    title = _CLOSING_HASHES.sub("", title).strip()
+    title = title.strip(" \t")
+    bare = title.rstrip("#")
+    if not bare or bare[-1] in " \t":  # a closing sequence of '#'s (no regex: no backtracking)
+        title = bare.strip(" \t")
     numbered = _NUMBERED.fullmatch(title)
     if numbered:
         return SECTION_BY_NUMBER.get(numbered.group(1))
@@ -416,6 +183,7 @@ class _Reader:
         self.data: dict[str, Any] = {}
         self.unreadable: set[tuple[str, ...]] = set()  # paths with a problem of their own
         self.seen: set[str] = set()  # labels of the sections the card has
+        self.first_line = 1  # the card's line number of the body's first line
 
     def problem(self, field: str, found: str, expected: str) -> None:
         self.problems.append(CardProblem(field, found, expected))
@@ -440,6 +208,7 @@ class _Reader:
             return None, text
         for i in range(1, len(lines)):
             if lines[i].rstrip() in ("---", "..."):
+                self.first_line = i + 2
                 return "\n".join(lines[1:i]), "\n".join(lines[i + 1 :])
         self.problem(
             "Front matter",
@@ -457,10 +226,10 @@ class _Reader:
                 continue
             out.append(body[at : match.start()])
             if token == "<!--":
-                line = body.count("\n", 0, match.start()) + 1
+                line = body.count("\n", 0, match.start()) + self.first_line
                 self.problem(
                     "Card",
-                    f"an HTML comment opened in the body's line {line} and never closed",
+                    f"an HTML comment opened in line {line} and never closed",
                     "every '<!--' closed by '-->'",
                 )
                 return "".join(out)
@@ -472,20 +241,27 @@ class _Reader:
     def _blocks(self, body: str) -> list[_Block]:
         blocks = [_Block(None, [])]
         fence: str | None = None
-        for line in body.split("\n"):
+        fence_line = 0
+        for number, line in enumerate(body.split("\n"), start=self.first_line):
             opened = _FENCE.match(line)
             if fence is not None:
                 if opened and opened.group(1)[0] == fence[0] and len(opened.group(1)) >= len(fence):
                     fence = None if not line.strip().strip(fence[0]) else fence
                 continue
             if opened:
-                fence = opened.group(1)
+                fence, fence_line = opened.group(1), number
                 continue
             heading = _HEADING.fullmatch(line)
             if heading:
                 blocks.append(_Block(_section_of(heading.group(2) or ""), []))
             else:
                 blocks[-1].lines.append(line)
+        if fence is not None:  # Markdown runs it to the end: say so rather than lose the rest
+            self.problem(
+                "Card",
+                f"a code block opened by {fence!r} in line {fence_line} and never closed",
+                f"every code block closed by a line of {fence!r}",
+            )
         return blocks
 
     # One section.
@@ -514,38 +290,38 @@ class _Reader:
 
     def _table(self, spec: SectionSpec, lines: list[str], fields_seen: set[str]) -> None:
         rows = [self._row(line) for line in lines]
-        header = [normalise(_text(_strip(cell))) for cell in rows[0]]
+        header = [text_of(strip(cell)) for cell in rows[0]]
         body = rows[1:]
-        if body and all(_ALIGNMENT.fullmatch(_text(_strip(c))) for c in body[0]):
+        if body and all(_ALIGNMENT.fullmatch(text_of(strip(c))) for c in body[0]):
             body = body[1:]
-        if header == ["field", "value"] and not spec.parent:
+        if [normalise(h) for h in header] == ["field", "value"] and not spec.parent:
             self._field_rows(spec, body, fields_seen)
         elif spec.rows is not None:
             self._list_rows(spec, spec.rows, header, body)
         else:
-            shown = ", ".join(_shown(_text(_strip(c))) for c in rows[0])
+            columns = ", ".join(shown(h) for h in header)
             self.problem(
                 spec.label,
-                f"a table with the columns {shown}",
+                f"a table with the columns {columns}",
                 "no table (a parent section)"
                 if spec.parent
                 else "a '| Field | Value |' table" + (" or a row table" if spec.rows else ""),
             )
 
     @staticmethod
-    def _row(line: str) -> list[_Chars]:
-        cells = _split(_lex(line.strip(" \t")), "|")
+    def _row(line: str) -> list[Chars]:
+        cells = split(lex(line.strip(" \t")), "|")
         cells = cells[1:]  # before the leading pipe
-        if cells and not _strip(cells[-1]) and len(cells) > 1:
+        if cells and not strip(cells[-1]) and len(cells) > 1:
             cells = cells[:-1]  # after the trailing pipe
         return cells
 
-    def _field_rows(self, spec: SectionSpec, rows: list[list[_Chars]], seen: set[str]) -> None:
+    def _field_rows(self, spec: SectionSpec, rows: list[list[Chars]], seen: set[str]) -> None:
         by_name = {normalise(n): f for f in spec.fields for n in f.names}
         for cells in rows:
-            if not any(_strip(c) for c in cells):
+            if not any(strip(c) for c in cells):
                 continue
-            name = _text(_strip(cells[0]))
+            name = text_of(strip(cells[0]))
             field = by_name.get(normalise(name))
             label = f"{spec.label}: {field.names[0] if field else name}"
             if field is None:
@@ -556,14 +332,14 @@ class _Reader:
                 self.problem(label, "the field given twice", "each field once")
                 continue
             seen.add(field.names[0])
-            if len(cells) > 2 and any(_strip(c) for c in cells[2:]):
+            if len(cells) > 2 and any(strip(c) for c in cells[2:]):
                 self.problem(label, f"{len(cells)} cells in its row", "two: | Field | Value |")
                 self.unreadable.add(field.path)
                 continue
-            value_cell = _strip(cells[1]) if len(cells) > 1 else []
+            value_cell = strip(cells[1]) if len(cells) > 1 else []
             try:
-                value = _field_value(field, value_cell)
-            except _Unreadable as exc:
+                value = field_value(field, value_cell)
+            except Unreadable as exc:
                 self.problem(label, exc.found, exc.expected)
                 self.unreadable.add(field.path)
                 continue
@@ -571,15 +347,15 @@ class _Reader:
                 _path_put(self.data, field.path, value)
 
     def _list_rows(
-        self, spec: SectionSpec, rows: RowsSpec, header: list[str], body: list[list[_Chars]]
+        self, spec: SectionSpec, rows: RowsSpec, header: list[str], body: list[list[Chars]]
     ) -> None:
         by_name = {normalise(n): c for c in rows.columns for n in c.names}
         columns: list[ColumnSpec] = []
         for name in header:
-            column = by_name.get(name)
+            column = by_name.get(normalise(name))
             if column is None or column in columns:
                 known = " | ".join(c.names[0] for c in rows.columns)
-                found = "a column given twice" if column else f"a column {_shown(name)}"
+                found = "a column given twice" if column else f"a column {shown(name)}"
                 self.problem(f"{spec.label}: table", found, f"the columns | {known} |")
                 return
             columns.append(column)
@@ -593,14 +369,14 @@ class _Reader:
             return
         found_rows: list[dict[str, Any]] = _path_get(self.data, rows.path) or []
         for number, cells in enumerate(body, start=len(found_rows) + 1):
-            if not any(_strip(c) for c in cells):
+            if not any(strip(c) for c in cells):
                 continue
-            by_column = {c.key: _strip(cell) for c, cell in zip(columns, cells, strict=False)}
+            by_column = {c.key: strip(cell) for c, cell in zip(columns, cells, strict=False)}
             key_cell = by_column.get(key.key, [])
-            row_name = _text(key_cell)
+            row_name = text_of(key_cell)
             where = (
-                f"(row {_shown(row_name)})"
-                if row_name and not _not_stated(key_cell)
+                f"(row {shown(row_name)})"
+                if row_name and not not_stated(key_cell)
                 else f"(row {number})"
             )
             if len(cells) > len(columns):
@@ -616,24 +392,24 @@ class _Reader:
         _path_put(self.data, rows.path, found_rows)
 
     def _list_row(
-        self, spec: SectionSpec, rows: RowsSpec, cells: dict[str, _Chars], where: str
+        self, spec: SectionSpec, rows: RowsSpec, cells: dict[str, Chars], where: str
     ) -> dict[str, Any] | None:
         row: dict[str, Any] = {}
         ok = True
         for column in rows.columns:
             chars = cells.get(column.key, [])
             label = f"{spec.label}: {column.names[0]} {where}"
-            if _not_stated(chars):
+            if not_stated(chars):
                 if column.required:
                     self.problem(label, "not stated", f"the {column.names[0].lower()} of each row")
                     ok = False
                 continue
             try:
                 if column.kind == "records":
-                    row["records"], row["records_note"] = _records(_text(chars))
+                    row["records"], row["records_note"] = records(text_of(chars))
                 else:
-                    row[column.key] = _length(_text(chars), SHORT_MAX)
-            except _Unreadable as exc:
+                    row[column.key] = bounded(text_of(chars), SHORT_MAX)
+            except Unreadable as exc:
                 self.problem(label, exc.found, exc.expected)
                 ok = ok and not column.required
         return row if ok else None
@@ -658,17 +434,17 @@ class _Reader:
                 continue
             self.problem(
                 spec.label,
-                f"text that is not a bullet item ({_shown(line.strip())})",
+                f"text that is not a bullet item ({shown(line.strip())})",
                 "a bullet list ('- item', one limitation per item)",
             )
         values: list[str] = []
         for number, parts in enumerate(items, start=1):
-            chars = _strip(_lex(" ".join(parts)))
-            if _not_stated(chars):
+            chars = strip(lex(" ".join(parts)))
+            if not_stated(chars):
                 continue
             try:
-                values.append(_length(_text(chars), LONG_MAX))
-            except _Unreadable as exc:
+                values.append(bounded(text_of(chars), LONG_MAX))
+            except Unreadable as exc:
                 self.problem(f"{spec.label}: item {number}", exc.found, exc.expected)
         if values:
             _path_put(self.data, spec.bullets, values)
@@ -696,11 +472,11 @@ class _Reader:
         value = front.get(key)
         if value is None:
             return None
-        if isinstance(value, str) and value.strip() and len(value) <= SHORT_MAX:
-            return value.strip()
+        if isinstance(value, str) and 0 < len(value) <= SHORT_MAX:
+            return value
         self.problem(
             f"Front matter: {key}",
-            _a(value),
+            described(value),
             f'a non-empty string of at most {SHORT_MAX} characters (quote it: {key}: "...")',
         )
         return None
@@ -719,12 +495,12 @@ class _Reader:
             if names:
                 deps = [{"name": n} for n in names]
                 _path_put(self.data, path, deps)
-        elif names is not None and [d["name"] for d in deps] != names:
+        elif names is not None and [d["name"] for d in deps[: len(names)]] != names:
             self.problem(
                 "1.2 Model identification: Model dependencies",
-                _shown("; ".join(d["name"] for d in deps))
-                + f" (the front matter's base_model: {_shown('; '.join(names))})",
-                "the same models as the front matter's base_model, in the same order",
+                shown("; ".join(d["name"] for d in deps))
+                + f" (the front matter's base_model: {shown('; '.join(names))})",
+                "the front matter's base_model first, in the same order",
             )
             return
         if revision is None:
@@ -732,13 +508,13 @@ class _Reader:
         if not deps:
             self.problem(
                 "Front matter: base_model_revision",
-                f"a revision ({_shown(revision)}) of no named model",
+                f"a revision ({shown(revision)}) of no named model",
                 "base_model too, or the 1.2 row 'Model dependencies'",
             )
         elif deps[0].get("revision", revision) != revision:
             self.problem(
                 "Front matter: base_model_revision",
-                _shown(revision),
+                shown(revision),
                 f"the revision 1.2 gives for {deps[0]['name']!r} ({deps[0]['revision']!r})",
             )
         else:
@@ -754,12 +530,12 @@ class _Reader:
                         "not given (license: other)",
                         "the licence's name, e.g. license_name: my-licence",
                     )
-            elif re.fullmatch(r"[A-Za-z0-9.\-]+", name):
+            elif LICENSE_NAME.fullmatch(name):
                 self.data["licence"] = LICENSE_REF + name
             else:
                 self.problem(
                     "Front matter: license_name",
-                    _shown(name),
+                    shown(name),
                     "letters, digits, '.' and '-' (it becomes LicenseRef-<name>)",
                 )
             return
@@ -772,12 +548,12 @@ class _Reader:
         if (
             isinstance(items, list)
             and items
-            and all(isinstance(i, str) and i.strip() and len(i) <= SHORT_MAX for i in items)
+            and all(isinstance(i, str) and 0 < len(i) <= SHORT_MAX for i in items)
         ):
-            return [i.strip() for i in items]
+            return list(items)
         self.problem(
             "Front matter: base_model",
-            _a(value),
+            described(value),
             "a model name, or a list of model names",
         )
         return None
@@ -816,5 +592,5 @@ class _Reader:
         except ValidationError as exc:  # a reader bug: every value was checked above
             for error in exc.errors():
                 where = ".".join(str(p) for p in error["loc"])
-                self.problem(f"Card ({where})", _shown(str(error.get("input"))), error["msg"])
+                self.problem(f"Card ({where})", shown(str(error.get("input"))), error["msg"])
             return None

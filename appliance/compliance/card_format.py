@@ -15,6 +15,7 @@ the text rather than the answer); ``<br>`` is a line break inside a value.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -116,6 +117,7 @@ HF_LICENCES: dict[str, str] = {
 }
 SPDX_TO_HF: dict[str, str] = {spdx: hf for hf, spdx in HF_LICENCES.items()}
 LICENSE_REF = "LicenseRef-"
+LICENSE_NAME = re.compile(r"[A-Za-z0-9.\-]+")  # front matter license_name (LicenseRef-<name>)
 
 
 @dataclass(frozen=True)
@@ -412,8 +414,10 @@ def escapable(char: str) -> bool:
 
 def escape_cell(value: str, specials: str = "") -> str:
     """``value`` written so the reader gets it back exactly: ``\\``, ``|`` and ``<`` (and the
-    ``specials`` a list or dependency cell splits on) escaped, line breaks as ``<br>``, spaces
-    at either end escaped, a value that reads as "not stated" escaped throughout."""
+    ``specials`` a list or dependency cell splits on) escaped, line breaks (``\\r`` too) as
+    ``<br>``, spaces at either end escaped, a value that reads as "not stated" escaped
+    throughout."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")  # a card has no other line break
     sentinel = is_not_stated_text(value)
     out: list[str] = []
     last = len(value) - 1

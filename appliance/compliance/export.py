@@ -21,6 +21,7 @@ import yaml
 
 from appliance.compliance.card_format import (
     BUCKET_LABELS,
+    LICENSE_NAME,
     LICENSE_REF,
     MODALITIES,
     NOT_STATED,
@@ -71,9 +72,10 @@ def _front_matter(record: TransparencyRecord) -> list[str]:
         if deps[0].revision is not None:
             front["base_model_revision"] = deps[0].revision
     if record.licence is not None:
-        if record.licence.startswith(LICENSE_REF):
+        name = record.licence.removeprefix(LICENSE_REF)
+        if record.licence.startswith(LICENSE_REF) and LICENSE_NAME.fullmatch(name):
             front["license"] = "other"
-            front["license_name"] = record.licence.removeprefix(LICENSE_REF)
+            front["license_name"] = name
         else:
             front["license"] = SPDX_TO_HF.get(record.licence, record.licence)
     if not front:
