@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse vllm-wheelhouse converted-model validate-vllm integration test-integration require-root
+.PHONY: setup test check lint imports typecheck unit tui demo bench bench-deploy schemas clean lab-deps wheelhouse vllm-wheelhouse converted-model lab-adapters validate-vllm integration test-integration require-root
 
 # The gateway's pins constrain the dev venv: the gateway is tested with exactly the versions
 # a bundle ships (tests/unit/gateway/test_requirements.py), also on a fresh machine.
@@ -56,6 +56,12 @@ vllm-wheelhouse: setup
 converted-model: setup
 	$(BIN)/python scripts/convert-gguf-to-hf
 
+# The lab's two LoRA adapters (lab-alpha, lab-bravo: PEFT, rank 16, q/k/v/o) trained for a few
+# deterministic steps on the converted model (~1 min on 2 cores, cached under
+# /var/cache/appliance/adapters; its own venv: the converter's pins + peft, ~45 s once).
+lab-adapters: setup converted-model
+	$(BIN)/python scripts/make-lab-adapters
+
 # The vLLM command line of every GPU profile x reference model through vLLM's own parser and
 # config classes (vLLM's CPU build, same parser), and systemd-analyze verify of each unit (~2 min;
 # the vLLM CPU wheelhouse is built once, ~4 min, cached under /var/cache/appliance).
@@ -70,7 +76,7 @@ require-root:
 
 # Lab hosts, real pyinfra/Ansible/llama.cpp runs (~16 min warm; +7 min on a fresh machine
 # for the wheelhouse and the lab image, both cached under /var/cache/appliance).
-integration: require-root setup lab-deps wheelhouse vllm-wheelhouse converted-model
+integration: require-root setup lab-deps wheelhouse vllm-wheelhouse converted-model lab-adapters
 	$(BIN)/pytest tests/integration -m integration -q --durations=10
 test-integration: integration
 
