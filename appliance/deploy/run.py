@@ -505,7 +505,15 @@ def _finish(
               "version": verified.version, "content_digest": verified.content_digest, "deploy": deploy_id,
               "gateway_port": desired.gateway_port,
               "firewall": None if desired.firewall is None else desired.firewall.sha256,
-              "keycloak": None if desired.keycloak is None else desired.keycloak["issuer"]}  # fmt: skip
+              "keycloak": None if desired.keycloak is None else desired.keycloak["issuer"],
+              "model": None if verified.payload.model is None else verified.payload.model.name,
+              "adapters": [a.name for a in verified.payload.adapters]}  # fmt: skip
+    reuses = verified.payload.reuses
+    if reuses is not None:
+        # An adapter-only release: what it took over from the release in place, by digest.
+        record["reuses"] = {"bundle": reuses.bundle, "version": reuses.version,
+                            "model_digest": reuses.model_digest, "files": len(reuses.files),
+                            "bytes": sum(f.length for f in reuses.files)}  # fmt: skip
     try:
         ok, message = outcome
         if not ok:

@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from appliance.deploy import transport
+from appliance.deploy.audit_log import AUDIT_LOG
 from appliance.deploy.gateway_layer import GATEWAY_AUDIT, GATEWAY_CERT
 from appliance.keycloak.access import CallerSpec
 from appliance.lab import Lab, dev_site
@@ -212,6 +213,16 @@ def test_vllm_cpu_release_adapters_adapter_only_update_rollback_uninstall(
             (BRAVO_ONLY, ALPHA, 403, VLLM_MODEL, ALPHA),
         ):
             assert expected in served, (expected, sorted(map(str, served)))
+
+        # The host's audit log: release 3's deploy names its adapters and what it reused.
+        deploys = [
+            json.loads(line)
+            for line in transport.read_file(entry, AUDIT_LOG).splitlines()
+            if '"event":"deploy"' in line and '"version":3' in line
+        ]
+        assert deploys and deploys[-1]["adapters"] == [ALPHA, BRAVO], deploys
+        assert deploys[-1]["reuses"]["bundle"] == "demo-vllm-cpu", deploys[-1]
+        assert deploys[-1]["reuses"]["bytes"] == reused_bytes, deploys[-1]
 
         status = json.loads(
             appliance("status", "--inventory", lab.inventory, "--json", cwd=work).stdout
