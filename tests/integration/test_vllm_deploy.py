@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
+from appliance.bundle.manifest import bundle_contents, read_targets
 from appliance.deploy import transport
 from appliance.deploy.audit_log import AUDIT_LOG
 from appliance.deploy.gateway_layer import GATEWAY_AUDIT, GATEWAY_CERT
@@ -111,11 +112,10 @@ def test_vllm_cpu_release_adapters_adapter_only_update_rollback_uninstall(
     helpers.build_demo_bundles(work, (1,))
     bundle = helpers.build_vllm_bundle(work, 2, (ALPHA,))
     update = helpers.build_adapter_bundle(work, bundle, 3, (ALPHA, BRAVO))
-    carried = sum(p.stat().st_size for p in (work / update / "files").rglob("*") if p.is_file())
-    reused = json.loads((work / update / "targets.json").read_text())["signed"]["custom"][
-        "appliance"
-    ]["reuses"]
-    reused_bytes = sum(f["length"] for f in reused["files"])
+    payload, records = bundle_contents(read_targets(work / update))
+    assert payload.reuses is not None
+    carried = sum(r.length for r in records)
+    reused_bytes = sum(f.length for f in payload.reuses.files)
     with make_lab("vllm") as lab:
         host = lab.hosts[0]
         entry = load_inventory(lab.inventory).hosts[0]
