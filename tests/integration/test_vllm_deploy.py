@@ -112,9 +112,9 @@ def test_vllm_cpu_release_adapters_adapter_only_update_rollback_uninstall(
     helpers.build_demo_bundles(work, (1,))
     bundle = helpers.build_vllm_bundle(work, 2, (ALPHA,))
     update = helpers.build_adapter_bundle(work, bundle, 3, (ALPHA, BRAVO))
-    payload, records = bundle_contents(read_targets(work / update))
+    payload, carried_files = bundle_contents(read_targets(work / update))
     assert payload.reuses is not None
-    carried = sum(r.length for r in records)
+    carried = sum(r.length for r in carried_files)
     reused_bytes = sum(f.length for f in payload.reuses.files)
     with make_lab("vllm") as lab:
         host = lab.hosts[0]
