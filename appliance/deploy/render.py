@@ -15,12 +15,13 @@ lay down byte-identical files.
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 from typing import Any
 
 from appliance import package_data
 from appliance.bundle.format import FILES_DIR, TARGETS_FILE
-from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR
+from appliance.bundle.payload import GATEWAY_WHEELS_DIR, WHEELS_DIR, WheelSet
 from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.host_desired import (
     HostDesired,
@@ -66,6 +67,16 @@ def _exec_start(command: NodeCommand, release_dir: str) -> str:
     # The plan's command refers to the moving `current` link; the unit runs one fixed release.
     argv = [part.replace(CURRENT, release_dir) for part in command.argv]
     return shlex.join(argv)
+
+
+def wheels_digest(wheels: WheelSet, digests: dict[str, str]) -> str:
+    """What a venv is built from: its requirements, no-deps wheels and every wheel's SHA-256."""
+    data = {
+        "requirements": list(wheels.requirements),
+        "no_deps": list(wheels.no_deps),
+        "wheels": sorted(digests.get(path, "?") for path in wheels.files),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def model_bytes(verified: VerifiedBundle) -> int:
@@ -150,12 +161,17 @@ def desired_state(
     )  # fmt: skip
     # The release is the bundle installed, whatever the site: every wheel set becomes its venv
     # (so a release laid down without --site can get the gateway later without being rewritten).
+    digests = {r.path: r.sha256 for r in verified.records}
+    if verified.payload.reuses is not None:
+        digests |= {f.path: f.sha256 for f in verified.payload.reuses.files}
     venvs = tuple(
         VenvSpec(
             f"{release_dir}/{name}",
             f"{release_dir}/{FILES_DIR}/{wheels_dir}",
             tuple(wheels.requirements),
             tuple(f"{release_dir}/{FILES_DIR}/{w}" for w in wheels.no_deps),
+            wheels_digest=wheels_digest(wheels, digests),
+            reusable=verified.payload.reuses is not None,
         )
         for name, wheels_dir, wheels in (
             ("venv", WHEELS_DIR, verified.payload.wheels),

@@ -15,7 +15,9 @@ import shlex
 
 from appliance.deploy.host_desired import DistSpec, HostDesired, VenvSpec
 from appliance.deploy.host_layout import CURRENT, RELEASES, UNPACKED_MARKER
-from appliance.deploy.integrity import record_command
+from appliance.deploy.integrity import check_command, record_command
+
+VENV_MARKER = ".appliance-wheels"  # in each venv: VenvSpec.wheels_digest
 
 
 def venv_command(spec: VenvSpec, release_dir: str, staging: str) -> str:
@@ -23,7 +25,11 @@ def venv_command(spec: VenvSpec, release_dir: str, staging: str) -> str:
 
     Requirements from the bundled wheels only; then the ``no_deps`` wheels
     without their dependencies (the appliance wheel of the gateway: its own
-    dependencies are the CLI's, not the gateway's).
+    dependencies are the CLI's, not the gateway's); then the marker naming what it was
+    built from. An adapter-only release (``spec.reusable``) instead copies, as hard links,
+    the venv of the release in place when that venv's marker is the same (built from the
+    same requirements and wheel digests) and that release passes its integrity check
+    (``integrity.check_command``: the venv is as it was installed); otherwise it builds.
     """
 
     def staged(path: str) -> str:
@@ -37,7 +43,22 @@ def venv_command(spec: VenvSpec, release_dir: str, staging: str) -> str:
         command += f" && {pip} --find-links {wheels} {reqs}"
     if spec.no_deps:
         command += f" && {pip} --no-deps {' '.join(staged(w) for w in spec.no_deps)}"
-    return command
+    if not spec.wheels_digest:
+        return command
+    digest = shlex.quote(spec.wheels_digest)
+    command += f" && printf '%s' {digest} > {venv}/{VENV_MARKER}"
+    if not spec.reusable:
+        return command
+    name = shlex.quote(spec.path.removeprefix(release_dir + "/"))
+    check = check_command(["@BASE@"])
+    check = check[: check.rindex("@BASE@")] + '"$base"'
+    return (
+        f"base=$(readlink -f {shlex.quote(CURRENT)}) || base=; "
+        f'if [ -n "$base" ] && [ "$(cat "$base"/{name}/{VENV_MARKER} 2>/dev/null)" = {digest} ] '
+        f'&& [ "$({check} 2>/dev/null)" = "$(printf \'integrity\\t%s\\tok\' "$base")" ]; '
+        f'then rm -rf {venv} && cp -a --link "$base"/{name} {venv}; '
+        f"else {command}; fi"
+    )
 
 
 def unpack_argv(archive: str, destination: str) -> tuple[str, ...]:

@@ -182,6 +182,10 @@ def test_vllm_cpu_release_adapters_adapter_only_update_rollback_uninstall(
             inodes = helpers.on(lab, host, f"stat -c %i /opt/appliance/releases/2/{weights} "
                                 f"/opt/appliance/releases/3/{weights}").split()  # fmt: skip
             assert len(inodes) == 2 and inodes[0] == inodes[1], inodes
+            # So is the venv built from the same wheels (release 2 passed its integrity check).
+            inodes = helpers.on(lab, host, "stat -c %i /opt/appliance/releases/2/venv/pyvenv.cfg "
+                                "/opt/appliance/releases/3/venv/pyvenv.cfg").split()  # fmt: skip
+            assert len(inodes) == 2 and inodes[0] == inodes[1], inodes
             gateway = _Gateway(url, cafile, {c: dev_site.token(running, site, c)
                                              for c in (OPS, BRAVO_ONLY)})  # fmt: skip
             base, alpha = gateway.ask(OPS, VLLM_MODEL), gateway.ask(OPS, ALPHA)
@@ -215,11 +219,8 @@ def test_vllm_cpu_release_adapters_adapter_only_update_rollback_uninstall(
             assert expected in served, (expected, sorted(map(str, served)))
 
         # The host's audit log: release 3's deploy names its adapters and what it reused.
-        deploys = [
-            json.loads(line)
-            for line in transport.read_file(entry, AUDIT_LOG).splitlines()
-            if '"event":"deploy"' in line and '"version":3' in line
-        ]
+        audited = [json.loads(line) for line in transport.read_file(entry, AUDIT_LOG).splitlines()]
+        deploys = [r for r in audited if r.get("event") == "deploy" and r.get("version") == 3]
         assert deploys and deploys[-1]["adapters"] == [ALPHA, BRAVO], deploys
         assert deploys[-1]["reuses"]["bundle"] == "demo-vllm-cpu", deploys[-1]
         assert deploys[-1]["reuses"]["bytes"] == reused_bytes, deploys[-1]

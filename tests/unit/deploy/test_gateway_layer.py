@@ -199,7 +199,10 @@ def test_units_venvs_and_firewall_of_a_secured_host(
         "/S/gateway-venv/bin/pip install --quiet --no-index --find-links /S/files/gateway-wheels "
         "starlette==1.10.0 uvicorn==0.54.0 && PIP_NO_INDEX=1 /S/gateway-venv/bin/pip install "
         "--quiet --no-index --no-deps /S/files/gateway-wheels/appliance-0.1.0-py3-none-any.whl"
+        # then the marker naming what it was built from (an adapter-only release may link it)
+        f" && printf '%s' {gateway_venv.wheels_digest} > /S/gateway-venv/.appliance-wheels"
     )
+    assert len(gateway_venv.wheels_digest) == 64 and not gateway_venv.reusable
     unit = d.unit_file_of(GATEWAY_UNIT).content
     venv_python = "/opt/appliance/releases/4/gateway-venv/bin/python"
     assert (
