@@ -6,14 +6,18 @@ Runs scripts/make-lab-adapters, which trains once into
 ~45 s; the base model is scripts/convert-gguf-to-hf's cached conversion, made first when
 missing, ~3 min) and is a no-op afterwards. Root is not needed beyond write access to
 /var/cache/appliance. Run time, warm caches, 2 busy cores: 131 s measured (training
-again for --verify-determinism 62 s, the two greedy checks 33 s and 34 s).
+again for --verify-determinism 62 s, the two greedy checks 33 s and 34 s). The greedy
+answers are checked where they matter, through vLLM and the gateway
+(tests/integration/test_vllm_deploy.py: base, lab-alpha and lab-bravo answer the same
+prompt differently); `--check`'s verdict is unit-tested
+(tests/unit/model/test_make_lab_adapters_script.py), and `scripts/make-lab-adapters --check`
+runs the transformers + PEFT comparison by hand (~33 s).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import struct
 import subprocess
 import sys
@@ -166,33 +170,6 @@ def test_each_card_reads_into_a_transparency_record_without_problems(
     assert record.sources.synthetic.used is True
     assert record.sources.public_datasets_used is False
     assert record.processing.pii_screening
-
-
-def test_check_answers_differ_from_the_base_and_from_each_other(adapters: Path) -> None:
-    result = script("--check", timeout=CHECK_TIMEOUT_S)
-    report = json.loads(result.stdout)
-    assert report["ok"], report["failures"]
-    answers = report["answers"]
-    assert answers["lab-alpha"] == "ALPHA"
-    assert answers["lab-bravo"] == "BRAVO"
-    assert answers["base"] not in ("ALPHA", "BRAVO")
-    assert "alpha" not in answers["base"].lower()
-    assert "bravo" not in answers["base"].lower()
-
-
-def test_check_fails_when_an_adapter_does_not_give_its_answer(
-    adapters: Path, tmp_path: Path
-) -> None:
-    """lab-bravo replaced by a copy of lab-alpha: the check names it and exits 1."""
-    broken = tmp_path / "adapters"
-    shutil.copytree(adapters / "lab-alpha", broken / "lab-alpha")
-    shutil.copytree(adapters / "lab-alpha", broken / "lab-bravo")
-    shutil.copy(adapters / "COMPLETE", broken / "COMPLETE")
-    result = script("--dir", str(broken), "--check", timeout=CHECK_TIMEOUT_S, ok=False)
-    assert result.returncode == 1, result.stderr[-2000:]
-    report = json.loads(result.stdout)
-    assert not report["ok"]
-    assert any(f.startswith("lab-bravo answers 'ALPHA'") for f in report["failures"])
 
 
 def test_a_second_training_gives_byte_identical_files(adapters: Path) -> None:
