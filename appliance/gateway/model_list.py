@@ -49,7 +49,10 @@ def parse_model_list(upstream: httpx.Response) -> list[Any]:
 def visible_models(
     entries: list[Any], served: Served, allowed: frozenset[str]
 ) -> list[dict[str, Any]]:
-    """The entries of ``entries`` the caller may call (``allowed``), each with its ``parent``."""
+    """The entries of ``entries`` the caller may call (``allowed``), each with its ``parent``.
+
+    vLLM's ``root`` (where the model or adapter lies on the host) is left out: callers
+    choose by ``id``, and the host's paths are not theirs to see."""
     listed: list[dict[str, Any]] = []
     seen: set[str] = set()
     for entry in entries:
@@ -62,5 +65,6 @@ def visible_models(
         if base is None:
             continue  # the model server serves it, the config does not know it
         seen.add(name)
-        listed.append({**entry, "parent": base if adapter is not None else None})
+        shown = {k: v for k, v in entry.items() if k != "root"}
+        listed.append({**shown, "parent": base if adapter is not None else None})
     return listed

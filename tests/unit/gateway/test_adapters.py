@@ -81,7 +81,8 @@ async def test_each_caller_lists_only_what_it_may_call_with_parents(
 ) -> None:
     team_a = await listed(gateway, site, "team-a")
     assert [(m["id"], m["parent"]) for m in team_a] == [(BASE, None), ("support-lora", BASE)]
-    assert team_a[1]["root"] == "/srv/adapters/support-lora"  # the rest of the entry as served
+    # the rest of the entry as served, but the host path (vLLM's `root`) is not the caller's
+    assert team_a[1]["owned_by"] == "vllm" and "root" not in team_a[1]
     # An adapter granted without its base model is listed, with its parent from the config
     # (the model server said "another-base").
     team_b = await listed(gateway, site, "team-b")
@@ -244,7 +245,7 @@ def test_visible_models_takes_parents_from_the_config_and_drops_what_it_does_not
     allowed = frozenset({"b1", "lora", "unknown"})
     assert visible_models(upstream, served, allowed) == [
         {"id": "b1", "parent": None},
-        {"id": "lora", "parent": "b2", "root": "/a"},
+        {"id": "lora", "parent": "b2"},
     ]
     assert visible_models(upstream, served, frozenset()) == []
 
