@@ -308,10 +308,20 @@ def deferred_acceptance(verified: VerifiedBundle) -> Iterator[PendingRecord | No
 
 def _summary(checked: Checked, what: str) -> str:
     root = checked.root_md.signed
-    return (
+    summary = (
         f"{checked.payload.name} {checked.payload.channel} version {checked.version}: {len(checked.records)} files "
         f"{what}, signed by {len(checked.signers)} of threshold {root.roles['targets'].threshold}"
     )
+    reuses = checked.payload.reuses
+    if reuses is not None:
+        # An adapter-only bundle: what it names but does not carry is checked on each host.
+        summary += (
+            f"; adapter-only: reuses {len(reuses.files)} files "
+            f"({sum(f.length for f in reuses.files)} bytes) of {reuses.bundle} version "
+            f"{reuses.version} by their signed digests, checked on each host against the "
+            "release in place"
+        )
+    return summary
 
 
 def verify_bundle(
