@@ -280,43 +280,9 @@ def bundle_summary(v: VerifiedBundle) -> Text:
     ]
     if payload.profiles:
         lines.append(f"  for profiles: {', '.join(payload.profiles)}")
-    model = payload.model
-    if model is None:
+    if payload.model is None:
         lines.append(Text.assemble(("  !! ", "bold yellow"), "the bundle carries no model"))
-    else:
-        src = model.source
-        origin = src.repo_id or src.original_path or ""
-        commit = f" @ {src.resolved_commit}" if src.resolved_commit else ""
-        lines.append(
-            Text.assemble(
-                ("Model ", "bold"),
-                f"{model.name} ({model.format}), licence {model.licence or 'not stated'}",
-            )
-        )
-        lines.append(f"  provenance: {src.kind} {origin}{commit}".rstrip())
-    for adapter in payload.adapters:
-        prov = adapter.provenance
-        summary = prov.training_summary
-        datasets = ", ".join(
-            f"{d.name} ({d.records} records, licence {d.licence or 'not stated'})"
-            for d in prov.datasets
-        )
-        revision = f" @ {prov.base_model_revision}" if prov.base_model_revision else ""
-        lines += [
-            Text.assemble(
-                ("Adapter ", "bold"),
-                f"{adapter.name}: LoRA r={prov.rank} alpha={prov.alpha} on "
-                f"{prov.base_model}{revision}, licence {prov.licence}",
-            ),
-            f"  datasets: {datasets or 'none listed'}",
-        ]
-        if summary is not None:
-            lines += [
-                f"  training content summary: provider {summary.provider}, "
-                f"size {summary.training_data_size}, modalities {', '.join(summary.modalities)}",
-                f"  copyright opt-outs: {summary.copyright_opt_out_measures}",
-                f"  illegal content: {summary.illegal_content_measures}",
-            ]
+    lines += bundle_models(v)
     for artifact in payload.artifacts:
         lines.append(
             f"Artifact {artifact.name} from {artifact.url}, licence "
@@ -335,6 +301,54 @@ def bundle_summary(v: VerifiedBundle) -> Text:
             f"({len(gateway.requirements)} pinned, {len(gateway.no_deps)} without dependencies)"
         )
     return _lines(*lines)
+
+
+# The TUI takes no policy file: the deploy it starts applies the default site policy.
+TUI_POLICY = "the default site policy (intended use commercial; `appliance deploy --policy FILE` takes the site's)"
+
+
+def bundle_models(v: VerifiedBundle) -> list[Text | str]:
+    """The bundle's base and adapters with provider, licences, data sources and findings
+    (``appliance bundle inspect``'s lines: ``compliance.inventory.inventory_lines``)."""
+    from appliance.bundle.payload_inventory import payload_inventory, reuse_summary
+    from appliance.compliance.inventory import inventory_lines
+
+    lines: list[Text | str] = []
+    reuse = reuse_summary(v.payload, v.records)
+    lines += reuse.lines() if reuse is not None else []
+    rows = payload_inventory(v.payload, v.records)
+    if v.payload.adapters:
+        lines.append(
+            Text.assemble(("Models", "bold"), f" (adapters' findings under {TUI_POLICY}):")
+        )
+    elif rows:
+        lines.append(Text("Models", "bold"))
+    lines += [_finding_style(line) for line in inventory_lines(rows, indent="  ")]
+    return lines
+
+
+def deployed_models(v: VerifiedBundle) -> Text:
+    """What the deploy laid down: the base and each adapter, briefly (the Done step)."""
+    from appliance.bundle.payload_inventory import payload_inventory
+    from appliance.compliance.inventory import inventory_lines
+
+    rows = payload_inventory(v.payload, v.records)
+    head = Text.assemble(("Deployed", "bold"), f": bundle {v.name} version {v.version}")
+    if not rows:
+        return _lines(head, "  no model")
+    return _lines(
+        head, *(_finding_style(x) for x in inventory_lines(rows, indent="  ", brief=True))
+    )
+
+
+def _finding_style(line: str) -> Text | str:
+    """A refusal or warning line keeps its word; colour only repeats it."""
+    stripped = line.lstrip()
+    for word, style in (("REFUSE ", "bold red"), ("WARN ", "bold yellow")):
+        if stripped.startswith(word):
+            pad = line[: len(line) - len(stripped)]
+            return Text.assemble(pad, (word.strip(), style), " ", stripped[len(word) :])
+    return line
 
 
 # --- plan review, deploy, done ----------------------------------------------------------------

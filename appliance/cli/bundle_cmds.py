@@ -478,11 +478,14 @@ def cmd_bundle_add_signatures(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def inspect_data(bundle: Path) -> dict[str, Any]:
+def inspect_data(bundle: Path, policy: Any = None) -> dict[str, Any]:
     from appliance.bundle.manifest import bundle_contents, content_digest, read_targets
+    from appliance.bundle.payload_inventory import payload_inventory, reuse_summary
+    from appliance.compliance.inventory import inventory_json
 
     md = read_targets(bundle)
     payload, records = bundle_contents(md)
+    reuse = reuse_summary(payload, records)
     return {
         "name": payload.name,
         "channel": payload.channel,
@@ -495,6 +498,11 @@ def inspect_data(bundle: Path) -> dict[str, Any]:
         "profiles": payload.profiles,
         "model": None if payload.model is None else payload.model.model_dump(mode="json"),
         "adapters": [a.model_dump(mode="json") for a in payload.adapters],
+        "inventory": inventory_json(payload_inventory(payload, records, policy)),
+        "reuses": None
+        if payload.reuses is None or reuse is None
+        else payload.reuses.model_dump(mode="json")
+        | {"reused_bytes": reuse.reused_bytes, "carried_bytes": reuse.carried_bytes},
         "wheels": None if payload.wheels is None else payload.wheels.model_dump(mode="json"),
         "gateway": None if payload.gateway is None else payload.gateway.model_dump(mode="json"),
         "installer": None
@@ -508,11 +516,26 @@ def inspect_data(bundle: Path) -> dict[str, Any]:
     }
 
 
+def _site_policy(args: argparse.Namespace) -> tuple[Any, str]:
+    """The site policy (--policy FILE) and how to name it; the default one without it."""
+    from appliance.compliance.policy import DEFAULT_POLICY, load_policy
+
+    if getattr(args, "policy", None) is None:
+        return DEFAULT_POLICY, "the default policy (no --policy given)"
+    return load_policy(args.policy), str(args.policy)
+
+
 def cmd_bundle_inspect(args: argparse.Namespace) -> int:
-    data = inspect_data(args.bundle)
+    from appliance.bundle.manifest import bundle_contents, read_targets
+    from appliance.bundle.payload_inventory import payload_inventory, reuse_summary
+    from appliance.compliance.inventory import inventory_lines
+
+    policy, policy_name = _site_policy(args)
+    data = inspect_data(args.bundle, policy)
     if args.json:
         _emit_json(data)
         return ExitCode.OK
+    payload, records = bundle_contents(read_targets(args.bundle))
     print(
         f"{data['name']} ({data['channel']}) version {data['version']}, expires {data['expires']}"
     )
@@ -525,24 +548,16 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
     print(
         f"  signatures: {len(data['signatures'])} ({', '.join(k[:16] for k in data['signatures']) or 'none'})"
     )
-    model = data["model"]
-    if model is not None:
-        src = model["source"]
-        origin = src.get("repo_id") or src.get("original_path") or ""
-        commit = f" @ {src['resolved_commit']}" if src.get("resolved_commit") else ""
-        print(
-            f"  model {model['name']} ({model['format']}, licence {model.get('licence') or 'not stated'}) from {src['kind']} {origin}{commit}"
-        )
-    for adapter in data["adapters"]:
-        prov = adapter["provenance"]
-        print(
-            f"  adapter {adapter['name']}: LoRA r={prov['rank']} alpha={prov['alpha']} on {prov['base_model']}, "
-            f"licence {prov['licence']}, datasets: "
-            + ", ".join(f"{d['name']} ({d['records']} records)" for d in prov["datasets"])
-        )
-        print(
-            f"    training content summary: provider {prov['training_summary']['provider']}, size {prov['training_summary']['training_data_size']}"
-        )
+    reuse = reuse_summary(payload, records)
+    for line in reuse.lines() if reuse is not None else []:
+        print(f"  {line}")
+    rows = payload_inventory(payload, records, policy)
+    if payload.model is None:
+        print("  model: none carried")
+    if payload.adapters:
+        print(f"  adapters' findings under the site policy: {policy_name}")
+    for line in inventory_lines(rows, indent="  "):
+        print(line)
     for artifact in data["artifacts"]:
         print(
             f"  artifact {artifact['name']} from {artifact['url']} sha256 {artifact['sha256'][:16]}... licence {artifact.get('licence') or 'not stated'}"
@@ -569,6 +584,55 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
         )
     print(
         f"  {len(data['files'])} files, {data['total_bytes']} bytes, {data['media']['parts']} media part(s) of {data['media']['part_size']} bytes"
+    )
+    return ExitCode.OK
+
+
+def cmd_bundle_export_records(args: argparse.Namespace) -> int:
+    from appliance.bundle.manifest import bundle_contents, read_targets
+    from appliance.bundle.payload_inventory import payload_inventory
+    from appliance.compliance.record_export import export_files, write_export
+    from appliance.output_paths import new_or_empty_directory
+
+    new_or_empty_directory(args.out, "--out")
+    policy, policy_name = _site_policy(args)
+    md = read_targets(args.bundle)
+    payload, records = bundle_contents(md)
+    rows = payload_inventory(payload, records, policy)
+    files = export_files(
+        rows,
+        {a.name: a.record for a in payload.adapters},
+        bundle=f"{payload.name} version {md.signed.version}",
+        policy=policy,
+        policy_source=policy_name,
+    )
+    written = write_export(files, args.out)
+    missing = [a.name for a in payload.adapters if a.record is None]
+    if args.json:
+        _emit_json(
+            {
+                "directory": str(args.out),
+                "bundle": payload.name,
+                "policy": policy_name,
+                "files": [{"path": w.path, "sha256": w.sha256, "bytes": w.size} for w in written],
+                "without_record": missing,
+                "verified": False,
+            }
+        )
+        return ExitCode.OK
+    print(
+        f"Wrote {args.out}: {len(written)} files for {len(payload.adapters)} adapter(s) of {payload.name}"
+    )
+    for w in written:
+        print(f"  {w.path}")
+    for name in missing:
+        print(
+            f"  {name}: NO transparency record carried (finding record-missing; listed in the index)"
+        )
+    print(f"Findings under {policy_name}: see {args.out / '_index.md'}.")
+    print(
+        "NOT VERIFIED: the records were read from the bundle's manifest; run"
+        " `appliance bundle verify` to check its signatures."
     )
     return ExitCode.OK
 
@@ -876,8 +940,36 @@ def _add_bundle_inspect(parent: Any) -> Handler:
     """`appliance bundle inspect`: its parser under ``parent``; returns its handler."""
     inspect = parent.add_parser("inspect", help="show a bundle's manifest (not a verification)")
     inspect.add_argument("bundle", type=Path)
+    inspect.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the site's compliance policy the adapters' findings are shown under "
+        "(docs/compliance.md); default: intended use commercial",
+    )
     inspect.add_argument("--json", action="store_true")
     return cmd_bundle_inspect
+
+
+def _add_bundle_export_records(parent: Any) -> Handler:
+    """`appliance bundle export-records`: its parser under ``parent``; returns its handler."""
+    export = parent.add_parser(
+        "export-records",
+        help="write each adapter's transparency record (JSON and Markdown) and an index of "
+        "the findings for the site's compliance file",
+    )
+    export.add_argument("bundle", type=Path)
+    export.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="new (or empty) directory to write into")  # fmt: skip
+    export.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the site's compliance policy for the index's findings (docs/compliance.md); "
+        "default: intended use commercial",
+    )
+    export.add_argument("--json", action="store_true", help="print what was written as JSON")
+    return cmd_bundle_export_records
 
 
 def _add_bundle_verify(parent: Any) -> Handler:
@@ -965,6 +1057,7 @@ def register(sub: Any) -> dict[str, Handler]:
     handlers["bundle.sign"] = _add_bundle_sign(bsub)
     handlers["bundle.add-signatures"] = _add_bundle_add_signatures(bsub)
     handlers["bundle.inspect"] = _add_bundle_inspect(bsub)
+    handlers["bundle.export-records"] = _add_bundle_export_records(bsub)
     handlers["bundle.verify"] = _add_bundle_verify(bsub)
     handlers["bundle.install"] = _add_bundle_install(bsub)
     handlers["bundle.split"] = _add_bundle_split(bsub)

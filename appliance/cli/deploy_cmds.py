@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import sys
@@ -290,6 +291,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return ExitCode.DEPLOYMENT_FAILED if bad else ExitCode.OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Per model-server host, the base and adapters the release in place serves."""
+    from appliance.compliance.inventory import inventory_json, inventory_lines
+    from appliance.compliance.policy import DEFAULT_POLICY
+    from appliance.report.served_models import MANIFEST, NOT_REVERIFIED, served_models
+
+    policy = _policy(args) or DEFAULT_POLICY
+    policy_name = str(args.policy) if args.policy else "the default policy (no --policy given)"
+    rows = [served_models(h, policy) for h in _hosts(args)]
+    refused = any(r.refused for host in rows for r in host.rows)
+    if args.json:
+        data = {
+            "policy": policy_name,
+            "source": f"{MANIFEST}: {NOT_REVERIFIED}",
+            "hosts": [
+                {"host": h.host, "reachable": h.reachable, "release": h.release,
+                 "bundle": h.bundle or None, "bundle_version": h.bundle_version,
+                 "message": h.message, "models": inventory_json(h.rows),
+                 "reuses": None if h.reuse is None else dataclasses.asdict(h.reuse)}
+                for h in rows
+            ],
+        }  # fmt: skip
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    for h in rows if not args.json else []:
+        if not h.reachable:
+            print(f"{h.host:20s} UNREACHABLE  {h.message}")
+            continue
+        if h.release is None or h.message:
+            print(f"{h.host:20s} release {h.release or 'none'}: {h.message}")
+            continue
+        print(f"{h.host:20s} release {h.release}: bundle {h.bundle} version {h.bundle_version}")
+        for line in h.reuse.lines() if h.reuse is not None else []:
+            print(f"  {line}")
+        print("\n".join(inventory_lines(h.rows, indent="  ")))
+    if not args.json:
+        print(f"Findings under the site policy: {policy_name}.")
+        print(f"What each host serves is {NOT_REVERIFIED}.")
+    if any(h.failed for h in rows):
+        return ExitCode.DEPLOYMENT_FAILED
+    return ExitCode.DOES_NOT_FIT if refused else ExitCode.OK
+
+
 def _each_host(args: argparse.Namespace, action: Callable[[Any], str]) -> int:
     """Run ``action`` on every model-server host; one failing host does not stop the others."""
     from appliance.errors import ApplianceError
@@ -438,6 +481,20 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         "without it: sizes, mtimes and small files' digests",
     )
     handlers["status"] = cmd_status
+    models = sub.add_parser(
+        "models",
+        help="per host, the base model and adapters the release in place serves: provider, "
+        "licences, data sources and compliance findings",
+    )
+    models.add_argument("--inventory", type=Path, required=True, help="hosts (docs/inventory.md)")
+    models.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the site's compliance policy (docs/compliance.md); default: intended use commercial",
+    )
+    models.add_argument("--json", action="store_true")
+    handlers["models"] = cmd_models
     rb = sub.add_parser("rollback", help="activate the previous release on each host")
     rb.add_argument("--inventory", type=Path, required=True)
     rb.add_argument("--to", type=int, help="release version (default: the one before current)")

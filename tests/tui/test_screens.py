@@ -177,13 +177,80 @@ async def test_bundle_verification_shows_progress_signers_licences_and_provenanc
         for keyid in fake.verified.signers:
             assert keyid in text
         assert "expires 2099-01-01T00:00:00+00:00" in text
-        assert "licence LicenseRef-Gemma" in text
-        assert "LoRA r=16 alpha=32 on google/gemma-3-270m, licence Apache-2.0" in text
-        assert "helpdesk-2025 (12000 records, licence LicenseRef-internal)" in text
-        assert "training content summary: provider Site IT department" in text
+        assert "base gemma-3-270m-q4_k_m: licence LicenseRef-Gemma" in text
+        # the demo adapter carries the recipe's short summary, no transparency record
+        assert (
+            "adapter helpdesk on gemma-3-270m-q4_k_m: provider Site IT department; licences"
+            " Apache-2.0, LicenseRef-internal" in text
+        )
+        assert "LoRA r=16 alpha=32; trained on google/gemma-3-270m" in text
+        assert "helpdesk-2025 (licence LicenseRef-internal, 12000 records)" in text
+        assert "transparency record: NONE carried" in text
+        assert "REFUSE record-missing: adapter 'helpdesk' carries no transparency record" in text
         assert fake.called("verify") == [
             {"bundle": Path("/media/usb/demo-cpu-3"), "trust": Path("/etc/appliance/root.json")}
         ]
+
+
+def _with_carded_adapters(fake: FakeBackend) -> None:
+    """The demo bundle with two adapters: one carrying the fixture card's record, one none."""
+    import dataclasses
+
+    from appliance.compliance.card import load_card
+
+    record = load_card(ROOT / "tests/fixtures/cards/complete.md").record
+    payload = fake.verified.payload
+    (helpdesk,) = payload.adapters
+    pirate = helpdesk.model_copy(update={"name": "pirate", "record": record})
+    bare = helpdesk.model_copy(
+        update={"provenance": helpdesk.provenance.model_copy(update={"training_summary": None})}
+    )
+    fake.verified = dataclasses.replace(
+        fake.verified, payload=payload.model_copy(update={"adapters": [pirate, bare]})
+    )
+
+
+async def test_bundle_step_lists_each_adapter_with_provider_licences_sources_and_findings(
+    make_app: AppFactory, fake: FakeBackend
+) -> None:
+    _with_carded_adapters(fake)
+    async with make_app().run_test(size=(80, 24)) as pilot:
+        await walk_to(pilot, "Bundle")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        text = screen_text(pilot)
+    assert "adapters' findings under the default site policy (intended use commercial" in text
+    assert "base gemma-3-270m-q4_k_m: licence LicenseRef-Gemma" in text
+    assert (
+        "adapter pirate on gemma-3-270m-q4_k_m: provider Example Lab GmbH; licences Apache-2.0,"
+        " CC-BY-SA-4.0, CC0-1.0" in text
+    )
+    assert (
+        "2.1 public datasets: wiki-subset (licence CC-BY-SA-4.0, 12000 records), pirate-phrases"
+        " (licence CC0-1.0, records: merged into wiki-subset)" in text
+    )
+    assert "2.3 crawled data: not used" in text and "2.5 synthetic data: used" in text
+    # the card names google/gemma-3-270m; the bundle's model is the GGUF's own name
+    assert "REFUSE base-model-mismatch: the record says the adapter was trained on" in text
+    assert "WARN licence-not-permissive: public dataset 'wiki-subset' (2.1)" in text
+    # the adapter without a record is listed, with its finding, not skipped
+    assert "adapter helpdesk on gemma-3-270m-q4_k_m: provider not stated" in text
+    assert "REFUSE record-missing: adapter 'helpdesk' carries no transparency record" in text
+
+
+async def test_done_step_lists_what_was_deployed(make_app: AppFactory, fake: FakeBackend) -> None:
+    _with_carded_adapters(fake)
+    async with make_app().run_test(size=(80, 24)) as pilot:
+        await walk_to(pilot, "Done")
+        text = screen_text(pilot)
+    assert "Deployed: bundle demo-cpu version 3" in text
+    assert "base gemma-3-270m-q4_k_m: licence LicenseRef-Gemma" in text
+    assert "adapter pirate on gemma-3-270m-q4_k_m: provider Example Lab GmbH" in text
+    assert "findings: 2 (1 refused, 1 warned, 0 ignored under the site policy)" in text
+    assert (
+        "adapter helpdesk on gemma-3-270m-q4_k_m: provider not stated; licences Apache-2.0,"
+        " LicenseRef-internal; transparency record: NONE" in text
+    )
 
 
 async def test_a_verification_failure_is_the_cli_message_and_nothing_goes_on(

@@ -1,4 +1,5 @@
-"""Step 7, Done: per host the outcome, the endpoint, the smoke-test answer and the audit record.
+"""Step 7, Done: what was deployed (base and adapters), then per host the outcome, the
+endpoint, the smoke-test answer and the audit record.
 
 The smoke test is the core's ``appliance.report.smoke.chat``: one question to
 the model server through an SSH tunnel, asked from this machine. With a site
@@ -23,6 +24,7 @@ from tui.present import (
     NO_GATEWAY_HOWTO,
     NO_GATEWAY_TITLE,
     TOKEN_TITLE,
+    deployed_models,
     host_access,
     host_outcome,
     summary_line,
@@ -40,7 +42,8 @@ SERVING = ("converged", "unchanged")
 class DoneScreen(StepScreen):
     STEP = "Done"
     ABOUT = """
-What was deployed, per host: the outcome, the endpoint (with a site file, the
+What was deployed: the bundle's base model and adapters (provider, licences,
+the findings of each adapter's transparency record); then, per host: the outcome, the endpoint (with a site file, the
 gateway's https://ADDRESS:8443/v1 and the loaded firewall; without, the model
 server on the host's loopback), the answer of the smoke test (one question
 asked the model server from this machine through an SSH tunnel), and the id of
@@ -54,6 +57,9 @@ for the gateway, or, without a site file, how to reach the model server.
         results = self.session.results or []
         with VerticalScroll(id="done-body"):
             yield Static(summary_line(results), id="summary")
+            verified = self.session.verified
+            if verified is not None:
+                yield Static(deployed_models(verified), id="deployed", markup=False)
             for result in results:
                 yield Static(self.host_text(result), id=f"host-{result.host}", classes="host-done")
             site = self.session.site

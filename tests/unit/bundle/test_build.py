@@ -466,13 +466,13 @@ def test_inspect_shows_provenance_and_licences(
     assert main(["bundle", "inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "NOT VERIFIED" in text  # inspect never passes for verification
-    assert "adapter support: LoRA r=" in text and "on org/base" in text
-    assert f"licence {PROVENANCE['licence']}" in text
+    # the recipe's adapter: its provenance's short summary, no transparency record
+    assert "adapter support on " in text and "provider Example; licences Apache-2.0" in text
+    assert "LoRA r=16 alpha=32; trained on org/base" in text
     dataset = PROVENANCE["datasets"][0]
-    assert f"{dataset['name']} ({dataset['records']} records)" in text
-    assert (
-        f"training content summary: provider {PROVENANCE['training_summary']['provider']}" in text
-    )
+    assert f"{dataset['name']} (licence not stated, {dataset['records']} records)" in text
+    assert "training content summary (short form): size 1-10 million tokens" in text
+    assert "REFUSE record-missing: adapter 'support' carries no transparency record" in text
     assert "artifact keycloak" in text and "wheels for Python" in text
     assert main(["bundle", "inspect", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
