@@ -42,7 +42,7 @@ def trained(lab: ModuleType, answers: dict[str, str]) -> dict[str, Any]:
     }
 
 
-BASE = {"revision": BASE_KEY}
+BASE = {"revision": BASE_KEY, "weights_digest": "ab" * 32}
 
 
 def test_the_venv_is_the_converters_pins_plus_pinned_peft(lab: ModuleType) -> None:
@@ -104,6 +104,7 @@ def test_the_card_states_the_recipe_and_its_synthetic_data(lab: ModuleType) -> N
     assert front.splitlines() == [
         "base_model: gemma-3-270m",
         f'base_model_revision: "{BASE_KEY}"',
+        "base_model_digest: " + "ab" * 32,  # the base's weights digest, checked at plan time
         "license: apache-2.0",
         "library_name: peft",
         "tags:",
