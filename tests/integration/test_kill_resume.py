@@ -1,4 +1,4 @@
-"""Kill the deployer with SIGKILL at 10 random moments of a deploy; each re-run converges.
+"""Kill the deployer with SIGKILL at 8 random moments of a deploy; each re-run converges.
 
 Also the gentle stops: Cancel (the TUI's button: the core deploy's ``cancel``
 event) stops between two engine operations and releases the lock; SIGTERM to
@@ -37,7 +37,7 @@ from appliance.report import smoke
 from tests.integration.test_deploy import appliance, chat, on_host, site  # noqa: F401 - the site fixture
 
 pytestmark = pytest.mark.integration
-KILL_POINTS = 10
+KILL_POINTS = 8
 
 
 def deploy_argv(lab: Lab) -> list[str]:

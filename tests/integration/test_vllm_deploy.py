@@ -225,6 +225,16 @@ def test_vllm_cpu_release_adapters_adapter_only_update_rollback_uninstall(
         assert deploys[-1]["reuses"]["bundle"] == "demo-vllm-cpu", deploys[-1]
         assert deploys[-1]["reuses"]["bytes"] == reused_bytes, deploys[-1]
 
+        # What the release in place serves, with its records (`appliance models`).
+        served_here = json.loads(
+            appliance("models", "--inventory", lab.inventory, "--json", cwd=work).stdout
+        )["hosts"][0]
+        assert (served_here["release"], served_here["bundle_version"]) == (3, 3), served_here
+        rows = {m["name"]: m for m in served_here["models"]}
+        assert set(rows) == {VLLM_MODEL, ALPHA, BRAVO}, rows
+        assert rows[BRAVO]["parent"] == VLLM_MODEL and rows[BRAVO]["has_record"], rows[BRAVO]
+        assert rows[BRAVO]["licences"] == ["Apache-2.0"] and not rows[BRAVO]["findings"]
+
         status = json.loads(
             appliance("status", "--inventory", lab.inventory, "--json", cwd=work).stdout
         )[0]
