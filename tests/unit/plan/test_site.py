@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,28 @@ def test_the_profile_is_resolved_once_and_an_unknown_one_refused(
     with pytest.raises(ProfileError, match="unknown profile 'cpu-llama'") as caught:
         resolve_profile(profiles, "cpu-llama")
     assert caught.value.hint and "Did you mean 'cpu-llamacpp'?" in caught.value.hint
+
+
+def test_adapters_are_checked_against_each_groups_profile_and_served_by_it(
+    profiles: dict[str, Profile], tmp_path: Path
+) -> None:
+    from appliance.errors import AdapterRefusedError
+    from appliance.plan.adapters import ModelIdentity
+    from appliance.plan.engine_args import argv_adapters
+    from tests.unit.plan.test_adapters import GEMMA, make_adapter
+
+    adapters = [make_adapter(tmp_path, "alpha"), make_adapter(tmp_path, "bravo")]
+    identity = ModelIdentity("gemma-3-270m")
+    hosts, inv = named("cpu-avx512", "a"), inventory(("a", SERVING))
+    site = plan_site(profiles, profiles["cpu-vllm"], hosts, inv, GEMMA, adapters=adapters,
+                     identity=identity)  # fmt: skip
+    argv = site.part("a").command.argv
+    assert argv_adapters(argv) == ("alpha", "bravo")
+    assert argv[argv.index("--max-lora-rank") + 1 :][:5] == ("16", "--max-loras", "2",
+                                                            "--max-cpu-loras", "2")  # fmt: skip
+    # The same adapters on a llama.cpp profile: refused at plan time, naming each adapter.
+    with pytest.raises(AdapterRefusedError) as refused:
+        plan_site(profiles, profiles["cpu-llamacpp"], hosts, inv, gguf(), adapters=adapters,
+                  identity=identity)  # fmt: skip
+    assert refused.value.exit_code == 3
+    assert "adapter 'alpha'" in refused.value.message and "adapter 'bravo'" in refused.value.message
