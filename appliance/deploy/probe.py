@@ -91,8 +91,8 @@ def probe_script(desired: HostDesired) -> str:
 @dataclass(frozen=True, slots=True)
 class Change:
     kind: Literal[
-        "create-dir", "put-file", "render", "venv", "activate", "firewall", "switch-current",
-        "enable", "start", "user", "unpack", "put-secret", "reinstall",
+        "create-dir", "put-file", "link-file", "render", "venv", "activate", "firewall",
+        "switch-current", "enable", "start", "user", "unpack", "put-secret", "reinstall",
     ]  # fmt: skip
     target: str
     detail: str
@@ -124,13 +124,11 @@ def diff(desired: HostDesired, actual: dict[str, Any]) -> list[Change]:
     for f in desired.release_files:
         found = files.get(f.path, "")
         if found != f.sha256:
-            changes.append(
-                Change(
-                    "put-file",
-                    f.path,
-                    "missing" if not found else f"digest {found[:12]}... != {f.sha256[:12]}...",
-                )
-            )
+            state = "missing" if not found else f"digest {found[:12]}... != {f.sha256[:12]}..."
+            if f.reused:  # an adapter-only release: linked from the release in place, by digest
+                changes.append(Change("link-file", f.path, f"{state}; from the release in place"))
+            else:
+                changes.append(Change("put-file", f.path, state))
     for r in desired.rendered:
         found = files.get(r.path, "")
         if found != r.sha256:

@@ -72,3 +72,44 @@ def test_otherwise_the_venv_is_built_and_marked(tmp_path: Path, case: str) -> No
     assert not _linked(base, staging)
     assert (staging / "venv/bin/python").exists()  # a venv built here
     assert (staging / "venv" / VENV_MARKER).read_text() == spec.wheels_digest
+
+
+def test_reused_files_are_linked_from_the_release_in_place_and_checked_with_the_rest(
+    tmp_path: Path,
+) -> None:
+    from appliance.deploy.host_desired import HostDesired, ReleaseFile, RenderedFile
+    from appliance.deploy.probe import diff, space_needed
+    from appliance.deploy.staging import checklist, reuse_command
+    from appliance.plan.inventory import HostEntry
+
+    base, staging = _site(tmp_path)
+    (base / "files/models/m").mkdir(parents=True)
+    (base / "files/models/m/w.safetensors").write_bytes(b"weights")
+    release = "/opt/appliance/releases/3"
+    local = tmp_path / "adapter.bin"
+    local.write_bytes(b"adapter")
+    desired = HostDesired(
+        HostEntry(name="h", address="10.0.0.2", roles=["model-server"]), 3, release,
+        (ReleaseFile(f"{release}/files/adapters/a/w.bin", local, 7, "a" * 64),
+         ReleaseFile(f"{release}/files/models/m/w.safetensors", None, 7, "b" * 64)),
+        (RenderedFile("/etc/appliance/releases/3/appliance-model.service", "t", "[Unit]\n"),), (),
+    )  # fmt: skip
+    assert [f.path for f in desired.uploaded] == [f"{release}/files/adapters/a/w.bin"]
+    changes = {c.target: c.kind for c in diff(desired, {"files": {}})}
+    assert changes[f"{release}/files/models/m/w.safetensors"] == "link-file"
+    assert changes[f"{release}/files/adapters/a/w.bin"] == "put-file"
+    assert "files/models/m/w.safetensors" in checklist(desired)  # checked like the others
+    assert space_needed(desired, {}) < 7 + 7 + 64 * 1024 * 1024  # reused bytes cost nothing
+    command = reuse_command(desired, str(staging)).replace(CURRENT, str(tmp_path / "current"))
+    subprocess.run(["sh", "-c", command], check=True, timeout=60)
+    linked = staging / "files/models/m/w.safetensors"
+    assert os.stat(linked).st_ino == os.stat(base / "files/models/m/w.safetensors").st_ino
+    # A release in place without the file: the deploy stops and names it.
+    (base / "files/models/m/w.safetensors").unlink()
+    linked.unlink()
+    failed = subprocess.run(
+        ["sh", "-c", command], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode == 1
+    assert "has no files/models/m/w.safetensors" in failed.stderr
+    assert "deploy its base bundle first" in failed.stderr
