@@ -68,6 +68,14 @@ def run(host: HostEntry, script: str, *, timeout: float = 60, check: bool = True
     return result.stdout
 
 
-def read_file(host: HostEntry, path: str) -> str:
-    """A (public) file's text from the host, e.g. the gateway's certificate."""
-    return run(host, f"cat {shlex.quote(path)}", timeout=30)
+def read_file(host: HostEntry, path: str, *, limit: int | None = None) -> str:
+    """A (public) file's text from the host, e.g. the gateway's certificate.
+
+    ``limit``: at most this many bytes are read (a file longer than that is refused with
+    ``DeploymentError``, never read whole): a host's files are untrusted input."""
+    if limit is None:
+        return run(host, f"cat {shlex.quote(path)}", timeout=30)
+    text = run(host, f"head -c {limit + 1} {shlex.quote(path)}", timeout=30)
+    if len(text.encode()) > limit:
+        raise DeploymentError(f"{host.name}: {path} is larger than {limit} bytes; refused")
+    return text

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.bundle.format import METADATA_DIR
+from appliance.bundle.format import MAX_METADATA_BYTES, METADATA_DIR
 from appliance.bundle.manifest import bundle_contents, parse_targets
 from appliance.bundle.payload_inventory import ReuseSummary, payload_inventory, reuse_summary
 from appliance.compliance.inventory import ModelRow
@@ -60,7 +60,7 @@ def served_models(host: HostEntry, policy: SitePolicy) -> ServedModels:
     if release is None:
         return ServedModels(host.name, True, message="no release in place")
     try:
-        text = transport.read_file(host, MANIFEST)
+        text = transport.read_file(host, MANIFEST, limit=MAX_METADATA_BYTES)
         md = parse_targets(text.encode(), f"{host.name}:{MANIFEST}")
         payload, records = bundle_contents(md)
     except ApplianceError as exc:  # SSH failed meanwhile, or the manifest is missing/invalid

@@ -244,8 +244,10 @@ def _fake_ssh(
             raise DeploymentError(f"{host.name}: no answer within 30 s")
         if script.startswith("readlink /opt/appliance/current"):
             return "/opt/appliance/releases/2\n" if host.name == "srv-1" else ""
-        if script == "cat /opt/appliance/current/metadata/targets.json":
-            return manifest.decode()
+        if script.endswith(" /opt/appliance/current/metadata/targets.json"):
+            assert script.startswith("head -c "), script  # bounded: a host's files are untrusted
+            limit = int(script.split()[2])
+            return manifest.decode()[:limit]
         raise AssertionError(f"unexpected script on {host.name}: {script}")
 
     monkeypatch.setattr(transport, "run", fake_ssh_run)
@@ -277,7 +279,7 @@ def test_models_lists_what_each_host_serves_and_says_it_is_not_reverified(
         line.startswith("srv-2") and "release none: no release in place" in line for line in lines
     )
     assert "not verified again against the trust root here; `appliance status`" in out
-    assert ("srv-1", "cat /opt/appliance/current/metadata/targets.json") in calls
+    assert ("srv-1", "head -c 67108865 /opt/appliance/current/metadata/targets.json") in calls
 
 
 def test_models_refused_findings_exit_3_and_an_unreachable_host_exits_5(

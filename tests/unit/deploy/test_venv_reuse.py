@@ -113,3 +113,21 @@ def test_reused_files_are_linked_from_the_release_in_place_and_checked_with_the_
     assert failed.returncode == 1
     assert "has no files/models/m/w.safetensors" in failed.stderr
     assert "deploy its base bundle first" in failed.stderr
+
+
+def test_a_hosts_file_read_with_a_limit_is_refused_past_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.deploy import transport
+    from appliance.errors import DeploymentError
+    from appliance.plan.inventory import HostEntry
+
+    scripts: list[str] = []
+
+    def fake_ssh_run(host: HostEntry, script: str, **kwargs: object) -> str:  # a fake host
+        scripts.append(script)
+        return "x" * int(script.split()[2])  # a file longer than the limit: head gives limit+1
+
+    monkeypatch.setattr(transport, "run", fake_ssh_run)
+    host = HostEntry(name="h", address="10.0.0.2", roles=["model-server"])
+    with pytest.raises(DeploymentError, match="larger than 10 bytes"):
+        transport.read_file(host, "/etc/big", limit=10)
+    assert scripts == ["head -c 11 /etc/big"]
