@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from appliance.compliance.findings import BaseIdentity
 from appliance.compliance.record import TransparencyRecord
 
 SpdxId = Annotated[
@@ -287,6 +288,22 @@ def weights_digest(files: Iterable[tuple[str, str]]) -> str:
 
     lines = sorted(f"{sha}  {path}\n" for path, sha in files if is_weight_file(path))
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def model_identity(payload: Payload, records: Iterable[tuple[str, str]]) -> BaseIdentity | None:
+    """The payload's model as the adapter and compliance checks identify it: name, Hub repo,
+    revision (the resolved commit, else the one asked for), ``weights_digest`` over its
+    files carried (``records``: path under files/ and sha256) or reused; None without one.
+    A model without weight files still gets a digest (of nothing), which no adapter declares."""
+    model = payload.model
+    if model is None:
+        return None
+    return BaseIdentity(
+        name=model.name,
+        repo_id=model.source.repo_id,
+        revision=model.source.resolved_commit or model.source.revision,
+        digest=weights_digest(model_files(payload, records)),
+    )
 
 
 def model_files(payload: Payload, records: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from appliance.bundle.format import FileRecord
-from appliance.bundle.payload import AdapterEntry, Payload, model_files, weights_digest
+from appliance.bundle.payload import AdapterEntry, Payload, model_identity
 from appliance.compliance.inventory import (
     AdapterInput,
     BaseModelInput,
@@ -34,18 +34,19 @@ def base_input(payload: Payload, records: Iterable[FileRecord]) -> BaseModelInpu
     model = payload.model
     if model is None:
         return None
+    identity = model_identity(payload, ((r.path, r.sha256) for r in records))
+    assert identity is not None  # the payload has a model
     src = model.source
     origin = src.repo_id or src.original_path or ""
-    commit = src.resolved_commit or src.revision
-    files = model_files(payload, ((r.path, r.sha256) for r in records))
+    commit = identity.revision
     return BaseModelInput(
         name=model.name,
         licence=model.licence,
         origin=f"{model.format} from {src.kind} {origin}".rstrip()
         + (f" @ {commit}" if commit else ""),
-        repo_id=src.repo_id,
+        repo_id=identity.repo_id,
         revision=commit,
-        digest=weights_digest(files) if files else None,
+        digest=identity.digest,
     )
 
 

@@ -38,7 +38,8 @@ _HEX = re.compile(r"^[0-9a-f]{7,64}$")
 @dataclass(frozen=True)
 class BaseIdentity:
     """The bundle's model: its directory name, Hub repo id and revision when known, the
-    digest of its files (shown, not compared here)."""
+    digest of its weight files (``bundle.payload.weights_digest``; shown here, compared by
+    the plan's adapter checks). One identity for the compliance checks and ``plan.adapters``."""
 
     name: str
     repo_id: str | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from appliance.bundle.format import FILES_DIR
-from appliance.bundle.payload import model_files, weights_digest
+from appliance.bundle.payload import model_identity as payload_model_identity
 from appliance.bundle.site.verify import VerifiedBundle
 from appliance.compliance.findings import (
     BaseIdentity,
@@ -27,22 +27,17 @@ from appliance.compliance.findings import (
 )
 from appliance.compliance.policy import DEFAULT_POLICY, SitePolicy
 from appliance.events import Event, Warned
-from appliance.plan.adapters import AdapterFiles, ModelIdentity
+from appliance.plan.adapters import AdapterFiles
 
 
-def model_identity(verified: VerifiedBundle) -> ModelIdentity:
-    payload = verified.payload
-    model = payload.model
-    if model is None:
-        raise ValueError("the bundle carries no model")
-    source = model.source
-    files = model_files(payload, ((r.path, r.sha256) for r in verified.records))
-    return ModelIdentity(
-        name=model.name,
-        repo_id=source.repo_id,
-        revision=source.resolved_commit or source.revision,
-        digest=weights_digest(files),
+def model_identity(verified: VerifiedBundle) -> BaseIdentity:
+    """The verified bundle's model as the checks identify it (``payload.model_identity``)."""
+    identity = payload_model_identity(
+        verified.payload, ((r.path, r.sha256) for r in verified.records)
     )
+    if identity is None:
+        raise ValueError("the bundle carries no model")
+    return identity
 
 
 def adapter_files(verified: VerifiedBundle) -> tuple[AdapterFiles, ...]:
@@ -61,13 +56,8 @@ def adapter_files(verified: VerifiedBundle) -> tuple[AdapterFiles, ...]:
 def compliance(verified: VerifiedBundle, policy: SitePolicy | None) -> tuple[Decision, ...]:
     """Every adapter's findings and what the site policy does with each (no adapters: none)."""
     policy = policy or DEFAULT_POLICY
-    identity = model_identity(verified) if verified.payload.model is not None else None
-    base = BaseIdentity(
-        name=identity.name if identity else "none",
-        repo_id=identity.repo_id if identity else None,
-        revision=identity.revision if identity else None,
-        digest=identity.digest if identity else None,
-    )
+    records = ((r.path, r.sha256) for r in verified.records)
+    base = payload_model_identity(verified.payload, records) or BaseIdentity(name="none")
     decisions: list[Decision] = []
     for adapter in verified.payload.adapters:
         findings = check_record(adapter.name, adapter.record, base, policy)

@@ -69,7 +69,6 @@ __all__ = [
     "AdapterRefusedError",
     "CheckedAdapter",
     "LoraSettings",
-    "ModelIdentity",
     "check_adapters",
     "lora_modules",
     "lora_settings",
@@ -126,7 +125,7 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 class BaseLike(Protocol):
-    """What the checks need to know of the bundle's base model (``ModelIdentity`` or alike)."""
+    """What the checks need to know of the bundle's base model (``BaseIdentity`` or alike)."""
 
     @property
     def name(self) -> str: ...
@@ -136,17 +135,6 @@ class BaseLike(Protocol):
     def revision(self) -> str | None: ...
     @property
     def digest(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """The bundle's base model: its name, hub repository and revision, and the digest of its
-    weights (``sha256:<hex>`` or bare hex), each None where unknown."""
-
-    name: str
-    repo_id: str | None = None
-    revision: str | None = None
-    digest: str | None = None
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from appliance.compliance.findings import BaseIdentity
 from appliance.detect.facts import HostFacts
 from appliance.errors import DoesNotFitError
 from appliance.model.info import ModelInfo
-from appliance.plan.adapters import AdapterFiles, ModelIdentity, check_adapters, lora_settings
+from appliance.plan.adapters import AdapterFiles, check_adapters, lora_settings
 from appliance.plan.engine_args import LoraModules, NodeCommand, adapter_target_path
 from appliance.plan.inventory import Inventory
 from appliance.plan.profiles import Profile, VllmEngine
@@ -92,7 +93,7 @@ def plan_site(
     gateway: bool = False,
     keycloak: bool = False,
     adapters: Sequence[AdapterFiles] = (),
-    identity: ModelIdentity | None = None,
+    identity: BaseIdentity | None = None,
 ) -> SitePlan:
     """Every model-server host's part (see the module docstring). ``facts`` are keyed by
     inventory host name; ``gateway``/``keycloak``: whether the site lays them down."""
@@ -104,7 +105,7 @@ def plan_site(
     for hosts in groups:
         plan = _plan(profiles, group or requested, hosts, facts, model, requested, force=force)
         if adapters:
-            lora = _lora(plan, model, adapters, identity or ModelIdentity(model.name))
+            lora = _lora(plan, model, adapters, identity or BaseIdentity(model.name))
             plan = _plan(profiles, plan.selection.profile, hosts, facts, model, requested,
                          force=force, lora=lora)  # fmt: skip
         # engine_commands gives one command per host, in the order the hosts were given.
@@ -164,7 +165,7 @@ def _plan(
 
 
 def _lora(
-    plan: Plan, model: ModelInfo, adapters: Sequence[AdapterFiles], identity: ModelIdentity
+    plan: Plan, model: ModelInfo, adapters: Sequence[AdapterFiles], identity: BaseIdentity
 ) -> LoraModules:
     """The adapters checked against the plan's profile, as its engine serves them."""
     engine = plan.selection.profile.engine

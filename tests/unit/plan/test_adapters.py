@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from appliance.compliance.findings import BaseIdentity
 from appliance.errors import AdapterRefusedError, DoesNotFitError
 from appliance.exitcodes import ExitCode
 from appliance.model.hf_config import read_safetensors_index
@@ -29,7 +30,6 @@ from appliance.plan.adapters import (
     AdapterFiles,
     CheckedAdapter,
     LoraSettings,
-    ModelIdentity,
     check_adapters,
     lora_modules,
     lora_settings,
@@ -56,7 +56,7 @@ GEMMA = ModelInfo(
     quantization=None,
     has_chat_template=True,
 )
-BASE = ModelIdentity(
+BASE = BaseIdentity(
     name="gemma-3-270m",
     repo_id="google/gemma-3-270m",
     revision="abc1234def",
@@ -783,7 +783,7 @@ def test_real_peft_adapters_pass_and_a_zeroed_copy_is_refused(
         model.num_layers,
         model.vocab_size,
     ) == (640, 4, 1, 256, 18, 262_144)
-    base = ModelIdentity(name=config["base_model_name_or_path"])
+    base = BaseIdentity(name=config["base_model_name_or_path"])
     adapters = [AdapterFiles(d.name, d, base.name) for d in dirs]
     checked = check_adapters(adapters, model, base, vllm)
     assert [(c.rank, c.alpha) for c in checked] == [(16, 32)] * len(dirs)

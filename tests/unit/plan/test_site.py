@@ -183,13 +183,13 @@ def test_the_profile_is_resolved_once_and_an_unknown_one_refused(
 def test_adapters_are_checked_against_each_groups_profile_and_served_by_it(
     profiles: dict[str, Profile], tmp_path: Path
 ) -> None:
+    from appliance.compliance.findings import BaseIdentity
     from appliance.errors import AdapterRefusedError
-    from appliance.plan.adapters import ModelIdentity
     from appliance.plan.engine_args import argv_adapters
     from tests.unit.plan.test_adapters import GEMMA, make_adapter
 
     adapters = [make_adapter(tmp_path, "alpha"), make_adapter(tmp_path, "bravo")]
-    identity = ModelIdentity("gemma-3-270m")
+    identity = BaseIdentity("gemma-3-270m")
     hosts, inv = named("cpu-avx512", "a"), inventory(("a", SERVING))
     site = plan_site(profiles, profiles["cpu-vllm"], hosts, inv, GEMMA, adapters=adapters,
                      identity=identity)  # fmt: skip
