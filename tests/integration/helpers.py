@@ -165,6 +165,25 @@ def chat(lab: Lab, host: LabHost, port: int = 8080) -> dict[str, object]:
 VLLM_MODEL = "gemma-3-270m"  # the served name of bundles/demo-vllm-cpu.yaml's model
 
 
+def run_script(
+    script: Path, *args: str, timeout: float, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """One of the project's scripts (scripts/...) under this interpreter; with ``ok``, its
+    exit status must be 0 (else the tail of its stderr is shown)."""
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if ok:
+        assert result.returncode == 0, (
+            f"{script.name} {' '.join(args)} failed:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
 def lab_adapters() -> Path:
     """The lab's real LoRA adapters (scripts/make-lab-adapters, cached): lab-alpha, lab-bravo."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts/make-lab-adapters")], check=True,

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.helpers import run_script
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,18 +46,7 @@ EXPECTED_FILES = {
 
 
 def script(*args: str, timeout: float = 120, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if ok:
-        assert result.returncode == 0, (
-            f"{SCRIPT.name} {' '.join(args)} failed:\n{result.stderr[-4000:]}"
-        )
-    return result
+    return run_script(SCRIPT, *args, timeout=timeout, ok=ok)
 
 
 def sha256_of(path: Path) -> str:

@@ -20,11 +20,12 @@ import hashlib
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.helpers import run_script
 
 pytestmark = pytest.mark.integration
 
@@ -39,18 +40,7 @@ FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md", "TRAIN
 
 
 def script(*args: str, timeout: float = 300, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if ok:
-        assert result.returncode == 0, (
-            f"{SCRIPT.name} {' '.join(args)} failed:\n{result.stderr[-4000:]}"
-        )
-    return result
+    return run_script(SCRIPT, *args, timeout=timeout, ok=ok)
 
 
 def sha256_of(path: Path) -> str:
