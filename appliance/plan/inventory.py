@@ -22,6 +22,11 @@ from appliance.yaml_files import load_model
 
 Role = Literal["model-server", "gateway", "keycloak"]
 INVENTORY_SCHEMA_VERSION = 1
+# vLLM's multi-node defaults (vLLM 0.32 ParallelConfig.master_port): the head's
+# torch.distributed store; the collective library's sockets (gloo, NCCL) take
+# kernel-ephemeral ports, which a group member's ``ip_local_port_range`` pins.
+DEFAULT_MASTER_PORT = 29501
+DEFAULT_GROUP_PORTS = (40000, 44095)
 
 
 class InventoryError(InputError):
@@ -78,9 +83,51 @@ class HostEntry(_Strict):
         return roles
 
 
+class GroupEntry(_Strict):
+    """Hosts that serve one model together (a multi-node group): the head first, then workers.
+
+    ``interface``: the network interface the members reach each other on (vLLM's
+    ``VLLM_HOST_IP`` is each member's address on it; ``GLOO_SOCKET_IFNAME`` and
+    ``NCCL_SOCKET_IFNAME`` name it). ``master_port``: the head's rendezvous port;
+    ``port_range``: the ephemeral ports the members' collective sockets use
+    (their ``net.ipv4.ip_local_port_range``), open between members only.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+    hosts: Annotated[list[str], Field(min_length=2, max_length=64)]
+    interface: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")]
+    master_port: Annotated[int, Field(ge=1024, le=65535)] = DEFAULT_MASTER_PORT
+    port_range: tuple[
+        Annotated[int, Field(ge=1024, le=65535)], Annotated[int, Field(ge=1024, le=65535)]
+    ] = DEFAULT_GROUP_PORTS
+
+    @model_validator(mode="after")
+    def _ports(self) -> GroupEntry:
+        first, last = self.port_range
+        if last - first < 255:
+            raise ValueError(
+                f"port_range {first}-{last}: expected at least 256 ports (first < last), "
+                "the collective library opens several sockets per rank"
+            )
+        if first <= self.master_port <= last:
+            raise ValueError(
+                f"master_port {self.master_port} lies inside port_range {first}-{last}"
+            )
+        if len(set(self.hosts)) != len(self.hosts):
+            raise ValueError("a host is listed twice in the group")
+        return self
+
+    @property
+    def head(self) -> str:
+        return self.hosts[0]
+
+
 class Inventory(_Strict):
     schema_version: Literal[1]
     hosts: Annotated[list[HostEntry], Field(min_length=1)]
+    groups: list[GroupEntry] = Field(
+        default_factory=list, description="multi-node serving groups (head first); optional"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> Inventory:
@@ -91,10 +138,31 @@ class Inventory(_Strict):
                 if value in seen:
                     raise ValueError(f"two hosts have the {attribute} {value!r}")
                 seen.add(value)
+        servers = {h.name for h in self.with_role("model-server")}
+        grouped: dict[str, str] = {}
+        names: set[str] = set()
+        for group in self.groups:
+            if group.name in names:
+                raise ValueError(f"two groups are named {group.name!r}")
+            names.add(group.name)
+            for host in group.hosts:
+                if host not in servers:
+                    raise ValueError(
+                        f"group {group.name}: {host!r} is not a host with the model-server role"
+                    )
+                if host in grouped:
+                    raise ValueError(
+                        f"host {host!r} is in two groups ({grouped[host]} and {group.name})"
+                    )
+                grouped[host] = group.name
         return self
 
     def with_role(self, role: Role) -> list[HostEntry]:
         return [h for h in self.hosts if role in h.roles]
+
+    def group_of(self, host: str) -> GroupEntry | None:
+        """The serving group ``host`` is a member of, if any."""
+        return next((g for g in self.groups if host in g.hosts), None)
 
 
 def load_inventory(path: Path) -> Inventory:
