@@ -16,6 +16,7 @@ from typing import Literal
 
 from appliance.model.info import ModelInfo
 from appliance.plan.fit import Layout
+from appliance.plan.group import GroupNetwork
 from appliance.plan.profiles import LlamaCppEngine, Profile, VllmEngine
 
 RELEASE_ROOT = "/opt/appliance/current"
@@ -123,9 +124,16 @@ def engine_commands(
     context: int,
     quantization: str | None,
     lora: LoraModules | None = None,
+    group: GroupNetwork | None = None,
 ) -> tuple[NodeCommand, ...]:
+    """One command per host, in the order of ``hosts``; ``group``: the network of the multi-node
+    group the hosts form (the same hosts, in the same order), when they form one."""
+    if group is not None and len(group.hosts) != len(hosts):
+        raise ValueError(
+            f"group {group.name} has {len(group.hosts)} members, {len(hosts)} hosts given"
+        )
     if isinstance(profile.engine, VllmEngine):
-        return _vllm(profile.engine, layout, model, hosts, context, quantization, lora)
+        return _vllm(profile.engine, layout, model, hosts, context, quantization, lora, group)
     if lora is not None and lora.adapters:
         # plan.adapters refuses adapters on llama.cpp before a command is built
         raise ValueError("the llama.cpp server is not given LoRA adapters")
@@ -146,6 +154,7 @@ def _vllm(
     context: int,
     quantization: str | None,
     lora: LoraModules | None = None,
+    group: GroupNetwork | None = None,
 ) -> tuple[NodeCommand, ...]:
     # `python -m` rather than the `vllm` console script: the CPU build's script looks for a
     # distribution named "vllm" and fails; the module runs the same server in both builds.
@@ -195,11 +204,11 @@ def _vllm(
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in layout.gpu_indices)
     if len(hosts) == 1:
         return (NodeCommand(hosts[0], "single", tuple(argv), env),)
-    head = hosts[0]
+    head = group.head_address if group is not None else hosts[0]
     backend = engine.distributed_executor_backend or "ray"
     commands = []
     for rank, host in enumerate(hosts):
-        node_env = env | {"VLLM_HOST_IP": host}
+        node_env = env | {"VLLM_HOST_IP": group.addresses[rank] if group is not None else host}
         if backend == "ray":
             if rank == 0:
                 commands.append(

@@ -145,16 +145,16 @@ class Inventory(_Strict):
             if group.name in names:
                 raise ValueError(f"two groups are named {group.name!r}")
             names.add(group.name)
-            for host in group.hosts:
-                if host not in servers:
+            for member in group.hosts:
+                if member not in servers:
                     raise ValueError(
-                        f"group {group.name}: {host!r} is not a host with the model-server role"
+                        f"group {group.name}: {member!r} is not a host with the model-server role"
                     )
-                if host in grouped:
+                if member in grouped:
                     raise ValueError(
-                        f"host {host!r} is in two groups ({grouped[host]} and {group.name})"
+                        f"host {member!r} is in two groups ({grouped[member]} and {group.name})"
                     )
-                grouped[host] = group.name
+                grouped[member] = group.name
         return self
 
     def with_role(self, role: Role) -> list[HostEntry]:

@@ -16,6 +16,7 @@ from appliance.detect.facts import HostFacts
 from appliance.model.info import ModelInfo
 from appliance.plan.engine_args import LoraModules, NodeCommand, engine_commands
 from appliance.plan.fit import GIB, Estimate, FitReport, fit_report
+from appliance.plan.group import GroupNetwork
 from appliance.plan.profiles import Profile
 from appliance.plan.selection import Selection, select_profile
 
@@ -50,6 +51,7 @@ def build_plan(
     model: ModelInfo | None = None,
     context: int | None = None,
     lora: LoraModules | None = None,
+    group: GroupNetwork | None = None,
 ) -> Plan:
     selection = select_profile(profiles, hosts, requested)
     profile = selection.profile
@@ -67,6 +69,7 @@ def build_plan(
                 context=fit.estimate.context,
                 quantization=fit.quantization,
                 lora=lora,
+                group=group,
             )
     return Plan(facts_source, hosts, selection, model, fit, commands)
 
