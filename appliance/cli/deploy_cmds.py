@@ -285,10 +285,31 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print("\n".join(f"    {p}" for p in problems))
         if r.pending_switch:
             print(f"  PENDING: {r.pending_switch} (the next deploy or rollback records it)")
+        if r.group is not None:
+            print("  " + group_line(r.group))
     bad = [r for r in rows if not r.reachable or r.healthy is False or not r.audit_ok
            or r.gateway not in ("absent", "active") or r.keycloak not in ("absent", "active")
            or any(r.integrity.values()) or r.pending_switch]  # fmt: skip
     return ExitCode.DEPLOYMENT_FAILED if bad else ExitCode.OK
+
+
+def group_line(group: dict[str, object]) -> str:
+    """A serving group member's line in ``status``: its group, role and rank, the group's
+    state with the watch's reason, and (on the head) which workers joined."""
+    line = (
+        f"group {group.get('group')}: {group.get('role')} rank {group.get('rank')}, "
+        f"{str(group.get('state', 'unknown')).upper()}: {group.get('reason', '')}"
+    )
+
+    def names(key: str) -> list[str]:
+        value = group.get(key)
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    joined, missing = names("joined"), names("missing")
+    if group.get("role") == "head" and (joined or missing):
+        line += f" (joined: {', '.join(joined) or 'none'}"
+        line += f"; not joined: {', '.join(missing)})" if missing else ")"
+    return line
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -333,12 +354,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return ExitCode.DOES_NOT_FIT if refused else ExitCode.OK
 
 
-def _each_host(args: argparse.Namespace, action: Callable[[Any], str]) -> int:
-    """Run ``action`` on every model-server host; one failing host does not stop the others."""
+def _each_host(
+    args: argparse.Namespace, action: Callable[[Any], str], *, only: list[str] | None = None
+) -> int:
+    """Run ``action`` on every model-server host (of ``only``, when given); one failing host
+    does not stop the others."""
     from appliance.errors import ApplianceError
 
     failed = False
     for host in _hosts(args):
+        if only is not None and host.name not in only:
+            continue
         try:
             print(f"{host.name}: {action(host)}")
         except ApplianceError as exc:
@@ -350,11 +376,32 @@ def _each_host(args: argparse.Namespace, action: Callable[[Any], str]) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from appliance.deploy.lifecycle import rollback
+    """Every host alone, every serving group as one (``rollback_group``)."""
+    from appliance.deploy.lifecycle import rollback, rollback_group
+    from appliance.errors import ApplianceError
+    from appliance.plan.inventory import load_inventory
 
     if not _confirm(args, "Roll back"):
         return ExitCode.OK
-    return _each_host(args, lambda host: rollback(host, to=args.to, operator=getpass.getuser()))
+    inventory = load_inventory(args.inventory)
+    hosts = {h.name: h for h in inventory.with_role("model-server")}
+    failed = _each_host(
+        args,
+        lambda host: rollback(host, to=args.to, operator=getpass.getuser()),
+        only=[n for n in hosts if inventory.group_of(n) is None],
+    )
+    for group in inventory.groups:
+        try:
+            members = [hosts[n] for n in group.hosts]
+            print(
+                f"group {group.name}: {rollback_group(members, to=args.to, operator=getpass.getuser())}"
+            )
+        except ApplianceError as exc:
+            failed = ExitCode.DEPLOYMENT_FAILED
+            print(f"group {group.name}: FAILED: {exc.message}", file=sys.stderr)
+            if exc.hint:
+                print(f"group {group.name}: {exc.hint}", file=sys.stderr)
+    return failed
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:

@@ -18,10 +18,13 @@ from appliance.deploy.host_check import INTENT
 from appliance.deploy.host_layout import (
     CURRENT,
     GATEWAY_UNIT,
+    GROUP_SYSCTL,
+    GROUP_WATCH_UNIT,
     KEYCLOAK_UNIT,
     RELEASE_ETC,
     ROOT,
     STATE,
+    SYSCTL_PATH,
     UNIT_NAME,
     active_unit_path,
 )
@@ -37,19 +40,29 @@ def current_version(host: HostEntry) -> int | None:
 
 
 # The services a release may have, in start order; the model server is always one of them.
-SERVICES = (UNIT_NAME, KEYCLOAK_UNIT, GATEWAY_UNIT)
-NO_BLOCK = frozenset({KEYCLOAK_UNIT})  # started without waiting: its readiness is polled
+SERVICES = (UNIT_NAME, KEYCLOAK_UNIT, GATEWAY_UNIT, GROUP_WATCH_UNIT)
+# Started without waiting: Keycloak's readiness is polled; the group watch judges the group
+# as it forms.
+NO_BLOCK = frozenset({KEYCLOAK_UNIT, GROUP_WATCH_UNIT})
 
 
-def activate(host: HostEntry, version: int) -> None:
+def activate(host: HostEntry, version: int, *, wait: bool = True) -> None:
     """Make release ``version``'s units the active ones and (re)start them.
 
     A service the release does not have (an older release without the
     gateway) is stopped and its active unit removed. The firewall is not
-    touched here: ``apply_firewall`` loads it with a safety net.
+    touched here: ``apply_firewall`` loads it with a safety net. A group
+    member's port range (its sysctl drop-in) is applied before the model server
+    starts. ``wait=False``: the model server's start is not waited on (a group's
+    worker waits for its head before it starts; the head is activated after it).
     """
     etc = f"{RELEASE_ETC}/{version}"
     lines = ["set -e", f"test -f {etc}/{UNIT_NAME}"]
+    lines.append(
+        f"if [ -f {etc}/{GROUP_SYSCTL} ]; then cp {etc}/{GROUP_SYSCTL} {SYSCTL_PATH}.tmp && "
+        f"mv -f {SYSCTL_PATH}.tmp {SYSCTL_PATH} && sysctl -q -p {SYSCTL_PATH}; "
+        f"else rm -f {SYSCTL_PATH}; fi"
+    )
     for unit in SERVICES:
         active = active_unit_path(unit)
         lines.append(
@@ -65,7 +78,7 @@ def activate(host: HostEntry, version: int) -> None:
     # Keycloak's (a blocking start here failed whenever Keycloak was slower than the gateway).
     keycloak_here = f"[ -f {active_unit_path(KEYCLOAK_UNIT)} ]"
     for unit in SERVICES:
-        if unit in NO_BLOCK:
+        if unit in NO_BLOCK or (unit == UNIT_NAME and not wait):
             restart = f"systemctl restart --no-block {unit}"
         elif unit == GATEWAY_UNIT:
             restart = (

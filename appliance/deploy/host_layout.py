@@ -24,6 +24,14 @@ RULESET_PATH = f"{ETC}/nftables.nft"  # = appliance.netpolicy.nftables.RULESET_P
 NFT_TABLE = "inet appliance"
 NFT_BOOT_UNIT = "appliance-nftables.service"
 GATEWAY_UNIT = "appliance-gateway.service"  # with --site (deploy/gateway_layer.py)
+# On a member of a multi-node serving group (deploy/group_layer.py): the group watch, and the
+# members' ephemeral port range (the collective library's sockets) as a sysctl drop-in.
+GROUP_WATCH_UNIT = "appliance-group-watch.service"
+GROUP_WATCH_SCRIPT = "group-watch.py"  # in the release's etc, with its settings
+GROUP_WATCH_SETTINGS = "group-watch.json"
+GROUP_SYSCTL = "sysctl-group.conf"  # in the release's etc; active copy in /etc/sysctl.d
+SYSCTL_PATH = "/etc/sysctl.d/60-appliance-group.conf"
+GROUP_STATE_FILE = "/run/appliance/group-state.json"  # = group_watch.STATE_FILE
 # With sso.install in the site file (deploy/keycloak_layer.py):
 KEYCLOAK_UNIT = "appliance-keycloak.service"
 JAVA_ARTIFACT = "java-runtime"  # a bundle artifact unpacked into every release that carries it

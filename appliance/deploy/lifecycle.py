@@ -11,6 +11,7 @@ down and nothing else; the audit log stays unless ``purge``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from appliance.deploy import audit_anchor, transport
 from appliance.deploy.activation import (
@@ -102,6 +103,86 @@ def rollback(host: HostEntry, *, to: int | None = None, operator: str = "unknown
         return f"rolled back from {current} to {to}"
     finally:
         release_lock(host)
+
+
+def rollback_group(
+    members: Sequence[HostEntry], *, to: int | None = None, operator: str = "unknown"
+) -> str:
+    """Roll a serving group back as one (``members``: head first): every member must hold the
+    target release intact before anything changes; then every member is stopped, started on
+    it (``group_activation``) and checked as a group; only then is ``current`` switched on
+    each (the head last), recorded. A group that does not serve the target is started again
+    on the release it served, and nothing is switched."""
+    from appliance.deploy.group_activation import group_problem, start_group, stop_group
+
+    names = [m.name for m in members]
+    head = members[0]
+    locked: list[HostEntry] = []
+    try:
+        for member in members:
+            acquire_lock(member)
+            locked.append(member)
+            reconcile(member, host_state(member))
+        currents = {m.name: current_version(m) for m in members}
+        available = {m.name: set(releases_on(m)) for m in members}
+        common = set.intersection(*available.values())
+        served = currents[head.name]
+        if to is None:
+            older = sorted(v for v in common if served is None or v < served)
+            if not older:
+                raise DeploymentError(
+                    f"group {', '.join(names)}: no release older than {served} is on every "
+                    f"member to roll back to (on the members: "
+                    + "; ".join(f"{n} {sorted(v)}" for n, v in available.items())
+                    + ")"
+                )
+            to = older[-1]
+        missing = [n for n, v in available.items() if to not in v]
+        if missing:
+            raise DeploymentError(
+                f"group {', '.join(names)}: release {to} is not on {', '.join(missing)}; a group "
+                "rolls back only to a release every member has (nothing was changed)"
+            )
+        target = f"{RELEASES}/{to}"
+        for member in members:
+            damaged = release_problems(member, [target])[target]
+            if damaged:
+                raise HostStateError(
+                    f"{member.name}: release {to} differs from what was installed: "
+                    f"{'; '.join(damaged[:5])}; refusing to roll the group back to it (nothing "
+                    "was changed)",
+                    hint=f"Deploy release {to}'s bundle again to the group, or roll back `--to` "
+                    "another release.",
+                )
+        stop_group(members)
+        start_group(members, to)
+        check = release_check(head, to)
+        problem = (
+            "its head's model server did not become healthy"
+            if check is None or not health_check(head, check)
+            else group_problem(members)
+        )
+        if problem is not None:
+            if len({currents[n] for n in names}) == 1 and served is not None:
+                stop_group(members)
+                start_group(members, served)
+            for member in members:
+                append_audit(member, {"event": "rollback", "operator": operator, "from": currents[member.name],
+                                      "to": to, "result": "failed", "group": names, "error": problem[:500]})  # fmt: skip
+            raise DeploymentError(
+                f"group {', '.join(names)}: release {to} did not serve ({problem}); "
+                f"release {served} started again on every member"
+            )
+        for member in members:
+            apply_firewall(member, to)
+        for member in reversed(members):  # the head last: a deployer killed here re-runs
+            switch_recorded(member, target, {"event": "rollback", "operator": operator,
+                                              "from": currents[member.name], "to": to,
+                                              "result": "ok", "group": names})  # fmt: skip
+        return f"group rolled back from {served} to {to} on {', '.join(names)}"
+    finally:
+        for member in locked:
+            release_lock(member)
 
 
 def uninstall(host: HostEntry, *, purge: bool = False, operator: str = "unknown") -> str:

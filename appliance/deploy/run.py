@@ -49,6 +49,7 @@ from appliance.deploy.converge import (
     stop_if_cancelled,
 )
 from appliance.deploy.firewall import apply_firewall
+from appliance.deploy.group_activation import group_problem, start_group, stop_group
 from appliance.deploy.host_check import HostState, host_state, reconcile, set_aside
 from appliance.deploy.host_desired import HostDesired
 from appliance.deploy.host_layout import RELEASES
@@ -226,13 +227,18 @@ def deploy(
         return list(seen.results.values())
     refuse_preflights(seen.preflights, force=force)  # exit 3; --force never passes driver/MIG
     _refuse_short_of_space(seen.short)
-    _keep_converged(seen, verified.version)
-    hosts = [h for h in seen.hosts if seen.results[h.name].changes]
+    units = _units(seen.hosts, inventory)
+    # A group changes as one: when any member has changes, every member is activated again.
+    changing = {h.name for unit in units if any(seen.results[m.name].changes for m in unit)
+                for h in unit}  # fmt: skip
+    _keep_converged(seen, verified.version, [u for u in units if u[0].name not in changing])
+    hosts = [h for h in seen.hosts if h.name in changing]
     if not hosts:
         yield Finished("deploy", f"nothing to change: release {verified.version} already in place")
         return list(seen.results.values())
     stop_if_cancelled(cancel, "before any host was changed")
-    unreleased = yield from _change(hosts, seen, verified, engine, operator, cancel)
+    unreleased = yield from _change(hosts, [u for u in units if u[0].name in changing], seen,
+                                    verified, engine, operator, cancel)  # fmt: skip
     for message in unreleased:
         yield Warned("deploy", message)
     failed = [r for r in seen.results.values() if r.status in ("failed", "rolled-back")]
@@ -309,30 +315,49 @@ def _refuse_short_of_space(short: dict[str, DiskShortfall]) -> None:
         )
 
 
-def _keep_converged(seen: _Site, version: int) -> None:
-    """A host with nothing to change is not touched (no upload, no restart): a switch left
-    recorded as intended only is closed on it, then only its health is checked."""
+def _keep_converged(seen: _Site, version: int, units: list[list[HostEntry]]) -> None:
+    """A host (or a group: every member) with nothing to change is not touched (no upload, no
+    restart): a switch left recorded as intended only is closed on it, then only its health is
+    checked (a group's: its head's, then every member's watch)."""
     results = seen.results
-    for host in [
-        h for h in seen.hosts if not results[h.name].changes and seen.states[h.name].intent
-    ]:
+    for host in [h for unit in units for h in unit if seen.states[h.name].intent]:
         acquire_lock(host)
         try:
             reconcile(host, host_state(host))
         finally:
             release_lock(host)
-    for host in [h for h in seen.hosts if not results[h.name].changes]:
-        problem = _unhealthy(host, seen.planned[host.name], timeout=30)
-        results[host.name].status = "unchanged" if problem is None else "failed"
-        results[host.name].message = (
-            f"already serving release {version}"
-            if problem is None
-            else f"converged but not healthy: {problem}"
-        )
+    for unit in units:
+        problem = _unhealthy(unit[0], seen.planned[unit[0].name], timeout=30)
+        if problem is None and len(unit) > 1:
+            problem = group_problem(unit)
+        for host in unit:
+            results[host.name].status = "unchanged" if problem is None else "failed"
+            results[host.name].message = (
+                f"already serving release {version}"
+                if problem is None
+                else f"converged but not healthy: {problem}"
+            )
+
+
+def _units(hosts: list[HostEntry], inventory: Inventory) -> list[list[HostEntry]]:
+    """The deploy's units of activation, in host order: a serving group's members (head
+    first, as the inventory names them), or one host."""
+    by_name = {h.name: h for h in hosts}
+    units: list[list[HostEntry]] = []
+    seen: set[str] = set()
+    for host in hosts:
+        if host.name in seen:
+            continue
+        group = inventory.group_of(host.name)
+        members = [by_name[n] for n in group.hosts if n in by_name] if group else [host]
+        seen.update(m.name for m in members)
+        units.append(members)
+    return units
 
 
 def _change(
     hosts: list[HostEntry],
+    units: list[list[HostEntry]],
     seen: _Site,
     verified: VerifiedBundle,
     engine: str,
@@ -359,13 +384,21 @@ def _change(
                 journal_cancelled(locked, deploy_id, stage, exc, signals)
                 raise
             stage = "activate"
-            with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
-                for host, result in zip(hosts, pool.map(lambda h: _finish(h, seen.planned[h.name], outcomes[h.name], verified,
-                                                                           deploy_id, engine, operator), hosts), strict=True):  # fmt: skip
-                    seen.results[host.name] = result
-                    yield Progress(
-                        "deploy", 0, None, 0, len(hosts), f"{host.name}: {result.status}"
-                    )
+
+            def finish(unit: list[HostEntry]) -> list[HostResult]:
+                if len(unit) == 1:
+                    host = unit[0]
+                    return [_finish(host, seen.planned[host.name], outcomes[host.name], verified,
+                                    deploy_id, engine, operator)]  # fmt: skip
+                return _finish_group(unit, seen, outcomes, verified, deploy_id, engine, operator)
+
+            with ThreadPoolExecutor(max_workers=min(8, len(units))) as pool:
+                for unit, results in zip(units, pool.map(finish, units), strict=True):
+                    for host, result in zip(unit, results, strict=True):
+                        seen.results[host.name] = result
+                        yield Progress(
+                            "deploy", 0, None, 0, len(hosts), f"{host.name}: {result.status}"
+                        )
         except (Cancelled, KeyboardInterrupt) as exc:
             if stage != "converge":  # the converge stage journals its own cancellation
                 journal_cancelled(locked, deploy_id, stage, exc, signals)
@@ -499,21 +532,8 @@ def _finish(
     every outcome audited."""
     plan, desired = planned
     journal = Journal(host, deploy_id)
-    result = HostResult(host.name, port=_port(plan), gateway_port=desired.gateway_port,
-                        firewall=desired.firewall is not None, keycloak=desired.keycloak)  # fmt: skip
-    record = {"event": "deploy", "operator": operator, "engine": engine, "bundle": verified.name,
-              "version": verified.version, "content_digest": verified.content_digest, "deploy": deploy_id,
-              "gateway_port": desired.gateway_port,
-              "firewall": None if desired.firewall is None else desired.firewall.sha256,
-              "keycloak": None if desired.keycloak is None else desired.keycloak["issuer"],
-              "model": None if verified.payload.model is None else verified.payload.model.name,
-              "adapters": [a.name for a in verified.payload.adapters]}  # fmt: skip
-    reuses = verified.payload.reuses
-    if reuses is not None:
-        # An adapter-only release: what it took over from the release in place, by digest.
-        record["reuses"] = {"bundle": reuses.bundle, "version": reuses.version,
-                            "model_digest": reuses.model_digest, "files": len(reuses.files),
-                            "bytes": sum(f.length for f in reuses.files)}  # fmt: skip
+    result = _result(host, planned)
+    record = _record(verified, desired, engine, operator, deploy_id)
     try:
         ok, message = outcome
         if not ok:
@@ -539,6 +559,145 @@ def _finish(
                 host, {**record, "result": "failed", "error": exc.message}
             )["hash"]
     return result
+
+
+def _result(host: HostEntry, planned: tuple[Plan, HostDesired]) -> HostResult:
+    plan, desired = planned
+    return HostResult(host.name, port=_port(plan), gateway_port=desired.gateway_port,
+                      firewall=desired.firewall is not None, keycloak=desired.keycloak)  # fmt: skip
+
+
+def _record(
+    verified: VerifiedBundle, desired: HostDesired, engine: str, operator: str, deploy_id: str
+) -> dict[str, object]:
+    """The deploy's audit record for one host (its result is added by the caller)."""
+    record = {"event": "deploy", "operator": operator, "engine": engine, "bundle": verified.name,
+              "version": verified.version, "content_digest": verified.content_digest, "deploy": deploy_id,
+              "gateway_port": desired.gateway_port,
+              "firewall": None if desired.firewall is None else desired.firewall.sha256,
+              "keycloak": None if desired.keycloak is None else desired.keycloak["issuer"],
+              "model": None if verified.payload.model is None else verified.payload.model.name,
+              "adapters": [a.name for a in verified.payload.adapters]}  # fmt: skip
+    reuses = verified.payload.reuses
+    if reuses is not None:
+        # An adapter-only release: what it took over from the release in place, by digest.
+        record["reuses"] = {"bundle": reuses.bundle, "version": reuses.version,
+                            "model_digest": reuses.model_digest, "files": len(reuses.files),
+                            "bytes": sum(f.length for f in reuses.files)}  # fmt: skip
+    return record
+
+
+def _finish_group(
+    members: list[HostEntry],
+    seen: _Site,
+    outcomes: dict[str, tuple[bool, str]],
+    verified: VerifiedBundle,
+    deploy_id: str,
+    engine: str,
+    operator: str,
+) -> list[HostResult]:
+    """A converged serving group activated as one (``group_activation``): every member
+    accepted (``current`` switched on each, the head last), or every member back on the
+    release it served; every outcome audited on every member."""
+    head = members[0]
+    names = [m.name for m in members]
+    results = [_result(m, seen.planned[m.name]) for m in members]
+    journals = [Journal(m, deploy_id) for m in members]
+    records = [
+        _record(verified, seen.planned[m.name][1], engine, operator, deploy_id)
+        | {"group": {"members": names, "rank": rank}}
+        for rank, m in enumerate(members)
+    ]
+    label = f"group {', '.join(names)}"
+    try:
+        failed = [f"{m.name}: {outcomes[m.name][1]}" for m in members if not outcomes[m.name][0]]
+        if failed:
+            raise DeploymentError(f"{label}: {engine} could not converge every member "
+                                  f"({'; '.join(failed)}); no member was activated")  # fmt: skip
+        previous = {m.name: current_version(m) for m in members}
+        for m, journal in zip(members, journals, strict=True):
+            journal.record("converge", "done")
+            journal.record("activate", "start", previous=previous[m.name], group=names)
+        problem = _activate_group(members, seen, verified.version)
+        if problem is not None:
+            status, message = _roll_back_group(members, seen, previous, verified.version, problem)
+            for m, result, journal, record in zip(members, results, journals, records, strict=True):
+                result.status, result.message = status, message
+                journal.record("activate", "failed")
+                entry = {**record, "result": status, "error": message}
+                result.audit_hash = append_audit(m, entry)["hash"]
+            return results
+        # Workers first, the head last: a deployer killed in between leaves the head's
+        # `current` unswitched, so the next deploy activates the whole group again.
+        for m, result, journal, record in reversed(list(zip(members, results, journals, records, strict=True))):  # fmt: skip
+            _accept(result, m, seen.planned[m.name], journal, {**record, "result": "ok"},
+                    previous[m.name], verified.version)  # fmt: skip
+            if m is not head:
+                result.message = (
+                    f"serving release {verified.version} as a worker of {head.name}'s group"
+                )
+    except ApplianceError as exc:
+        for m, result, record in zip(members, results, records, strict=True):
+            if result.status == "converged":
+                continue
+            result.status, result.message = "failed", exc.message
+            with contextlib.suppress(ApplianceError):
+                result.audit_hash = append_audit(
+                    m, {**record, "result": "failed", "error": exc.message}
+                )["hash"]
+    return results
+
+
+def _activate_group(members: list[HostEntry], seen: _Site, version: int) -> str | None:
+    """Release ``version`` on every member (``group_activation``); why the group does not
+    serve, if so. The firewalls are loaded once the group serves."""
+    head = members[0]
+    stop_group(members)
+    start_group(members, version)
+    problem = _unhealthy(head, seen.planned[head.name], timeout=60, starting=True)
+    if problem is None:
+        problem = group_problem(members)
+    if problem is None:
+        for m in members:
+            if seen.planned[m.name][1].firewall is not None:
+                try:
+                    apply_firewall(m, version)
+                except DeploymentError as exc:
+                    return exc.message
+    return problem
+
+
+def _roll_back_group(
+    members: list[HostEntry],
+    seen: _Site,
+    previous: dict[str, int | None],
+    version: int,
+    problem: str,
+) -> tuple[Literal["failed", "rolled-back"], str]:
+    """Release ``version`` does not serve on the group: every member back on the release it
+    served (members that served none are stopped); the members' status and message."""
+    back = {previous[m.name] for m in members}
+    if back == {None} or version in back:
+        stop_group(members)
+        return "failed", f"release {version} could not be activated on the group: {problem}"
+    stop_group(members)
+    serving = [m for m in members if previous[m.name] is not None]
+    head, workers = serving[0], serving[1:]
+    for w in workers:
+        activate(w, previous[w.name] or 0, wait=False)  # not None: filtered above
+    activate(head, previous[head.name] or 0)
+    check = release_check(head, previous[head.name] or 0)
+    healthy = check is not None and health_check(head, check)
+    healthy = healthy and (len(serving) < 2 or group_problem(serving) is None)
+    for m in serving:
+        apply_firewall(m, previous[m.name] or 0)
+    versions = sorted({v for v in back if v is not None})
+    again = " and ".join(str(v) for v in versions)
+    return "rolled-back", (
+        f"release {version} could not be activated on the group ({problem}); "
+        f"release {again} is active again on every member that served it"
+        + ("" if healthy else ", but the group is not healthy either")
+    )
 
 
 def _roll_back(

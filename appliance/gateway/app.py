@@ -229,6 +229,7 @@ def create_app(
                     f"model {call.model!r} is not granted to client {caller.client_id!r}"
                     " (no role of the token grants it; see GET /v1/models)",
                 )
+            gateway.require_group()
             return await forward(gateway, request, call, body)
         except RefusedError as exc:
             response = gateway.refusal(call, exc)
@@ -241,6 +242,7 @@ def create_app(
         call = gateway.start(request)
         try:
             caller = await gateway.authenticate(request, call)
+            gateway.require_group()
             outgoing = gateway.client.build_request(
                 "GET", "/v1/models", headers=gateway.upstream_headers()
             )
@@ -276,12 +278,15 @@ def create_app(
         if not gateway.keys.loaded:
             await gateway.keys.refresh()
         upstream_ok, upstream = await gateway.upstream_healthy()
-        ok = upstream_ok and gateway.keys.loaded
+        group = None if gateway.group is None else gateway.group.view()
+        ok = upstream_ok and gateway.keys.loaded and (group is None or group.serving)
         body = {
             "status": "ok" if ok else "unavailable",
             "upstream": upstream,
             "signing_keys": "loaded" if gateway.keys.loaded else "not loaded",
         }
+        if group is not None:
+            body["group"] = group.reason
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def http_error(request: Request, exc: Exception) -> Response:

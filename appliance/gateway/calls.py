@@ -23,6 +23,7 @@ from appliance.gateway.audit import AuditLog, clip
 from appliance.gateway.clock import Clock, SystemClock
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.connections import ConnectionReport
+from appliance.gateway.group_state import GroupState
 from appliance.gateway.jwks import (
     FileJwksSource,
     FirstAnswering,
@@ -155,6 +156,17 @@ class Gateway:
         self.connection_report = ConnectionReport()
         self.sso_client = sso_client
         self._health: tuple[float, bool, str] | None = None
+        self.group = (
+            None
+            if config.group is None
+            else GroupState(config.group.state_file, config.group.name, self.clock)
+        )
+
+    def require_group(self) -> None:
+        """Refuse the call (503 ``group_unavailable``, with the watch's reason) while the
+        multi-node group behind the model server is not serving."""
+        if self.group is not None and not (view := self.group.view()).serving:
+            raise RefusedError(Reason.GROUP_UNAVAILABLE, view.reason)
 
     async def aclose(self) -> None:
         await self.client.aclose()

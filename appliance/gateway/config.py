@@ -337,6 +337,14 @@ class Audit(_Strict):
     connection_report_interval_s: Annotated[float, Field(ge=0.5, le=3600)] = 60.0
 
 
+class Group(_Strict):
+    """The multi-node group the model server is the head of (docs/gateway.md): calls are
+    answered 503 ``group_unavailable`` while its watch does not report it serving."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+    state_file: Path = Path("/run/appliance/group-state.json")
+
+
 class GatewayConfig(_Strict):
     schema_version: Literal[1]
     listen: Listen = Listen()
@@ -349,6 +357,7 @@ class GatewayConfig(_Strict):
     limits: Limits = Limits()
     audit: Audit = Audit()
     sso: Sso | None = None  # relay callers' token requests to Keycloak (docs/gateway.md)
+    group: Group | None = None  # the model server heads a multi-node group
 
     @model_validator(mode="after")
     def _granted_is_served(self) -> GatewayConfig:

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # 502
     UPSTREAM_TIMEOUT = "upstream_timeout"  # 504
+    GROUP_UNAVAILABLE = "group_unavailable"  # 503: the multi-node group is not serving
     UPSTREAM_ERROR = "upstream_error"  # the model server's own non-2xx answer, passed through
     INTERNAL_ERROR = "internal_error"  # 500: a bug in the gateway
     # recorded, not sent: the client left (while sending its body, or mid-stream)
@@ -77,6 +78,7 @@ _STATUS = {
     Reason.UPSTREAM_UNAVAILABLE: 502,
     Reason.UPSTREAM_TIMEOUT: 504,
     Reason.KEYS_UNAVAILABLE: 503,
+    Reason.GROUP_UNAVAILABLE: 503,
     Reason.UPSTREAM_ERROR: 502,  # nominal: the response keeps the model server's status
     Reason.INTERNAL_ERROR: 500,
     # 499 (nginx's "client closed request") is never sent, only recorded; after a

@@ -116,6 +116,12 @@ class LabInfo:
     inventory: Path | None
 
 
+# /proc/sys/net writable inside a host (its own network namespace), as on a real host: the
+# deploy sets a serving group member's net.ipv4.ip_local_port_range (the collective
+# library's ports). The rest of /proc/sys stays read-only.
+NSPAWN_ENV = {"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
+
+
 def nspawn_argv(host: LabHost) -> list[str]:
     """The command that boots ``host``: its overlay tree, inside its own network namespace."""
     return [
@@ -259,7 +265,7 @@ def _create(lab: Lab, net: LabNet) -> Generator[Event, None, Lab]:
     (lab.state_dir / "logs").mkdir(exist_ok=True)
     started = []
     for host in lab.hosts:
-        started.append(replace(host, pid=spawn_detached(nspawn_argv(host), host.log)))
+        started.append(replace(host, pid=spawn_detached(nspawn_argv(host), host.log, NSPAWN_ENV)))
         lab = replace(lab, hosts=(*started, *lab.hosts[len(started) :]))
         save_lab(lab)
     yield from _wait_for_ssh(lab)

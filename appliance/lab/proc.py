@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from appliance.lab.errors import LabError, LabPrerequisiteError
@@ -115,7 +115,7 @@ def stream_lines(argv: Sequence[str], *, timeout: float) -> Generator[str, None,
     return list(tail)
 
 
-def spawn_detached(argv: Sequence[str], log: Path) -> int:
+def spawn_detached(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
     """Start a long-lived process in its own session, output appended to ``log``; its pid.
 
     posix_spawn rather than Popen: the process outlives the ``appliance``
@@ -131,7 +131,11 @@ def spawn_detached(argv: Sequence[str], log: Path) -> int:
     ]
     try:
         pid = os.posix_spawn(
-            executable, list(argv), dict(os.environ), file_actions=actions, setsid=True
+            executable,
+            list(argv),
+            dict(os.environ) | dict(env or {}),
+            file_actions=actions,
+            setsid=True,
         )
     except OSError as exc:
         raise LabError(f"cannot start `{_show(argv)}`: {exc.strerror or exc}") from exc

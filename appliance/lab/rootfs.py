@@ -35,10 +35,13 @@ SUITE = "bookworm"
 # python3 is all pyinfra and Ansible need on a target; python3-venv because the
 # deploy makes a virtualenv there from bundled wheels; libnuma1 because vLLM's CPU
 # build (profile cpu-vllm) loads libnuma.so.1, a system library a site installs from
-# its OS media (the deploy's preflight refuses a host without it).
+# its OS media (the deploy's preflight refuses a host without it); g++ and python3-dev
+# because vLLM without --enforce-eager compiles its model with torch.compile (inductor
+# builds C++ kernels and their Python bindings: a compiler and Python.h), which pipeline
+# parallel across hosts needs on the CPU build (profile cpu-vllm-group).
 PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv",
-    "iproute2", "nftables", "procps", "libnuma1",
+    "iproute2", "nftables", "procps", "libnuma1", "g++", "python3-dev",
 )  # fmt: skip
 IMAGE_VERSION = 1  # bump whenever prepare_image changes what it writes
 CACHE_ROOT = Path("/var/cache/appliance/lab")

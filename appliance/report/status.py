@@ -8,6 +8,7 @@ bounded; an unreachable host is a row that says so, never an exception.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 
 from appliance.audit import verify_chain
@@ -16,6 +17,8 @@ from appliance.deploy.activation import current_version, health_check, release_c
 from appliance.deploy.host_check import INTENT, release_problems
 from appliance.deploy.host_layout import (
     GATEWAY_UNIT,
+    GROUP_STATE_FILE,
+    GROUP_WATCH_UNIT,
     KEYCLOAK_UNIT,
     NFT_TABLE,
     RELEASES,
@@ -56,6 +59,26 @@ class HostStatus:
     kv_cache_usage: float | None = None  # 0..1 of vLLM's KV cache in use (/metrics)
     requests_running: int | None = None
     requests_waiting: int | None = None
+    # A serving group member's view, as its group watch reports it (group_watch.STATE_FILE):
+    # group, role, rank, state (starting, serving, degraded, down), reason, joined, missing.
+    group: dict[str, object] | None = None
+
+
+def _group_state(host: HostEntry) -> dict[str, object] | None:
+    """The member's group watch state, when its watch unit is active (``None`` otherwise)."""
+    text = transport.run(
+        host,
+        f"systemctl is-active --quiet {GROUP_WATCH_UNIT} && head -c 65536 {GROUP_STATE_FILE}; true",
+        timeout=30,
+    )
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    keep = ("group", "role", "rank", "state", "reason", "joined", "missing", "at")
+    return {k: data[k] for k in keep if k in data}
 
 
 def status(host: HostEntry, *, verify: bool = False) -> HostStatus:
@@ -92,12 +115,18 @@ def status(host: HostEntry, *, verify: bool = False) -> HostStatus:
     enabled, active, gateway, keycloak = [*states, *["unknown"] * 4][:4]
     firewall = "loaded" in states[4:]
     healthy, check = None, None
-    if current is not None and active == "active":
+    group = _group_state(host)
+    if group is not None and group.get("role") == "worker":
+        # A worker serves no API of its own: it is healthy when its watch sees it joined.
+        healthy = active == "active" and group.get("state") == "serving"
+    elif current is not None and active == "active":
         check = release_check(host, current)
         healthy = health_check(host, check, timeout=10) if check else None
+        if healthy and group is not None:
+            healthy = group.get("state") == "serving"
     row = HostStatus(host.name, True, current, releases, enabled, active, healthy, audit.records, audit_ok,
                      "; ".join(audit_message), gateway=gateway, firewall=firewall, keycloak=keycloak,
-                     audit_anchor="; ".join(anchor_lines))  # fmt: skip
+                     audit_anchor="; ".join(anchor_lines), group=group)  # fmt: skip
     if check is not None:
         row = replace(row, engine=check.engine or "", context_length=check.context)
     if healthy and check is not None:

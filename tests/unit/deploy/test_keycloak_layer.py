@@ -28,7 +28,7 @@ from appliance.bundle.site.verify import VerifiedBundle
 from appliance.deploy.engines.ansible import dump_host_vars
 from appliance.deploy.gateway_layer import secure
 from appliance.deploy.host_desired import DistSpec, HostDesired
-from appliance.deploy.host_layout import GATEWAY_UNIT, KEYCLOAK_UNIT, UNIT_NAME
+from appliance.deploy.host_layout import GATEWAY_UNIT, GROUP_WATCH_UNIT, KEYCLOAK_UNIT, UNIT_NAME
 from appliance.deploy.keycloak_files import ADMIN_ENV_PATH, KEYCLOAK_USER, STATE_DIR
 from appliance.deploy.keycloak_layer import install_keycloak
 from appliance.deploy.probe import diff, parse_probe, probe_script
@@ -372,6 +372,8 @@ def test_activation_does_not_wait_for_keycloaks_build(monkeypatch: pytest.Monkey
         # on either (its health is polled after Keycloak's); without Keycloak it is
         f"systemctl restart --no-block {GATEWAY_UNIT}",
         f"systemctl restart {GATEWAY_UNIT}",
+        # a group member's watch judges the group as it forms: never waited on
+        f"systemctl restart --no-block {GROUP_WATCH_UNIT}",
     ]
     gateway_line = next(
         line for line in scripts[0].splitlines() if f"--no-block {GATEWAY_UNIT}" in line
