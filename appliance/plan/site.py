@@ -145,14 +145,6 @@ def plan_site(
             lora = _lora(plan, model, adapters, identity or BaseIdentity(model.name))
             plan = _plan(profiles, plan.selection.profile, hosts, facts, model, requested,
                          force=force, lora=lora, group=network)  # fmt: skip
-        if network is not None and (
-            len(plan.commands) != len(hosts) or plan.commands[0].role != "head"
-        ):
-            raise GroupRefusedError(
-                f"group {network.name} ({', '.join(hosts)}): profile {plan.selection.profile.name} "
-                "does not serve one model over several hosts (it plans each host alone)",
-                hint="Name a multi-node profile (--profile), or take the group out of the inventory.",
-            )
         # engine_commands gives one command per host, in the order the hosts were given.
         for host, command in zip(hosts, plan.commands, strict=True):
             listens = command.role != "worker"
@@ -184,8 +176,21 @@ def _named_group(
                                     hint=exc.hint) from exc  # fmt: skip
     else:
         profile = requested
+    if len(entry.hosts) > _max_nodes(profile):
+        raise GroupRefusedError(
+            f"group {entry.name} ({', '.join(entry.hosts)}): profile {profile.name} serves on "
+            f"at most {_max_nodes(profile)} host(s), the group has {len(entry.hosts)}",
+            hint="Name a multi-node profile (--profile; `appliance profiles`), or take the "
+            "group out of the inventory; --force does not pass this.",
+        )
     refuse_group(entry, group_problems(entry, facts, profile), force=force)
     return group_network(entry, facts)
+
+
+def _max_nodes(profile: Profile) -> int:
+    """How many hosts the profile serves one model over (GPU profiles: ``match.gpu.nodes``;
+    CPU profiles serve on one host)."""
+    return profile.match.gpu.nodes.max if profile.match.gpu is not None else 1
 
 
 def _group_profile(
