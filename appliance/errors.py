@@ -65,6 +65,13 @@ class PreflightError(DoesNotFitError):
     every host listed (``appliance.plan.preflight``)."""
 
 
+class GroupRefusedError(DoesNotFitError):
+    """A multi-node serving group cannot serve as the inventory names it (a member without
+    facts, members that disagree on GPUs, driver, CUDA, interface, MTU, clock, RDMA or
+    compilers): refused before any host changes, every problem listed
+    (``appliance.plan.group_preflight``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterRefusal:
     """One reason one LoRA adapter cannot be served: which adapter, why, what to do."""

@@ -116,6 +116,48 @@ class OsFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class InterfaceFacts:
+    """One network interface as the host reports it (``ip -j addr``, or /sys/class/net)."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT
+
+    name: str  # "eth0", "ens1f0np0"
+    mtu: int
+    operstate: str  # lower case, as the kernel says it: "up", "down", "unknown", ...
+    # IPv4 addresses with their prefix ("192.0.2.2/24"); None when not readable (no iproute2:
+    # /sys/class/net has no addresses)
+    ipv4: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RdmaPortFacts:
+    """One port of an RDMA device (/sys/class/infiniband/<device>/ports/<port>)."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT
+
+    device: str  # "mlx5_0"
+    port: int
+    state: str  # the word of the state file ("4: ACTIVE" -> "ACTIVE")
+    link_layer: str  # "InfiniBand", "Ethernet" (RoCE) or "unknown"
+    netdevs: tuple[str, ...] = ()  # the network interfaces of the device, where readable
+
+
+@dataclass(frozen=True, slots=True)
+class ClockFacts:
+    """The host's clock against the deployer's, measured over the facts call.
+
+    ``offset_ms``: host clock minus deployer clock (positive: the host is ahead), from the
+    host's time and the midpoint of the deployer's window around the call;
+    ``uncertainty_ms``: half that window (plus the host's own resolution): the true offset
+    lies within ``offset_ms`` +- ``uncertainty_ms``."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT
+
+    offset_ms: int
+    uncertainty_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class HostFacts:
     __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT
 
@@ -132,11 +174,32 @@ class HostFacts:
     # Of ``PROBED_LIBRARIES``, the shared libraries the host's dynamic linker finds
     # (``ldconfig -p``); None when not recorded (local facts, or facts from before the field).
     shared_libraries: tuple[str, ...] | None = None
+    # Network interfaces (remote hosts: ``ip -j addr``, else /sys/class/net); None when not
+    # recorded (local facts, or facts from before the field).
+    interfaces: tuple[InterfaceFacts, ...] | None = None
+    # RDMA ports under /sys/class/infiniband (empty: none); None when not recorded.
+    rdma_ports: tuple[RdmaPortFacts, ...] | None = None
+    # The nvidia_peermem module (GPUDirect RDMA) is loaded; None when not recorded.
+    nvidia_peermem: bool | None = None
+    # Of ``PROBED_COMPILERS``, those on the SSH user's PATH (torch.compile's C++ code and
+    # Triton's launchers are compiled on the host); None when not recorded.
+    compilers: tuple[str, ...] | None = None
+    # The host's clock against the deployer's (remote facts with a measured window); None
+    # when not recorded.
+    clock: ClockFacts | None = None
     schema_version: int = FACTS_SCHEMA_VERSION
     tool_version: str = field(default="")
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Compilers torch.compile needs when vLLM runs compiled (no --enforce-eager): Triton's
+# launcher build looks for clang, then gcc (triton/runtime/build.py, CC unset); inductor's
+# C++ code (the CPU build) for g++ (torch/_inductor/config.py cpp.cxx, CXX unset).
+PROBED_COMPILERS: tuple[str, ...] = ("clang", "clang++", "g++", "gcc")
+C_COMPILERS: tuple[str, ...] = ("clang", "gcc")
+CXX_COMPILERS: tuple[str, ...] = ("g++",)
 
 
 # Paths whose free space matters for an install (see brief.md host layout).

@@ -118,6 +118,11 @@ class GpuMatch(_Strict):
         default=False, description="Every pair of the node's matching GPUs linked by NVLink."
     )
     nodes: NodeRange = NodeRange()
+    rdma: Literal["required", "optional"] = Field(
+        default="optional",
+        description="required: every member of a multi-node group has an RDMA port ACTIVE "
+        "(InfiniBand or RoCE) for the collective library; refused at plan time otherwise.",
+    )
 
     @field_validator("name_patterns")
     @classmethod

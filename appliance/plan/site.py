@@ -12,11 +12,20 @@ the gateway and Keycloak go on it.
 Invariants:
 - The model-server hosts are the inventory's, in inventory order, that have
   facts (the deploy leaves out hosts it refused); other roles alone get no part.
-- Hosts serve one model together (a multi-node group: head first, then
-  workers, as ``engine_args`` orders them) only when the profile is
-  multi-node (``match.gpu.nodes.max > 1``) and there are several hosts;
-  with "auto", when choosing over all hosts at once picks such a profile.
-  Otherwise every host is planned from its own facts alone, as before.
+- Groups named in the inventory (``groups``: head first, then workers) serve one
+  model together: every member must have facts, and the members must agree
+  (``plan.group_preflight``: GPUs, driver, CUDA, interface, MTU, clock, RDMA,
+  compilers), else ``GroupRefusedError`` (exit 3) lists every problem; ``force``
+  passes only the clock and RDMA ones. The group's ``GroupNetwork`` (each member's
+  address on the group's interface) goes to the engine commands and to each
+  member's ``HostPart.group``. A named group whose profile does not plan one
+  command per member (a single-node profile) is refused too.
+- With named groups, a host in no group is planned alone. Without any (the
+  implicit grouping, kept for ``appliance plan``-style callers): hosts serve one
+  model together only when the profile is multi-node (``match.gpu.nodes.max > 1``)
+  and there are several hosts; with "auto", when choosing over all hosts at once
+  picks such a profile. Such a part has no ``GroupNetwork`` (no interface is
+  named) and says so: ``HostPart.grouping == "implicit"``.
 - The gateway goes where a model server listens (single or head), when the
   site asks for it; Keycloak (``sso.install``) on the first of those: one
   realm signs the site's tokens.
@@ -37,11 +46,13 @@ from typing import Literal
 
 from appliance.compliance.findings import BaseIdentity
 from appliance.detect.facts import HostFacts
-from appliance.errors import DoesNotFitError
+from appliance.errors import DoesNotFitError, GroupRefusedError
 from appliance.model.info import ModelInfo
 from appliance.plan.adapters import AdapterFiles, check_adapters, lora_settings
 from appliance.plan.engine_args import LoraModules, NodeCommand, adapter_target_path
-from appliance.plan.inventory import Inventory
+from appliance.plan.group import GroupNetwork
+from appliance.plan.group_preflight import group_network, group_problems, refuse_group
+from appliance.plan.inventory import GroupEntry, Inventory
 from appliance.plan.profiles import Profile, VllmEngine
 from appliance.plan.report import Plan, build_plan
 from appliance.plan.selection import Requested, requested_name, select_profile
@@ -60,10 +71,21 @@ class HostPart:
     command: NodeCommand  # the engine command this host runs
     gateway: bool  # the authenticating gateway (and the host's firewall) go on this host
     keycloak: bool  # Keycloak, as the site file's sso.install asks, goes on this host
+    # The network of the inventory's group this host serves in (None: alone, or an implicit
+    # group of a multi-node profile over an inventory without ``groups``)
+    group: GroupNetwork | None = None
 
     @property
     def serves(self) -> Literal["single", "head", "worker"]:
         return self.command.role
+
+    @property
+    def grouping(self) -> Literal["alone", "inventory", "implicit"]:
+        """How the host came to serve: alone, in a group the inventory names, or in a group
+        the site plan formed because the profile is multi-node (no ``groups`` in the inventory)."""
+        if self.group is not None:
+            return "inventory"
+        return "alone" if self.serves == "single" else "implicit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +97,12 @@ class SitePlan:
 
     @property
     def groups(self) -> tuple[tuple[str, ...], ...]:
-        """The hosts that serve one model together (one host each, unless multi-node)."""
-        groups: dict[int, list[str]] = {}
+        """The hosts that serve one model together (one host each, unless multi-node), head
+        first."""
+        groups: dict[int, list[HostPart]] = {}
         for part in self.parts:
-            groups.setdefault(id(part.plan), []).append(part.host)
-        return tuple(tuple(hosts) for hosts in groups.values())
+            groups.setdefault(id(part.plan), []).append(part)
+        return tuple(tuple(p.host for p in sorted(parts, key=_rank)) for parts in groups.values())
 
 
 def plan_site(
@@ -98,23 +121,76 @@ def plan_site(
     """Every model-server host's part (see the module docstring). ``facts`` are keyed by
     inventory host name; ``gateway``/``keycloak``: whether the site lays them down."""
     names = [h.name for h in inventory.with_role("model-server") if h.name in facts]
-    group = _group_profile(profiles, requested, tuple(facts[n] for n in names))
-    groups = [names] if group is not None else [[n] for n in names]
+    units: list[tuple[list[str], Requested, GroupNetwork | None]]
+    if inventory.groups:
+        networks = {g.name: _named_group(profiles, requested, g, facts, force=force)
+                    for g in inventory.groups}  # fmt: skip
+        units = []
+        for name in names:
+            entry = inventory.group_of(name)
+            if entry is None:
+                units.append(([name], requested, None))
+            elif entry.head == name:
+                units.append((list(entry.hosts), requested, networks[entry.name]))
+    else:
+        group = _group_profile(profiles, requested, tuple(facts[n] for n in names))
+        units = (
+            [(names, group, None)] if group is not None else [([n], requested, None) for n in names]
+        )
     parts: list[HostPart] = []
     keycloak_placed = False
-    for hosts in groups:
-        plan = _plan(profiles, group or requested, hosts, facts, model, requested, force=force)
+    for hosts, profile, network in units:
+        plan = _plan(profiles, profile, hosts, facts, model, requested, force=force, group=network)
         if adapters:
             lora = _lora(plan, model, adapters, identity or BaseIdentity(model.name))
             plan = _plan(profiles, plan.selection.profile, hosts, facts, model, requested,
-                         force=force, lora=lora)  # fmt: skip
+                         force=force, lora=lora, group=network)  # fmt: skip
         # engine_commands gives one command per host, in the order the hosts were given.
         for host, command in zip(hosts, plan.commands, strict=True):
             listens = command.role != "worker"
             here = keycloak and listens and not keycloak_placed
             keycloak_placed |= here
-            parts.append(HostPart(host, plan, command, gateway and listens, here))
-    return SitePlan(tuple(parts))
+            parts.append(HostPart(host, plan, command, gateway and listens, here, network))
+    order = {n: i for i, n in enumerate(names)}
+    return SitePlan(tuple(sorted(parts, key=lambda p: order[p.host])))
+
+
+def _named_group(
+    profiles: dict[str, Profile],
+    requested: Requested,
+    entry: GroupEntry,
+    facts: Mapping[str, HostFacts],
+    *,
+    force: bool,
+) -> GroupNetwork:
+    """The inventory's group checked (``plan.group_preflight``) and its network; refused with
+    every problem listed. The profile checked against is the one requested, or with "auto"
+    the one chosen over the members' facts."""
+    if any(h not in facts for h in entry.hosts):
+        group_network(entry, facts)  # refuses, naming the members without facts
+    if requested == "auto":
+        try:
+            profile = select_profile(profiles, tuple(facts[h] for h in entry.hosts), "auto").profile
+        except DoesNotFitError as exc:
+            raise GroupRefusedError(f"group {entry.name} ({', '.join(entry.hosts)}): {exc.message}",
+                                    hint=exc.hint) from exc  # fmt: skip
+    else:
+        profile = requested
+    if len(entry.hosts) > _max_nodes(profile):
+        raise GroupRefusedError(
+            f"group {entry.name} ({', '.join(entry.hosts)}): profile {profile.name} serves on "
+            f"at most {_max_nodes(profile)} host(s), the group has {len(entry.hosts)}",
+            hint="Name a multi-node profile (--profile; `appliance profiles`), or take the "
+            "group out of the inventory; --force does not pass this.",
+        )
+    refuse_group(entry, group_problems(entry, facts, profile), force=force)
+    return group_network(entry, facts)
+
+
+def _max_nodes(profile: Profile) -> int:
+    """How many hosts the profile serves one model over (GPU profiles: ``match.gpu.nodes``;
+    CPU profiles serve on one host)."""
+    return profile.match.gpu.nodes.max if profile.match.gpu is not None else 1
 
 
 def _group_profile(
@@ -144,6 +220,7 @@ def _plan(
     *,
     force: bool,
     lora: LoraModules | None = None,
+    group: GroupNetwork | None = None,
 ) -> Plan:
     label = ", ".join(names)
     plan = build_plan(
@@ -153,6 +230,7 @@ def _plan(
         requested=profile,
         model=model,
         lora=lora,
+        group=group,
     )
     name = requested_name(requested)
     if not plan.fits and not force:
@@ -178,3 +256,10 @@ def _lora(
         max_loras=limits.max_loras,
         max_cpu_loras=limits.max_cpu_loras,
     )
+
+
+def _rank(part: HostPart) -> int:
+    """The part's node rank in its group (the head 0), as engine_args orders the hosts."""
+    if part.group is not None:
+        return part.group.rank_of(part.host)
+    return 0 if part.command.role != "worker" else 1

@@ -24,6 +24,15 @@ EXPECTED = {
     "missing-key-file": "cannot read SSH key",
     "bad-name": "`hosts[0].name`: String should match pattern",
     "bad-yaml": "not valid YAML",
+    "group-one-host": "`groups[0].hosts`: List should have at least 2 items",
+    "group-not-a-model-server": "group g: 'gw' is not a host with the model-server role",
+    "group-unknown-host": "group g: 'z' is not a host with the model-server role",
+    "group-host-in-two-groups": "host 'b' is in two groups (g and h)",
+    "group-host-twice": "`groups[0]`: a host is listed twice in the group",
+    "group-master-port-in-range": "master_port 40001 lies inside port_range 40000-44095",
+    "group-small-port-range": "port_range 40000-40010: expected at least 256 ports",
+    "group-bad-interface": "`groups[0].interface`: String should match pattern",
+    "group-duplicate-name": "two groups are named 'g'",
 }
 
 
@@ -32,6 +41,22 @@ def test_good_inventory() -> None:
     assert [h.name for h in inventory.hosts] == ["gpu-1", "edge-1"]
     assert [h.name for h in inventory.with_role("gateway")] == ["edge-1"]
     assert inventory.hosts[1].ssh.user == "root" and inventory.hosts[1].ssh.port == 22
+
+
+def test_a_group_names_its_head_first_and_takes_the_default_ports(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(
+        "schema_version: 1\nhosts:\n"
+        "  - {name: a, address: 10.0.0.1, roles: [model-server, gateway]}\n"
+        "  - {name: b, address: 10.0.0.2, roles: [model-server]}\n"
+        "  - {name: c, address: 10.0.0.3, roles: [model-server]}\n"
+        "groups:\n  - {name: g, hosts: [b, a], interface: ens1f0}\n"
+    )
+    inventory = load_inventory(path)
+    (group,) = inventory.groups
+    assert (group.head, group.hosts, group.interface) == ("b", ["b", "a"], "ens1f0")
+    assert (group.master_port, group.port_range) == (29501, (40000, 44095))
+    assert inventory.group_of("a") is group and inventory.group_of("c") is None
 
 
 def test_every_bad_fixture_has_an_expectation() -> None:

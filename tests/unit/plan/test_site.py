@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from appliance.detect.facts import HostFacts
-from appliance.errors import DoesNotFitError, ProfileError
+from appliance.errors import DoesNotFitError, GroupRefusedError, ProfileError
 from appliance.model.info import ModelInfo
-from appliance.plan.inventory import HostEntry, Inventory, Role
+from appliance.plan.inventory import GroupEntry, HostEntry, Inventory, Role
 from appliance.plan.profiles import Profile
 from appliance.plan.report import build_plan
 from appliance.plan.selection import resolve_profile
@@ -203,3 +203,102 @@ def test_adapters_are_checked_against_each_groups_profile_and_served_by_it(
                   identity=identity)  # fmt: skip
     assert refused.value.exit_code == 3
     assert "adapter 'alpha'" in refused.value.message and "adapter 'bravo'" in refused.value.message
+
+
+# --- groups the inventory names --------------------------------------------------
+
+
+def grouped_inventory(*hosts: tuple[str, list[Role]], groups: list[GroupEntry]) -> Inventory:
+    return inventory(*hosts).model_copy(update={"groups": groups})
+
+
+def test_an_inventory_group_plans_head_and_workers_on_the_groups_network(
+    profiles: dict[str, Profile],
+) -> None:
+    from tests.unit.plan.test_group_preflight import member
+
+    hosts = {"dgx-a": member(0), "dgx-b": member(1), "dgx-c": member(2)}
+    entry = GroupEntry(name="llm", hosts=["dgx-b", "dgx-a"], interface="ens1f0", master_port=29600)
+    inv = grouped_inventory(("dgx-a", SERVING), ("gw", ["gateway"]), ("dgx-b", SERVING),
+                            ("dgx-c", SERVING), groups=[entry])  # fmt: skip
+    site = plan_site(profiles, "auto", hosts, inv, model("apertus-70b-instruct-2509"),
+                     gateway=True)  # fmt: skip
+    assert [p.host for p in site.parts] == ["dgx-a", "dgx-b", "dgx-c"]  # inventory order
+    a, b, c = site.parts
+    # The inventory's head (dgx-b) leads, though the inventory lists dgx-a first.
+    assert (b.serves, a.serves) == ("head", "worker") and site.groups[0] == ("dgx-b", "dgx-a")
+    assert a.group is b.group and a.group is not None
+    assert (a.group.head, a.group.head_address) == ("dgx-b", "10.10.0.11")
+    assert a.group.addresses == ("10.10.0.11", "10.10.0.10")
+    assert (a.grouping, b.grouping) == ("inventory", "inventory")
+    assert a.plan is b.plan and a.plan.selection.profile.name == "h100-cluster"
+    # The engine commands got the network: each member's own address, the head's to meet at.
+    assert (a.command.env["VLLM_HOST_IP"], b.command.env["VLLM_HOST_IP"]) == (
+        "10.10.0.10", "10.10.0.11")  # fmt: skip
+    assert "10.10.0.11" in " ".join(a.command.argv + tuple(x for c in a.command.before for x in c))
+    # A host in no group is planned alone, from its own facts.
+    assert (c.serves, c.group, c.grouping) == ("single", None, "alone")
+    assert [h.hostname for h in c.plan.hosts] == ["dgx-c"] and site.groups[1:] == (("dgx-c",),)
+    assert [p.gateway for p in site.parts] == [False, True, True]
+
+
+def test_without_inventory_groups_the_implicit_group_is_visible(
+    profiles: dict[str, Profile],
+) -> None:
+    hosts = named("h100x8-2nodes", "dgx-a", "dgx-b")
+    inv = inventory(("dgx-a", SERVING), ("dgx-b", SERVING))
+    site = plan_site(profiles, profiles["h100-cluster"], hosts, inv,
+                     model("apertus-70b-instruct-2509"))  # fmt: skip
+    assert [(p.serves, p.group, p.grouping) for p in site.parts] == [
+        ("head", None, "implicit"), ("worker", None, "implicit")]  # fmt: skip
+
+
+def test_an_inventory_group_whose_members_disagree_is_refused_before_any_plan(
+    profiles: dict[str, Profile],
+) -> None:
+    from tests.unit.plan.test_group_preflight import member, with_interface
+
+    hosts = {"dgx-a": member(0), "dgx-b": member(1, interfaces=with_interface(1, mtu=1500),
+                                                   rdma_ports=())}  # fmt: skip
+    entry = GroupEntry(name="llm", hosts=["dgx-a", "dgx-b"], interface="ens1f0")
+    inv = grouped_inventory(("dgx-a", SERVING), ("dgx-b", SERVING), groups=[entry])
+    apertus = model("apertus-70b-instruct-2509")
+    for force in (False, True):  # an MTU mismatch is not forceable
+        with pytest.raises(GroupRefusedError) as caught:
+            plan_site(profiles, profiles["h100-cluster"], hosts, inv, apertus, force=force)
+        assert "2 problem(s)" in str(caught.value) and "different MTUs" in str(caught.value)
+        assert "dgx-b has no RDMA device" in str(caught.value)
+    # RDMA alone is: --force plans the group (NCCL over sockets, slower).
+    hosts["dgx-b"] = member(1, rdma_ports=())
+    with pytest.raises(GroupRefusedError, match="no RDMA device"):
+        plan_site(profiles, profiles["h100-cluster"], hosts, inv, apertus)
+    site = plan_site(profiles, profiles["h100-cluster"], hosts, inv, apertus, force=True)
+    assert [p.serves for p in site.parts] == ["head", "worker"]
+
+
+def test_an_inventory_group_with_a_member_without_facts_is_refused(
+    profiles: dict[str, Profile],
+) -> None:
+    from tests.unit.plan.test_group_preflight import member
+
+    entry = GroupEntry(name="llm", hosts=["dgx-a", "dgx-b"], interface="ens1f0")
+    inv = grouped_inventory(("dgx-a", SERVING), ("dgx-b", SERVING), groups=[entry])
+    with pytest.raises(GroupRefusedError, match="no facts for dgx-b") as caught:
+        plan_site(profiles, "auto", {"dgx-a": member(0)}, inv, model("apertus-70b-instruct-2509"),
+                  force=True)  # fmt: skip
+    assert caught.value.exit_code == 3
+
+
+def test_an_inventory_group_on_a_single_node_profile_is_refused(
+    profiles: dict[str, Profile],
+) -> None:
+    from tests.unit.plan.test_group_preflight import member
+
+    hosts = {"dgx-a": member(0), "dgx-b": member(1)}
+    entry = GroupEntry(name="llm", hosts=["dgx-a", "dgx-b"], interface="ens1f0")
+    inv = grouped_inventory(("dgx-a", SERVING), ("dgx-b", SERVING), groups=[entry])
+    with pytest.raises(GroupRefusedError) as caught:
+        plan_site(profiles, profiles["a100-single"], hosts, inv, model(MISTRAL), force=True)
+    assert str(caught.value).startswith(
+        "group llm (dgx-a, dgx-b): profile a100-single serves on at most 1 host(s), the group has 2"
+    )
