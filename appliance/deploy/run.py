@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +80,7 @@ from appliance.errors import (
 )
 from appliance.events import Event, Finished, Progress, Started, Warned
 from appliance.model.info import load_model_info
-from appliance.plan.engine_args import NodeCommand, argv_port
+from appliance.plan.engine_args import NodeCommand, argv_port, argv_served_model
 from appliance.plan.inventory import HostEntry, Inventory
 from appliance.plan.preflight import Preflight
 from appliance.plan.profiles import Profile
@@ -89,8 +90,12 @@ from appliance.plan.site import plan_site
 
 
 def remote_facts(host: HostEntry) -> HostFacts:
-    """The host's facts, read over SSH by the facts script (``appliance.detect.remote``)."""
-    return parse_facts_output(transport.run(host, facts_script(RELEASES), timeout=60), host.name)
+    """The host's facts, read over SSH by the facts script (``appliance.detect.remote``); its
+    clock is measured against this machine's over the call (a serving group's members must
+    agree on the time within a bound)."""
+    before = time.time()
+    text = transport.run(host, facts_script(RELEASES), timeout=60)
+    return parse_facts_output(text, host.name, clock_window=(before, time.time()))
 
 
 @dataclass
@@ -132,13 +137,14 @@ def plan_hosts(
     site_plan = plan_site(profiles, profile, {h.name: remote_facts(h) for h in hosts}, inventory,
                           info, force=force, gateway=site is not None, keycloak=keycloak,
                           adapters=adapter_files(verified), identity=model_identity(verified))  # fmt: skip
-    workers = [p.host for p in site_plan.parts if p.serves == "worker"]
-    if workers:
+    implicit = [p.host for p in site_plan.parts if p.grouping == "implicit"]
+    if implicit:
         raise DeploymentError(
             f"profile {requested_name(profile)} plans one model served by several hosts "
-            f"({', '.join(' '.join(g) for g in site_plan.groups)}: head and {len(workers)} "
-            "worker(s)); this release lays down single-host model servers only",
-            hint="Deploy with a single-node profile (see `appliance plan`), or one host per inventory.",
+            f"({', '.join(implicit)}), but the inventory names no serving group for them: a group "
+            "is deployed only when the inventory says which hosts form it and on which interface",
+            hint="Add `groups: [{name: ..., hosts: [HEAD, WORKER, ...], interface: IFACE}]` to the "
+            "inventory (docs/inventory.md), or deploy with a single-node profile.",
         )
     planned: dict[str, tuple[Plan, HostDesired]] = {}
     for host in hosts:
@@ -154,6 +160,12 @@ def plan_hosts(
                 from appliance.deploy.keycloak_layer import install_keycloak
 
                 desired = install_keycloak(desired, part.plan, verified, site, inventory)
+        if part.group is not None:
+            from appliance.deploy.group_layer import add_group_member
+
+            served = argv_served_model(part.plan.commands[0].argv) or "none"
+            desired = add_group_member(desired, part.group, model_port=_port(part.plan),
+                                       served_model=served)  # fmt: skip
         planned[host.name] = (part.plan, desired)
     return planned
 

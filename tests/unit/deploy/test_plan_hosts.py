@@ -62,13 +62,48 @@ def test_each_single_node_host_gets_the_plan_and_state_it_had_alone(
         assert desired == desired_state(verified, alone.commands[0], host, engine="vllm")
 
 
-def test_a_multi_node_group_is_planned_and_refused_before_any_change(
+def test_a_multi_node_group_the_inventory_does_not_name_is_refused_before_any_change(
     make_bundle: BundleFactory, trust: Trust, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verified = with_model(make_bundle, trust, "apertus-70b-instruct-2509")
     fake_facts(monkeypatch, "h100x8-2nodes")
     profiles = load_profiles()
     with pytest.raises(DeploymentError, match=r"profile h100-cluster plans one model served by "
-                       r"several hosts \(a b: head and 1 worker\(s\)\)"):  # fmt: skip
+                       r"several hosts \(a, b\), but the inventory names no serving group") as refused:  # fmt: skip
         run.plan_hosts(verified, HOSTS, profiles, profiles["h100-cluster"], force=False,
                        inventory=INVENTORY)  # fmt: skip
+    assert refused.value.hint is not None and "groups:" in refused.value.hint
+
+
+def test_a_named_group_gets_its_watch_and_port_range_on_every_member(
+    make_bundle: BundleFactory, trust: Trust, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each member's release carries the group watch (its source, its settings, its unit) and
+    the sysctl drop-in; the head serves, the worker runs headless, both on the group's network."""
+    import json
+
+    from appliance.deploy import group_watch
+    from appliance.deploy.host_layout import GROUP_WATCH_UNIT, UNIT_NAME
+    from appliance.plan.inventory import GroupEntry
+    from tests.unit.plan.test_group_preflight import member
+
+    verified = with_model(make_bundle, trust, "apertus-70b-instruct-2509")
+    by_name = {h.name: dataclasses.replace(member(i), hostname=h.name) for i, h in enumerate(HOSTS)}
+    monkeypatch.setattr(run, "remote_facts", lambda host: by_name[host.name])
+    entry = GroupEntry(name="llm", hosts=["a", "b"], interface="ens1f0")
+    inventory = INVENTORY.model_copy(update={"groups": [entry]})
+    profiles = load_profiles()
+    planned = run.plan_hosts(verified, HOSTS, profiles, profiles["h100-cluster"], force=False,
+                             inventory=inventory)  # fmt: skip
+    (_, head), (_, worker) = planned["a"], planned["b"]
+    assert GROUP_WATCH_UNIT in head.units and GROUP_WATCH_UNIT in worker.units
+    files = {r.path.rsplit("/", 1)[-1]: r for r in worker.rendered}
+    settings = json.loads(files["group-watch.json"].content)
+    assert settings["role"] == "worker" and settings["rank"] == 1
+    assert settings["head"] == {"host": "a", "address": "10.10.0.10", "rank": 0}
+    assert settings["master_port"] == 29501 and settings["model_port"] == 8000
+    assert files["group-watch.py"].content == open(group_watch.__file__).read()
+    assert "net.ipv4.ip_local_port_range = 40000 44095" in files["sysctl-group.conf"].content
+    assert "--headless" in worker.unit_file_of(UNIT_NAME).content
+    assert "--headless" not in head.unit_file_of(UNIT_NAME).content
+    assert "role head" in head.unit_file_of(GROUP_WATCH_UNIT).content
