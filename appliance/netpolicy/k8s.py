@@ -191,9 +191,7 @@ def _workload(
         container["ports"] = [{"containerPort": p, "protocol": "TCP"} for p in ports]
     pod: dict[str, Any] = {"containers": [container]}
     if sysctls:
-        pod["securityContext"] = {
-            "sysctls": [{"name": k, "value": v} for k, v in sysctls.items()]
-        }
+        pod["securityContext"] = {"sysctls": [{"name": k, "value": v} for k, v in sysctls.items()]}
     spec: dict[str, Any] = {
         "replicas": replicas,
         "selector": {"matchLabels": dict(labels)},

@@ -497,7 +497,9 @@ def describe_model(model: PolicyModel) -> str:
         where = "" if c.targets == TARGETS else f"  [{', '.join(c.targets)} only]"
         lines.append(f"  {c.name:{width}s} {c.kind:16s} {c.description}{where}")
     lines += ["", "Flows (source may open connections to destination)"]
-    lines.append(f"  {'#':>2}  {'from':{width}s}    {'to':{width}s} {'port':{ports}s} {'in':10s} why")
+    lines.append(
+        f"  {'#':>2}  {'from':{width}s}    {'to':{width}s} {'port':{ports}s} {'in':10s} why"
+    )
     for number, f in enumerate(model.flows, 1):
         targets = ", ".join(f.targets)
         lines.append(
