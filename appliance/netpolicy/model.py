@@ -35,6 +35,7 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -68,6 +69,9 @@ DNS_PORT = 53
 
 GROUP_PREFIX = "group:"
 HEAD_SUFFIX = ":head"
+
+_GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # as plan.inventory.GroupEntry
+_INTERFACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}")
 
 # Narrower than this and a "site network" is a large part of the Internet.
 MIN_PREFIX = {4: 8, 6: 16}
@@ -232,6 +236,14 @@ def _group_parts(
                 hint="Give each group one entry (the inventory's groups have unique names).",
             )
         seen.add(group.name)
+        # They end up in nftables set names and quoted interface matches: check them here too.
+        if not _GROUP_NAME.fullmatch(group.name) or not _INTERFACE.fullmatch(group.interface):
+            raise NetworkPolicyError(
+                f"serving group {group.name!r}: expected a name of [a-z0-9-] and an interface "
+                f"name of at most 15 characters [A-Za-z0-9_.:-], found interface "
+                f"{group.interface!r}",
+                hint="Fix the group in the inventory (docs/inventory.md).",
+            )
         members, head = group_component(group.name), group_component(group.name, head=True)
         first, last = group.port_range
         on = f"on {group.interface}"

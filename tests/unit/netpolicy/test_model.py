@@ -174,6 +174,17 @@ def test_groups_with_a_single_node_profile_are_refused() -> None:
     assert "serving group(s) pp" in caught.value.message and caught.value.hint
 
 
+@pytest.mark.parametrize(
+    ("name", "interface"),
+    [("pp", 'eth1" accept'), ("pp_x", "eth1"), ("pp", "a-very-long-interface")],
+)
+def test_group_names_that_would_break_a_ruleset_are_refused(name: str, interface: str) -> None:
+    group = GroupNetwork(name, ("gpu-1", "gpu-2"), interface, ("10.20.2.11", "10.20.2.12"),
+                         29501, (40000, 44095))  # fmt: skip
+    with pytest.raises(NetworkPolicyError, match="expected a name of"):
+        build_policy(PROFILES["h100-cluster"], [group])
+
+
 def test_printed_model_with_a_group_golden() -> None:
     text = describe_model(build_policy(PROFILES["h100-cluster"], fixture_groups()))
     golden = GOLDEN / "model-h100-cluster-group.txt"
