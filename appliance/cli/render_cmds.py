@@ -17,7 +17,12 @@ from appliance.exitcodes import ExitCode
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from appliance.netpolicy.model import NetworkPolicyError, build_policy, build_site
+    from appliance.netpolicy.model import (
+        NetworkPolicyError,
+        build_policy,
+        build_site,
+        inventory_groups,
+    )
     from appliance.netpolicy.render import render_files, write_directory
     from appliance.output_paths import new_or_empty_directory
     from appliance.plan.inventory import load_inventory
@@ -25,16 +30,28 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     new_or_empty_directory(args.out, "--out")
     profile = get_profile(load_profiles(args.profiles_dir), args.profile)
-    if args.target == "k8s":
-        for option, value in (("--inventory", args.inventory), ("--admin-cidr", args.admin_cidr)):
-            if value:
-                raise NetworkPolicyError(
-                    f"{option} applies to --target host (hosts and SSH), found it with --target k8s",
-                    hint=f"Drop {option}, or render --target host.",
-                )
+    if args.target == "k8s" and args.admin_cidr:
+        raise NetworkPolicyError(
+            "--admin-cidr applies to --target host (hosts and SSH), found it with --target k8s",
+            hint="Drop --admin-cidr, or render --target host.",
+        )
     inventory = load_inventory(args.inventory) if args.inventory is not None else None
-    site = build_site(args.site_cidr or [], args.admin_cidr or [], inventory)
-    model = build_policy(profile)
+    # Serving groups from the inventory alone: each member's inventory address stands for its
+    # address on the group's interface (policy.txt says so); the deploy passes the plan's.
+    groups = inventory_groups(inventory) if inventory is not None else ()
+    if args.target == "k8s":
+        if inventory is not None and not groups:
+            raise NetworkPolicyError(
+                f"--inventory {args.inventory} with --target k8s: expected serving groups (the "
+                "only part of an inventory the Kubernetes rendering uses: hosts are pods there), "
+                "found none",
+                hint="Drop --inventory, or render --target host (one ruleset per host).",
+            )
+        site = build_site(args.site_cidr or [])
+    else:
+        site = build_site(args.site_cidr or [], args.admin_cidr or [], inventory, groups,
+                          group_addresses="inventory")  # fmt: skip
+    model = build_policy(profile, groups)
     files = render_files(model, site, args.target)
     written = write_directory(files, args.out)
     if args.json:
@@ -68,7 +85,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     render.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="new (or empty) directory to write into")  # fmt: skip
     render.add_argument("--inventory", type=Path, metavar="FILE",
-                        help="hosts and roles (docs/inventory.md): one ruleset per host")  # fmt: skip
+                        help="hosts, roles and serving groups (docs/inventory.md): one ruleset "
+                        "per host; with --target k8s, its serving groups only")  # fmt: skip
     render.add_argument("--site-cidr", action="append", metavar="CIDR",
                         help="a site network (repeat for each); clients are here, nothing beyond "
                         "it is reachable")  # fmt: skip

@@ -14,6 +14,11 @@ Invariants:
 - Clients are the site's networks, as ``ipBlock`` ingress sources of the gateway.
 - Pods carry ``app.kubernetes.io/name: appliance`` and
   ``app.kubernetes.io/component: <component>``; the policies select exactly that.
+- A serving group's pods are model servers that also carry ``appliance/group:
+  NAME`` and ``appliance/group-role: head|worker``; ``allow-group-NAME`` and
+  ``allow-head-of-group-NAME`` allow the group's flows between those pods only
+  (the port range as ``port``/``endPort``). Their pods set
+  ``net.ipv4.ip_local_port_range`` (a namespaced, "safe" sysctl) to the range.
 """
 
 from __future__ import annotations
@@ -23,11 +28,23 @@ from typing import Any
 
 import yaml
 
-from appliance.netpolicy.model import ROLES, ComponentName, Flow, PolicyModel, RoleName, Site
+from appliance.netpolicy.model import (
+    ROLES,
+    ComponentName,
+    Flow,
+    PolicyModel,
+    RoleName,
+    Site,
+    group_of_component,
+)
+from appliance.netpolicy.port_range_sysctl import PORT_RANGE_SYSCTL, port_range_value
+from appliance.plan.group import GroupNetwork
 
 NAMESPACE = "appliance"
 NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+GROUP_LABEL = "appliance/group"
+GROUP_ROLE_LABEL = "appliance/group-role"  # head | worker
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace
 DNS_NAMESPACE = "kube-system"
 DNS_LABELS = {"k8s-app": "kube-dns"}
@@ -48,9 +65,34 @@ def pod_labels(role: RoleName) -> dict[str, str]:
     return {NAME_LABEL: "appliance", COMPONENT_LABEL: role}
 
 
+def group_pod_labels(group: str, role: str) -> dict[str, str]:
+    """A group member's pod labels: a model server, its group, ``head`` or ``worker``."""
+    return {**pod_labels("model-server"), GROUP_LABEL: group, GROUP_ROLE_LABEL: role}
+
+
+def _selector(component: ComponentName) -> dict[str, str]:
+    """The labels that select ``component``'s pods (a role's, a group's or its head's)."""
+    grouped = group_of_component(component)
+    if grouped is None:
+        assert component in ROLES, component
+        return pod_labels(component)
+    name, head = grouped
+    labels = {NAME_LABEL: "appliance", GROUP_LABEL: name}
+    return labels | ({GROUP_ROLE_LABEL: "head"} if head else {})
+
+
+def policy_name(component: ComponentName) -> str:
+    """``allow-gateway``; ``allow-group-NAME``; ``allow-head-of-group-NAME``."""
+    grouped = group_of_component(component)
+    if grouped is None:
+        return f"allow-{component}"
+    name, head = grouped
+    return f"allow-head-of-group-{name}" if head else f"allow-group-{name}"
+
+
 def _peers(component: ComponentName, site: Site) -> list[dict[str, Any]]:
-    if component in ROLES:
-        return [{"podSelector": {"matchLabels": pod_labels(component)}}]
+    if component in ROLES or group_of_component(component) is not None:
+        return [{"podSelector": {"matchLabels": _selector(component)}}]
     if component == "dns":
         return [
             {
@@ -67,6 +109,8 @@ def _port(flow: Flow) -> dict[str, Any]:
     port: dict[str, Any] = {"protocol": flow.protocol.upper()}
     if flow.port is not None:
         port["port"] = flow.port
+    if flow.last_port is not None:
+        port["endPort"] = flow.last_port
     return port
 
 
@@ -76,7 +120,7 @@ def _rules(flows: Sequence[Flow], peer_of: str, site: Site, key: str) -> list[di
     for flow in flows:
         grouped.setdefault(getattr(flow, peer_of), []).append(flow)
     return [
-        {key: _peers(peer, site), "ports": [_port(f) for f in group]}  # type: ignore[arg-type]
+        {key: _peers(peer, site), "ports": [_port(f) for f in group]}
         for peer, group in grouped.items()
     ]
 
@@ -91,10 +135,13 @@ def network_policies(model: PolicyModel, site: Site) -> list[tuple[list[str], di
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
     }
     result = [(["Every pod of the namespace: no ingress, no egress, unless allowed below."], deny)]
-    for role in ROLES:
+    for component in model.components_for("k8s"):
+        if component.kind not in ("role", "group"):
+            continue
+        role = component.name
         inbound = [f for f in flows if f.destination == role]
         outbound = [f for f in flows if f.source == role]
-        spec: dict[str, Any] = {"podSelector": {"matchLabels": pod_labels(role)}}
+        spec: dict[str, Any] = {"podSelector": {"matchLabels": _selector(role)}}
         types = []
         if inbound:
             types.append("Ingress")
@@ -108,7 +155,7 @@ def network_policies(model: PolicyModel, site: Site) -> list[tuple[list[str], di
         policy = {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
-            "metadata": {"name": f"allow-{role}", "namespace": NAMESPACE,
+            "metadata": {"name": policy_name(role), "namespace": NAMESPACE,
                          "labels": {NAME_LABEL: "appliance"}},
             "spec": spec,
         }  # fmt: skip
@@ -131,15 +178,24 @@ def _namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any
 
 
 def _workload(
-    name: str, kind: str, namespace: str, labels: dict[str, str], ports: list[int], replicas: int
+    name: str,
+    kind: str,
+    namespace: str,
+    labels: dict[str, str],
+    ports: list[int],
+    replicas: int,
+    sysctls: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     container: dict[str, Any] = {"name": name, "image": "stand-in.invalid/analysis-only:0"}
     if ports:
         container["ports"] = [{"containerPort": p, "protocol": "TCP"} for p in ports]
+    pod: dict[str, Any] = {"containers": [container]}
+    if sysctls:
+        pod["securityContext"] = {"sysctls": [{"name": k, "value": v} for k, v in sysctls.items()]}
     spec: dict[str, Any] = {
         "replicas": replicas,
         "selector": {"matchLabels": dict(labels)},
-        "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": [container]}},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
     if kind == "StatefulSet":
         spec["serviceName"] = name
@@ -152,8 +208,17 @@ def _workload(
 
 
 def analysis_replicas(model: PolicyModel, role: RoleName) -> int:
-    """Two model-server pods for a multi-node profile (so peer flows show), else one."""
-    return 2 if role == "model-server" and model.multi_node else 1
+    """Two model-server pods for a multi-node profile without groups (so its any-port peer
+    flow shows), else one."""
+    return 2 if role == "model-server" and model.multi_node and not model.groups else 1
+
+
+def group_workloads(group: GroupNetwork) -> list[tuple[str, str, int]]:
+    """A group's stand-in StatefulSets: (name, group role, replicas): its head, its workers."""
+    return [
+        (f"group-{group.name}-head", "head", 1),
+        (f"group-{group.name}-worker", "worker", len(group.hosts) - 1),
+    ]
 
 
 def analysis_workloads(model: PolicyModel) -> list[dict[str, Any]]:
@@ -173,6 +238,14 @@ def analysis_workloads(model: PolicyModel) -> list[dict[str, Any]]:
             _workload(name, kind, NAMESPACE, pod_labels(role), listening[role],
                       analysis_replicas(model, role))
         )  # fmt: skip
+    for group in model.groups:
+        sysctls = {PORT_RANGE_SYSCTL: port_range_value(group)}
+        for name, member, replicas in group_workloads(group):
+            ports = [group.master_port] if member == "head" else []
+            docs.append(
+                _workload(name, "StatefulSet", NAMESPACE, group_pod_labels(group.name, member),
+                          ports, replicas, sysctls)
+            )  # fmt: skip
     return docs
 
 

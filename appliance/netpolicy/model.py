@@ -1,11 +1,21 @@
 """The policy model: who may talk to whom on which port; nothing leaves the site.
 
-``build_policy(profile)`` lists the components (the site's client network,
+``build_policy(profile, groups)`` lists the components (the site's client network,
 the operator's admin network, the gateway, the model server, Keycloak, cluster
-DNS) and the flows between them (from, to, protocol, port), as frozen data.
+DNS, and per multi-node serving group its members and its head) and the flows
+between them (from, to, protocol, port or port range), as frozen data.
 ``Site`` binds the components to a site's addresses (its networks, the admin
-network, and the hosts of an inventory). Renderers (``nftables``, ``k8s``)
-translate the two; tests compare what each rendering allows with ``flows``.
+network, the hosts of an inventory and the groups' member addresses).
+Renderers (``nftables``, ``k8s``) translate the two; tests compare what each
+rendering allows with ``flows``.
+
+A serving group (``plan.group.GroupNetwork``) has two flows, on its interface
+only and between its members only: members -> head on the master port (the
+head's torch.distributed store, which listens on every interface), and
+members <-> members on the group's port range (vLLM's message queues and the
+collective library's sockets take kernel-ephemeral ports; each member's
+``net.ipv4.ip_local_port_range`` is set to that range, see ``group_sysctl``).
+Group components are named ``group:NAME`` (members) and ``group:NAME:head``.
 
 Invariants:
 - Flows only allow. Everything not listed is dropped, in both directions.
@@ -13,7 +23,10 @@ Invariants:
   is bound to addresses inside the site: there is no "anywhere" to allow,
   so nothing can be allowed to leave the site.
 - A flow says which renderings it exists in: SSH from the admin network on
-  hosts only, cluster DNS in Kubernetes only.
+  hosts only, cluster DNS in Kubernetes only. A flow with an ``interface``
+  is allowed on that interface only (hosts; pods have one network).
+- Groups only with a multi-node profile; with groups, the model servers'
+  any-port peer flow is gone: members reach each other on the group's ports.
 - The model server's port is the profile's (``engine.port``); the other
   ports are the constants below, which the gateway and Keycloak
   configurations must use as well.
@@ -22,12 +35,14 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Literal
 
 from appliance.errors import InputError
+from appliance.plan.group import GroupNetwork
 from appliance.plan.profiles import Profile, VllmEngine
 
 if TYPE_CHECKING:
@@ -36,7 +51,8 @@ if TYPE_CHECKING:
 
 Target = Literal["host", "k8s"]
 Protocol = Literal["tcp", "udp"]
-ComponentName = Literal["clients", "admin", "gateway", "model-server", "keycloak", "dns"]
+# The fixed components; a serving group adds ``group:NAME`` and ``group:NAME:head`` (group_component).
+ComponentName = str
 RoleName = Literal["gateway", "model-server", "keycloak"]
 IPNetwork = IPv4Network | IPv6Network
 IPAddress = IPv4Address | IPv6Address
@@ -51,6 +67,12 @@ KEYCLOAK_PORT = 8180  # appliance.deploy.keycloak_files.DEFAULT_HTTP_PORT: behin
 SSH_PORT = 22
 DNS_PORT = 53
 
+GROUP_PREFIX = "group:"
+HEAD_SUFFIX = ":head"
+
+_GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # as plan.inventory.GroupEntry
+_INTERFACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}")
+
 # Narrower than this and a "site network" is a large part of the Internet.
 MIN_PREFIX = {4: 8, 6: 16}
 
@@ -59,10 +81,23 @@ class NetworkPolicyError(InputError):
     """Site networks, the admin network or an inventory cannot be bound to the policy."""
 
 
+def group_component(group: str, *, head: bool = False) -> ComponentName:
+    """``group:NAME`` (every member) or ``group:NAME:head``; group names hold no ``:``."""
+    return f"{GROUP_PREFIX}{group}{HEAD_SUFFIX if head else ''}"
+
+
+def group_of_component(component: ComponentName) -> tuple[str, bool] | None:
+    """(group name, head?) for a group component, None for the fixed ones."""
+    if not component.startswith(GROUP_PREFIX):
+        return None
+    name = component.removeprefix(GROUP_PREFIX)
+    return (name.removesuffix(HEAD_SUFFIX), True) if name.endswith(HEAD_SUFFIX) else (name, False)
+
+
 @dataclass(frozen=True, slots=True)
 class Component:
     name: ComponentName
-    kind: Literal["network", "role", "cluster-service"]
+    kind: Literal["network", "role", "cluster-service", "group"]
     description: str
     targets: tuple[Target, ...] = TARGETS
 
@@ -74,17 +109,32 @@ class Flow:
     source: ComponentName
     destination: ComponentName
     protocol: Protocol
-    port: int | None  # None: every port of the protocol
+    port: int | None  # None: every port of the protocol; else the first port
     purpose: str
     targets: tuple[Target, ...] = TARGETS
+    last_port: int | None = None  # a port range port..last_port (inclusive); None: one port
+    interface: str | None = None  # hosts: only on this interface; None: any
 
     @property
     def key(self) -> tuple[str, str, str, int | None]:
         return (self.source, self.destination, self.protocol, self.port)
 
     @property
+    def ports_text(self) -> str:
+        """``any``, ``8000`` or ``40000-44095`` (nftables' and nca's range syntax)."""
+        if self.port is None:
+            return "any"
+        return str(self.port) if self.last_port is None else f"{self.port}-{self.last_port}"
+
+    @property
     def port_text(self) -> str:
-        return f"{'any' if self.port is None else self.port}/{self.protocol}"
+        return f"{self.ports_text}/{self.protocol}"
+
+    def allows(self, port: int) -> bool:
+        """Whether ``port`` is one of this flow's ports."""
+        if self.port is None:
+            return True
+        return self.port <= port <= (self.port if self.last_port is None else self.last_port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +145,7 @@ class PolicyModel:
     multi_node: bool
     components: tuple[Component, ...]
     flows: tuple[Flow, ...]
+    groups: tuple[GroupNetwork, ...] = ()  # the multi-node serving groups the flows name
 
     def flows_for(self, target: Target) -> tuple[Flow, ...]:
         return tuple(f for f in self.flows if target in f.targets)
@@ -109,8 +160,12 @@ class PolicyModel:
         raise KeyError(name)
 
 
-def build_policy(profile: Profile) -> PolicyModel:
-    """The components and flows for a site running ``profile``."""
+def build_policy(profile: Profile, groups: Sequence[GroupNetwork] = ()) -> PolicyModel:
+    """The components and flows for a site running ``profile``, with its serving ``groups``.
+
+    Groups are refused unless the profile is multi-node (they would open ports
+    for a runtime that does not run).
+    """
     engine = profile.engine
     port = engine.port
     multi_node = (
@@ -126,7 +181,7 @@ def build_policy(profile: Profile) -> PolicyModel:
         )
     else:
         server = "llama.cpp server (llama-cpp-python)"
-    components = (
+    components: tuple[Component, ...] = (
         Component("clients", "network", "callers on the site network; they reach the gateway only"),
         Component("admin", "network", "the operator's admin network (SSH to every host)", ("host",)),
         Component("gateway", "role", "authenticating gateway, the only listener users reach"),
@@ -139,11 +194,22 @@ def build_policy(profile: Profile) -> PolicyModel:
         Flow("gateway", "model-server", "tcp", port, "authorised calls proxied to the model server"),
         Flow("gateway", "keycloak", "tcp", KEYCLOAK_PORT, "realm keys (JWKS) and token requests"),
     ]  # fmt: skip
-    if multi_node:
+    if groups and not multi_node:
+        raise NetworkPolicyError(
+            f"profile {profile.name} serves on one node, found serving group(s) "
+            f"{', '.join(g.name for g in groups)} in the inventory (several hosts serving one "
+            "model): expected a multi-node profile for them",
+            hint="Choose a multi-node profile (match.gpu.nodes.max > 1, e.g. h100-cluster), or "
+            "drop the groups from the inventory.",
+        )
+    group_components, group_flows = _group_parts(groups)
+    components += group_components
+    if multi_node and not groups:
         flows.append(
             Flow("model-server", "model-server", "tcp", None,
                  "multi-node vLLM between model-server nodes (Ray, NCCL: dynamic ports)")
         )  # fmt: skip
+    flows += group_flows
     flows += [
         Flow("admin", role, "tcp", SSH_PORT, "operator's SSH (deploy, status, rollback)", ("host",))
         for role in ROLES
@@ -153,11 +219,69 @@ def build_policy(profile: Profile) -> PolicyModel:
         for role in ROLES
         for protocol in ("udp", "tcp")
     ]
-    return PolicyModel(profile.name, engine.kind, port, multi_node, components, tuple(flows))
+    return PolicyModel(profile.name, engine.kind, port, multi_node, components, tuple(flows),
+                       tuple(groups))  # fmt: skip
 
 
-def policy_for_plan(plan: Plan) -> PolicyModel:
-    return build_policy(plan.selection.profile)
+def _group_parts(
+    groups: Sequence[GroupNetwork],
+) -> tuple[tuple[Component, ...], list[Flow]]:
+    components: list[Component] = []
+    flows: list[Flow] = []
+    seen: set[str] = set()
+    for group in groups:
+        if group.name in seen:
+            raise NetworkPolicyError(
+                f"serving group {group.name}: expected each group once, found it twice",
+                hint="Give each group one entry (the inventory's groups have unique names).",
+            )
+        seen.add(group.name)
+        # They end up in nftables set names and quoted interface matches: check them here too.
+        if not _GROUP_NAME.fullmatch(group.name) or not _INTERFACE.fullmatch(group.interface):
+            raise NetworkPolicyError(
+                f"serving group {group.name!r}: expected a name of [a-z0-9-] and an interface "
+                f"name of at most 15 characters [A-Za-z0-9_.:-], found interface "
+                f"{group.interface!r}",
+                hint="Fix the group in the inventory (docs/inventory.md).",
+            )
+        members, head = group_component(group.name), group_component(group.name, head=True)
+        first, last = group.port_range
+        on = f"on {group.interface}"
+        components += [
+            Component(members, "group",
+                      f"serving group {group.name}: {', '.join(group.hosts)} (head first) {on}"),
+            Component(head, "group", f"the head of group {group.name}: {group.head}"),
+        ]  # fmt: skip
+        flows += [
+            Flow(members, head, "tcp", group.master_port,
+                 f"group {group.name}: workers join the head's torch.distributed store "
+                 f"(--master-port) {on}", interface=group.interface),
+            Flow(members, members, "tcp", first,
+                 f"group {group.name}: message queues and collective library sockets "
+                 f"(kernel-ephemeral ports, pinned by ip_local_port_range) {on}",
+                 last_port=last, interface=group.interface),
+        ]  # fmt: skip
+    return tuple(components), flows
+
+
+def policy_for_plan(plan: Plan, groups: Sequence[GroupNetwork] = ()) -> PolicyModel:
+    return build_policy(plan.selection.profile, groups)
+
+
+def inventory_groups(inventory: Inventory) -> tuple[GroupNetwork, ...]:
+    """The inventory's serving groups with each member's *inventory* address.
+
+    For ``appliance render`` from an inventory alone: the deploy passes the
+    ``GroupNetwork`` the plan built from the members' facts (their addresses on
+    the group's interface) instead. Addresses that are not IP addresses are
+    refused by ``build_site`` (firewall rules match addresses).
+    """
+    address = {h.name: h.address for h in inventory.hosts}
+    return tuple(
+        GroupNetwork(g.name, tuple(g.hosts), g.interface, tuple(address[h] for h in g.hosts),
+                     g.master_port, g.port_range)
+        for g in inventory.groups
+    )  # fmt: skip
 
 
 # --- the site binding ---------------------------------------------------------------
@@ -172,8 +296,26 @@ class SiteHost:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteGroup:
+    """A serving group's members (inventory names, head first) and their group addresses."""
+
+    name: str
+    hosts: tuple[str, ...]
+    addresses: tuple[IPAddress, ...]  # same order as hosts
+    source: Literal["facts", "inventory"]  # where the addresses came from
+
+    @property
+    def head(self) -> str:
+        return self.hosts[0]
+
+    def address_of(self, host: str) -> IPAddress:
+        return self.addresses[self.hosts.index(host)]
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
-    """Where the components are: the site's networks, the admin network, the inventory's hosts.
+    """Where the components are: the site's networks, the admin network, the inventory's hosts
+    and the serving groups' member addresses.
 
     Without hosts (no inventory), each role may be anywhere on the site.
     """
@@ -181,6 +323,7 @@ class Site:
     networks: tuple[IPNetwork, ...]
     admin: tuple[IPNetwork, ...] = ()
     hosts: tuple[SiteHost, ...] = ()
+    groups: tuple[SiteGroup, ...] = ()
 
     def addresses(self, component: ComponentName) -> tuple[IPNetwork, ...]:
         if component == "clients":
@@ -189,12 +332,33 @@ class Site:
             return self.admin
         if component == "dns":
             return ()
+        grouped = group_of_component(component)
+        if grouped is not None:
+            group = self.group(grouped[0])
+            chosen = group.addresses[:1] if grouped[1] else group.addresses
+            return tuple(ipaddress.ip_network(a) for a in chosen)
         if not self.hosts:
             return self.networks
         return tuple(ipaddress.ip_network(h.address) for h in self.hosts if component in h.roles)
 
     def with_role(self, role: RoleName) -> tuple[SiteHost, ...]:
         return tuple(h for h in self.hosts if role in h.roles)
+
+    def group(self, name: str) -> SiteGroup:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
+
+    def components_of(self, host: str) -> tuple[ComponentName, ...]:
+        """The group components ``host`` is part of (members; the head also ``:head``)."""
+        found: list[ComponentName] = []
+        for group in self.groups:
+            if host in group.hosts:
+                found.append(group_component(group.name))
+                if host == group.head:
+                    found.append(group_component(group.name, head=True))
+        return tuple(found)
 
 
 def parse_networks(texts: Iterable[str], option: str) -> tuple[IPNetwork, ...]:
@@ -236,8 +400,16 @@ def build_site(
     site_cidrs: Sequence[str],
     admin_cidrs: Sequence[str] = (),
     inventory: Inventory | None = None,
+    groups: Sequence[GroupNetwork] = (),
+    group_addresses: Literal["facts", "inventory"] = "facts",
 ) -> Site:
-    """Check and bind: admin networks and host addresses must lie inside the site's networks."""
+    """Check and bind: admin networks and host addresses must lie inside the site's networks.
+
+    ``groups``: the serving groups (``GroupNetwork``), whose members must be
+    inventory hosts and whose addresses must be IP addresses inside the site;
+    ``group_addresses`` says where those addresses came from (the members'
+    facts, as the plan hands them on, or the inventory: ``inventory_groups``).
+    """
     if not site_cidrs:
         raise NetworkPolicyError(
             "expected at least one --site-cidr (the site's networks: who the clients are, and "
@@ -271,7 +443,49 @@ def build_site(
             )
         roles = tuple(r for r in ROLES if r in entry.roles)
         hosts.append(SiteHost(entry.name, address, roles, entry.ssh.port))
-    return Site(networks, admin, tuple(hosts))
+    bound = tuple(_bind_group(g, networks, hosts, group_addresses) for g in groups)
+    return Site(networks, admin, tuple(hosts), bound)
+
+
+def _bind_group(
+    group: GroupNetwork,
+    networks: Sequence[IPNetwork],
+    hosts: Sequence[SiteHost],
+    source: Literal["facts", "inventory"],
+) -> SiteGroup:
+    known = {h.name for h in hosts}
+    missing = [h for h in group.hosts if h not in known]
+    if missing:
+        raise NetworkPolicyError(
+            f"serving group {group.name}: expected its members among the inventory's hosts, "
+            f"found {', '.join(missing)} missing",
+            hint="Render with the inventory that names the group (--inventory FILE).",
+        )
+    addresses: list[IPAddress] = []
+    for host, text in zip(group.hosts, group.addresses, strict=True):
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            raise NetworkPolicyError(
+                f"serving group {group.name}, member {host}: expected an IP address on "
+                f"{group.interface} (firewall rules match addresses), found {text!r}",
+                hint="Put the host's address in the inventory's address field.",
+            ) from None
+        if not _inside(address, networks):
+            raise NetworkPolicyError(
+                f"serving group {group.name}, member {host}: expected an address on "
+                f"{group.interface} inside the site ({', '.join(map(str, networks))}), "
+                f"found {address}",
+                hint="Add the group network with --site-cidr (it is part of the site).",
+            )
+        addresses.append(address)
+    if len(set(addresses)) != len(addresses):
+        raise NetworkPolicyError(
+            f"serving group {group.name}: expected one address per member on {group.interface}, "
+            f"found the same address twice ({', '.join(map(str, addresses))})",
+            hint="Check the members' addresses on the group's interface.",
+        )
+    return SiteGroup(group.name, group.hosts, tuple(addresses), source)
 
 
 # --- the readable form -----------------------------------------------------------------
@@ -289,15 +503,19 @@ def describe_model(model: PolicyModel) -> str:
         "",
         "Components",
     ]
+    width = max(13, *(len(c.name) for c in model.components))
+    ports = max(9, *(len(f.port_text) for f in model.flows))
     for c in model.components:
         where = "" if c.targets == TARGETS else f"  [{', '.join(c.targets)} only]"
-        lines.append(f"  {c.name:13s} {c.kind:16s} {c.description}{where}")
+        lines.append(f"  {c.name:{width}s} {c.kind:16s} {c.description}{where}")
     lines += ["", "Flows (source may open connections to destination)"]
-    lines.append(f"  {'#':>2}  {'from':13s}    {'to':13s} {'port':9s} {'in':10s} why")
+    lines.append(
+        f"  {'#':>2}  {'from':{width}s}    {'to':{width}s} {'port':{ports}s} {'in':10s} why"
+    )
     for number, f in enumerate(model.flows, 1):
         targets = ", ".join(f.targets)
         lines.append(
-            f"  {number:2d}  {f.source:13s} -> {f.destination:13s} {f.port_text:9s} "
+            f"  {number:2d}  {f.source:{width}s} -> {f.destination:{width}s} {f.port_text:{ports}s} "
             f"{targets:10s} {f.purpose}"
         )
     return "\n".join(lines) + "\n"
@@ -317,6 +535,17 @@ def describe_site(site: Site, target: Target) -> str:
             lines.append(
                 "  no inventory: each role's hosts may have any address on the site networks"
             )
+        for g in site.groups:
+            members = ", ".join(
+                f"{h} {a}{' (head)' if h == g.head else ''}"
+                for h, a in zip(g.hosts, g.addresses, strict=True)
+            )
+            lines.append(f"  serving group {g.name}: {members}")
+            if g.source == "inventory":
+                lines.append(
+                    "    group addresses from the inventory (each member's inventory address): "
+                    "the deploy uses each member's address on the group's interface instead"
+                )
     return "\n".join(lines) + "\n"
 
 

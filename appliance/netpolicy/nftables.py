@@ -6,7 +6,11 @@ again replaces it whole (and resets its counters). Invariants:
 
 - Input, output and forward chains drop by default; loopback and replies to
   established connections pass; then exactly the model's ``host`` flows whose
-  destination (input) or source (output) is one of the host's roles.
+  destination (input) or source (output) is one of the host's roles or group
+  components (``group:NAME``, and ``group:NAME:head`` on the head).
+- A flow with an interface (a serving group's) matches ``iifname``/``oifname``
+  of that interface, and its peers' group addresses only; a host's own
+  addresses are never its peers (its own traffic is loopback).
 - Outbound packets to an address outside the site are dropped before anything
   else (even replies), counted in ``drop_offsite`` and logged.
 - Every other drop is counted (``drop_in``, ``drop_out``, ``drop_forward``) and
@@ -34,8 +38,9 @@ from appliance.netpolicy.model import (
     IPNetwork,
     NetworkPolicyError,
     PolicyModel,
-    RoleName,
     Site,
+    SiteHost,
+    group_of_component,
 )
 
 TABLE = "appliance"
@@ -54,6 +59,12 @@ COUNTERS: dict[str, tuple[str, str]] = {
 
 
 def set_name(component: str, version: int) -> str:
+    """``model_server_v4``; a group's ``group_NAME_v4`` and its head's ``grouphead_NAME_v4``
+    (group names hold no ``_``, so no two components share a set)."""
+    grouped = group_of_component(component)
+    if grouped is not None:
+        name, head = grouped
+        component = f"{'grouphead' if head else 'group'}_{name}"
     return f"{component.replace('-', '_')}_v{version}"
 
 
@@ -117,8 +128,8 @@ class _Chain:
 
 @dataclass(frozen=True, slots=True)
 class _HostView:
-    roles: tuple[RoleName, ...]
-    own: IPAddress | None = None  # the host's address, when the inventory names it
+    roles: tuple[ComponentName, ...]  # its roles, then the group components it is part of
+    own: tuple[IPAddress, ...] = ()  # the host's addresses (inventory, group), when known
     single_host: bool = False  # no inventory, every role: role peers are this host itself
 
 
@@ -139,9 +150,15 @@ class _Ruleset:
 
     def peers(self, component: ComponentName) -> tuple[tuple[IPNetwork, ...], str]:
         """Addresses of ``component`` other than this host, or why there are none."""
+        here = "on this host only: over loopback, which is always allowed"
+        if group_of_component(component) is not None:
+            others = tuple(
+                n for n in self.site.addresses(component)
+                if not any(n.network_address == a for a in self.view.own)
+            )  # fmt: skip
+            return others, here
         if component not in ROLES:
             return self.site.addresses(component), f"no {component} network given"
-        here = "on this host only: over loopback, which is always allowed"
         if self.view.single_host:
             return (), here
         if not self.site.hosts:
@@ -149,31 +166,37 @@ class _Ruleset:
         others = tuple(
             ipaddress.ip_network(h.address)
             for h in self.site.hosts
-            if component in h.roles and h.address != self.view.own
+            if component in h.roles and h.address not in self.view.own
         )
         if others:
             return others, ""
         return (), here if component in self.view.roles else f"no {component} host in the inventory"
 
-    def add_flow(self, flow: Flow, direction: str, port: int | None) -> None:
+    def add_flow(self, flow: Flow, direction: str, ports: str | None) -> None:
+        """``ports``: ``None`` (any), ``8000`` or ``40000-44095``."""
         peer = flow.source if direction == "input" else flow.destination
         chain = self.input if direction == "input" else self.output
         networks, why_none = self.peers(peer)
-        port_text = f"{'any' if port is None else port}/{flow.protocol}"
+        port_text = f"{'any' if ports is None else ports}/{flow.protocol}"
         match_port = (
-            f"meta l4proto {flow.protocol}" if port is None else f"{flow.protocol} dport {port}"
+            f"meta l4proto {flow.protocol}" if ports is None else f"{flow.protocol} dport {ports}"
         )
         side = "saddr" if direction == "input" else "daddr"
         other_side, other_chain = ("daddr", self.output) if direction == "input" else ("saddr", self.input)  # fmt: skip
+        nic, other_nic = ("", "")
+        if flow.interface is not None:
+            iif, oif = f'iifname "{flow.interface}" ', f'oifname "{flow.interface}" '
+            nic, other_nic = (iif, oif) if direction == "input" else (oif, iif)
         why = f"{flow.source} -> {flow.destination} {port_text}: {flow.purpose}"
         added = False
         for version, keyword in ((4, "ip"), (6, "ip6")):
             if any(_family(n) == version for n in networks):
                 name = self.use_set(peer, networks, version)
-                chain.add(_Rule(f"{keyword} {side} @{name} {match_port}", (flow.source,),
+                chain.add(_Rule(f"{nic}{keyword} {side} @{name} {match_port}", (flow.source,),
                                 (flow.destination,), port_text, (why,)))  # fmt: skip
-                if port is not None and flow.protocol == "tcp":
-                    reply = f"{keyword} {other_side} @{name} tcp sport {port} tcp flags & syn == 0"
+                if ports is not None and flow.protocol == "tcp":
+                    reply = (f"{other_nic}{keyword} {other_side} @{name} tcp sport {ports} "
+                             "tcp flags & syn == 0")  # fmt: skip
                     other_chain.add(_Rule(reply, (flow.source,), (flow.destination,), port_text,
                                           (why,), reply=True))  # fmt: skip
                 added = True
@@ -254,14 +277,19 @@ def _render(
         )
     ruleset = _Ruleset(site, view)
     for flow in model.flows_for("host"):
-        port = ssh_port if flow.source == "admin" and ssh_port is not None else flow.port
+        ports = None if flow.port is None else flow.ports_text
+        if flow.source == "admin" and ssh_port is not None:
+            ports = str(ssh_port)
         if flow.destination in view.roles:
-            ruleset.add_flow(flow, "input", port)
+            ruleset.add_flow(flow, "input", ports)
         if flow.source in view.roles:
-            ruleset.add_flow(flow, "output", port)
+            ruleset.add_flow(flow, "output", ports)
+    roles = ", ".join(r for r in view.roles if r in ROLES)
+    groups = [r for r in view.roles if r not in ROLES]
     header = [
         f"appliance network policy: nftables ruleset for {title}",
-        f"roles: {', '.join(view.roles)}; profile {model.profile} (engine {model.engine})",
+        f"roles: {roles}; profile {model.profile} (engine {model.engine})",
+        *([f"serving group components: {', '.join(groups)}"] if groups else []),
         "Generated by `appliance render`; the model and its flows are in policy.txt.",
         "Check: nft -c -f FILE. Load: nft -f FILE (atomic; replaces table inet appliance).",
         "Drops: nft list counters table inet appliance; kernel log prefix appliance-drop-.",
@@ -272,9 +300,10 @@ def _render(
 def host_rulesets(model: PolicyModel, site: Site) -> dict[str, str]:
     """File name -> ruleset: ``host-NAME.nft`` per inventory host; without an inventory,
     ``role-ROLE.nft`` per role and ``single-host.nft`` (one host playing every role)."""
+    _check_groups(model, site)
     if site.hosts:
         return {
-            f"host-{h.name}.nft": _render(model, site, _HostView(h.roles, h.address),
+            f"host-{h.name}.nft": _render(model, site, _host_view(site, h),
                                           f"host {h.name} ({h.address})", h.ssh_port)
             for h in site.hosts
         }  # fmt: skip
@@ -293,6 +322,29 @@ def host_rulesets(model: PolicyModel, site: Site) -> dict[str, str]:
         model, site, _HostView(ROLES, single_host=True), "a single host playing every role", None
     )
     return files
+
+
+def _host_view(site: Site, host: SiteHost) -> _HostView:
+    groups = tuple(g for g in site.groups if host.name in g.hosts)
+    own = (host.address, *(g.address_of(host.name) for g in groups))
+    return _HostView((*host.roles, *site.components_of(host.name)), tuple(dict.fromkeys(own)))
+
+
+def _check_groups(model: PolicyModel, site: Site) -> None:
+    """Every group of the model is bound to the same members' addresses in the site."""
+    bound = {g.name: g.hosts for g in site.groups}
+    wanted = {g.name: g.hosts for g in model.groups}
+    if bound != wanted:
+        raise NetworkPolicyError(
+            "expected the same serving groups in the policy model and the site binding, found "
+            f"model {_groups_text(wanted)} and site {_groups_text(bound)}",
+            hint="Build both from the same groups (build_policy(profile, groups) and "
+            "build_site(..., inventory, groups)).",
+        )
+
+
+def _groups_text(groups: dict[str, tuple[str, ...]]) -> str:
+    return "; ".join(f"{n}: {', '.join(h)}" for n, h in sorted(groups.items())) or "(none)"
 
 
 # --- laying a ruleset down on a host ------------------------------------------------------

@@ -58,7 +58,8 @@ def policy_text(model: PolicyModel, site: Site, target: Target, paths: list[str]
             "  Each file is one `table inet appliance`, loaded atomically. Input, output and\n"
             "  forward drop by default; loopback and replies to established connections pass;\n"
             "  then the host flows above whose destination (input) or source (output) is one\n"
-            "  of the host's roles, matched against sets named after the peer component.\n"
+            "  of the host's roles or serving group components, matched against sets named\n"
+            "  after the peer component (a group's flows on the group's interface only).\n"
             "  Outbound packets to any address outside the site networks are dropped first,\n"
             "  even replies. Every drop is counted and logged (at most 10 a minute):\n"
             f"{counters}\n"
@@ -75,7 +76,9 @@ def policy_text(model: PolicyModel, site: Site, target: Target, paths: list[str]
             f"Rendering: Kubernetes NetworkPolicies in namespace {NAMESPACE}\n"
             f"  {MANIFESTS_DIR}/: apply these. default-deny selects every pod for ingress and\n"
             "  egress; allow-COMPONENT allows that component's k8s flows above, one rule per\n"
-            "  peer. Egress goes to pods of the namespace and kube-dns only: no ipBlock.\n"
+            "  peer (a group's: allow-group-NAME, allow-head-of-group-NAME, selecting pods\n"
+            "  labelled appliance/group=NAME and appliance/group-role=head|worker). Egress\n"
+            "  goes to pods of the namespace and kube-dns only: no ipBlock.\n"
             f"  {ANALYSIS_DIR}/: stand-in pods for offline analysis only. Never apply them.\n"
         )
         review = (

@@ -24,8 +24,9 @@ from appliance.netpolicy.k8s import (
     NAMESPACE,
     WORKLOADS,
     analysis_replicas,
+    group_workloads,
 )
-from appliance.netpolicy.model import ROLES, PolicyModel, Site
+from appliance.netpolicy.model import ROLES, PolicyModel, Site, group_component
 
 Edge = tuple[str, str, str, int | None]
 NCA = Path(sys.executable).parent / "nca"
@@ -96,18 +97,30 @@ def nca_edges(report: str) -> set[Edge]:
 
 
 def model_edges(model: PolicyModel, site: Site) -> set[Edge]:
-    """The model's k8s flows over the stand-in pods (a pod never counts as its own peer)."""
+    """The model's k8s flows over the stand-in pods (a pod never counts as its own peer);
+    a group's pods are model servers too; a port range is every port in it."""
     endpoints: dict[str, list[str]] = {
         role: [f"{NAMESPACE}/{WORKLOADS[role][0]}-{i}"
                for i in range(1, analysis_replicas(model, role) + 1)]
         for role in ROLES
     }  # fmt: skip
+    for group in model.groups:
+        pods = {
+            member: [f"{NAMESPACE}/{name}-{i}" for i in range(1, replicas + 1)]
+            for name, member, replicas in group_workloads(group)
+        }
+        endpoints[group_component(group.name, head=True)] = pods["head"]
+        endpoints[group_component(group.name)] = pods["head"] + pods["worker"]
+        endpoints["model-server"] += pods["head"] + pods["worker"]
     endpoints["dns"] = [f"{DNS_NAMESPACE}/{DNS_WORKLOAD}-1"]
     endpoints["clients"] = [str(n) for n in site.networks]
     edges: set[Edge] = set()
     for flow in model.flows_for("k8s"):
+        ports: list[int | None] = [flow.port]
+        if flow.port is not None and flow.last_port is not None:
+            ports = list(range(flow.port, flow.last_port + 1))
         for src in endpoints[flow.source]:
             for dst in endpoints[flow.destination]:
                 if src != dst:
-                    edges.add((src, dst, flow.protocol, flow.port))
+                    edges |= {(src, dst, flow.protocol, port) for port in ports}
     return edges

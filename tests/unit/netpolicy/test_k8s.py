@@ -18,8 +18,9 @@ from appliance.netpolicy.k8s import (
     network_policies,
     render_manifests,
 )
-from appliance.netpolicy.model import PolicyModel, Site, build_policy, build_site
+from appliance.netpolicy.model import PolicyModel, Site, build_policy, build_site, inventory_groups
 from appliance.netpolicy.render import render_files, write_directory
+from appliance.plan.inventory import load_inventory
 from appliance.plan.profiles import load_profiles
 
 from .nca_report import model_edges, nca_edges, parse_connection, run_nca
@@ -30,11 +31,19 @@ SITES = {
     "one-network": ["10.20.0.0/16"],
     "two-networks-dual-stack": ["10.20.0.0/16", "192.168.7.0/24", "fd00:20::/48"],
 }
-CASES = [(p, s) for p in sorted(PROFILES) for s in sorted(SITES)]
+# PROFILE+group: the profile with the serving group of fixtures/group-hosts.yaml (3 members).
+GROUPED = "h100-cluster+group"
+CASES = [(p, s) for p in [*sorted(PROFILES), GROUPED] for s in sorted(SITES)]
+
+
+def model_for(profile: str) -> PolicyModel:
+    name, _, grouped = profile.partition("+")
+    groups = inventory_groups(load_inventory(Path(__file__).parent / "fixtures/group-hosts.yaml"))
+    return build_policy(PROFILES[name], groups if grouped else ())
 
 
 def rendered(tmp_path: Path, profile: str, site_name: str) -> tuple[PolicyModel, Site, Path]:
-    model = build_policy(PROFILES[profile])
+    model = model_for(profile)
     site = build_site(SITES[site_name])
     out = tmp_path / "out"
     write_directory(render_files(model, site, "k8s"), out)
@@ -82,8 +91,24 @@ def test_nca_connectivity_equals_the_policy_model(tmp_path: Path, profile: str, 
     found, expected = nca_edges(report), model_edges(model, bound)
     assert found - expected == set(), f"nca allows more than the model:\n{report}"
     assert expected - found == set(), f"nca allows less than the model:\n{report}"
-    if model.multi_node:  # the peer flow is really there, between two distinct pods
+    if model.multi_node and not model.groups:  # the peer flow is there, between two pods
         assert ("appliance/model-server-1", "appliance/model-server-2", "tcp", None) in found
+    if model.groups:  # the group's flows are there; nothing else reaches its ports
+        head, w1, w2 = (
+            "appliance/group-pp-head-1",
+            "appliance/group-pp-worker-1",
+            "appliance/group-pp-worker-2",
+        )
+        assert {(w1, head, "tcp", 29501), (w2, head, "tcp", 29501)} <= found
+        assert {(head, w1, "tcp", 40000), (w1, w2, "tcp", 44095), (w2, head, "tcp", 44095)} <= found
+        outsiders = ("appliance/model-server-1", "appliance/gateway-1", "appliance/keycloak-1")
+        for src, dst, _, port in found:
+            if port is not None and (port == 29501 or 40000 <= port <= 44095):
+                assert src not in outsiders and not src[0].isdigit(), (src, dst, port)
+                assert dst != "appliance/model-server-1", (src, dst, port)
+        assert (head, w1, "tcp", 29501) not in found  # the master port on a worker: nobody
+        assert (w1, w2, "tcp", 44096) not in found and (w1, w2, "tcp", 39999) not in found
+        assert ("appliance/model-server-1", "appliance/model-server-2", "tcp", None) not in found
 
 
 def test_the_comparison_can_fail(tmp_path: Path) -> None:
@@ -132,7 +157,7 @@ def test_air_gap_no_egress_leaves_the_site(tmp_path: Path, profile: str, site: s
         assert "0.0.0.0/0" not in yaml.safe_dump(policy) and "::/0" not in yaml.safe_dump(policy)
 
 
-@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("profile", [*sorted(PROFILES), GROUPED])
 def test_default_deny_first_and_every_pod_selected(tmp_path: Path, profile: str) -> None:
     _, _, out = rendered(tmp_path, profile, "one-network")
     found = policies(out)
@@ -149,9 +174,9 @@ def test_default_deny_first_and_every_pod_selected(tmp_path: Path, profile: str)
         }
 
 
-@pytest.mark.parametrize("profile", ["cpu-llamacpp", "h100-cluster"])
+@pytest.mark.parametrize("profile", ["cpu-llamacpp", "h100-cluster", GROUPED])
 def test_golden_manifests(profile: str) -> None:
-    files = render_manifests(build_policy(PROFILES[profile]), build_site(SITES["one-network"]))
+    files = render_manifests(model_for(profile), build_site(SITES["one-network"]))
     for relative, text in files.items():
         golden = GOLDEN / profile / relative
         if os.environ.get("UPDATE_GOLDENS"):

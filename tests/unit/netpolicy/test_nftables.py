@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.netpolicy.model import NetworkPolicyError, build_policy, build_site
+from appliance.netpolicy.model import (
+    NetworkPolicyError,
+    PolicyModel,
+    Site,
+    build_policy,
+    build_site,
+    inventory_groups,
+)
 from appliance.netpolicy.nftables import COUNTERS, apply_script, confirm_script, host_rulesets
 from appliance.plan.inventory import load_inventory
 from appliance.plan.profiles import load_profiles
@@ -24,6 +31,9 @@ PROFILES = load_profiles()
 CASES = {
     "cpu-llamacpp-no-inventory": ("cpu-llamacpp", ["10.20.0.0/16"], ["10.20.5.0/24"], None),
     "cpu-llamacpp-one-host": ("cpu-llamacpp", ["10.20.0.0/16"], ["10.20.5.7/32"], "one-host.yaml"),
+    "h100-cluster-group": (
+        "h100-cluster", ["10.20.0.0/16"], ["10.20.5.0/24"], "group-hosts.yaml",
+    ),
     "h100-cluster-three-hosts": (
         "h100-cluster", ["10.20.0.0/16", "fd00:20::/48"], ["10.20.5.0/24", "fd00:20:0:5::/64"],
         "three-hosts.yaml",
@@ -34,10 +44,17 @@ CASES = {
 }  # fmt: skip
 
 
-def render(case: str) -> dict[str, str]:
+def bind(case: str) -> tuple[PolicyModel, Site]:
+    """As `appliance render` binds it: the inventory's groups with their inventory addresses."""
     profile, site, admin, inventory = CASES[case]
-    bound = build_site(site, admin, load_inventory(FIXTURES / inventory) if inventory else None)
-    return host_rulesets(build_policy(PROFILES[profile]), bound)
+    loaded = load_inventory(FIXTURES / inventory) if inventory else None
+    groups = inventory_groups(loaded) if loaded else ()
+    bound = build_site(site, admin, loaded, groups, "inventory")
+    return build_policy(PROFILES[profile], groups), bound
+
+
+def render(case: str) -> dict[str, str]:
+    return host_rulesets(*bind(case))
 
 
 def nft_skip_reason() -> str | None:
@@ -90,6 +107,9 @@ def test_golden_rulesets(case: str) -> None:
 def test_file_names() -> None:
     assert sorted(render("cpu-llamacpp-no-inventory")) == [
         "role-gateway.nft", "role-keycloak.nft", "role-model-server.nft", "single-host.nft",
+    ]  # fmt: skip
+    assert sorted(render("h100-cluster-group")) == [
+        "host-edge-1.nft", "host-gpu-1.nft", "host-gpu-2.nft", "host-gpu-3.nft", "host-gpu-4.nft",
     ]  # fmt: skip
     assert sorted(render("h100-cluster-three-hosts")) == [
         "host-edge-1.nft", "host-gpu-1.nft", "host-gpu-2.nft",
@@ -250,3 +270,166 @@ def test_apply_and_confirm_scripts_are_valid_shell() -> None:
     assert (
         "--on-active=30s --timer-property=AccuracySec=1s" in script
     )  # on time, not up to a minute late
+
+
+# --- what the rulesets allow, evaluated from their text, equals the model's flows ------------
+
+_ACCEPT = re.compile(
+    r'^(?:(?P<nic>iifname|oifname) "(?P<interface>[^"]+)" )?(?P<family>ip6?) '
+    r"(?P<side>saddr|daddr) @(?P<set>\w+) "
+    r"(?:tcp dport (?P<first>\d+)(?:-(?P<last>\d+))?|meta l4proto tcp) accept comment "
+)
+_PASS = ('iif "lo" accept', 'oif "lo" accept', "ct state established,related accept")
+PROBE_PORTS = (22, 2222, 6379, 8000, 8180, 8443, 29500, 29501, 29502, 39999, 40000, 42000,
+               44095, 44096)  # fmt: skip
+INTERFACES = ("eth0", "eth1")
+MACHINE = ipaddress.ip_address("10.20.5.7")  # on the admin network (and a client)
+
+
+def admits(text: str, hook: str, peer: ipaddress.IPv4Address, port: int, interface: str) -> bool:
+    """Whether ``hook`` accepts a new TCP connection (SYN) with ``peer`` on ``port`` via
+    ``interface``: read rule by rule; an accept this reader does not know fails the test."""
+    known = sets(text)
+    for rule in chain(text, hook):
+        if " accept" not in rule or rule in _PASS or "replies: " in rule:
+            continue  # loopback, established, replies (never SYN) pass no new connection
+        if rule.startswith("icmpv6 "):
+            continue
+        match = _ACCEPT.match(rule)
+        assert match, f"an accept rule this reader does not know: {rule}"
+        if match["interface"] not in (None, interface):
+            continue
+        if not any(peer in n for n in known[match["set"]] if n.version == peer.version):
+            continue
+        if match["first"] is None:
+            return True
+        if int(match["first"]) <= port <= int(match["last"] or match["first"]):
+            return True
+    return False
+
+
+def model_allows(model: PolicyModel, site: Site, source: str, destination: str, port: int,
+                 interface: str) -> bool:  # fmt: skip
+    """From the model and the site alone: may ``source`` open ``destination:port``?"""
+
+    def components(name: str) -> tuple[str, ...]:
+        if name == "machine":
+            return ("admin", "clients")
+        host = next(h for h in site.hosts if h.name == name)
+        return (*host.roles, *site.components_of(name))
+
+    def address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return (
+            MACHINE if name == "machine" else next(h.address for h in site.hosts if h.name == name)
+        )
+
+    ssh = next(h.ssh_port for h in site.hosts if h.name == destination)
+    for flow in model.flows_for("host"):
+        if flow.source not in components(source) or flow.destination not in components(destination):
+            continue
+        if flow.interface not in (None, interface):
+            continue
+        if not any(address(source) in n for n in site.addresses(flow.source)):
+            continue
+        if flow.source == "admin":
+            if port == ssh:
+                return True
+        elif flow.allows(port):
+            return True
+    return False
+
+
+def differences(
+    model: PolicyModel, site: Site, files: dict[str, str]
+) -> tuple[list[tuple[object, ...]], set[tuple[str, str, int, str]]]:
+    """(source, destination, port, interface) where rulesets and model disagree; what is allowed."""
+    differ: list[tuple[object, ...]] = []
+    allowed = set()
+    address = {h.name: h.address for h in site.hosts} | {"machine": MACHINE}
+    for source in ["machine", *(h.name for h in site.hosts)]:
+        for target in site.hosts:
+            if target.name == source:
+                continue  # loopback
+            for port in PROBE_PORTS:
+                for interface in INTERFACES:
+                    leaves = source == "machine" or admits(
+                        files[f"host-{source}.nft"],
+                        "output",
+                        target.address,
+                        port,
+                        interface,  # type: ignore[arg-type]
+                    )
+                    enters = admits(files[f"host-{target.name}.nft"], "input",
+                                    address[source], port, interface)  # type: ignore[arg-type]  # fmt: skip
+                    expected = model_allows(model, site, source, target.name, port, interface)
+                    if (leaves and enters) != expected:
+                        differ.append((source, target.name, port, interface, leaves, enters))
+                    if expected:
+                        allowed.add((source, target.name, port, interface))
+    return differ, allowed
+
+
+@pytest.mark.parametrize("case", ["cpu-llamacpp-one-host", "h100-cluster-three-hosts",
+                                  "h100-cluster-group"])  # fmt: skip
+def test_what_the_rulesets_allow_equals_the_model(case: str) -> None:
+    model, site = bind(case)
+    differ, allowed = differences(model, site, render(case))
+    assert differ == [], (
+        f"rulesets and model differ (source, destination, port, nic, out, in): {differ}"
+    )
+    assert allowed, "nothing allowed at all: the comparison would be empty"
+    if case == "h100-cluster-group":
+        assert ("gpu-2", "gpu-1", 29501, "eth1") in allowed
+        assert ("gpu-3", "gpu-2", 44095, "eth1") in allowed
+        assert ("gpu-1", "gpu-2", 29501, "eth1") not in allowed
+
+
+def test_the_ruleset_comparison_can_fail() -> None:
+    # Widen the group's range by one port in every ruleset: exactly those probes must differ.
+    model, site = bind("h100-cluster-group")
+    files = {n: t.replace("dport 40000-44095", "dport 40000-44096")
+             for n, t in render("h100-cluster-group").items()}  # fmt: skip
+    differ, _ = differences(model, site, files)
+    members = ("gpu-1", "gpu-2", "gpu-3")
+    assert sorted(differ) == sorted(
+        (a, b, 44096, "eth1", True, True) for a in members for b in members if a != b
+    )
+
+
+def test_group_ports_between_members_only() -> None:
+    files = render("h100-cluster-group")
+    head, worker, other_worker = ("host-gpu-1.nft", "host-gpu-2.nft", "host-gpu-3.nft")
+    members = {n: ipaddress.ip_address(a) for n, a in
+               (("gpu-1", "10.20.2.11"), ("gpu-2", "10.20.2.12"), ("gpu-3", "10.20.2.13"))}  # fmt: skip
+    outsider, edge = ipaddress.ip_address("10.20.2.14"), ipaddress.ip_address("10.20.1.10")
+    # The head's store: from the workers, on eth1 only.
+    assert admits(files[head], "input", members["gpu-2"], 29501, "eth1")
+    assert admits(files[worker], "output", members["gpu-1"], 29501, "eth1")
+    assert not admits(files[head], "input", members["gpu-2"], 29501, "eth0")  # another interface
+    assert not admits(files[worker], "output", members["gpu-1"], 29501, "eth0")
+    # The master port on a worker: nobody.
+    assert not admits(files[worker], "input", members["gpu-1"], 29501, "eth1")
+    assert not admits(files[other_worker], "output", members["gpu-2"], 29501, "eth1")
+    # The range, both ways between every pair of members; its edges, not beyond.
+    for port, inside in ((39999, False), (40000, True), (44095, True), (44096, False)):
+        assert admits(files[worker], "input", members["gpu-3"], port, "eth1") == inside
+        assert admits(files[head], "output", members["gpu-2"], port, "eth1") == inside
+    # Non-members: the model server outside the group, the gateway, the admin network.
+    for stranger in (outsider, edge, MACHINE):
+        for port in (29501, 40000, 44095):
+            assert not admits(files[head], "input", stranger, port, "eth1")
+            assert not admits(files[worker], "input", stranger, port, "eth1")
+    for name in ("host-gpu-4.nft", "host-edge-1.nft"):
+        assert "group" not in files[name]  # nothing about the group where it is not
+    # Each member's peers exclude itself (its own traffic is loopback).
+    assert sets(files[worker])["group_pp_v4"] == [
+        ipaddress.ip_network("10.20.2.11/32"), ipaddress.ip_network("10.20.2.13/32")
+    ]  # fmt: skip
+
+
+def test_groups_must_be_bound_to_render() -> None:
+    model, _ = bind("h100-cluster-group")
+    unbound = build_site(["10.20.0.0/16"], ["10.20.5.0/24"],
+                         load_inventory(FIXTURES / "group-hosts.yaml"))  # fmt: skip
+    with pytest.raises(NetworkPolicyError, match="same serving groups"):
+        host_rulesets(model, unbound)

@@ -55,6 +55,32 @@ def test_host_with_inventory_writes_one_ruleset_per_host(tmp_path: Path) -> None
     assert leftovers(tmp_path) == []
 
 
+def test_host_with_a_group_says_where_its_addresses_came_from(tmp_path: Path) -> None:
+    out = tmp_path / "rendered"
+    result = run("--profile", "h100-cluster", "--target", "host", "--out", out, "--inventory",
+                 FIXTURES / "group-hosts.yaml", "--site-cidr", "10.20.0.0/16",
+                 "--admin-cidr", "10.20.5.0/24")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    policy = (out / "policy.txt").read_text()
+    assert "group:pp      -> group:pp:head 29501/tcp" in policy
+    assert "group:pp      -> group:pp      40000-44095/tcp" in policy
+    assert "any/tcp" not in policy  # the group's ports replace the any-port peer flow
+    assert "serving group pp: gpu-1 10.20.2.11 (head), gpu-2 10.20.2.12, gpu-3 10.20.2.13" in policy
+    assert "group addresses from the inventory" in policy
+    head = (out / "nftables/host-gpu-1.nft").read_text()
+    assert 'iifname "eth1" ip saddr @group_pp_v4 tcp dport 29501 accept' in head
+
+
+def test_k8s_with_a_group_renders_its_policies(tmp_path: Path) -> None:
+    out = tmp_path / "k8s"
+    result = run("--profile", "h100-cluster", "--target", "k8s", "--out", out, "--inventory",
+                 FIXTURES / "group-hosts.yaml", "--site-cidr", "10.20.0.0/16")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifests = (out / "manifests/10-networkpolicies.yaml").read_text()
+    assert "name: allow-group-pp" in manifests and "name: allow-head-of-group-pp" in manifests
+    assert "endPort: 44095" in manifests
+
+
 def test_k8s_json_lists_what_was_written(tmp_path: Path) -> None:
     out = tmp_path / "k8s"
     out.mkdir()  # an empty directory is fine
@@ -101,10 +127,26 @@ BAD = {
          "--admin-cidr", "10.20.5.0/24"],
         ["expected an inventory naming those hosts", "Add --inventory FILE"],
     ),
-    "inventory with k8s": (
+    "inventory without groups with k8s": (
         ["--profile", "cpu-llamacpp", "--target", "k8s", "--site-cidr", "10.20.0.0/16",
          "--inventory", str(FIXTURES / "three-hosts.yaml")],
-        ["--inventory applies to --target host"],
+        ["with --target k8s: expected serving groups", "found none", "Drop --inventory"],
+    ),
+    "admin network with k8s": (
+        ["--profile", "cpu-llamacpp", "--target", "k8s", "--site-cidr", "10.20.0.0/16",
+         "--admin-cidr", "10.20.5.0/24"],
+        ["--admin-cidr applies to --target host"],
+    ),
+    "group with a single-node profile": (
+        ["--profile", "cpu-llamacpp", "--target", "host", "--site-cidr", "10.20.0.0/16",
+         "--admin-cidr", "10.20.5.0/24", "--inventory", str(FIXTURES / "group-hosts.yaml")],
+        ["profile cpu-llamacpp serves on one node", "expected a multi-node profile"],
+    ),
+    "group member outside the site": (
+        ["--profile", "h100-cluster", "--target", "host", "--site-cidr", "10.20.1.0/24",
+         "--site-cidr", "10.20.5.0/24", "--admin-cidr", "10.20.5.0/24",
+         "--inventory", str(FIXTURES / "group-hosts.yaml")],
+        ["inventory host gpu-1: expected an address inside the site", "found 10.20.2.11"],
     ),
     "unknown profile": (
         ["--profile", "h100-clustr", "--target", "k8s", "--site-cidr", "10.20.0.0/16"],
