@@ -58,10 +58,16 @@ def activate(host: HostEntry, version: int, *, wait: bool = True) -> None:
     """
     etc = f"{RELEASE_ETC}/{version}"
     lines = ["set -e", f"test -f {etc}/{UNIT_NAME}"]
+    # A group member's port range, before its model server starts; read back, so that a
+    # read-only /proc/sys (a container) fails the activation instead of passing silently.
     lines.append(
-        f"if [ -f {etc}/{GROUP_SYSCTL} ]; then cp {etc}/{GROUP_SYSCTL} {SYSCTL_PATH}.tmp && "
-        f"mv -f {SYSCTL_PATH}.tmp {SYSCTL_PATH} && sysctl -q -p {SYSCTL_PATH}; "
-        f"else rm -f {SYSCTL_PATH}; fi"
+        f"if [ -f {etc}/{GROUP_SYSCTL} ]; then "
+        f"{{ cp {etc}/{GROUP_SYSCTL} {SYSCTL_PATH}.tmp && mv -f {SYSCTL_PATH}.tmp {SYSCTL_PATH} "
+        f"&& sysctl -q -p {SYSCTL_PATH} && "
+        f"[ \"$(sed -n 's/^net.ipv4.ip_local_port_range *= *//p' {SYSCTL_PATH})\" = "
+        f"\"$(tr -s '\\t ' ' ' < /proc/sys/net/ipv4/ip_local_port_range)\" ]; }} || "
+        f"{{ echo 'the serving group port range could not be set (net.ipv4.ip_local_port_range)' >&2; "
+        f"exit 1; }}; else rm -f {SYSCTL_PATH}; fi"
     )
     for unit in SERVICES:
         active = active_unit_path(unit)

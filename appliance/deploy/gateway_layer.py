@@ -31,6 +31,7 @@ from appliance.deploy.host_desired import HostDesired, RenderedFile
 from appliance.deploy.host_layout import (
     GATEWAY_UNIT,
     GATEWAY_VENV,
+    GROUP_STATE_FILE,
     NFT_BOOT_UNIT,
     RELEASES,
     RULESET_PATH,
@@ -41,6 +42,7 @@ from appliance.deploy.render import render
 from appliance.deploy.site import Site
 from appliance.errors import InputError
 from appliance.plan.engine_args import argv_port
+from appliance.plan.group import GroupNetwork
 from appliance.plan.inventory import Inventory
 from appliance.plan.report import Plan
 
@@ -84,7 +86,12 @@ def _served_and_roles(
 
 
 def gateway_vars(
-    plan: Plan, verified: VerifiedBundle, site: Site, host_name: str, host_address: str
+    plan: Plan,
+    verified: VerifiedBundle,
+    site: Site,
+    host_name: str,
+    host_address: str,
+    group: GroupNetwork | None = None,
 ) -> dict[str, Any]:
     """The gateway's template variables: every value already JSON (also valid YAML), so the
     template only places them and both engines render the same bytes."""
@@ -115,6 +122,10 @@ def gateway_vars(
         "gateway_sso": None
         if site.config.sso is None
         else site.config.sso.model_dump(include={"url", "realm"}),
+        # On a serving group's head: answer 503 while the group watch says it is not serving.
+        "gateway_group": None
+        if group is None
+        else {"name": group.name, "state_file": GROUP_STATE_FILE},
     }
     variables = {k: json.dumps(v, sort_keys=True) for k, v in values.items()}
     variables |= {
@@ -145,14 +156,58 @@ def _check_roles(desired: HostDesired) -> None:
         )
 
 
-def secure(
-    desired: HostDesired, plan: Plan, verified: VerifiedBundle, site: Site, inventory: Inventory
+def host_ruleset(
+    host: str, plan: Plan, site: Site, inventory: Inventory, group: GroupNetwork | None
+) -> str:
+    """The host's nftables ruleset from the policy model, bound to the site's networks, the
+    inventory and the serving group's network (its members' addresses from their facts)."""
+    from appliance.netpolicy.model import build_site, policy_for_plan
+    from appliance.netpolicy.nftables import host_rulesets
+
+    groups = () if group is None else (group,)
+    network = site.config.network
+    bound = build_site(network.site_cidrs, network.admin_cidrs, inventory, groups=groups)
+    return host_rulesets(policy_for_plan(plan, groups), bound)[f"host-{host}.nft"]
+
+
+def firewall_only(
+    desired: HostDesired,
+    plan: Plan,
+    verified: VerifiedBundle,
+    site: Site,
+    inventory: Inventory,
+    group: GroupNetwork,
 ) -> HostDesired:
-    """``desired`` plus the gateway (venv, config, unit) and the host's firewall ruleset."""
+    """``desired`` plus the host's firewall alone: a serving group's worker (no gateway runs
+    there, but its rendezvous and collective ports must be open to the group only)."""
     from dataclasses import replace
 
-    from appliance.netpolicy.model import GATEWAY_PORT, build_site, policy_for_plan
-    from appliance.netpolicy.nftables import host_rulesets
+    etc = release_etc(verified.version)
+    variables = desired.template_vars | {
+        "nftables_ruleset": host_ruleset(desired.host.name, plan, site, inventory, group),
+        "ruleset_path": RULESET_PATH,
+    }
+    rendered = (
+        RenderedFile(f"{etc}/nftables.nft", "nftables.nft.j2", render("nftables.nft.j2", variables)),
+        RenderedFile(f"{etc}/{NFT_BOOT_UNIT}", f"{NFT_BOOT_UNIT}.j2", render(f"{NFT_BOOT_UNIT}.j2", variables)),
+    )  # fmt: skip
+    return replace(desired, rendered=desired.rendered + rendered, boot_units=(NFT_BOOT_UNIT,),
+                   firewall=rendered[0], template_vars=variables)  # fmt: skip
+
+
+def secure(
+    desired: HostDesired,
+    plan: Plan,
+    verified: VerifiedBundle,
+    site: Site,
+    inventory: Inventory,
+    group: GroupNetwork | None = None,
+) -> HostDesired:
+    """``desired`` plus the gateway (venv, config, unit) and the host's firewall ruleset;
+    ``group``: the serving group this host heads, if any."""
+    from dataclasses import replace
+
+    from appliance.netpolicy.model import GATEWAY_PORT
 
     wheels = verified.payload.gateway
     if wheels is None:
@@ -163,13 +218,11 @@ def secure(
             ", or deploy without --site to lay down the model server alone.",
         )
     _check_roles(desired)
-    network = site.config.network
-    bound = build_site(network.site_cidrs, network.admin_cidrs, inventory)
-    ruleset = host_rulesets(policy_for_plan(plan), bound)[f"host-{desired.host.name}.nft"]
+    ruleset = host_ruleset(desired.host.name, plan, site, inventory, group)
     # desired_state made the gateway's venv from the bundle's gateway wheels (every release has it).
     assert any(v.path.endswith(f"/{GATEWAY_VENV}") for v in desired.venvs)
     variables = desired.template_vars | gateway_vars(
-        plan, verified, site, desired.host.name, desired.host.address
+        plan, verified, site, desired.host.name, desired.host.address, group
     )
     variables["nftables_ruleset"] = ruleset
     etc = release_etc(verified.version)

@@ -31,17 +31,8 @@ from appliance.deploy.host_layout import (
     release_etc,
 )
 from appliance.deploy.render import render
+from appliance.netpolicy.port_range_sysctl import group_sysctl
 from appliance.plan.group import GroupNetwork
-
-
-def group_sysctl_text(group: GroupNetwork) -> str:
-    first, last = group.port_range
-    return (
-        f"# Managed by appliance: serving group {group.name}. The collective library's sockets\n"
-        "# (gloo, NCCL, vLLM's message queues) take ephemeral ports; the network policy allows\n"
-        "# this range between the group's members only.\n"
-        f"net.ipv4.ip_local_port_range = {first} {last}\n"
-    )
 
 
 def watch_settings(
@@ -92,7 +83,7 @@ def add_group_member(
                      json.dumps(settings, indent=2, sort_keys=True) + "\n"),
         RenderedFile(f"{etc}/{GROUP_WATCH_UNIT}", f"{GROUP_WATCH_UNIT}.j2",
                      render(f"{GROUP_WATCH_UNIT}.j2", variables)),
-        RenderedFile(f"{etc}/{GROUP_SYSCTL}", "sysctl-group.conf", group_sysctl_text(group)),
+        RenderedFile(f"{etc}/{GROUP_SYSCTL}", "sysctl-group.conf", group_sysctl(group)),
     )  # fmt: skip
     return replace(desired, rendered=desired.rendered + rendered, template_vars=variables,
                    units=(*desired.units, GROUP_WATCH_UNIT))  # fmt: skip

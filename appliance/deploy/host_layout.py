@@ -30,7 +30,7 @@ GROUP_WATCH_UNIT = "appliance-group-watch.service"
 GROUP_WATCH_SCRIPT = "group-watch.py"  # in the release's etc, with its settings
 GROUP_WATCH_SETTINGS = "group-watch.json"
 GROUP_SYSCTL = "sysctl-group.conf"  # in the release's etc; active copy in /etc/sysctl.d
-SYSCTL_PATH = "/etc/sysctl.d/60-appliance-group.conf"
+SYSCTL_PATH = "/etc/sysctl.d/60-appliance-group-ports.conf"  # = netpolicy.port_range_sysctl's
 GROUP_STATE_FILE = "/run/appliance/group-state.json"  # = group_watch.STATE_FILE
 # With sso.install in the site file (deploy/keycloak_layer.py):
 KEYCLOAK_UNIT = "appliance-keycloak.service"

@@ -155,11 +155,15 @@ def plan_hosts(
         if site is not None and part.gateway:
             from appliance.deploy.gateway_layer import secure
 
-            desired = secure(desired, part.plan, verified, site, inventory)
+            desired = secure(desired, part.plan, verified, site, inventory, part.group)
             if part.keycloak:
                 from appliance.deploy.keycloak_layer import install_keycloak
 
                 desired = install_keycloak(desired, part.plan, verified, site, inventory)
+        elif site is not None and part.group is not None:
+            from appliance.deploy.gateway_layer import firewall_only
+
+            desired = firewall_only(desired, part.plan, verified, site, inventory, part.group)
         if part.group is not None:
             from appliance.deploy.group_layer import add_group_member
 
