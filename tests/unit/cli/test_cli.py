@@ -166,12 +166,13 @@ def test_requested_profile_misfit_exits_3() -> None:
     )
 
 
-def test_profiles_json_lists_the_four_and_the_rehearsal() -> None:
+def test_profiles_json_lists_the_four_and_the_rehearsals() -> None:
     result = run("profiles", "--json")
     assert result.returncode == 0
     assert [p["name"] for p in json.loads(result.stdout)] == [
         "a100-single",
         "cpu-llamacpp",
+        "cpu-vllm-group",
         "cpu-vllm",
         "h100-cluster",
         "rtx4090",

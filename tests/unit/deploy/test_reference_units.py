@@ -53,13 +53,18 @@ def test_units_match_their_goldens(units: tuple[ReferenceUnit, ...]) -> None:
         if u.unit is not None and u.env is not None:
             _compare(f"{u.stem}.service", u.unit)
             _compare(f"{u.stem}.env", u.env)
+        for w in u.workers:
+            _compare(f"{w.stem(u)}.service", w.unit)
+            _compare(f"{w.stem(u)}.env", w.env)
     _compare("index.json", json.dumps(index(units), indent=2) + "\n")
 
 
 def test_no_stale_goldens(units: tuple[ReferenceUnit, ...]) -> None:
-    expected = {"index.json"} | {
-        f"{u.stem}.{ext}" for u in units if u.unit is not None for ext in ("service", "env")
-    }
+    expected = (
+        {"index.json"}
+        | {f"{u.stem}.{ext}" for u in units if u.unit is not None for ext in ("service", "env")}
+        | {f"{w.stem(u)}.{ext}" for u in units for w in u.workers for ext in ("service", "env")}
+    )
     assert {p.name for p in GOLDEN.iterdir()} == expected, HINT
 
 
@@ -71,6 +76,14 @@ def test_every_pair_is_covered_and_most_have_a_unit(units: tuple[ReferenceUnit, 
     # The largest profile runs every reference model; one RTX 4090 cannot hold a 70B model.
     assert all(("h100-cluster", m) in with_unit for m in MODEL_NAMES)
     assert ("rtx4090", "apertus-70b-instruct-2509") not in with_unit
+    # The two-node setups render the head and one worker for every pair that fits.
+    for setup in ("h100-cluster-2nodes", "cpu-vllm-group"):
+        fitting = [u for u in units if u.setup == setup and u.unit is not None]
+        assert fitting, setup
+        for u in fitting:
+            assert [w.command.rank for w in u.workers] == [1], u.stem
+            assert u.server is not None and u.server.role == "head"
+    assert ("cpu-vllm-group", "mistral-7b-instruct-v0.3") in with_unit
     for u in units:
         assert (u.unit is None) == (u.reason is not None) == (u.server is None), u.stem
 
@@ -91,6 +104,12 @@ def test_each_unit_runs_its_plans_command_and_is_checked_as_the_deploy_checks_it
         assert check.paths == ("/health", "/v1/models")
         for key, value in u.server.env.items():
             assert f"\n{key}={value}\n" in "\n" + (u.env or ""), (u.stem, key)
+        for w in u.workers:
+            (exec_start,) = [ln for ln in w.unit.splitlines() if ln.startswith("ExecStart=")]
+            argv = shlex.split(exec_start.removeprefix("ExecStart="))
+            assert argv == [a.replace(CURRENT, release) for a in w.command.argv], w.stem(u)
+            for key, value in w.command.env.items():
+                assert f"\n{key}={value}\n" in "\n" + w.env, (w.stem(u), key)
 
 
 def test_lora_units_serve_every_adapter_from_the_release_and_nothing_at_runtime(

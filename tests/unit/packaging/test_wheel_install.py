@@ -139,6 +139,7 @@ def test_profiles_plan_and_render_run_from_the_install(
         "a100-single",
         "cpu-llamacpp",
         "cpu-vllm",
+        "cpu-vllm-group",
         "h100-cluster",
         "rtx4090",
     }

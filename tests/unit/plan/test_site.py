@@ -107,9 +107,11 @@ def test_a_multi_node_profile_gives_a_head_and_a_worker(
     )
     assert head.plan is worker.plan and site.groups == (("dgx-a", "dgx-b"),)
     assert head.plan.selection.profile.name == "h100-cluster"
-    assert head.command.argv[1:3] == ("-m", "vllm.entrypoints.launchers.api_server.entry")
+    # vLLM's own multi-node launcher: `vllm serve` on both, the worker headless.
+    assert head.command.argv[1] == worker.command.argv[1] == "-c"
+    assert head.command.argv[3] == worker.command.argv[3] == "serve"
     assert head.command.argv[head.command.argv.index("--pipeline-parallel-size") + 1] == "2"
-    assert worker.command.argv[:3] == ("ray", "start", "--block")
+    assert "--headless" in worker.command.argv and "--headless" not in head.command.argv
     # Only the head listens: the gateway and Keycloak go there, not on the worker.
     assert (head.gateway, head.keycloak, worker.gateway, worker.keycloak) == (
         True,

@@ -35,7 +35,11 @@ EXPECTED = {
     "gpu-profile-cpu-device": "a GPU profile (match.accelerator: gpu) needs engine.device: cuda",
     "tp-exceeds-gpus": "engine.tensor_parallel_size is 8 but the profile matches nodes with only 1 GPU(s)",
     "pipeline-nodes-single-node": "pipeline_parallel_size is 'nodes' but match.gpu.nodes.max is 1",
-    "multi-node-no-backend": "needs engine.distributed_executor_backend (mp or ray)",
+    "multi-node-no-backend": "needs engine.distributed_executor_backend: mp",
+    "ray-backend": "distributed_executor_backend 'ray' is not supported: the pinned vLLM (0.32) refuses --nnodes with Ray",
+    "cpu-group-eager": "engine.enforce_eager must be false on a multi-node CPU profile",
+    "cpu-group-tensor-parallel": "write tensor_parallel_size: 1 and pipeline_parallel_size: nodes",
+    "llamacpp-multi-node": "engine.kind: llamacpp serves on one host: match.cpu.nodes.max must be 1",
     "bad-regex": "name pattern 'A100(' is not a valid regex",
     "bad-schema-version": "`schema_version` has an unknown value: expected one of 1, found number 2",
     "unknown-engine-kind": "Input tag 'tgi' found using 'kind' does not match any of the expected tags",
@@ -52,20 +56,32 @@ EXPECTED = {
 
 def test_builtin_profiles() -> None:
     profiles = load_profiles()
-    assert list(profiles) == ["a100-single", "cpu-llamacpp", "cpu-vllm", "h100-cluster", "rtx4090"]
+    assert list(profiles) == [
+        "a100-single", "cpu-llamacpp", "cpu-vllm-group", "cpu-vllm", "h100-cluster", "rtx4090",
+    ]  # fmt: skip
     assert isinstance(profiles["cpu-llamacpp"].engine, LlamaCppEngine)
     for name in ("a100-single", "h100-cluster", "rtx4090"):
         engine = profiles[name].engine
         assert isinstance(engine, VllmEngine) and engine.device == "cuda"
-    rehearsal = profiles["cpu-vllm"]
-    assert isinstance(rehearsal.engine, VllmEngine) and rehearsal.engine.device == "cpu"
-    assert rehearsal.rehearsal and not any(
-        p.rehearsal for n, p in profiles.items() if n != "cpu-vllm"
-    )
+    rehearsals = ("cpu-vllm", "cpu-vllm-group")
+    for name in rehearsals:
+        rehearsal = profiles[name]
+        assert isinstance(rehearsal.engine, VllmEngine) and rehearsal.engine.device == "cpu"
+    assert {n for n, p in profiles.items() if p.rehearsal} == set(rehearsals)
     # Preference orders GPU profiles above the CPU fallback (the rehearsal is never automatic).
     assert profiles["cpu-llamacpp"].preference < min(
-        p.preference for n, p in profiles.items() if n not in ("cpu-llamacpp", "cpu-vllm")
+        p.preference for n, p in profiles.items() if n not in ("cpu-llamacpp", *rehearsals)
     )
+    # Multi-node: the H100 cluster and the CPU group rehearsal, both on vLLM's own launcher.
+    assert {n for n, p in profiles.items() if p.multi_node} == {"h100-cluster", "cpu-vllm-group"}
+    group = profiles["cpu-vllm-group"]
+    assert (group.nodes.min, group.nodes.max) == (2, 4)
+    assert isinstance(group.engine, VllmEngine)
+    assert group.engine.pipeline_parallel_size == "nodes" and not group.engine.enforce_eager
+    assert profiles["cpu-vllm"].nodes.max == 1 and profiles["cpu-llamacpp"].nodes.max == 1
+    for name in ("h100-cluster", "cpu-vllm-group"):
+        engine = profiles[name].engine
+        assert isinstance(engine, VllmEngine) and engine.distributed_executor_backend == "mp"
 
 
 def test_every_bad_fixture_has_an_expectation() -> None:
