@@ -168,15 +168,11 @@ def build_policy(profile: Profile, groups: Sequence[GroupNetwork] = ()) -> Polic
     """
     engine = profile.engine
     port = engine.port
-    multi_node = (
-        isinstance(engine, VllmEngine)
-        and profile.match.gpu is not None
-        and profile.match.gpu.nodes.max > 1
-    )
+    multi_node = isinstance(engine, VllmEngine) and profile.multi_node
     if isinstance(engine, VllmEngine):
         server = "vLLM" + (
-            f" on up to {profile.match.gpu.nodes.max} nodes ({engine.distributed_executor_backend})"
-            if multi_node and profile.match.gpu is not None
+            f" on up to {profile.nodes.max} nodes ({engine.distributed_executor_backend})"
+            if multi_node
             else ""
         )
     else:
@@ -199,7 +195,7 @@ def build_policy(profile: Profile, groups: Sequence[GroupNetwork] = ()) -> Polic
             f"profile {profile.name} serves on one node, found serving group(s) "
             f"{', '.join(g.name for g in groups)} in the inventory (several hosts serving one "
             "model): expected a multi-node profile for them",
-            hint="Choose a multi-node profile (match.gpu.nodes.max > 1, e.g. h100-cluster), or "
+            hint="Choose a multi-node profile (nodes.max > 1, e.g. h100-cluster or cpu-vllm-group), or "
             "drop the groups from the inventory.",
         )
     group_components, group_flows = _group_parts(groups)
@@ -207,7 +203,7 @@ def build_policy(profile: Profile, groups: Sequence[GroupNetwork] = ()) -> Polic
     if multi_node and not groups:
         flows.append(
             Flow("model-server", "model-server", "tcp", None,
-                 "multi-node vLLM between model-server nodes (Ray, NCCL: dynamic ports)")
+                 "multi-node vLLM between model-server nodes (NCCL, gloo: dynamic ports)")
         )  # fmt: skip
     flows += group_flows
     flows += [

@@ -59,7 +59,7 @@ from appliance.plan.selection import Requested, requested_name, select_profile
 
 
 def is_multi_node(profile: Profile) -> bool:
-    return profile.match.gpu is not None and profile.match.gpu.nodes.max > 1
+    return profile.multi_node
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +188,9 @@ def _named_group(
 
 
 def _max_nodes(profile: Profile) -> int:
-    """How many hosts the profile serves one model over (GPU profiles: ``match.gpu.nodes``;
-    CPU profiles serve on one host)."""
-    return profile.match.gpu.nodes.max if profile.match.gpu is not None else 1
+    """How many hosts the profile serves one model over (``match.gpu.nodes`` or
+    ``match.cpu.nodes``)."""
+    return profile.nodes.max
 
 
 def _group_profile(

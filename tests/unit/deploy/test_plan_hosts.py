@@ -106,4 +106,4 @@ def test_a_named_group_gets_its_watch_and_port_range_on_every_member(
     assert "net.ipv4.ip_local_port_range = 40000 44095" in files["sysctl-group.conf"].content
     assert "--headless" in worker.unit_file_of(UNIT_NAME).content
     assert "--headless" not in head.unit_file_of(UNIT_NAME).content
-    assert "role head" in head.unit_file_of(GROUP_WATCH_UNIT).content
+    assert "(llm, head rank 0)" in head.unit_file_of(GROUP_WATCH_UNIT).content

@@ -73,8 +73,9 @@ def fixture_groups() -> tuple[GroupNetwork, ...]:
 
 
 def multi_node(name: str) -> bool:
-    gpu = PROFILES[name].match.gpu
-    return isinstance(PROFILES[name].engine, VllmEngine) and gpu is not None and gpu.nodes.max > 1
+    profile = PROFILES[name]
+    nodes = profile.match.gpu.nodes if profile.match.gpu is not None else profile.match.cpu.nodes  # type: ignore[union-attr]
+    return isinstance(profile.engine, VllmEngine) and nodes.max > 1
 
 
 @pytest.mark.parametrize(
@@ -117,8 +118,7 @@ def test_every_profile_keeps_the_invariants(name: str, grouped: bool) -> None:
         assert flow.interface == group.interface and flow.port is not None
         assert flow.last_port is None or flow.port < flow.last_port < 65536
     assert model.model_server_port == profile.engine.port
-    multi = isinstance(profile.engine, VllmEngine) and profile.match.gpu is not None
-    assert model.multi_node == (multi and profile.match.gpu.nodes.max > 1)  # type: ignore[union-attr]
+    assert model.multi_node == multi_node(profile.name)
     assert (GATEWAY_PORT, KEYCLOAK_PORT) == (8443, 8180)
 
 
