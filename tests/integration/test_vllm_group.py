@@ -139,7 +139,9 @@ def test_two_host_group_forms_serves_recovers_from_a_worker_kill_and_rolls_back(
             assert answer.json()["choices"][0]["text"].strip()
 
             # --- a worker killed while serving -------------------------------------------
-            helpers.on(lab, worker, "pkill -9 -f 'VLLM::Worke[r]'; pkill -9 -f -- '--headles[s]'; true")
+            helpers.on(
+                lab, worker, "pkill -9 -f 'VLLM::Worke[r]'; pkill -9 -f -- '--headles[s]'; true"
+            )
             refused = client.wait(503, within=60)
             error = refused.json()["error"]
             assert error["code"] == "group_unavailable", error

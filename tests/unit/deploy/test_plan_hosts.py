@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -102,7 +103,7 @@ def test_a_named_group_gets_its_watch_and_port_range_on_every_member(
     assert settings["role"] == "worker" and settings["rank"] == 1
     assert settings["head"] == {"host": "a", "address": "10.10.0.10", "rank": 0}
     assert settings["master_port"] == 29501 and settings["model_port"] == 8000
-    assert files["group-watch.py"].content == open(group_watch.__file__).read()
+    assert files["group-watch.py"].content == Path(group_watch.__file__).read_text()
     assert "net.ipv4.ip_local_port_range = 40000 44095" in files["sysctl-group.conf"].content
     assert "--headless" in worker.unit_file_of(UNIT_NAME).content
     assert "--headless" not in head.unit_file_of(UNIT_NAME).content
