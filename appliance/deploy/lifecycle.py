@@ -32,6 +32,7 @@ from appliance.deploy.host_layout import (
     RELEASES,
     ROOT,
     STATE,
+    SYSCTL_PATH,
     active_unit_path,
 )
 from appliance.deploy.journal import append_audit
@@ -39,6 +40,9 @@ from appliance.deploy.keycloak_files import KEYCLOAK_USER
 from appliance.deploy.lock import acquire_lock, release_lock
 from appliance.errors import DeploymentError, HostStateError
 from appliance.plan.inventory import HostEntry
+
+# A serving group member's port range goes back to the kernel's default when uninstalled.
+DEFAULT_PORT_RANGE = 'net.ipv4.ip_local_port_range="32768 60999"'
 
 
 def releases_on(host: HostEntry) -> tuple[int, ...]:
@@ -204,6 +208,7 @@ for unit in {" ".join(units)}; do systemctl disable --now $unit >/dev/null 2>&1 
 rm -f {unit_files}
 systemctl daemon-reload
 nft delete table {NFT_TABLE} 2>/dev/null || true
+if [ -f {SYSCTL_PATH} ]; then rm -f {SYSCTL_PATH}; sysctl -q -w {DEFAULT_PORT_RANGE} || true; fi
 if [ -d {ROOT} ]; then chmod -R u+w {ROOT}; fi
 rm -rf {ROOT} {ETC} {STATE} {gateway_dirs}
 if getent passwd {KEYCLOAK_USER} >/dev/null; then userdel {KEYCLOAK_USER}; fi
@@ -212,7 +217,7 @@ if getent group {KEYCLOAK_USER} >/dev/null; then groupdel {KEYCLOAK_USER}; fi
 """, timeout=120)  # fmt: skip
     left = transport.run(
         host,
-        f"ls -d {ROOT} {ETC} {STATE} {CURRENT} {unit_files} {gateway_dirs} 2>/dev/null; "
+        f"ls -d {ROOT} {ETC} {STATE} {CURRENT} {unit_files} {gateway_dirs} {SYSCTL_PATH} 2>/dev/null; "
         f"getent passwd {KEYCLOAK_USER} >/dev/null && echo 'user {KEYCLOAK_USER}'; "
         f"nft list table {NFT_TABLE} >/dev/null 2>&1 && echo 'nftables table {NFT_TABLE}'; true",
         timeout=30,

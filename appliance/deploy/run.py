@@ -244,9 +244,7 @@ def deploy(
     refuse_preflights(seen.preflights, force=force)  # exit 3; --force never passes driver/MIG
     _refuse_short_of_space(seen.short)
     units = _units(seen.hosts, inventory)
-    # A group changes as one: when any member has changes, every member is activated again.
-    changing = {h.name for unit in units if any(seen.results[m.name].changes for m in unit)
-                for h in unit}  # fmt: skip
+    changing = changing_hosts(units, {n for n, r in seen.results.items() if r.changes})
     _keep_converged(seen, verified.version, [u for u in units if u[0].name not in changing])
     hosts = [h for h in seen.hosts if h.name in changing]
     if not hosts:
@@ -353,6 +351,14 @@ def _keep_converged(seen: _Site, version: int, units: list[list[HostEntry]]) -> 
                 if problem is None
                 else f"converged but not healthy: {problem}"
             )
+
+
+def changing_hosts(units: list[list[HostEntry]], changed: set[str]) -> set[str]:
+    """The hosts the deploy changes: each host with changes, and every member of a serving
+    group one of whose members has changes (a group is activated as one: a deployer killed
+    between two members' switches leaves the head unswitched, so the re-run takes the whole
+    group again)."""
+    return {h.name for unit in units if any(m.name in changed for m in unit) for h in unit}
 
 
 def _units(hosts: list[HostEntry], inventory: Inventory) -> list[list[HostEntry]]:

@@ -28,14 +28,16 @@ from appliance.deploy.probe import diff, parse_probe, probe_script
 from appliance.deploy.render import desired_state
 from appliance.deploy.site import Site, SiteFileError, load_site
 from appliance.deploy.staging import venv_command
+from appliance.detect.facts_file import load_facts
 from appliance.errors import InputError
 from appliance.events import drain
 from appliance.gateway.config import parse_config
+from appliance.model.info import load_model_info
 from appliance.plan.inventory import HostEntry, Inventory
-from appliance.plan.report import Plan
+from appliance.plan.report import Plan, build_plan
 from tests.unit.bundle.conftest import BundleFactory, Trust
 from tests.unit.deploy.test_ansible_engine import RECAP, run_render
-from tests.unit.keycloak.conftest import adapter, plan_for
+from tests.unit.keycloak.conftest import ROOT, adapter, plan_for
 
 JWKS = {
     "keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256", "n": "sXch", "e": "AQAB"}]
@@ -310,3 +312,38 @@ def test_ansible_renders_the_gateway_and_firewall_files_byte_for_byte(
     ]
     for r in d.rendered:
         assert Path(r.path).read_text() == r.content, r.template
+
+
+def test_a_serving_group_head_answers_for_its_group_and_its_worker_gets_the_firewall_alone(
+    verified: VerifiedBundle, tmp_path: Path
+) -> None:
+    """The head's gateway reads the group watch's state; the worker runs no gateway but its
+    firewall opens the group's ports to the other member only, on the group's interface."""
+    from appliance.deploy.gateway_layer import firewall_only
+    from appliance.plan.group import GroupNetwork
+    from appliance.plan.profiles import load_profiles
+
+    profiles = load_profiles()
+    facts = load_facts(ROOT / "tests/fixtures/facts/cpu-avx2-2nodes.json")
+    head, worker = (HostEntry(name=f"lab-{i}", address=f"10.231.0.{i + 1}", roles=list(r))
+                    for i, r in ((1, ("model-server", "gateway")), (2, ("model-server",))))  # fmt: skip
+    group = GroupNetwork("pair", ("lab-1", "lab-2"), "eth0", ("10.231.0.2", "10.231.0.3"), 29501,
+                         (40000, 44095))  # fmt: skip
+    info = load_model_info(ROOT / "tests/fixtures/models/mistral-7b-instruct-v0.3")
+    plan = build_plan(profiles, facts, facts_source="x", requested=profiles["cpu-vllm-group"],
+                      model=info, group=group)  # fmt: skip
+    inventory = Inventory(schema_version=1, hosts=[head, worker])
+    site = load_site(write_site(tmp_path))
+    secured_head = secure(desired_state(verified, plan.commands[0], head, engine="vllm"), plan,
+                          verified, site, inventory, group)  # fmt: skip
+    config = parse_config(yaml.safe_load(
+        next(r for r in secured_head.rendered if r.path.endswith("/gateway.yaml")).content))  # fmt: skip
+    assert config.group is not None and config.group.name == "pair"
+    assert str(config.group.state_file) == "/run/appliance/group-state.json"
+    walled = firewall_only(desired_state(verified, plan.commands[1], worker, engine="vllm"), plan,
+                           verified, site, inventory, group)  # fmt: skip
+    assert walled.gateway_port is None and GATEWAY_UNIT not in walled.units
+    assert walled.firewall is not None and walled.boot_units == (NFT_BOOT_UNIT,)
+    ruleset = walled.firewall.content
+    assert 'oifname "eth0"' in ruleset and "29501" in ruleset and "40000-44095" in ruleset
+    assert "10.231.0.2" in ruleset  # the head, the worker's only peer

@@ -133,3 +133,19 @@ def test_a_member_that_did_not_converge_stops_the_group_before_activation(
                for r in results)  # fmt: skip
     assert hosts.of("stop") == [] and hosts.of("start") == [] and hosts.of("switch") == []
     assert [a[0]["result"] for a in hosts.audit.values()] == ["failed", "failed"]
+
+
+def test_a_group_with_one_changed_member_is_activated_whole() -> None:
+    """A re-run after a deployer killed mid-group: the worker already switched, the head not
+    (its `current` differs): the whole group is activated again; a group with nothing to
+    change and a single host with changes are left as they are."""
+    from appliance.plan.inventory import GroupEntry, Inventory
+
+    alone = HostEntry(name="alone", address="10.0.0.9", roles=["model-server"])
+    inventory = Inventory(schema_version=1, hosts=[*MEMBERS, alone],
+                          groups=[GroupEntry(name="g", hosts=["head", "worker"], interface="eth0")])  # fmt: skip
+    units = run._units([alone, *MEMBERS], inventory)
+    assert [[h.name for h in u] for u in units] == [["alone"], ["head", "worker"]]
+    assert run.changing_hosts(units, {"head"}) == {"head", "worker"}
+    assert run.changing_hosts(units, {"alone"}) == {"alone"}
+    assert run.changing_hosts(units, set()) == set()
