@@ -250,6 +250,7 @@ def _confirm(args: argparse.Namespace, what: str) -> bool:
 def cmd_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from appliance.plan.inventory import load_inventory
     from appliance.report.status import status
 
     rows = [status(h, verify=args.verify) for h in _hosts(args)]
@@ -287,10 +288,26 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  PENDING: {r.pending_switch} (the next deploy or rollback records it)")
         if r.group is not None:
             print("  " + group_line(r.group))
+    split = split_groups(load_inventory(args.inventory), {r.host: r.current for r in rows})
+    for line in split if not args.json else []:
+        print(line)
     bad = [r for r in rows if not r.reachable or r.healthy is False or not r.audit_ok
            or r.gateway not in ("absent", "active") or r.keycloak not in ("absent", "active")
            or any(r.integrity.values()) or r.pending_switch]  # fmt: skip
-    return ExitCode.DEPLOYMENT_FAILED if bad else ExitCode.OK
+    return ExitCode.DEPLOYMENT_FAILED if bad or split else ExitCode.OK
+
+
+def split_groups(inventory: Any, current: dict[str, int | None]) -> list[str]:
+    """A line per serving group whose members do not all run the same release (a deploy or a
+    rollback of the group puts every member on one release again)."""
+    lines = []
+    for group in inventory.groups:
+        found = {name: current.get(name) for name in group.hosts}
+        if len(set(found.values())) > 1:
+            on = ", ".join(f"{name} on {version}" for name, version in found.items())
+            lines.append(f"group {group.name}: SPLIT, its members run different releases ({on}): "
+                         "deploy the group's release again or roll the group back")  # fmt: skip
+    return lines
 
 
 def group_line(group: dict[str, object]) -> str:
