@@ -46,7 +46,7 @@ from typing import Literal
 
 from appliance.compliance.findings import BaseIdentity
 from appliance.detect.facts import HostFacts
-from appliance.errors import DoesNotFitError, GroupRefusedError
+from appliance.errors import AdapterRefusal, AdapterRefusedError, DoesNotFitError, GroupRefusedError
 from appliance.model.info import ModelInfo
 from appliance.plan.adapters import AdapterFiles, check_adapters, lora_settings
 from appliance.plan.engine_args import LoraModules, NodeCommand, adapter_target_path
@@ -247,6 +247,22 @@ def _lora(
 ) -> LoraModules:
     """The adapters checked against the plan's profile, as its engine serves them."""
     engine = plan.selection.profile.engine
+    layout = plan.fit.layout if plan.fit is not None else None
+    if isinstance(engine, VllmEngine) and engine.device == "cpu" and layout is not None \
+            and layout.pipeline_parallel > 1:  # fmt: skip
+        # Measured on lab hosts (docs/multi-node.md): with --enable-lora vLLM 0.32's CPU build
+        # turns torch.compile off ("Inductor compilation was disabled"), and its pipeline
+        # stages run only compiled: every request then fails (an AssertionError in
+        # sync_and_gather_intermediate_tensors, HTTP 500).
+        raise AdapterRefusedError([
+            AdapterRefusal(a.name, f"profile {plan.selection.profile.name} runs pipeline parallel "
+                           f"{layout.pipeline_parallel} on vLLM's CPU build, which cannot serve "
+                           "LoRA adapters across pipeline stages (with adapters it runs uncompiled, "
+                           "and uncompiled pipeline stages fail every request)",
+                           "serve the adapters on one host (profile cpu-vllm), or the base model "
+                           "alone on the group")
+            for a in adapters
+        ])  # fmt: skip
     checked = check_adapters(adapters, model, identity, engine)
     assert isinstance(engine, VllmEngine)  # check_adapters refuses every adapter on llama.cpp
     limits = lora_settings(checked, engine)

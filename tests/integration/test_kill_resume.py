@@ -1,11 +1,12 @@
-"""Kill the deployer with SIGKILL at 8 random moments of a deploy; each re-run converges.
+"""Kill the deployer with SIGKILL at 5 random moments of a deploy; each re-run converges.
 
 Also the gentle stops: Cancel (the TUI's button: the core deploy's ``cancel``
 event) stops between two engine operations and releases the lock; SIGTERM to
 the CLI deployer stops it the same way (exit 130). Both resume on re-run.
 
-Each round starts from an uninstalled host, so the kill points spread over the
-whole first deploy (verify, facts, lock, upload, on-host check, venv, render,
+Each round starts from an uninstalled host, and each kill point is drawn from its own
+fifth of the first deploy's duration (stratified: fewer rounds than uniform draws need to
+cover it), so the kill points spread over the whole first deploy (verify, facts, lock, upload, on-host check, venv, render,
 activation, health check, switch). After each kill the same deploy is run
 again and must leave release 1 current, the service healthy, a chat completion
 answering, no staging directory behind, and the stale lock taken over.
@@ -37,7 +38,7 @@ from appliance.report import smoke
 from tests.integration.test_deploy import appliance, chat, on_host, site  # noqa: F401 - the site fixture
 
 pytestmark = pytest.mark.integration
-KILL_POINTS = 8
+KILL_POINTS = 5
 
 
 def deploy_argv(lab: Lab) -> list[str]:
@@ -56,7 +57,8 @@ def test_kill_9_at_random_points_then_resume(site: tuple[Lab, Path]) -> None:  #
     landed = []
     for round_ in range(KILL_POINTS):
         appliance("uninstall", "--inventory", lab.inventory, "--yes", cwd=work)
-        delay = rng.uniform(0.2, full * 0.9)
+        width = (full * 0.9 - 0.2) / KILL_POINTS
+        delay = rng.uniform(0.2 + round_ * width, 0.2 + (round_ + 1) * width)
         process = subprocess.Popen(deploy_argv(lab), cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)  # fmt: skip
         time.sleep(delay)

@@ -237,7 +237,7 @@ def test_an_inventory_group_plans_head_and_workers_on_the_groups_network(
     # The engine commands got the network: each member's own address, the head's to meet at.
     assert (a.command.env["VLLM_HOST_IP"], b.command.env["VLLM_HOST_IP"]) == (
         "10.10.0.10", "10.10.0.11")  # fmt: skip
-    assert "10.10.0.11" in " ".join(a.command.argv + tuple(x for c in a.command.before for x in c))
+    assert "10.10.0.11" in a.command.argv and "--headless" in a.command.argv
     # A host in no group is planned alone, from its own facts.
     assert (c.serves, c.group, c.grouping) == ("single", None, "alone")
     assert [h.hostname for h in c.plan.hosts] == ["dgx-c"] and site.groups[1:] == (("dgx-c",),)
@@ -304,3 +304,27 @@ def test_an_inventory_group_on_a_single_node_profile_is_refused(
     assert str(caught.value).startswith(
         "group llm (dgx-a, dgx-b): profile a100-single serves on at most 1 host(s), the group has 2"
     )
+
+
+def test_adapters_on_a_cpu_pipeline_group_are_refused_with_the_reason(
+    profiles: dict[str, Profile], tmp_path: Path
+) -> None:
+    """vLLM 0.32's CPU build turns compilation off with LoRA, and its pipeline stages serve
+    only compiled (measured on lab hosts): adapters on cpu-vllm-group are refused, every one."""
+    from appliance.compliance.findings import BaseIdentity
+    from appliance.errors import AdapterRefusedError
+    from tests.unit.plan.test_adapters import GEMMA, make_adapter
+
+    adapters = [make_adapter(tmp_path, "alpha"), make_adapter(tmp_path, "bravo")]
+    hosts = named("cpu-avx2-2nodes", "a", "b")
+    inv = inventory(("a", SERVING), ("b", ["model-server"]))
+    with pytest.raises(AdapterRefusedError) as refused:
+        plan_site(profiles, profiles["cpu-vllm-group"], hosts, inv, GEMMA, adapters=adapters,
+                  identity=BaseIdentity("gemma-3-270m"))  # fmt: skip
+    assert refused.value.exit_code == 3
+    assert [r.adapter for r in refused.value.refusals] == ["alpha", "bravo"]
+    assert "pipeline parallel 2 on vLLM's CPU build" in refused.value.refusals[0].reason
+    assert "profile cpu-vllm" in refused.value.refusals[0].hint
+    # Without adapters the same group is planned.
+    site = plan_site(profiles, profiles["cpu-vllm-group"], hosts, inv, GEMMA)
+    assert [p.serves for p in site.parts] == ["head", "worker"]
