@@ -251,8 +251,8 @@ def _lora(
     if isinstance(engine, VllmEngine) and engine.device == "cpu" and layout is not None \
             and layout.pipeline_parallel > 1:  # fmt: skip
         # Measured on lab hosts (docs/multi-node.md): with --enable-lora vLLM 0.32's CPU build
-        # turns torch.compile off ("Inductor compilation was disabled"), and its pipeline
-        # stages run only compiled: every request then fails (an AssertionError in
+        # runs uncompiled (compilation mode NONE, no warm-up), and its pipeline stages serve
+        # only compiled: every request then fails (an AssertionError in
         # sync_and_gather_intermediate_tensors, HTTP 500).
         raise AdapterRefusedError([
             AdapterRefusal(a.name, f"profile {plan.selection.profile.name} runs pipeline parallel "
