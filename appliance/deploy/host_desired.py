@@ -50,11 +50,10 @@ class VenvSpec:
     requirements: tuple[str, ...]
     no_deps: tuple[str, ...] = ()  # wheel files installed after, without their dependencies
     # What the venv is built from (requirements and every wheel's SHA-256), written into it
-    # (``VENV_MARKER``): a release copies the release in place's venv when the
+    # (``VENV_MARKER``): an adapter-only release copies the release in place's venv when the
     # marker there is the same (and that release passes its integrity check).
     wheels_digest: str = ""
-    # Whether the release may take the venv of the release in place over (hard links) when
-    # that venv's marker is the same and that release is intact (``staging.venv_command``).
+    # Whether the release takes its wheels over from the release in place (adapter-only).
     reusable: bool = False
 
 

@@ -214,9 +214,7 @@ def desired_state(
             tuple(wheels.requirements),
             tuple(f"{release_dir}/{FILES_DIR}/{w}" for w in wheels.no_deps),
             wheels_digest=wheels_digest(wheels, digests),
-            # Every release: the release in place's venv is linked when it was built from the
-            # same requirements and wheel digests and passes its integrity check (staging).
-            reusable=True,
+            reusable=verified.payload.reuses is not None,
         )
         for name, wheels_dir, wheels in (
             ("venv", WHEELS_DIR, verified.payload.wheels),

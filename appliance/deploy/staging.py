@@ -26,11 +26,10 @@ def venv_command(spec: VenvSpec, release_dir: str, staging: str) -> str:
     Requirements from the bundled wheels only; then the ``no_deps`` wheels
     without their dependencies (the appliance wheel of the gateway: its own
     dependencies are the CLI's, not the gateway's); then the marker naming what it was
-    built from. A release (``spec.reusable``: every release ``desired_state`` makes) instead
-    copies, as hard links, the venv of the release in place when that venv's marker is the
-    same (built from the same requirements and wheel digests) and that release passes its
-    integrity check (``integrity.check_command``: the venv is as it was installed);
-    otherwise it builds.
+    built from. An adapter-only release (``spec.reusable``) instead copies, as hard links,
+    the venv of the release in place when that venv's marker is the same (built from the
+    same requirements and wheel digests) and that release passes its integrity check
+    (``integrity.check_command``: the venv is as it was installed); otherwise it builds.
     """
 
     def staged(path: str) -> str:

@@ -194,7 +194,7 @@ def test_units_venvs_and_firewall_of_a_secured_host(
     assert d.units == (UNIT_NAME, GATEWAY_UNIT) and d.boot_units == (NFT_BOOT_UNIT,)
     gateway_venv = d.venvs[-1]
     assert gateway_venv.path == "/opt/appliance/releases/4/gateway-venv"
-    command = venv_command(dataclasses.replace(gateway_venv, reusable=False), d.release_dir, "/S")
+    command = venv_command(gateway_venv, d.release_dir, "/S")
     # The closure from the bundled wheels only, then the appliance wheel without its dependencies.
     assert command == (
         "rm -rf /S/gateway-venv && python3 -m venv /S/gateway-venv && PIP_NO_INDEX=1 "
@@ -204,9 +204,7 @@ def test_units_venvs_and_firewall_of_a_secured_host(
         # then the marker naming what it was built from (an adapter-only release may link it)
         f" && printf '%s' {gateway_venv.wheels_digest} > /S/gateway-venv/.appliance-wheels"
     )
-    # Every release may take the release in place's venv over when built from the same wheels
-    # (its marker) and intact (tests/unit/deploy/test_venv_reuse.py); otherwise it builds so.
-    assert len(gateway_venv.wheels_digest) == 64 and gateway_venv.reusable
+    assert len(gateway_venv.wheels_digest) == 64 and not gateway_venv.reusable
     unit = d.unit_file_of(GATEWAY_UNIT).content
     venv_python = "/opt/appliance/releases/4/gateway-venv/bin/python"
     assert (
