@@ -292,7 +292,8 @@ def _probe(settings: Settings) -> str:
             return "ok" if answer.status == 200 else f"HTTP {answer.status}"
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # any failure is an answer the group did not give
+        # (OSError, timeouts, http.client's IncompleteRead and RemoteDisconnected, bad JSON)
         return (
             f"no answer within {settings.probe_timeout} s"
             if "timed out" in str(exc)
