@@ -132,11 +132,24 @@ class HeadWatch:
     gone_ticks: int = 0
     failed_probes: int = 0
     last_probe: float = -1e9
+    cause: str | None = None  # why this watch last restarted the group, until it serves again
 
     def wants_probe(self, now: float, all_joined: bool) -> bool:
         return all_joined and now - self.last_probe >= self.settings.probe_interval
 
     def step(self, seen: Observation) -> Verdict:
+        """The verdict of one tick; while the group re-forms after a restart this watch made,
+        every verdict but *serving* also says why it restarted (``cause``)."""
+        verdict = self._step(seen)
+        if verdict.restart:
+            self.cause = verdict.reason.removesuffix("; restarting the group")
+        elif verdict.state == "serving":
+            self.cause = None
+        elif self.cause is not None:
+            verdict.reason = f"{verdict.reason} (the group is re-forming: {self.cause})"
+        return verdict
+
+    def _step(self, seen: Observation) -> Verdict:
         s = self.settings
         if seen.unit_state != "active" or seen.started is None:
             self.formed, self.started, self.gone_ticks, self.failed_probes = False, None, 0, 0

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -146,8 +148,15 @@ def test_two_host_group_forms_serves_recovers_from_a_worker_kill_and_rolls_back(
             error = refused.json()["error"]
             assert error["code"] == "group_unavailable", error
             assert worker.name in error["message"], error
-            rows = {r["host"]: r for r in _status(work, inventory, expect=5)}
-            assert rows[head.name]["group"]["state"] in ("degraded", "starting"), rows
+            # Mid-recovery: the head is degraded, restarting or re-forming (status's exit code
+            # then depends on which moment it catches: any state but serving is asserted).
+            done = subprocess.run([sys.executable, "-m", "appliance", "status", "--inventory",
+                                   str(inventory), "--json"], cwd=work, capture_output=True,
+                                  text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+            assert done.returncode in (0, 5), done.stderr[-2000:]
+            rows = {r["host"]: r for r in json.loads(done.stdout)}
+            state = (rows[head.name]["group"] or {}).get("state")
+            assert state in ("degraded", "starting", "down"), rows
             recovered_at = time.monotonic()
             client.wait(200, within=600)
             print(f"group served again {time.monotonic() - recovered_at:.0f} s after the 503")

@@ -78,9 +78,16 @@ def test_head_restarts_the_group_when_a_worker_leaves() -> None:
     twice = watch.step(seen(16, peers=()))
     assert twice.state == "degraded" and twice.restart
     assert "g-2 (rank 1, 10.0.0.3) left the group" in twice.reason
-    # The restarted head is judged afresh: starting, no second restart while it forms.
+    # The restarted head is judged afresh: starting, no second restart while it forms; until
+    # the group serves again every state says why it was restarted (the gateway's 503 too).
+    down = watch.step(seen(18, state="deactivating"))
+    assert down.state == "down" and "g-2 (rank 1, 10.0.0.3) left the group" in down.reason
     again = watch.step(seen(40, peers=(), started=30.0))
     assert again.state == "starting" and not again.restart
+    assert "(the group is re-forming: g-2 (rank 1, 10.0.0.3) left the group)" in again.reason
+    assert watch.step(seen(50, probe="ok", started=30.0)).reason == (
+        "every member joined and the model answers")  # fmt: skip
+    assert "re-forming" not in watch.step(seen(60, peers=(), state="failed")).reason
 
 
 def test_head_restarts_when_the_model_stops_answering_twice() -> None:
