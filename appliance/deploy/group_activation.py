@@ -53,17 +53,6 @@ def start_group(members: Sequence[HostEntry], version: int) -> None:
     activate(head, version)
 
 
-def read_state(host: HostEntry) -> dict[str, Any] | None:
-    """The member's group watch state (``None``: none readable)."""
-    text = transport.run(host, f"head -c {MAX_STATE_BYTES} {GROUP_STATE_FILE} 2>/dev/null; true",
-                         timeout=30)  # fmt: skip
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def wait_state(host: HostEntry, want: str, timeout: int) -> dict[str, Any] | None:
     """Poll the member's watch state until it says ``want`` (returned) or ``timeout`` s pass
     (the last state read, or ``None``)."""
